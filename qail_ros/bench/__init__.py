@@ -1,0 +1,1 @@
+"""Benchmarks behind `qail-ros bench NAME`. Shared output helpers are in `report`."""

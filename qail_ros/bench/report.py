@@ -1,0 +1,42 @@
+"""Output of benchmarks: a readable table, then (with --json) one JSON object on the last line."""
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+from typing import Any, Sequence
+
+
+def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]],
+          file=None) -> str:
+    """Format (and print) a plain-text table; floats get 3 significant decimals."""
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f'{v:.3f}' if abs(v) < 1000 else f'{v:.1f}'
+        return str(v)
+    cells = [[fmt(v) for v in row] for row in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) if cells else len(str(h))
+              for i, h in enumerate(headers)]
+    lines = [title, '  '.join(str(h).ljust(w) for h, w in zip(headers, widths)),
+             '  '.join('-' * w for w in widths)]
+    lines += ['  '.join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    text = '\n'.join(lines)
+    print(text, file=file or sys.stdout, flush=True)
+    return text
+
+
+def environment() -> dict[str, Any]:
+    """Facts that make a result reproducible: machine, python, commit."""
+    try:
+        commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True,
+                                text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {'machine': platform.machine(), 'python': platform.python_version(),
+            'processor': platform.processor() or platform.machine(), 'commit': commit}
+
+
+def emit_json(result: dict[str, Any]) -> None:
+    """The last line of a --json run."""
+    print(json.dumps(result, sort_keys=False, default=float), flush=True)

@@ -1,0 +1,249 @@
+"""`Node`, the base class of every qail_ros node, and `run_node`, every node's `main()`.
+
+A node is written once, rclpy-style:
+
+    class Talker(Node):
+        def __init__(self, **kwargs):
+            super().__init__('talker', **kwargs)
+            self.rate_hz = self.declare_parameter('rate_hz', 10.0).value
+            self.pub = self.create_publisher('std_msgs/msg/String', 'chatter', 10)
+            self.timer = self.create_timer(1.0 / self.rate_hz, self.timer_callback)
+
+        def timer_callback(self):
+            self.pub.publish(messages.new('std_msgs/msg/String', data='hi'))
+
+    def main(args=None):
+        return run_node(Talker, args)
+
+Heavy nodes (policy engines) load in `on_configure` and start work in `on_activate`, like
+ROS 2 lifecycle nodes; `run_node` drives configure -> activate at start-up and
+deactivate -> cleanup at shutdown.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import signal
+import sys
+import threading
+from typing import Any, Callable
+
+from qail_ros.errors import ParameterError, QailRosError
+from qail_ros.messages import normalize_type, time_from_ns, type_name
+from qail_ros.runtime import params as _params
+from qail_ros.runtime.api import QoS
+
+__all__ = ['Node', 'Parameter', 'run_node', 'nodes_main']
+
+
+@dataclasses.dataclass
+class Parameter:
+    name: str
+    value: Any
+
+
+class Node:
+    """Base class of qail_ros nodes; the same code runs on rclpy and on the embedded runtime."""
+
+    def __init__(self, node_name: str, *, namespace: str = '', runtime=None,
+                 cli_args: list[str] | None = None):
+        from qail_ros.runtime import get_runtime
+        self._runtime = runtime or get_runtime()
+        self._runtime.init()
+        self._handle = self._runtime.create_node_handle(node_name, namespace=namespace,
+                                                        cli_args=cli_args)
+        self._declared: set[str] = set()
+        self._publishers: list = []
+        self._subscriptions: list = []
+        self._timers: list = []
+
+    # -- identity -------------------------------------------------------------------------
+    def get_name(self) -> str:
+        return self._handle.name
+
+    def get_namespace(self) -> str:
+        return self._handle.namespace or '/'
+
+    def get_fully_qualified_name(self) -> str:
+        return _params.fully_qualified_name(self._handle.name, self._handle.namespace)
+
+    @property
+    def runtime(self):
+        return self._runtime
+
+    def get_logger(self) -> logging.Logger:
+        return self._handle.logger
+
+    # -- communication --------------------------------------------------------------------
+    def create_publisher(self, msg_type: str | type, topic: str, qos: QoS | int = 10):
+        pub = self._handle.create_publisher(normalize_type(_tname(msg_type)), topic,
+                                            QoS.coerce(qos))
+        self._publishers.append(pub)
+        return pub
+
+    def create_subscription(self, msg_type: str | type, topic: str,
+                            callback: Callable[[Any], None], qos: QoS | int = 10):
+        sub = self._handle.create_subscription(normalize_type(_tname(msg_type)), topic, callback,
+                                               QoS.coerce(qos))
+        self._subscriptions.append(sub)
+        return sub
+
+    def create_timer(self, period_s: float, callback: Callable[[], None]):
+        if period_s <= 0:
+            raise ValueError(f'timer period must be > 0 s, not {period_s}')
+        timer = self._handle.create_timer(float(period_s), callback)
+        self._timers.append(timer)
+        return timer
+
+    # -- parameters -----------------------------------------------------------------------
+    def declare_parameter(self, name: str, default: Any, description: str = '') -> Parameter:
+        value = self._handle.declare_parameter(name, default, description)
+        if default is not None and value is not None and not _compatible(default, value):
+            raise ParameterError(
+                f"parameter '{name}' of node '{self.get_name()}' must be "
+                f'{type(default).__name__} (default {default!r}), got {value!r}')
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        self._declared.add(name)
+        return Parameter(name, value)
+
+    def get_parameter(self, name: str) -> Parameter:
+        if name not in self._declared:
+            raise ParameterError(f"node '{self.get_name()}' has no parameter '{name}'")
+        return Parameter(name, self._handle.get_parameter(name))
+
+    def set_parameter(self, name: str, value: Any) -> None:
+        if name not in self._declared:
+            raise ParameterError(f"node '{self.get_name()}' has no parameter '{name}'")
+        self._handle.set_parameter(name, value)
+
+    @property
+    def declared_parameters(self) -> set[str]:
+        return set(self._declared)
+
+    # -- clock ----------------------------------------------------------------------------
+    def now_ns(self) -> int:
+        return self._handle.now_ns()
+
+    def now(self):
+        """builtin_interfaces/msg/Time of the node's clock (for headers)."""
+        return time_from_ns(self._handle.now_ns())
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def on_configure(self) -> None:
+        """Load what is heavy (engines, files). Called once before on_activate."""
+
+    def on_activate(self) -> None:
+        """Start work (timers, publishing)."""
+
+    def on_deactivate(self) -> None:
+        """Stop work; called at shutdown."""
+
+    def on_cleanup(self) -> None:
+        """Free what on_configure loaded and close files (bags!)."""
+
+    def destroy_node(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._handle.destroy()
+
+
+def _tname(msg_type: str | type) -> str:
+    return msg_type if isinstance(msg_type, str) else type_name(msg_type)
+
+
+def _compatible(default: Any, value: Any) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return True
+
+
+def check_node_parameters(node: Node, cli_args: list[str] | None) -> None:
+    """Raise ParameterError if a params file / -p sets something the node does not declare."""
+    ros, _rest = _params.split_ros_args(cli_args or [])
+    fqn = node.get_fully_qualified_name()
+    for path in ros.params_files:
+        sections = _params.load_params_file(path)
+        # A shared file may hold sections for other nodes; only a section whose name is close
+        # to ours while none matches us is taken for a typo (the launcher checks whole files).
+        named = _params.node_sections(sections)
+        if named and not any(_params.key_matches(k, fqn) for k in named):
+            close = difflib.get_close_matches(node.get_name(),
+                                              [k.rsplit('/', 1)[-1] for k in named], n=1)
+            if close:
+                _params.check_sections(path, sections, [fqn])
+        given = _params.params_for_node(sections, fqn)
+        _params.check_declared(f'parameter file {path}', given, node.declared_parameters,
+                               node.get_name())
+    _params.check_declared('command line (-p)', ros.params, node.declared_parameters,
+                           node.get_name())
+
+
+def nodes_main(factories: list[Callable[..., Node]], args: list[str] | None = None,
+               duration_s: float | None = None) -> int:
+    """Create nodes, configure + activate them, spin until Ctrl-C / shutdown, clean up.
+
+    Returns a process exit code. Several factories run in one process (composition).
+    """
+    from qail_ros.runtime import get_runtime
+    argv = list(sys.argv if args is None else args)
+    runtime = get_runtime()
+    runtime.init(argv)
+    nodes: list[Node] = []
+    log = logging.getLogger('qail_ros')
+    _install_sigterm_as_interrupt()
+    code = 0
+    try:
+        for factory in factories:
+            node = factory(cli_args=argv)
+            check_node_parameters(node, argv)
+            nodes.append(node)
+        for node in nodes:
+            node.on_configure()
+        for node in nodes:
+            node.on_activate()
+        runtime.spin(nodes, duration_s=duration_s)
+    except KeyboardInterrupt:
+        pass
+    except QailRosError as exc:
+        log.error('%s', exc)
+        print(f'error: {exc}', file=sys.stderr)
+        code = 2
+    finally:
+        for node in reversed(nodes):
+            for hook in (node.on_deactivate, node.on_cleanup, node.destroy_node):
+                try:
+                    hook()
+                except Exception as exc:  # noqa: BLE001 - shutdown must reach every node
+                    log.error('%s.%s failed during shutdown: %s', node.get_name(),
+                              hook.__name__, exc)
+        runtime.shutdown()
+    return code
+
+
+def run_node(node_cls: Callable[..., Node], args: list[str] | None = None) -> int:
+    """The body of a node's `main()`: one node in this process."""
+    return nodes_main([node_cls], args)
+
+
+def _install_sigterm_as_interrupt() -> None:
+    """SIGTERM (what launchers send after SIGINT) unwinds like Ctrl-C, so bags get closed."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(_signum, _frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):
+        pass
