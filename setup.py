@@ -1,16 +1,16 @@
 """ament_python / pip build script for qail_ros."""
 from glob import glob
 import os
+import runpy
 
 from setuptools import find_packages, setup
 
 PACKAGE = 'qail_ros'
 
-# One console script per node, plus the `qail-ros` command line.
-NODES = {
-    'camera_source': 'qail_ros.nodes.camera_source:main',
-    'image_policy': 'qail_ros.nodes.image_policy:main',
-}
+# One console script per node, plus the `qail-ros` command line. The node list lives in one
+# place, qail_ros/nodes/registry.py, read as a file (setup.py must not import the package).
+NODES = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), PACKAGE,
+                                    'nodes', 'registry.py'))['NODES']
 
 
 def _tree(folder):
@@ -37,9 +37,10 @@ setup(
     install_requires=[
         'numpy',
         'pyyaml',
-        'rosbags>=0.10',
+        'rosbags>=0.11.9,<0.12',  # bag.py relies on its mcap writer's chunking
         'eclipse-zenoh>=1.0',
         'mcap',
+        'pillow',
         'tqdm',
         'rich',
         'psutil',
@@ -47,6 +48,7 @@ setup(
     extras_require={
         # torch is installed separately (pinned CPU wheel here, JetPack's wheel on Orin).
         'ml': ['torch', 'safetensors'],
+        'video': ['av'],
         'test': ['pytest', 'mcap-ros2-support'],
     },
     zip_safe=False,

@@ -15,6 +15,7 @@ BENCHES = {
     'physics': 'qail_ros.bench.physics',
     'cilrs': 'qail_ros.bench.cilrs',
     'decode': 'qail_ros.bench.decode',
+    'monitor': 'qail_ros.bench.monitor',
 }
 
 

@@ -27,6 +27,7 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from typing import Any, Callable
 
 from qail_ros.errors import ParameterError, QailRosError
@@ -34,7 +35,7 @@ from qail_ros.messages import normalize_type, time_from_ns, type_name
 from qail_ros.runtime import params as _params
 from qail_ros.runtime.api import QoS
 
-__all__ = ['Node', 'Parameter', 'run_node', 'nodes_main']
+__all__ = ['Node', 'Parameter', 'run_node', 'nodes_main', 'prepare_fast_exit']
 
 
 @dataclasses.dataclass
@@ -188,14 +189,30 @@ def check_node_parameters(node: Node, cli_args: list[str] | None) -> None:
                            node.get_name())
 
 
-def nodes_main(factories: list[Callable[..., Node]], args: list[str] | None = None,
-               duration_s: float | None = None) -> int:
+#: Anything that makes a node given `cli_args=`: a Node subclass or a function.
+NodeFactory = Callable[..., Node]
+
+
+def nodes_main(factories: Sequence[NodeFactory | tuple[NodeFactory, Sequence[str] | None]],
+               args: list[str] | None = None, duration_s: float | None = None) -> int:
     """Create nodes, configure + activate them, spin until Ctrl-C / shutdown, clean up.
 
-    Returns a process exit code. Several factories run in one process (composition).
+    Several nodes run in one process (composition: `qail-ros launch --composed`). `args` are
+    the process's arguments (sys.argv when None); their ROS part applies to every node, as the
+    global arguments of `rclpy.init(args=...)` do. An entry of `factories` is either a factory,
+    called with `cli_args=args`, or a `(factory, node_args)` pair whose node gets `node_args`
+    as its own arguments (`--ros-args -r __node:=... --params-file ... -r from:=to`) on top of
+    the global ones, like the `arguments` of an rclpy Node; this is how one process runs
+    several nodes each with its own name, parameters and remappings.
+
+    Returns a process exit code: 0 after Ctrl-C / SIGTERM / `duration_s`, 2 after a qail_ros
+    error (a bad parameter, say), printed on stderr. Every node created gets
+    on_deactivate, on_cleanup and destroy_node at the end, whatever happened.
     """
     from qail_ros.runtime import get_runtime
     argv = list(sys.argv if args is None else args)
+    entries = [(f[0], None if f[1] is None else list(f[1])) if isinstance(f, tuple) else (f, None)
+               for f in factories]
     runtime = get_runtime()
     runtime.init(argv)
     nodes: list[Node] = []
@@ -203,9 +220,13 @@ def nodes_main(factories: list[Callable[..., Node]], args: list[str] | None = No
     _install_sigterm_as_interrupt()
     code = 0
     try:
-        for factory in factories:
-            node = factory(cli_args=argv)
-            check_node_parameters(node, argv)
+        for factory, node_args in entries:
+            if node_args is None:
+                node = factory(cli_args=argv)
+                check_node_parameters(node, argv)
+            else:
+                node = factory(cli_args=node_args)
+                check_node_parameters(node, argv + ['--'] + node_args)
             nodes.append(node)
         for node in nodes:
             node.on_configure()
@@ -227,12 +248,28 @@ def nodes_main(factories: list[Callable[..., Node]], args: list[str] | None = No
                     log.error('%s.%s failed during shutdown: %s', node.get_name(),
                               hook.__name__, exc)
         runtime.shutdown()
+        if args is None:  # this is the program's main(): it ends right after
+            prepare_fast_exit()
     return code
 
 
-def run_node(node_cls: Callable[..., Node], args: list[str] | None = None) -> int:
-    """The body of a node's `main()`: one node in this process."""
-    return nodes_main([node_cls], args)
+def prepare_fast_exit() -> None:
+    """Make the interpreter's own exit fast once every node is cleaned up.
+
+    With torch loaded, the garbage collection Python runs while finalising takes ~1 s here,
+    which alone would break the launcher's "everything stopped within 2 s" (measured: 0.9-1.5 s
+    from atexit to process end; 0.27 s with this). Freezing the heap skips that collection;
+    objects are still released by reference counting as modules are torn down, and nodes have
+    already closed their files in on_cleanup. Call it only when the process is about to exit.
+    """
+    import gc
+    gc.freeze()
+
+
+def run_node(node_cls: NodeFactory, args: list[str] | None = None,
+             duration_s: float | None = None) -> int:
+    """The body of a node's `main()`: one node in this process (see nodes_main)."""
+    return nodes_main([node_cls], args, duration_s=duration_s)
 
 
 def _install_sigterm_as_interrupt() -> None:

@@ -1,0 +1,119 @@
+"""`qail-ros bench monitor`: CPU cost of the power_monitor node itself (goal: < 2 % of one core).
+
+Runs in one process on the embedded runtime (no transport), for --seconds each:
+  baseline   a fake policy publishing policy_timing messages at --timing-hz, nothing else
+  +monitor   the same plus power_monitor sampling every --interval-ms (default 100 ms = 10 Hz)
+             and publishing /diagnostics + ~/metrics every second, once per source:
+             'replay' (a real-format AGX Orin tegrastats line replayed at the sampling rate:
+             the Jetson parsing path) and 'proc' (psutil: what this machine uses)
+CPU time is the process's user+system time (all threads) over wall time; the monitor's cost is
+the difference to the baseline, in % of one core. The tegrastats process itself (on a Jetson)
+is not counted: it is NVIDIA's tool and runs whether or not this node parses its output.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+HELP = 'CPU overhead of the power_monitor node at 10 Hz sampling (% of one core)'
+
+#: AGX Orin 64GB, JetPack 5/6 (GitHub GDWR/jetson_exporter issue #14): the longest real line.
+AGX_ORIN_LINE = (
+    '04-11-2025 10:36:27 RAM 4321/62801MB (lfb 1759x4MB) SWAP 19/31400MB (cached 0MB) CPU '
+    '[0%@729,0%@729,0%@729,0%@729,0%@729,0%@729,0%@729,0%@729,0%@729,0%@729,0%@729,0%@729] '
+    'EMC_FREQ 0%@2133 GR3D_FREQ 0%@[0,0] VIC_FREQ 729 APE 174 CV0@-256C CPU@44.562C Tboard@32C '
+    'SOC2@40.093C Tdiode@33C SOC0@41.093C CV1@-256C GPU@-256C tj@44.343C SOC1@41.25C '
+    'CV2@-256C VDD_GPU_SOC 2340mW/2340mW VDD_CPU_CV 390mW/390mW VIN_SYS_5V0 4025mW/4025mW '
+    'NC 0mW/0mW VDDQ_VDD2_1V8AO 301mW/301mW NC 0mW/0mW')
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument('--seconds', type=float, default=20.0, help='seconds per run')
+    parser.add_argument('--interval-ms', type=int, default=100, help='sampling period')
+    parser.add_argument('--timing-hz', type=float, default=30.0,
+                        help='policy timing messages per second')
+    parser.add_argument('--sources', default='replay,proc', help='sources to measure')
+
+
+def _cpu_s() -> float:
+    return time.process_time()  # CLOCK_PROCESS_CPUTIME_ID: all threads, ns resolution
+
+
+def _run(seconds: float, timing_hz: float, monitor_args: list[str] | None) -> dict:
+    from qail_ros import policy_io
+    from qail_ros.runtime import Node, set_runtime
+    from qail_ros.runtime.embedded import EmbeddedRuntime
+    rt = EmbeddedRuntime()
+    set_runtime(rt)
+    rt.init([])
+    nodes = []
+    monitor = None
+    try:
+        policy = Node('fake_policy')
+        pub = policy.create_publisher('std_msgs/msg/Float64MultiArray', '~/policy_timing', 10)
+
+        def tick():
+            now = time.time()
+            pub.publish(policy_io.timing_to_msg(policy_io.InferenceTiming(
+                stamp_ns=time.time_ns(), start_s=now - 0.004, end_s=now)))
+        policy.create_timer(1.0 / timing_hz, tick)
+        nodes.append(policy)
+        if monitor_args is not None:
+            from qail_ros.nodes.power_monitor import PowerMonitor
+            monitor = PowerMonitor(cli_args=['--ros-args', '-p',
+                                             'timing_topics:=[/fake_policy/policy_timing]']
+                                   + monitor_args)
+            monitor.on_configure()
+            monitor.on_activate()
+            nodes.append(monitor)
+        rt.spin(nodes, duration_s=0.5)  # settle
+        c0, w0 = _cpu_s(), time.perf_counter()
+        rt.spin(nodes, duration_s=seconds)
+        cpu, wall = _cpu_s() - c0, time.perf_counter() - w0
+        out = {'cpu_percent_of_core': 100.0 * cpu / wall, 'wall_s': wall}
+        if monitor is not None:
+            snap = monitor.snapshot()
+            out['samples'] = snap['readings']
+            out['samples_per_s'] = snap['readings'] / (wall + 0.5)
+            st = snap['stats']['/fake_policy/policy_timing']
+            out['inferences'] = st.total
+            monitor.on_deactivate()
+            monitor.on_cleanup()
+        return out
+    finally:
+        rt.shutdown()
+        set_runtime(None)
+
+
+def main(args) -> int:
+    from qail_ros.bench.report import emit_json, environment, table
+    os.environ['QAIL_ROS_TRANSPORT'] = 'none'
+    sources = [s.strip() for s in args.sources.split(',') if s.strip()]
+    with tempfile.TemporaryDirectory() as tmp:
+        log = os.path.join(tmp, 'tegrastats.log')
+        with open(log, 'w') as f:
+            f.write('\n'.join([AGX_ORIN_LINE] * 50) + '\n')
+        base = _run(args.seconds, args.timing_hz, None)
+        rows, results = [], {'baseline': base}
+        rows.append(['baseline (timing publisher only)', '-', base['cpu_percent_of_core'],
+                     0.0])
+        for source in sources:
+            extra = ['-p', f'source:={source}', '-p', f'interval_ms:={args.interval_ms}']
+            if source == 'replay':
+                extra += ['-p', f'logfile:={log}', '-p', 'replay_loop:=true']
+            res = _run(args.seconds, args.timing_hz, extra)
+            res['overhead_percent_of_core'] = (res['cpu_percent_of_core']
+                                               - base['cpu_percent_of_core'])
+            results[source] = res
+            rows.append([f'+ power_monitor ({source})', f"{res['samples_per_s']:.1f}",
+                         res['cpu_percent_of_core'], res['overhead_percent_of_core']])
+    table(f'power_monitor CPU cost ({args.seconds:g} s each, sampling every '
+          f'{args.interval_ms} ms, timing at {args.timing_hz:g} Hz)',
+          ['run', 'samples/s', 'process CPU (% of one core)', 'monitor overhead (% core)'],
+          rows)
+    if args.json:
+        emit_json({'bench': 'monitor', 'interval_ms': args.interval_ms,
+                   'timing_hz': args.timing_hz, 'seconds': args.seconds, 'results': results,
+                   'environment': environment()})
+    return 0

@@ -1,0 +1,352 @@
+"""`qail-ros bench physics`: the QAIL paper's Table 7 on DeepMind Control, measured here.
+
+For each task with a shipped FP policy: the FP policy's return, then per training seed and bit
+width a quantized student per method — PTQ-RTN (no training), QAIL alone, QAIL+QBC, QAIL+wQBC,
+and optionally QBC alone and LPPD — each evaluated closed-loop over the same environment seeds
+(0..episodes-1). Writes OUT/physics.{json,csv,md,png} and prints the table; `--json` prints the
+results object as the last line. `--merge` keeps the tasks / bit widths of an earlier
+OUT/physics.json that this run did not measure, so tasks can be run at different times.
+
+    qail-ros bench physics --task walker-stand --bits w4a4 --seeds 3 --episodes 10
+    qail-ros bench physics --quick          # one task, tiny budget: a smoke test (~1 min)
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HELP = ('QAIL on DeepMind Control (Table 7): FP vs PTQ-RTN vs QAIL vs QAIL+QBC (+wQBC) returns '
+        'of W4A4 MLP policies')
+
+ALL_METHODS = ('fp', 'ptq_rtn', 'qail', 'qbc', 'qail_qbc', 'qail_wqbc', 'lppd')
+DEFAULT_METHODS = ('fp', 'ptq_rtn', 'qail', 'qail_qbc', 'qail_wqbc')
+LABELS = {'fp': 'FP32', 'ptq_rtn': 'PTQ-RTN', 'qail': 'QAIL', 'qbc': 'QBC',
+          'qail_qbc': 'QAIL+QBC', 'qail_wqbc': 'QAIL+wQBC', 'lppd': 'LPPD'}
+#: Table 7 of the QAIL paper (average return; FP32 / INT4 LPPD / INT4 QAIL+QBC).
+PAPER_TABLE7 = {
+    'cartpole-balance': {'fp': 652, 'lppd': 424, 'qail_qbc': 635},
+    'walker-stand': {'fp': 692, 'lppd': 442, 'qail_qbc': 688},
+    'hopper-stand': {'fp': 645, 'lppd': 404, 'qail_qbc': 643},
+    'cheetah-run': {'fp': 567, 'lppd': 294, 'qail_qbc': 556},
+    'finger-spin': {'fp': 684, 'lppd': 421, 'qail_qbc': 640},
+    'humanoid-stand': {'fp': 565, 'lppd': 356, 'qail_qbc': 590},
+    'humanoid-walk': {'fp': 550, 'lppd': 205, 'qail_qbc': 535},
+}
+FULL = {'seeds': 3, 'episodes': 10, 'steps': 2000, 'expert_episodes': 10, 'fp_episodes': 10,
+        'onpolicy_every': 250, 'onpolicy_episodes': 2, 'onpolicy_max_steps': None}
+QUICK = {'seeds': 1, 'episodes': 2, 'steps': 60, 'expert_episodes': 1, 'fp_episodes': 1,
+         'onpolicy_every': 30, 'onpolicy_episodes': 1, 'onpolicy_max_steps': 200}
+
+
+def _csv_list(values: list[str] | None) -> list[str]:
+    out: list[str] = []
+    for v in values or []:
+        out += [x.strip() for x in v.split(',') if x.strip()]
+    return out
+
+
+def add_arguments(parser):
+    parser.add_argument('--task', action='append', default=None,
+                        help='task(s), repeatable or comma-separated (default: every task with '
+                             'a shipped FP policy; --quick: cartpole-balance)')
+    parser.add_argument('--bits', action='append', default=None,
+                        help='bit widths, e.g. w4a4 (default) or w4a4,w3a3; the first is the '
+                             'main one')
+    parser.add_argument('--methods', action='append', default=None,
+                        help=f'methods among {",".join(ALL_METHODS)} (default '
+                             f'{",".join(DEFAULT_METHODS)})')
+    parser.add_argument('--quick', action='store_true',
+                        help='smoke test: one task, one seed, 2 episodes, 60 steps')
+    parser.add_argument('--seeds', type=int, default=None, help='training seeds (3)')
+    parser.add_argument('--episodes', type=int, default=None, help='evaluation episodes (10)')
+    parser.add_argument('--steps', type=int, default=None, help='training steps (2000)')
+    parser.add_argument('--lr', type=float, default=3e-4, help='Adam learning rate (3e-4)')
+    parser.add_argument('--expert-episodes', type=int, default=None, help='D_E episodes (10)')
+    parser.add_argument('--fp-episodes', type=int, default=None, help='D_FP episodes (10)')
+    parser.add_argument('--onpolicy-every', type=int, default=None,
+                        help='on-policy QBC rollout interval in steps (250; 0 = off)')
+    parser.add_argument('--out', default='bench-results/physics',
+                        help='output directory for physics.{json,csv,md,png}')
+    parser.add_argument('--merge', action='store_true',
+                        help='keep results of an earlier OUT/physics.json for other tasks/bits')
+    parser.add_argument('--threads', type=int, default=1, help='torch threads (default 1)')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bars')
+
+
+def settings_from(args) -> dict[str, Any]:
+    base = dict(QUICK if args.quick else FULL)
+    for key in ('seeds', 'episodes', 'steps', 'expert_episodes', 'fp_episodes',
+                'onpolicy_every'):
+        v = getattr(args, key)
+        if v is not None:
+            base[key] = v
+    base['lr'] = args.lr
+    return base
+
+
+def _commit() -> str:
+    import subprocess
+    try:
+        sha = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return 'unknown'
+    if not sha:
+        return 'uncommitted'
+    return f'{sha}+uncommitted-changes' if dirty else sha
+
+
+def _entry(method: str, bits: str, per_seed: list[list[float]], fp_mean: float | None,
+           train_s: list[float]) -> dict[str, Any]:
+    import numpy as np
+    flat = [r for rs in per_seed for r in rs]
+    seed_means = [float(np.mean(rs)) for rs in per_seed]
+    e = {'method': method, 'bits': bits, 'mean': float(np.mean(flat)),
+         'std': float(np.std(flat)), 'seed_std': float(np.std(seed_means)),
+         'episodes': len(per_seed[0]), 'seeds': len(per_seed), 'seed_means': seed_means,
+         'returns': [[round(r, 2) for r in rs] for rs in per_seed]}
+    if fp_mean:
+        e['retention'] = e['mean'] / fp_mean
+    if train_s:
+        e['train_seconds'] = float(np.mean(train_s))
+    return e
+
+
+def run_task(task: str, bits_list: list[str], methods: list[str], s: dict[str, Any],
+             progress: bool, log) -> dict[str, Any]:
+    """Measure every method x bit width on one task; returns {key: entry}."""
+    from qail_ros.physics.models import load_fp_policy
+    from qail_ros.qail.config import TrainConfig
+    from qail_ros.qail.physics_tasks import build_qail_data, evaluate_policy, train_on_task
+
+    teacher = load_fp_policy(task)
+    out: dict[str, Any] = {}
+    # FP is always measured: it is the reference of every retention figure.
+    t0 = time.perf_counter()
+    fp_returns = evaluate_policy(teacher, task, s['episodes'])
+    out['fp'] = _entry('fp', 'fp32', [fp_returns], None, [])
+    fp_mean = out['fp']['mean']
+    log(f'{task}: fp {fp_mean:.1f} ({time.perf_counter() - t0:.1f}s)')
+    runs: dict[tuple[str, str], list] = {}
+    times: dict[tuple[str, str], list] = {}
+    for seed in range(s['seeds']):
+        t0 = time.perf_counter()
+        data = build_qail_data(task, expert_episodes=s['expert_episodes'],
+                               fp_episodes=s['fp_episodes'], seed=seed, teacher=teacher)
+        log(f'{task}: seed {seed}: D_QAIL {data.counts()} ({time.perf_counter() - t0:.1f}s)')
+        for bits in bits_list:
+            for method in methods:
+                if method == 'fp':
+                    continue
+                cfg = TrainConfig(method=method, bits=bits, steps=s['steps'], lr=s['lr'],
+                                  seed=seed, onpolicy_every=s['onpolicy_every'],
+                                  onpolicy_episodes=s['onpolicy_episodes'],
+                                  onpolicy_max_steps=s['onpolicy_max_steps'],
+                                  progress=progress, extra={'task': task})
+                res = train_on_task(task, cfg, data=data, teacher=teacher)
+                returns = evaluate_policy(res.student, task, s['episodes'])
+                runs.setdefault((method, bits), []).append(returns)
+                times.setdefault((method, bits), []).append(res.seconds)
+                log(f'{task}: seed {seed} {bits} {method}: {sum(returns) / len(returns):.1f} '
+                    f'(train {res.seconds:.1f}s, on-policy states {res.onpolicy_states})')
+    for (method, bits), per_seed in runs.items():
+        key = method if bits == bits_list[0] else f'{method}_{bits}'
+        out[key] = _entry(method, bits, per_seed, fp_mean, times[(method, bits)])
+    if 'fp' not in methods:
+        out['fp']['reference_only'] = True
+    return out
+
+
+def _fmt(e: dict[str, Any] | None, with_ret: bool = True) -> str:
+    if not e:
+        return '-'
+    txt = f'{e["mean"]:.0f} ± {e["std"]:.0f}'
+    if with_ret and 'retention' in e:
+        txt += f' ({100 * e["retention"]:.0f}%)'
+    return txt
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The Markdown page: Table 7 layout, ours beside the paper's, then stretch bit widths."""
+    res = result['results']
+    main_bits = result['settings'].get('main_bits', 'w4a4')
+    methods = [m for m in ALL_METHODS if m != 'fp' and any(m in r for r in res.values())]
+    lines = ['# Physics benchmark: QAIL on DeepMind Control (the QAIL paper\'s Table 7)', '',
+             'Average return over evaluation episodes (mean ± std over all episodes of all '
+             'training seeds; in brackets: share of our FP32 return). Paper columns: Table 7 of '
+             'the QAIL paper (FP32 / INT4 LPPD / INT4 QAIL+QBC).', '']
+    head = ['Task', 'FP32 (ours)'] + [f'{LABELS[m]} {main_bits.upper()}' for m in methods] + [
+        'paper FP32', 'paper LPPD INT4', 'paper QAIL+QBC INT4']
+    lines += ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    sums: dict[str, list[float]] = {}
+    for task, r in res.items():
+        paper = PAPER_TABLE7.get(task, {})
+        cells = [task, _fmt(r.get('fp'), False)] + [_fmt(r.get(m)) for m in methods] + [
+            str(paper.get('fp', '-')), str(paper.get('lppd', '-')), str(paper.get('qail_qbc', '-'))]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+        for m in methods:
+            if m in r and 'retention' in r[m]:
+                sums.setdefault(m, []).append(r[m]['retention'])
+    if sums:
+        cells = ['**mean retention**', '100%'] + [
+            f'{100 * sum(sums[m]) / len(sums[m]):.1f}%' if m in sums else '-' for m in methods]
+        p_ret = [PAPER_TABLE7[t]['qail_qbc'] / PAPER_TABLE7[t]['fp'] for t in res
+                 if t in PAPER_TABLE7]
+        pl = [PAPER_TABLE7[t]['lppd'] / PAPER_TABLE7[t]['fp'] for t in res if t in PAPER_TABLE7]
+        cells += ['100%', f'{100 * sum(pl) / len(pl):.1f}%' if pl else '-',
+                  f'{100 * sum(p_ret) / len(p_ret):.1f}%' if p_ret else '-']
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    other = sorted({e['bits'] for r in res.values() for k, e in r.items()
+                    if isinstance(e, dict) and e.get('bits') not in (main_bits, 'fp32')})
+    for bits in other:
+        lines += ['', f'## Stretch: {bits.upper()}', '',
+                  '| Task | FP32 (ours) | ' + ' | '.join(LABELS[m] for m in methods) + ' |',
+                  '|' + '---|' * (len(methods) + 2)]
+        for task, r in res.items():
+            cells = [task, _fmt(r.get('fp'), False)] + [_fmt(r.get(f'{m}_{bits}'))
+                                                        for m in methods]
+            lines.append('| ' + ' | '.join(cells) + ' |')
+    lines += ['', '## Per-seed means', '', '| Task | Method | Bits | seeds | episodes | '
+              'per-seed means | std of seed means | train s/run |', '|---|---|---|---|---|---|---|---|']
+    for task, r in res.items():
+        for key, e in r.items():
+            if not isinstance(e, dict) or 'seed_means' not in e:
+                continue
+            means = ', '.join(f'{m:.1f}' for m in e['seed_means'])
+            lines.append(f'| {task} | {LABELS.get(e["method"], e["method"])} | {e["bits"]} | '
+                         f'{e["seeds"]} | {e["episodes"]} | {means} | {e["seed_std"]:.1f} | '
+                         f'{e.get("train_seconds", 0):.0f} |')
+    lines += ['', '## How it was made', '']
+    for task, run in result.get('runs', {}).items():
+        lines.append(f'- {task}: `{run["command"]}` (commit {run["commit"]}, {run["date"]}, '
+                     f'{run["seconds"]:.0f} s)')
+    st = result['settings']
+    lines += ['', f'Settings: {json.dumps({k: v for k, v in st.items()})}', '']
+    return '\n'.join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> Path:
+    """Grouped bars of mean return (± std) per method, one panel per task."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    res = result['results']
+    tasks = list(res)
+    fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(4.5 * max(1, len(tasks)), 3.6),
+                             squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        keys = [k for k, e in res[task].items() if isinstance(e, dict) and 'mean' in e]
+        means = [res[task][k]['mean'] for k in keys]
+        stds = [res[task][k]['std'] for k in keys]
+        labels = [LABELS.get(res[task][k]['method'], k) + ('' if res[task][k]['bits'] in (
+            'fp32', result['settings'].get('main_bits')) else f'\n{res[task][k]["bits"]}')
+            for k in keys]
+        colors = ['tab:gray' if k == 'fp' else 'tab:red' if 'ptq' in k else 'tab:blue'
+                  for k in keys]
+        ax.bar(range(len(keys)), means, yerr=stds, color=colors, capsize=3)
+        ax.set_xticks(range(len(keys)), labels, rotation=45, ha='right', fontsize=8)
+        ax.set_title(task, fontsize=10)
+        ax.set_ylabel('return')
+        ax.set_ylim(0, 1050)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(result: dict[str, Any], out: Path) -> dict[str, str]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / 'physics.json').write_text(json.dumps(result, indent=1) + '\n')
+    with (out / 'physics.csv').open('w') as f:
+        f.write('task,method,bits,mean,std,seed_std,episodes,seeds,retention,train_seconds\n')
+        for task, r in result['results'].items():
+            for e in r.values():
+                if isinstance(e, dict) and 'mean' in e:
+                    f.write(f'{task},{e["method"]},{e["bits"]},{e["mean"]:.2f},{e["std"]:.2f},'
+                            f'{e["seed_std"]:.2f},{e["episodes"]},{e["seeds"]},'
+                            f'{e.get("retention", 1.0):.4f},{e.get("train_seconds", 0):.1f}\n')
+    (out / 'physics.md').write_text(markdown(result))
+    plot(result, out / 'physics.png')
+    return {k: str(out / f'physics.{k}') for k in ('json', 'csv', 'md', 'png')}
+
+
+def main(args) -> int:
+    import torch
+
+    from qail_ros.bench.report import emit_json, environment, table
+    from qail_ros.errors import ParameterError
+    from qail_ros.physics.models import shipped_tasks
+    from qail_ros.physics.tasks import task_spec
+    from qail_ros.qail.config import parse_bits
+
+    torch.set_num_threads(max(1, args.threads))
+    s = settings_from(args)
+    tasks = _csv_list(args.task)
+    if not tasks:
+        tasks = ['cartpole-balance'] if args.quick else shipped_tasks()
+    if args.quick:
+        tasks = tasks[:1]
+    for t in tasks:
+        task_spec(t)
+    bits_list = [b.lower() for b in _csv_list(args.bits)] or ['w4a4']
+    for b in bits_list:
+        parse_bits(b)
+    methods = _csv_list(args.methods) or list(DEFAULT_METHODS)
+    bad = [m for m in methods if m not in ALL_METHODS]
+    if bad:
+        raise ParameterError(f'unknown methods {bad}: use {", ".join(ALL_METHODS)}')
+    if s['seeds'] < 1 or s['episodes'] < 1:
+        raise ParameterError('--seeds and --episodes must be >= 1')
+    missing = [t for t in tasks if t not in shipped_tasks()]
+    if missing:
+        raise ParameterError(f'no shipped FP policy for {missing}: train them '
+                             f'(scripts/physics/) or pick from {shipped_tasks()}')
+    s['main_bits'] = bits_list[0]
+    out = Path(args.out)
+    result: dict[str, Any] = {'benchmark': 'physics', 'results': {}, 'runs': {}}
+    if args.merge and (out / 'physics.json').is_file():
+        old = json.loads((out / 'physics.json').read_text())
+        result['results'] = old.get('results', {})
+        result['runs'] = old.get('runs', {})
+    command = 'qail-ros bench physics ' + ' '.join(shlex.quote(a) for a in sys.argv[3:]) if (
+        sys.argv[1:3] == ['bench', 'physics']) else 'qail-ros ' + ' '.join(
+        shlex.quote(a) for a in sys.argv[1:])
+    commit = _commit()
+    log = (lambda msg: print(msg, file=sys.stderr, flush=True))
+    for task in tasks:
+        t0 = time.perf_counter()
+        measured = run_task(task, bits_list, methods, s, not args.no_progress, log)
+        merged = {k: v for k, v in result['results'].get(task, {}).items()
+                  if not (isinstance(v, dict) and v.get('bits') in bits_list)}
+        merged.update(measured)
+        result['results'][task] = merged
+        result['runs'][task] = {'command': command, 'commit': commit,
+                                'date': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+                                'seconds': round(time.perf_counter() - t0, 1),
+                                'settings': dict(s), 'bits': bits_list, 'methods': methods}
+    result['settings'] = s
+    result['paper'] = {t: PAPER_TABLE7[t] for t in result['results'] if t in PAPER_TABLE7}
+    result['command'] = command
+    result['commit'] = commit
+    result['environment'] = environment()
+    result['files'] = write_outputs(result, out)
+    rows = []
+    for task, r in result['results'].items():
+        for e in r.values():
+            if isinstance(e, dict) and 'mean' in e:
+                rows.append([task, LABELS.get(e['method'], e['method']), e['bits'], e['mean'],
+                             e['std'], e['seed_std'], e['seeds'], e['episodes'],
+                             f'{100 * e.get("retention", 1.0):.1f}%'])
+    table('physics benchmark (return)', ['task', 'method', 'bits', 'mean', 'std', 'seed_std',
+                                         'seeds', 'episodes', 'of FP'], rows)
+    if args.json:
+        emit_json(result)
+    return 0

@@ -1,0 +1,50 @@
+"""`qail-ros router`: run the Zenoh router that embedded-runtime processes meet through.
+
+The same role as rmw_zenoh's `ros2 run rmw_zenoh_cpp rmw_zenohd`: peers connect to it, learn
+about each other (gossip scouting) and then link directly. It is a zenoh-python session opened
+in router mode, so no zenohd binary is needed. Runs until Ctrl-C.
+"""
+from __future__ import annotations
+
+import sys
+
+HELP = 'run a Zenoh router (what rmw_zenohd is for rmw_zenoh) until Ctrl-C'
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument('--listen', default=None, metavar='ENDPOINT',
+                        help='endpoint to listen on (default: $QAIL_ROS_ZENOH_ROUTER or '
+                             'tcp/127.0.0.1:7447, the rmw_zenoh default)')
+
+
+def main(args) -> int:
+    from qail_ros.errors import TransportError
+    from qail_ros.runtime import zenoh_transport as zt
+    endpoint = args.listen or zt.router_endpoint()
+    if zt.router_reachable(endpoint):
+        raise TransportError(f'something already listens on {endpoint} (a router?); use it, '
+                             'or pick another endpoint with --listen')
+
+    def ready(zid: str) -> None:
+        print(f'Zenoh router {zid} listening on {endpoint} (domain set per node by '
+              'ROS_DOMAIN_ID); Ctrl-C to stop', file=sys.stderr, flush=True)
+
+    _sigterm_as_interrupt()
+    try:
+        zt.run_router(endpoint, ready=ready)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _sigterm_as_interrupt() -> None:
+    """`kill` (SIGTERM, what launchers and systemd send) stops the router like Ctrl-C."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(_signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)

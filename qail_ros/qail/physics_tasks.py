@@ -1,0 +1,183 @@
+"""QAIL on the DeepMind Control tasks of `qail_ros.physics`: data, training, saving, evaluation.
+
+The glue between the generic trainer and the physics package, shared by `qail-ros train`,
+`qail-ros eval` and `qail-ros bench physics`:
+
+- D_QAIL for a task = D_E (rollouts of the shipped expert: LQR or SAC) ∪ D_FP (rollouts of the
+  shipped FP MLP policy), each labelled with the acting policy's own (clean) action. The data
+  seeds depend on the training seed and never overlap the evaluation seeds (0, 1, ...).
+- The teacher is the shipped FP policy; the student is its quantized copy.
+- On-policy QBC rolls the student out in the task (environment seeds from 100000 up).
+- A trained student is saved as one safetensors file (its state dict, LSQ steps included) whose
+  metadata holds the task, the FP architecture and the TrainConfig, so `load_trained` can rebuild
+  and re-quantize the architecture before loading the weights.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from qail_ros.errors import QailRosError
+from qail_ros.qail.config import TrainConfig
+from qail_ros.qail.data import ImitationData
+from qail_ros.qail.trainer import QAILTrainer, TrainResult, make_student
+
+__all__ = ['STUDENT_FORMAT', 'PolicyFileError', 'obs_groups', 'build_qail_data',
+           'make_collector', 'train_on_task', 'evaluate_policy', 'save_trained', 'load_trained',
+           'load_any_policy', 'DATA_SEED_BASE', 'ONPOLICY_SEED_BASE']
+
+STUDENT_FORMAT = 'qail_ros.qail.student/1'
+DATA_SEED_BASE = 20_000      # + 1000 * training seed: demonstrations and FP rollouts
+ONPOLICY_SEED_BASE = 100_000  # + 1000 * training seed: on-policy QBC rollouts of the student
+
+
+class PolicyFileError(QailRosError, ValueError):
+    """A policy file that is neither an FP MLPPolicy nor a QAIL student file."""
+
+
+def obs_groups(task: str) -> list[list[int]]:
+    """State dimensions grouped by dm_control observation key (e.g. position, velocity)."""
+    from qail_ros.physics.tasks import make_env
+    spec = make_env(task).env.observation_spec()
+    groups, start = [], 0
+    for v in spec.values():
+        n = int(np.prod(v.shape))
+        groups.append(list(range(start, start + n)))
+        start += n
+    return groups
+
+
+def build_qail_data(task: str, *, expert_episodes: int = 10, fp_episodes: int = 10,
+                    seed: int = 0, max_steps: int | None = None, teacher: nn.Module | None = None,
+                    expert_noise: float = 0.0) -> ImitationData:
+    """D_QAIL = D_E ∪ D_FP for `task`, from the shipped expert and FP policy.
+
+    `expert_noise` (std, action units) perturbs the executed expert actions, not the labels
+    (DART-style), to widen the states the demonstrations cover.
+    """
+    from qail_ros.physics.models import load_expert, load_fp_policy
+    from qail_ros.physics.rollout import rollout
+    base = DATA_SEED_BASE + 1000 * seed
+    parts: dict[str, Any] = {}
+    if expert_episodes > 0:
+        r = rollout(load_expert(task), task, expert_episodes, base, max_steps=max_steps,
+                    action_noise=expert_noise)
+        parts['expert'] = (r.obs, r.act)
+    if fp_episodes > 0:
+        fp = teacher if teacher is not None else load_fp_policy(task)
+        r = rollout(fp, task, fp_episodes, base + 500, max_steps=max_steps)
+        parts['fp'] = (r.obs, r.act)
+    return ImitationData.from_sources(**parts)
+
+
+def make_collector(task: str, *, episodes: int = 2, max_steps: int | None = None,
+                   seed: int = 0) -> Callable[[nn.Module, int], torch.Tensor]:
+    """On-policy QBC collector: round k rolls the student out on fresh environment seeds."""
+    from qail_ros.physics.rollout import rollout
+
+    def collect(student: nn.Module, k: int) -> torch.Tensor:
+        r = rollout(student, task, episodes, ONPOLICY_SEED_BASE + 1000 * seed + k * episodes,
+                    max_steps=max_steps)
+        return torch.from_numpy(r.obs)
+    return collect
+
+
+def train_on_task(task: str, config: TrainConfig, *, data: ImitationData | None = None,
+                  teacher: nn.Module | None = None, quantize_fn=None,
+                  data_kwargs: dict[str, Any] | None = None) -> TrainResult:
+    """Quantize the task's FP policy and fine-tune it with `config.method` (on-policy if set)."""
+    from qail_ros.physics.models import load_fp_policy
+    teacher = teacher if teacher is not None else load_fp_policy(task)
+    if data is None:
+        data = build_qail_data(task, seed=config.seed, teacher=teacher, **(data_kwargs or {}))
+    collector = None
+    if config.onpolicy_every > 0 and config.uses_qbc:
+        collector = make_collector(task, episodes=config.onpolicy_episodes,
+                                   max_steps=config.onpolicy_max_steps, seed=config.seed)
+    trainer = QAILTrainer(teacher, config, data, collector=collector, quantize_fn=quantize_fn)
+    return trainer.train()
+
+
+def evaluate_policy(policy: Callable, task: str, episodes: int = 10,
+                    seed: int = 0) -> list[float]:
+    """Returns of `episodes` full episodes on environment seeds seed..seed+episodes-1."""
+    from qail_ros.physics.rollout import evaluate
+    return evaluate(policy, task, episodes=episodes, seed=seed)
+
+
+def save_trained(result: TrainResult, path: str | Path, task: str,
+                 meta: dict[str, Any] | None = None) -> Path:
+    """Write the trained student (state dict + task, FP architecture, TrainConfig) as safetensors."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    student = result.student
+    arch = getattr(student, 'config', None)
+    if not isinstance(arch, dict):
+        raise PolicyFileError('save_trained expects a student made from an MLPPolicy (it needs '
+                              'the architecture to rebuild it)')
+    tensors = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
+    md = {'format': STUDENT_FORMAT, 'task': task, 'architecture': json.dumps(arch),
+          'train_config': result.config.to_yaml(), 'summary': json.dumps(result.summary()),
+          'meta': json.dumps(meta or {})}
+    save_file(tensors, str(path), metadata=md)
+    return path
+
+
+def load_trained(path: str | Path, quantize_fn=None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a student written by `save_trained`: MLPPolicy, re-quantized, weights loaded."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    from qail_ros.physics.policy import MLPPolicy
+    path = Path(path)
+    with safe_open(str(path), framework='pt') as f:
+        md = f.metadata() or {}
+    if md.get('format') != STUDENT_FORMAT:
+        raise PolicyFileError(f'{path} is not a QAIL student file (format '
+                              f'{md.get("format")!r}): write it with qail-ros train')
+    arch = json.loads(md['architecture'])
+    config = TrainConfig.from_yaml(md['train_config'])
+    fp = MLPPolicy(**arch)
+    state = load_file(str(path))
+    fp.obs_mean.copy_(state['obs_mean'])
+    fp.obs_std.copy_(state['obs_std'])
+    calib = fp.obs_mean.unsqueeze(0) + fp.obs_std.unsqueeze(0) * torch.randn(
+        max(2, min(config.calib_samples, 256)), arch['obs_dim'],
+        generator=torch.Generator().manual_seed(0))
+    student = make_student(fp, config, calib, quantize_fn)
+    try:
+        student.load_state_dict(state)
+    except RuntimeError as exc:
+        raise PolicyFileError(f'{path} does not match the architecture and quantization it '
+                              f'names: {exc}') from exc
+    info = {'format': STUDENT_FORMAT, 'task': md.get('task'), 'architecture': arch,
+            'config': config.to_dict(), 'summary': json.loads(md.get('summary', '{}')),
+            'meta': json.loads(md.get('meta', '{}'))}
+    return student.eval(), info
+
+
+def load_any_policy(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """An FP MLPPolicy file, a QAIL student file, or a directory written by `qail-ros train`."""
+    from safetensors import safe_open
+    path = Path(path)
+    if path.is_dir():
+        path = path / 'policy.safetensors'
+    if not path.is_file():
+        raise PolicyFileError(f'no policy at {path}: pass a .safetensors file or a directory '
+                              'written by qail-ros train')
+    with safe_open(str(path), framework='pt') as f:
+        fmt = (f.metadata() or {}).get('format')
+    if fmt == STUDENT_FORMAT:
+        return load_trained(path)
+    from qail_ros.physics.policy import FORMAT, load_policy
+    if fmt == FORMAT:
+        policy = load_policy(path)
+        return policy, {'format': FORMAT, 'meta': getattr(policy, 'meta', {})}
+    raise PolicyFileError(f'{path} has format {fmt!r}: expected {STUDENT_FORMAT!r} (qail-ros '
+                          f'train) or {FORMAT!r} (an FP MLPPolicy)')

@@ -1,0 +1,362 @@
+"""The QAIL trainer: a quantized student fine-tuned from its frozen full-precision teacher.
+
+    teacher  = pi_fp, frozen (eval mode, no gradients)
+    student  = deepcopy(teacher), quantized in place with `qail_ros.quant.quantize_`
+               (LSQ fake quantization for the trained methods, RTN for the PTQ baseline),
+               its quantizers initialised from a calibration batch of D_QAIL
+    each step: a batch (s, a) of D_QAIL ->
+        L_QAIL = BC loss of student(s) on a                       (qat, qail_qbc, qail_wqbc)
+        L_QBC  = D(student(s'), teacher(s')), s' = s plus states  (qbc, qail_qbc, qail_wqbc)
+                 the student visited (on-policy QBC), weighted per state by alpha in {1, beta}
+                 for wQBC / SIS-QRD
+        L_LPPD = distillation of teacher(s) on the teacher's own states (lppd)
+        Adam on L = L_QAIL + lambda * L_QBC
+
+On-policy QBC: with a `collector` (for a simulator: roll out the student, return the states it
+visited), the trainer collects every `onpolicy_every` steps, labels the states with the teacher
+(its outputs are recomputed in every batch, so the label is always the frozen pi_fp), scores
+them for wQBC with the same saliency and threshold, and keeps them in a bounded FIFO pool. This
+is the paper's `s ~ pi_q` sampled DAgger-style.
+
+Distributed: under torchrun (WORLD_SIZE > 1) the process group is initialised here, the student
+is wrapped in DistributedDataParallel, D_QAIL is split with a DistributedSampler, every rank
+collects its own on-policy states (different seeds), and only rank 0 logs and shows progress.
+A single process runs none of this.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from qail_ros.qail.config import TrainConfig
+from qail_ros.qail.data import SOURCE_FP, SOURCE_STUDENT, ImitationData
+from qail_ros.qail.losses import lppd_loss, output_tensor, qail_loss, qbc_loss, total_loss
+from qail_ros.qail.saliency import (canonical_weighting, compute_scores, importance_threshold,
+                                    importance_weights, SISCache)
+
+__all__ = ['QAILTrainer', 'TrainResult', 'make_student', 'default_quantize', 'quant_config_for',
+           'dist_info', 'output_gap']
+
+log = logging.getLogger('qail_ros.qail')
+
+#: (model, config, calibration inputs) -> quantized model (in place or new).
+QuantizeFn = Callable[[nn.Module, TrainConfig, Tensor], nn.Module]
+#: (student, round index) -> states (N, ...) the student visited.
+Collector = Callable[[nn.Module, int], Tensor]
+
+
+def dist_info() -> tuple[int, int, bool]:
+    """(rank, world_size, distributed) from torchrun's environment; inits the group if needed."""
+    world = int(os.environ.get('WORLD_SIZE', '1'))
+    if world <= 1:
+        return 0, 1, False
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        dist.init_process_group(backend='nccl' if torch.cuda.is_available() else 'gloo')
+    return dist.get_rank(), dist.get_world_size(), True
+
+
+def _quant():
+    """(quantize_, rtn_config, lsq_config) from qail_ros.quant (imported on first use)."""
+    try:
+        from qail_ros.quant import lsq_config, quantize_, rtn_config
+    except ImportError:  # a package __init__ that does not re-export them (yet)
+        from qail_ros.quant.api import quantize_
+        from qail_ros.quant.config import lsq_config, rtn_config
+    return quantize_, rtn_config, lsq_config
+
+
+def quant_config_for(config: TrainConfig):
+    """The qail_ros.quant config of a run: per-tensor RTN of weights and layer inputs
+    (`WeightActivationRTN`, the paper's PTQ baseline) for ptq_rtn, per-tensor LSQ otherwise.
+    """
+    from qail_ros.qail.config import parse_bits
+    _, rtn_config, lsq_config = _quant()
+    w, a = parse_bits(config.bits)  # activations >= 16: weight-only
+    if config.canonical_method == 'ptq_rtn':
+        return rtn_config(w, a)
+    return lsq_config(w, a)
+
+
+def default_quantize(model: nn.Module, config: TrainConfig, calib: Tensor) -> nn.Module:
+    """Quantize `model` in place with qail_ros.quant, quantizers initialised from `calib`.
+
+    A trained method's LSQ steps start from LSQ's own init (2 mean|v| / sqrt(Qp), on `calib`
+    for the inputs) by default; with `config.student_init == 'ptq'` they start at the
+    per-tensor RTN ranges of the same batch (weights max|w| / Qp, inputs max|x| / Qp), so the
+    student starts as the PTQ-RTN policy.
+    """
+    from qail_ros.qail.config import parse_bits
+    quantize_, rtn_config, _ = _quant()
+    ref = None
+    if config.trains and config.student_init == 'ptq':
+        ref = quantize_(copy.deepcopy(model), rtn_config(*parse_bits(config.bits)),
+                        calibration=calib)
+    quantize_(model, quant_config_for(config), calibration=calib)
+    if ref is not None:
+        _copy_steps(ref, model)
+    return model
+
+
+@torch.no_grad()
+def _copy_steps(src: nn.Module, dst: nn.Module) -> None:
+    """Copy the (per-tensor, symmetric) quantizer steps and signs of `src` into `dst`."""
+    src_mods = dict(src.named_modules())
+    for name, m in dst.named_modules():
+        other = src_mods.get(name)
+        for attr in ('weight_quant', 'input_quant'):
+            q, r = getattr(m, attr, None), getattr(other, attr, None)
+            if q is None or r is None or q.scale.shape != r.scale.shape:
+                continue
+            q.scale.data.copy_(r.scale)
+            q.set_signed(bool(r.signed))
+            q.initialized.fill_(True)
+
+
+def make_student(teacher: nn.Module, config: TrainConfig, calib: Tensor,
+                 quantize_fn: QuantizeFn | None = None) -> nn.Module:
+    """A deep copy of the teacher, quantized (and calibrated on `calib`), trainable."""
+    student = copy.deepcopy(teacher)
+    for p in student.parameters():
+        p.requires_grad_(True)
+    out = (quantize_fn or default_quantize)(student, config, calib)
+    return student if out is None else out
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: the student and the facts about its training."""
+
+    student: nn.Module
+    config: TrainConfig
+    history: list[dict[str, float]] = field(default_factory=list)
+    threshold: float | None = None
+    onpolicy_states: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        last = self.history[-1] if self.history else {}
+        return {'method': self.config.canonical_method, 'bits': self.config.bits,
+                'steps': self.config.steps, 'seconds': round(self.seconds, 2),
+                'threshold': self.threshold, 'onpolicy_states': self.onpolicy_states,
+                'final': last}
+
+
+class QAILTrainer:
+    """Fine-tune a quantized copy of `teacher` on `data` with the losses of `config.method`.
+
+    teacher:     the FP policy (any nn.Module; a forward of a batch of `data.obs`).
+    data:        D_QAIL (`ImitationData`).
+    collector:   optional on-policy state source (see module doc); used when
+                 `config.onpolicy_every > 0` and the method has a QBC term.
+    quantize_fn: how to quantize the student (default: qail_ros.quant via `default_quantize`).
+    saliency_groups: for state inputs, lists of state dimensions scored together (e.g. one
+                 group per observation key); None = one part per dimension.
+    sis_cache:   optional SISCache; scores of D_QAIL are looked up / stored by sample id.
+    """
+
+    def __init__(self, teacher: nn.Module, config: TrainConfig, data: ImitationData, *,
+                 collector: Collector | None = None, quantize_fn: QuantizeFn | None = None,
+                 saliency_groups: list[list[int]] | None = None,
+                 sis_cache: SISCache | None = None):
+        self.config = config
+        self.data = data
+        self.collector = collector
+        self.quantize_fn = quantize_fn
+        self.saliency_groups = saliency_groups
+        self.sis_cache = sis_cache
+        self.device = torch.device(config.device)
+        self.teacher = teacher.to(self.device).eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.rank, self.world, self.distributed = dist_info()
+        self.gen = torch.Generator().manual_seed(config.seed * 1000 + self.rank)
+        self.threshold: float | None = None
+        self.data_weights: Tensor | None = None
+        self.pool_obs: Tensor | None = None
+        self.pool_weights: Tensor | None = None
+        self.history: list[dict[str, float]] = []
+
+    # -- pieces --------------------------------------------------------------------------------
+    @property
+    def is_image(self) -> bool:
+        return self.data.obs.dim() == 4
+
+    def _calibration(self) -> Tensor:
+        n = min(self.config.calib_samples, len(self.data))
+        idx = torch.randperm(len(self.data), generator=self.gen)[:n]
+        return self.data.obs[idx].to(self.device)
+
+    def _scores(self, obs: Tensor, ids=None, cache=None) -> Tensor:
+        cfg = self.config
+        if self.is_image:
+            kw = dict(kind='image', perturbation=cfg.image_perturbation, grid=cfg.image_grid)
+        else:
+            flat = self.data.obs.float()
+            kw = dict(kind='state', perturbation=cfg.state_perturbation, scale=cfg.state_scale,
+                      mean=flat.mean(0), std=flat.std(0), groups=self.saliency_groups)
+        return compute_scores(self.teacher, obs.to(self.device), ids=ids, cache=cache,
+                              progress=cfg.progress and self.rank == 0, **kw).cpu()
+
+    def _prepare_weights(self) -> None:
+        """SIS of D_QAIL under the teacher, T on a 10% subset, alpha per sample."""
+        cfg = self.config
+        scores = self._scores(self.data.obs, ids=self.data.ids.tolist(), cache=self.sis_cache)
+        self.threshold = importance_threshold(scores, percentile=cfg.percentile,
+                                              subset_fraction=cfg.subset_fraction, seed=cfg.seed)
+        self.data_weights = importance_weights(scores, self.threshold, cfg.beta)
+
+    def _collect(self, student: nn.Module, round_index: int) -> int:
+        """One on-policy round: states of the student, scored, appended to the bounded pool."""
+        student.eval()
+        with torch.no_grad():
+            states = torch.as_tensor(self.collector(student, round_index), dtype=torch.float32)
+        if states.numel() == 0:
+            return 0
+        weights = torch.ones(len(states))
+        if self.threshold is not None:
+            weights = importance_weights(self._scores(states), self.threshold, self.config.beta)
+        if self.pool_obs is None:
+            self.pool_obs, self.pool_weights = states, weights
+        else:
+            self.pool_obs = torch.cat([self.pool_obs, states])[-self.config.onpolicy_pool:]
+            self.pool_weights = torch.cat([self.pool_weights,
+                                           weights])[-self.config.onpolicy_pool:]
+        return len(states)
+
+    def _batches(self, index: Tensor):
+        """Endless batches of indices into `index`, epoch by epoch (DistributedSampler if DDP)."""
+        from torch.utils.data import BatchSampler, RandomSampler
+        n = len(index)
+        bs = min(self.config.batch_size, max(1, n // self.world))
+        if self.distributed:
+            from torch.utils.data.distributed import DistributedSampler
+            sampler = DistributedSampler(range(n), num_replicas=self.world, rank=self.rank,
+                                         shuffle=True, seed=self.config.seed, drop_last=True)
+        else:
+            sampler = RandomSampler(range(n), generator=self.gen)
+        epoch = 0
+        while True:
+            if hasattr(sampler, 'set_epoch'):
+                sampler.set_epoch(epoch)
+            for b in BatchSampler(sampler, bs, drop_last=True):
+                yield index[torch.as_tensor(b, dtype=torch.int64)]
+            epoch += 1
+
+    # -- the run -------------------------------------------------------------------------------
+    def train(self, student: nn.Module | None = None) -> TrainResult:
+        cfg = self.config
+        t0 = time.perf_counter()
+        torch.manual_seed(cfg.seed * 1000 + self.rank)
+        if student is None:
+            student = make_student(self.teacher, cfg, self._calibration(), self.quantize_fn)
+        student = student.to(self.device)
+        if not cfg.trains or cfg.steps == 0:
+            return TrainResult(student.eval(), cfg, [], None, 0, time.perf_counter() - t0)
+        weighting = canonical_weighting(cfg.resolved_weighting)
+        if weighting == 'saliency':
+            self._prepare_weights()
+        onpolicy = cfg.uses_qbc and self.collector is not None and cfg.onpolicy_every > 0
+        if cfg.canonical_method == 'lppd':
+            index = torch.nonzero(self.data.source == SOURCE_FP).flatten()
+            if len(index) == 0:  # no teacher rollouts: distil on every state there is
+                index = torch.arange(len(self.data))
+        else:
+            index = torch.arange(len(self.data))
+        model = student.train()
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+            model = DistributedDataParallel(student)
+        params = [p for p in student.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        batches = self._batches(index)
+        n_extra = int(round(cfg.batch_size * cfg.onpolicy_fraction)) if onpolicy else 0
+        collected = 0
+        bar = None
+        if cfg.progress and self.rank == 0:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=cfg.steps, desc=f'{cfg.canonical_method} {cfg.bits}', unit='step',
+                       leave=False)
+        for step in range(1, cfg.steps + 1):
+            if onpolicy and (step == 1 or (step - 1) % cfg.onpolicy_every == 0):
+                collected += self._collect(student, (step - 1) // cfg.onpolicy_every)
+                student.train()
+            idx = next(batches)
+            obs = self.data.obs[idx].to(self.device)
+            act = self.data.act[idx].to(self.device)
+            w = self.data_weights[idx] if self.data_weights is not None else None
+            states = obs
+            if n_extra and self.pool_obs is not None and len(self.pool_obs):
+                pidx = torch.randint(len(self.pool_obs), (n_extra,), generator=self.gen)
+                states = torch.cat([obs, self.pool_obs[pidx].to(self.device)])
+                if w is not None:
+                    w = torch.cat([w, self.pool_weights[pidx]])
+            out = model(states)
+            l_qail = l_qbc = None
+            if cfg.canonical_method == 'lppd':
+                with torch.no_grad():
+                    t_out = self.teacher(states)
+                loss = lppd_loss(out, t_out, head=cfg.head, temperature=cfg.temperature)
+                l_qbc = loss
+            else:
+                if cfg.uses_qail:
+                    l_qail = qail_loss(_head_slice(out, len(obs)), act, head=cfg.head)
+                if cfg.uses_qbc:
+                    with torch.no_grad():
+                        t_out = self.teacher(states)
+                    l_qbc = qbc_loss(out, t_out, distance=cfg.qbc_distance,
+                                     temperature=cfg.temperature,
+                                     weights=None if w is None else w.to(self.device))
+                loss = total_loss(l_qail, l_qbc, cfg.lam)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                rec = {'step': step, 'loss': float(loss.detach())}
+                if l_qail is not None:
+                    rec['l_qail'] = float(l_qail.detach())
+                if l_qbc is not None:
+                    rec['l_qbc'] = float(l_qbc.detach())
+                rec['onpolicy_states'] = collected
+                self.history.append(rec)
+                if bar is not None:
+                    bar.set_postfix({k: f'{v:.4g}' for k, v in rec.items() if k != 'step'})
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        student.eval()
+        return TrainResult(student, cfg, self.history, self.threshold, collected,
+                           time.perf_counter() - t0)
+
+
+def _head_slice(out: Any, n: int) -> Any:
+    """The first n samples of a policy output (tensor, pair or distribution)."""
+    if isinstance(out, Tensor):
+        return out[:n]
+    if isinstance(out, (tuple, list)):
+        return type(out)(o[:n] for o in out)
+    if isinstance(out, torch.distributions.Normal):
+        return torch.distributions.Normal(out.loc[:n], out.scale[:n])
+    if isinstance(out, torch.distributions.Categorical):
+        return torch.distributions.Categorical(logits=out.logits[:n])
+    raise TypeError(f'cannot slice policy outputs of type {type(out).__name__}')
+
+
+@torch.no_grad()
+def output_gap(student: nn.Module, teacher: nn.Module, obs: Tensor) -> float:
+    """Mean L2 distance between student and teacher outputs on `obs` (a quick alignment check)."""
+    s = output_tensor(student(obs)).float()
+    t = output_tensor(teacher(obs)).float()
+    return float((s - t).reshape(len(obs), -1).norm(dim=1).mean())
+

@@ -1,0 +1,113 @@
+"""Kernel benchmark of the integer CPU path against float nn.Linear.
+
+    python -m qail_ros.quant.bench [--shapes 4096x4096,2048x2048] [--batch 1] [--threads 1]
+
+Per shape (in_features x out_features) and batch size it times, in one run: FP32 and BF16
+nn.Linear, int4 weight-only (torch's CPU int4 kernel, group 128, FP32 and BF16 activations),
+int8 weight-only (torch._weight_int8pack_mm), W8A8 and W4A4 static quantization on
+torch._int_mm (IntLinear), and the W4A4 fake-quant layer used in training. Median and p90 of
+`--runs` calls after warm-up. Follows the `qail-ros bench` module interface (HELP,
+add_arguments, main).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+HELP = 'CPU speed of the integer quantized linear layers vs FP32 nn.Linear'
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--shapes', default='4096x4096,2048x2048',
+                        help='comma-separated in_features x out_features (default: %(default)s)')
+    parser.add_argument('--batch', default='1', help='comma-separated batch sizes')
+    parser.add_argument('--runs', type=int, default=50, help='timed calls per case')
+    parser.add_argument('--threads', type=int, default=1, help='torch threads (default 1)')
+
+
+def _time(fn, x, runs: int) -> tuple[float, float]:
+    for _ in range(max(3, runs // 10)):
+        fn(x)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn(x)
+        times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    return statistics.median(times), times[min(len(times) - 1, int(0.9 * len(times)))]
+
+
+def _cases(k: int, n: int):
+    """(name, module, input dtype, weight bytes) per implementation."""
+    import copy
+
+    import torch
+    from torch import nn
+
+    from qail_ros import quant
+    torch.manual_seed(0)
+    fp = nn.Sequential(nn.Linear(k, n)).eval()
+    calib = torch.randn(64, k)
+    q4 = quant.quantize_(copy.deepcopy(fp), quant.WeightOnlyRTN(bits=4, granularity='group',
+                                                                group_size=128))
+    w4 = quant.convert_to_integer(copy.deepcopy(q4))
+    w4_f32 = quant.convert_to_integer(copy.deepcopy(q4), int4_compute_dtype=None)
+    q8 = quant.quantize_(copy.deepcopy(fp), quant.WeightOnlyRTN(bits=8))
+    w8 = quant.convert_to_integer(copy.deepcopy(q8))
+    w8k = quant.convert_to_integer(copy.deepcopy(q8), int8_weight_kernel=True)
+    a8 = quant.convert_to_integer(quant.quantize_(copy.deepcopy(fp), quant.W8A8LSQ(),
+                                                  calibration=calib))
+    fake4 = quant.quantize_(copy.deepcopy(fp), quant.W4A4LSQ(), calibration=calib).eval()
+    a4 = quant.convert_to_integer(copy.deepcopy(fake4))
+    bf = copy.deepcopy(fp).to(torch.bfloat16)
+    f32, b16 = torch.float32, torch.bfloat16
+    return [
+        ('fp32 nn.Linear', fp, f32, 4 * k * n),
+        ('bf16 nn.Linear', bf, b16, 2 * k * n),
+        ('int4 w-only g128 (bf16 compute)', w4, f32, k * n // 2),
+        ('int4 w-only g128 (fp32 compute)', w4_f32, f32, k * n // 2),
+        ('int4 w-only g128, bf16 in/out', w4, b16, k * n // 2),
+        ('int8 w-only (dequant cache)', w8, f32, k * n),
+        ('int8 w-only (_weight_int8pack_mm)', w8k, f32, k * n),
+        ('W8A8 int8 (_int_mm)', a8, f32, k * n),
+        ('W4A4 on int8 (_int_mm)', a4, f32, k * n),
+        ('W4A4 fake quant (training layer)', fake4, f32, 4 * k * n),
+    ]
+
+
+def main(args) -> int:
+    import torch
+
+    from qail_ros.bench.report import emit_json, environment, table
+    torch.set_num_threads(args.threads)
+    shapes = [tuple(int(v) for v in s.lower().split('x')) for s in args.shapes.split(',')]
+    batches = [int(b) for b in str(args.batch).split(',')]
+    rows, results = [], []
+    for k, n in shapes:
+        cases = _cases(k, n)
+        for batch in batches:
+            base = None
+            for name, module, dtype, nbytes in cases:
+                x = torch.randn(batch, k, dtype=dtype)
+                with torch.inference_mode():
+                    med, p90 = _time(module, x, args.runs)
+                base = med if base is None else base
+                rows.append([f'{k}x{n}', batch, name, med, p90, base / med, nbytes / 2 ** 20])
+                results.append({'shape': [k, n], 'batch': batch, 'impl': name,
+                                'median_ms': med, 'p90_ms': p90, 'speedup_vs_fp32': base / med,
+                                'weight_mib': nbytes / 2 ** 20})
+    table(f'quantized linear layers, CPU, {args.threads} thread(s), torch {torch.__version__}',
+          ['shape', 'batch', 'implementation', 'median ms', 'p90 ms', 'x fp32', 'weights MiB'],
+          rows)
+    if getattr(args, 'json', False):
+        emit_json({'results': results, 'threads': args.threads, 'torch': torch.__version__,
+                   **environment()})
+    return 0
+
+
+if __name__ == '__main__':
+    parser = argparse.ArgumentParser(description=HELP)
+    parser.add_argument('--json', action='store_true')
+    add_arguments(parser)
+    raise SystemExit(main(parser.parse_args()))

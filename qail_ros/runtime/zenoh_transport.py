@@ -1,0 +1,721 @@
+"""Inter-process / inter-machine transport of the embedded runtime, on Zenoh.
+
+The wire layout follows rmw_zenoh (ros2/rmw_zenoh, rmw_zenoh_cpp/src/detail/), so that a
+robot running `RMW_IMPLEMENTATION=rmw_zenoh_cpp` can in principle be reached. Interop with a
+real rmw_zenoh robot is untested until someone tries it; see docs/runtime.md.
+
+* Data key expression (liveliness_utils.cpp, TopicInfo):
+  `<domain_id>/<topic without leading/trailing slash>/<pkg>::msg::dds_::<Type>_/<RIHS01 hash>`.
+* Payload: CDR with its 4-byte encapsulation header (`qail_ros.messages.serialize`).
+* Attachment (attachment_helpers.cpp, AttachmentData::serialize_to_zbytes): zenoh-ext
+  serialisation of `int64 sequence_number` (from 1), `int64 source_timestamp` (system clock,
+  ns) and `std::array<uint8_t, 16> gid`, which zenoh-cpp writes with a LEB128 length prefix:
+  8 + 8 + 1 + 16 = 33 bytes, little endian.
+* Liveliness tokens (Entity::Entity): `@ros2_lv/<domain>/<zid>/<nid>/<id>/<NN|MP|MS>/<enclave>/
+  <namespace>/<node>[/<topic>/<type>/<hash>/<qos>]`, `/` inside names mangled to `%`, QoS as
+  `qos_to_keyexpr` writes it (fields equal to rmw_zenoh's defaults left empty).
+* GID: XXH3-128 of the liveliness key expression, low 64 bits then high 64 bits, little endian.
+* transient_local: zenoh-ext advanced publisher (cache of `depth`) / advanced subscriber
+  (history, late-publisher detection), as rmw_publisher_data.cpp / rmw_subscription_data.cpp.
+* Large payloads (>= 64 KiB) are put from a Zenoh shared-memory buffer (local peers map it;
+  Zenoh copies it for others), which shortens the latency tail of camera images.
+* Session: peer mode, multicast scouting off, gossip scouting on, connect to a router at
+  tcp/127.0.0.1:7447 (rmw_zenoh's default; `QAIL_ROS_ZENOH_ROUTER` overrides it), listen on an
+  ephemeral localhost port so that peers link directly after the router introduced them.
+  `ROS_DOMAIN_ID` selects the domain.
+
+Router: `qail-ros router` (or `ensure_router()`) runs a Zenoh router in Python: zenoh-python
+opens a session with `mode: "router"`, which is the same router code zenohd runs, without the
+zenohd plugins (no REST / storage), which ROS graphs do not need.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+from qail_ros.errors import TransportError
+from qail_ros import messages as _messages
+from qail_ros.messages import normalize_type, type_hash
+
+__all__ = [
+    'DEFAULT_ROUTER', 'ADMIN_SPACE', 'domain_id', 'router_endpoint', 'ros_type_name',
+    'topic_keyexpr', 'qos_to_keyexpr', 'mangle', 'demangle', 'liveliness_keyexpr',
+    'parse_liveliness_keyexpr', 'gid_from_keyexpr', 'encode_attachment', 'decode_attachment',
+    'session_config', 'router_config', 'router_reachable', 'ensure_router', 'RouterHandle',
+    'run_router', 'free_endpoint', 'ZenohTransport', 'GraphEntity',
+]
+
+log = logging.getLogger('qail_ros.runtime.zenoh')
+
+
+def _ensure_log_handler() -> None:
+    """Print transport warnings ROS-style on stderr unless the application set up logging."""
+    from qail_ros.runtime.embedded import _RosFormatter, _StderrHandler
+    if not log.handlers and not logging.getLogger().handlers:
+        handler = _StderrHandler()
+        handler.setFormatter(_RosFormatter('qail_ros.zenoh'))
+        log.addHandler(handler)
+
+
+#: Payloads from this size on go through a shared-memory buffer (see ZenohTransport.shm_copy).
+SHM_MIN_BYTES = 64 * 1024
+
+
+def _shm_megabytes() -> int:
+    text = os.environ.get('QAIL_ROS_ZENOH_SHM_MB', '').strip()
+    try:
+        return int(text) if text else 64
+    except ValueError:
+        raise TransportError(f"QAIL_ROS_ZENOH_SHM_MB must be an integer (0 = off), not "
+                             f"'{text}'") from None
+
+
+#: rmw_zenoh's default router endpoint (zenohd started by `ros2 run rmw_zenoh_cpp rmw_zenohd`).
+DEFAULT_ROUTER = 'tcp/127.0.0.1:7447'
+ADMIN_SPACE = '@ros2_lv'
+ENTITY_NODE, ENTITY_PUB, ENTITY_SUB = 'NN', 'MP', 'MS'
+GID_SIZE = 16
+
+# rmw QoS enum values (rmw/types.h) and rmw_zenoh's defaults (qos.cpp).
+_RELIABILITY = {'reliable': 1, 'best_effort': 2}
+_DURABILITY = {'transient_local': 1, 'volatile': 2}
+_HISTORY = {'keep_last': 1, 'keep_all': 2}
+_DEFAULT = {'reliability': 1, 'durability': 2, 'history': 1, 'depth': 42}
+
+
+# ------------------------------------------------------------------------------------------
+# configuration from the environment
+# ------------------------------------------------------------------------------------------
+def domain_id() -> int:
+    """ROS_DOMAIN_ID (default 0), as rmw_zenoh uses it: the first key expression chunk."""
+    text = os.environ.get('ROS_DOMAIN_ID', '').strip()
+    if not text:
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        raise TransportError(f"ROS_DOMAIN_ID must be an integer, not '{text}'") from None
+    if value < 0:
+        raise TransportError(f'ROS_DOMAIN_ID must be >= 0, not {value}')
+    return value
+
+
+def router_endpoint() -> str:
+    """The router this process connects to: QAIL_ROS_ZENOH_ROUTER or tcp/127.0.0.1:7447."""
+    return os.environ.get('QAIL_ROS_ZENOH_ROUTER', '').strip() or DEFAULT_ROUTER
+
+
+# ------------------------------------------------------------------------------------------
+# names and key expressions (rmw_zenoh layout)
+# ------------------------------------------------------------------------------------------
+def ros_type_name(msgtype: str) -> str:
+    """'sensor_msgs/msg/Image' -> 'sensor_msgs::msg::dds_::Image_' (the rosidl C++ DDS name)."""
+    pkg, kind, name = normalize_type(msgtype).split('/')
+    return f'{pkg}::{kind}::dds_::{name}_'
+
+
+def msgtype_from_ros_type_name(name: str) -> str:
+    """Inverse of `ros_type_name` ('pkg::msg::dds_::Name_' -> 'pkg/msg/Name')."""
+    parts = name.split('::')
+    if len(parts) == 4 and parts[2] == 'dds_' and parts[3].endswith('_'):
+        return f'{parts[0]}/{parts[1]}/{parts[3][:-1]}'
+    return name.replace('::', '/')
+
+
+def topic_keyexpr(domain: int, topic: str, msgtype: str, thash: str | None = None) -> str:
+    """The key expression data of `topic` travels on."""
+    return (f'{domain}/{topic.strip("/")}/{ros_type_name(msgtype)}/'
+            f'{thash or type_hash(msgtype)}')
+
+
+def qos_to_keyexpr(qos) -> str:
+    """rmw_zenoh's QoS encoding: `rel:dur:hist,depth:deadline:lifespan:liveliness` where a field
+    equal to rmw_zenoh's default is left empty (qail_ros QoS has no deadline / lifespan /
+    liveliness settings, so those are always the defaults)."""
+    rel = _RELIABILITY[qos.reliability]
+    dur = _DURABILITY[qos.durability]
+    hist = _HISTORY[qos.history]
+    depth = qos.depth or _DEFAULT['depth']
+
+    def field(value: int, key: str) -> str:
+        return '' if value == _DEFAULT[key] else str(value)
+
+    return (f"{field(rel, 'reliability')}:{field(dur, 'durability')}:"
+            f"{field(hist, 'history')},{field(depth, 'depth')}:,:,:,,")
+
+
+def mangle(name: str) -> str:
+    return name.replace('/', '%')
+
+
+def demangle(name: str) -> str:
+    return name.replace('%', '/')
+
+
+def liveliness_keyexpr(domain: int, zid: str, nid: int, eid: int, kind: str, namespace: str,
+                       node: str, enclave: str = '/', topic: str | None = None,
+                       msgtype: str | None = None, thash: str | None = None,
+                       qos=None) -> str:
+    """The key of a liveliness token announcing a node (NN), publisher (MP) or subscription (MS).
+    """
+    parts = [ADMIN_SPACE, str(domain), zid, str(nid), str(eid), kind, mangle(enclave or '/'),
+             mangle(namespace or '/'), mangle(node)]
+    if topic is not None:
+        parts += [mangle(topic), mangle(ros_type_name(msgtype)),
+                  mangle(thash or type_hash(msgtype)), qos_to_keyexpr(qos)]
+    return '/'.join(parts)
+
+
+class GraphEntity(tuple):
+    """A parsed liveliness token: (kind, zid, namespace, node, topic, msgtype, type_hash, qos)."""
+
+    __slots__ = ()
+    kind = property(lambda self: self[0])
+    zid = property(lambda self: self[1])
+    namespace = property(lambda self: self[2])
+    node = property(lambda self: self[3])
+    topic = property(lambda self: self[4])
+    msgtype = property(lambda self: self[5])
+    type_hash = property(lambda self: self[6])
+    qos = property(lambda self: self[7])
+
+
+def parse_liveliness_keyexpr(key: str) -> GraphEntity | None:
+    """Parse a `@ros2_lv/...` key; None if it is not a well-formed rmw_zenoh token."""
+    parts = str(key).split('/')
+    if len(parts) < 9 or parts[0] != ADMIN_SPACE or any(p == '' for p in parts[:9]):
+        return None
+    kind = parts[5]
+    if kind == ENTITY_NODE:
+        return GraphEntity((kind, parts[2], demangle(parts[7]), demangle(parts[8]), None, None,
+                            None, None))
+    if len(parts) < 13:
+        return None
+    return GraphEntity((kind, parts[2], demangle(parts[7]), demangle(parts[8]),
+                        demangle(parts[9]), msgtype_from_ros_type_name(demangle(parts[10])),
+                        demangle(parts[11]), parts[12]))
+
+
+def gid_from_keyexpr(keyexpr: str) -> bytes:
+    """rmw_zenoh's 16-byte GID of an entity: XXH3-128 of its liveliness key expression, stored
+    as the low 64 bits then the high 64 bits, each little endian."""
+    try:
+        import xxhash
+    except ImportError:  # same length and stability, not rmw_zenoh's value
+        global _warned_xxhash
+        if not _warned_xxhash:
+            _warned_xxhash = True
+            log.warning('xxhash is not installed (pip install xxhash): GIDs are BLAKE2b-based '
+                        'instead of rmw_zenoh\'s XXH3; topics still work')
+        import hashlib
+        return hashlib.blake2b(keyexpr.encode(), digest_size=16).digest()
+    return xxhash.xxh3_128_intdigest(keyexpr.encode()).to_bytes(16, 'little')
+
+
+_warned_xxhash = False
+
+
+def cdr_payload(msg: Any) -> bytes | bytearray:
+    """CDR of `msg` (what `messages.serialize` returns) without its final copy: rosbags fills a
+    fresh bytearray, which Zenoh copies anyway (copying 1 MB twice costs ~1 ms here)."""
+    view = _messages.typestore().serialize_cdr(msg, msg.__msgtype__)
+    obj = view.obj
+    if isinstance(obj, (bytes, bytearray)) and len(obj) == view.nbytes:
+        return obj
+    return bytes(view)
+
+
+def _leb128(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+_ATTACH_HEAD = struct.Struct('<qq')
+_GID_PREFIX = _leb128(GID_SIZE)
+
+
+def encode_attachment(sequence_number: int, source_timestamp_ns: int, gid: bytes) -> bytes:
+    """The 33-byte rmw_zenoh attachment (zenoh-ext serialisation of int64, int64, uint8[16])."""
+    if len(gid) != GID_SIZE:
+        raise ValueError(f'a GID has {GID_SIZE} bytes, not {len(gid)}')
+    return _ATTACH_HEAD.pack(sequence_number, source_timestamp_ns) + _GID_PREFIX + gid
+
+
+def decode_attachment(data: bytes) -> tuple[int, int, bytes]:
+    """(sequence_number, source_timestamp_ns, gid) from an rmw_zenoh attachment."""
+    if len(data) != 33 or data[16:17] != _GID_PREFIX:
+        raise ValueError(f'not an rmw_zenoh attachment ({len(data)} bytes)')
+    seq, stamp = _ATTACH_HEAD.unpack_from(data)
+    return seq, stamp, bytes(data[17:33])
+
+
+# ------------------------------------------------------------------------------------------
+# session / router configuration
+# ------------------------------------------------------------------------------------------
+def session_config(router: str | None = None, listen: str = 'tcp/127.0.0.1:0'):
+    """zenoh.Config of a qail_ros (and rmw_zenoh-like) peer."""
+    import zenoh
+    conf = zenoh.Config()
+    conf.insert_json5('mode', '"peer"')
+    conf.insert_json5('connect/endpoints', json.dumps([router or router_endpoint()]))
+    conf.insert_json5('listen/endpoints', json.dumps([listen]))
+    conf.insert_json5('scouting/multicast/enabled', 'false')
+    conf.insert_json5('scouting/gossip/enabled', 'true')
+    # rmw_zenoh waits for scouting at open; with multicast off there is nothing to wait for.
+    conf.insert_json5('scouting/delay', '0')
+    return conf
+
+
+def router_config(listen: str):
+    """zenoh.Config of a router like rmw_zenohd's (multicast scouting off)."""
+    import zenoh
+    conf = zenoh.Config()
+    conf.insert_json5('mode', '"router"')
+    conf.insert_json5('listen/endpoints', json.dumps([listen]))
+    conf.insert_json5('scouting/multicast/enabled', 'false')
+    conf.insert_json5('scouting/delay', '0')
+    return conf
+
+
+def _host_port(endpoint: str) -> tuple[str, int]:
+    proto, _, addr = endpoint.partition('/')
+    if proto not in ('tcp', 'udp', 'tls', 'quic') or ':' not in addr:
+        raise TransportError(f"router endpoint '{endpoint}' is not of the form tcp/HOST:PORT")
+    host, _, port = addr.rpartition(':')
+    host = host.strip('[]')
+    try:
+        return host, int(port.split('#')[0])
+    except ValueError:
+        raise TransportError(f"router endpoint '{endpoint}' has no valid port") from None
+
+
+def router_reachable(endpoint: str | None = None, timeout_s: float = 0.3) -> bool:
+    """True if something accepts TCP connections at the router endpoint."""
+    host, port = _host_port(endpoint or router_endpoint())
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def free_endpoint(host: str = '127.0.0.1') -> str:
+    """`tcp/127.0.0.1:<free port>`: a router endpoint for tests that must not collide."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return f'tcp/{host}:{s.getsockname()[1]}'
+
+
+def run_router(listen: str | None = None, stop: threading.Event | None = None,
+               ready: Callable[[str], None] | None = None) -> None:
+    """Run a Zenoh router until `stop` is set, SIGINT / SIGTERM (KeyboardInterrupt)."""
+    import zenoh
+    endpoint = listen or router_endpoint()
+    try:
+        session = zenoh.open(router_config(endpoint))
+    except Exception as exc:  # zenoh raises ZError
+        raise TransportError(f'cannot start a Zenoh router on {endpoint}: {exc} (is another '
+                             'router or program using that port?)') from None
+    try:
+        if ready is not None:
+            ready(str(session.zid()))
+        event = stop or threading.Event()
+        while not event.wait(0.5):
+            pass
+    finally:
+        session.close()
+
+
+class RouterHandle:
+    """A router started by `ensure_router` in a child process; `stop()` ends it."""
+
+    def __init__(self, endpoint: str, process: subprocess.Popen):
+        self.endpoint = endpoint
+        self.process = process
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout_s: float = 3.0) -> None:
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def __repr__(self):
+        return f'RouterHandle({self.endpoint!r}, pid={self.pid})'
+
+
+def ensure_router(endpoint: str | None = None, timeout_s: float = 10.0,
+                  quiet: bool = True) -> RouterHandle | None:
+    """Make sure a router listens at `endpoint` (default: `router_endpoint()`).
+
+    Returns None if one is already reachable, else a `RouterHandle` of a router started in a
+    child process; the child also exits within ~0.5 s if this process dies without stopping
+    it (it watches its parent), so no router is left orphaned. Raises TransportError if it
+    cannot be started within `timeout_s`.
+    """
+    endpoint = endpoint or router_endpoint()
+    if router_reachable(endpoint):
+        return None
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join(p for p in (root, env.get('PYTHONPATH')) if p)
+    out = subprocess.DEVNULL if quiet else None
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'qail_ros.runtime.zenoh_transport', 'router', endpoint,
+         '--parent', str(os.getpid())],
+        env=env, stdout=out, stderr=subprocess.PIPE if quiet else None)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors='replace').strip() if proc.stderr else ''
+            raise TransportError(f'the Zenoh router for {endpoint} exited at start-up'
+                                 + (f': {err.splitlines()[-1]}' if err else ''))
+        if router_reachable(endpoint, timeout_s=0.2):
+            if proc.stderr is not None:
+                # Drain stderr in the background so that a chatty router never blocks.
+                threading.Thread(target=proc.stderr.read, daemon=True).start()
+            return RouterHandle(endpoint, proc)
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    raise TransportError(f'the Zenoh router for {endpoint} did not start within {timeout_s} s')
+
+
+# ------------------------------------------------------------------------------------------
+# the transport
+# ------------------------------------------------------------------------------------------
+class _RemotePublisher:
+    """Zenoh side of one publisher: serialises only while a remote subscriber matches.
+
+    A transient_local publisher is a zenoh-ext advanced publisher with a cache of `depth`
+    samples (as in rmw_zenoh); it serialises every message, since late joiners read the cache.
+    """
+
+    def __init__(self, transport: 'ZenohTransport', pub, keyexpr: str, token_key: str):
+        import zenoh
+        qos = pub.qos
+        reliable = qos.reliability == 'reliable'
+        congestion = (zenoh.CongestionControl.BLOCK if reliable and qos.history == 'keep_all'
+                      else zenoh.CongestionControl.DROP)
+        reliability = zenoh.Reliability.RELIABLE if reliable else zenoh.Reliability.BEST_EFFORT
+        self.keyexpr = keyexpr
+        self.gid = gid_from_keyexpr(token_key)
+        self.sequence_number = 1
+        self.serialized = 0
+        self.shm_sent = 0
+        self.matching = False
+        self._listener = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._shm = transport.shm_copy
+        session = transport.session
+        if qos.durability == 'transient_local':
+            from zenoh import ext
+            self._zpub = ext.declare_advanced_publisher(
+                session, keyexpr, congestion_control=congestion, reliability=reliability,
+                allowed_destination=zenoh.Locality.REMOTE,
+                cache=ext.CacheConfig(max_samples=max(1, qos.depth)),
+                sample_miss_detection=(ext.MissDetectionConfig(heartbeat=None,
+                                                               sporadic_heartbeat=0.5)
+                                       if reliable else None),
+                publisher_detection=True)
+            self.matching = True  # the cache must hold every message
+        else:
+            self._zpub = session.declare_publisher(
+                keyexpr, congestion_control=congestion, reliability=reliability,
+                allowed_destination=zenoh.Locality.REMOTE)
+            self._listener = self._zpub.declare_matching_listener(self._on_matching)
+            self.matching = bool(self._zpub.matching_status.matching)
+        self._token = session.liveliness().declare_token(token_key)
+
+    def _on_matching(self, status) -> None:
+        self.matching = bool(status.matching) and not self._closed
+
+    def publish(self, msg: Any) -> None:
+        if not self.matching:
+            return
+        data = cdr_payload(msg)
+        with self._lock:
+            if self._closed:
+                return
+            seq = self.sequence_number
+            self.sequence_number += 1
+            self.serialized += 1
+            attachment = encode_attachment(seq, time.time_ns(), self.gid)
+            shm_buf = self._shm(data) if len(data) >= SHM_MIN_BYTES else None
+            if shm_buf is not None:
+                self.shm_sent += 1
+            self._zpub.put(data if shm_buf is None else shm_buf, attachment=attachment)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self.matching = False
+        for thing in (self._token, self._listener, self._zpub):
+            if thing is not None:
+                with contextlib.suppress(Exception):
+                    thing.undeclare()
+
+
+class _RemoteSubscription:
+    """Zenoh side of one subscription: remote samples go to the executor as CDR bytes.
+
+    A transient_local subscription is an advanced subscriber that queries the history of
+    (late-joining) advanced publishers, as in rmw_zenoh.
+    """
+
+    def __init__(self, transport: 'ZenohTransport', sub, keyexpr: str, token_key: str):
+        import zenoh
+        enqueue = transport.enqueue
+        self.keyexpr = keyexpr
+        self.gid = gid_from_keyexpr(token_key)
+
+        def on_sample(sample, _sub=sub, _enqueue=enqueue):
+            _enqueue(_sub, sample.payload.to_bytes())
+
+        session = transport.session
+        qos = sub.qos
+        if qos.durability == 'transient_local':
+            from zenoh import ext
+            reliable = qos.reliability == 'reliable'
+            self._zsub = ext.declare_advanced_subscriber(
+                session, keyexpr, on_sample, allowed_origin=zenoh.Locality.REMOTE,
+                history=ext.HistoryConfig(detect_late_publishers=True,
+                                          max_samples=max(1, qos.depth)),
+                recovery=(ext.RecoveryConfig(periodic_queries=None, heartbeat=True)
+                          if reliable else None),
+                subscriber_detection=True)
+        else:
+            self._zsub = session.declare_subscriber(keyexpr, on_sample,
+                                                    allowed_origin=zenoh.Locality.REMOTE)
+        self._token = session.liveliness().declare_token(token_key)
+
+    def close(self) -> None:
+        for thing in (self._token, self._zsub):
+            with contextlib.suppress(Exception):
+                thing.undeclare()
+
+
+class _NodeToken:
+    def __init__(self, token, nid: int, key: str):
+        self.token = token
+        self.nid = nid
+        self.key = key
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.token.undeclare()
+
+
+class ZenohTransport:
+    """One Zenoh session per process, shared by every node of an `EmbeddedRuntime`.
+
+    `enqueue(subscription, cdr_bytes)` is called on Zenoh's threads for every remote sample.
+    """
+
+    def __init__(self, executor=None, enqueue: Callable[[Any, bytes], None] | None = None,
+                 router: str | None = None, warn: bool = True):
+        try:
+            import zenoh
+        except ImportError:
+            raise TransportError('eclipse-zenoh is not installed: pip install eclipse-zenoh '
+                                 '(see requirements.txt) for inter-process topics') from None
+        self.domain = domain_id()
+        self.router = router or router_endpoint()
+        self.enqueue = enqueue or (lambda sub, data: None)
+        self.router_found = router_reachable(self.router)
+        if not self.router_found and warn:
+            _ensure_log_handler()
+            log.warning(
+                'no Zenoh router at %s: this process works, but other processes will not see '
+                "its topics. Start one with 'qail-ros router%s' (or 'ros2 run rmw_zenoh_cpp "
+                "rmw_zenohd'), or point QAIL_ROS_ZENOH_ROUTER at a running router.",
+                self.router, '' if self.router == DEFAULT_ROUTER else f' --listen {self.router}')
+        try:
+            self.session = zenoh.open(session_config(self.router))
+        except Exception as exc:  # zenoh raises ZError
+            raise TransportError(f'cannot open a Zenoh session (router {self.router}): {exc}; '
+                                 'check QAIL_ROS_ZENOH_ROUTER') from None
+        self.zid = str(self.session.zid())
+        self._ids = iter(range(1 << 62))
+        self._id_lock = threading.Lock()
+        self._graph: dict[str, GraphEntity] = {}
+        self._graph_lock = threading.Lock()
+        self._graph_sub = self.session.liveliness().declare_subscriber(
+            f'{ADMIN_SPACE}/{self.domain}/**', self._on_token, history=True)
+        self._closed = False
+        self._shm_provider = None
+        self._shm_state = 'unused'  # 'unused' | 'on' | 'off'
+        self._shm_lock = threading.Lock()
+
+    # -- shared memory -------------------------------------------------------------------------
+    def shm_copy(self, data: bytes | bytearray):
+        """`data` copied into a Zenoh shared-memory buffer, or None (SHM off / pool full).
+
+        Zenoh hands SHM buffers to peers on this machine without copying them through a
+        socket, and copies them transparently for peers elsewhere or without SHM. The pool
+        (`QAIL_ROS_ZENOH_SHM_MB`, default 64; 0 turns this off) is created at first use.
+        """
+        if self._shm_state == 'off':
+            return None
+        from zenoh import shm
+        if self._shm_state == 'unused':
+            with self._shm_lock:
+                if self._shm_state == 'unused':
+                    self._shm_state = 'off'
+                    megabytes = _shm_megabytes()
+                    if megabytes > 0:
+                        try:
+                            self._shm_provider = shm.ShmProvider.default_backend(
+                                megabytes * 1024 * 1024)
+                            self._shm_state = 'on'
+                        except Exception as exc:  # zenoh raises ZError
+                            log.warning('no shared memory for Zenoh (%s); large messages go '
+                                        'through sockets', exc)
+            if self._shm_state != 'on':
+                return None
+        try:
+            buf = self._shm_provider.alloc(len(data), shm.GarbageCollect())
+        except Exception:  # pool full (slow receivers hold buffers): plain put instead
+            return None
+        buf[:] = data
+        return buf
+
+    # -- ids -----------------------------------------------------------------------------------
+    def _next_id(self) -> int:
+        with self._id_lock:
+            return next(self._ids)
+
+    # -- graph ---------------------------------------------------------------------------------
+    def _on_token(self, sample) -> None:
+        import zenoh
+        key = str(sample.key_expr)
+        with self._graph_lock:
+            if sample.kind == zenoh.SampleKind.DELETE:
+                self._graph.pop(key, None)
+            else:
+                entity = parse_liveliness_keyexpr(key)
+                if entity is not None:
+                    self._graph[key] = entity
+
+    def graph(self) -> list[GraphEntity]:
+        with self._graph_lock:
+            return list(self._graph.values())
+
+    def count_remote(self, topic: str, kind: str) -> int:
+        """Publishers ('MP') or subscriptions ('MS') of `topic` in other processes."""
+        return sum(1 for e in self.graph()
+                   if e.kind == kind and e.topic == topic and e.zid != self.zid)
+
+    def graph_topics(self) -> list[tuple[str, str]]:
+        return sorted({(e.topic, e.msgtype) for e in self.graph() if e.topic is not None})
+
+    # -- entities ------------------------------------------------------------------------------
+    def add_node(self, node) -> None:
+        nid = self._next_id()
+        key = liveliness_keyexpr(self.domain, self.zid, nid, nid, ENTITY_NODE, node.namespace,
+                                 node.name)
+        node.remote = _NodeToken(self.session.liveliness().declare_token(key), nid, key)
+
+    def remove_node(self, node) -> None:
+        token, node.remote = node.remote, None
+        if token is not None:
+            token.close()
+
+    def _entity_key(self, entity, kind: str) -> tuple[str, str]:
+        node = entity.node
+        nid = node.remote.nid if node.remote is not None else self._next_id()
+        key = topic_keyexpr(self.domain, entity.topic, entity.msgtype)
+        token = liveliness_keyexpr(self.domain, self.zid, nid, self._next_id(), kind,
+                                   node.namespace, node.name, topic=entity.topic,
+                                   msgtype=entity.msgtype, qos=entity.qos)
+        return key, token
+
+    def add_publisher(self, pub) -> None:
+        key, token = self._entity_key(pub, ENTITY_PUB)
+        pub.remote = _RemotePublisher(self, pub, key, token)
+
+    def add_subscription(self, sub) -> None:
+        key, token = self._entity_key(sub, ENTITY_SUB)
+        sub.remote = _RemoteSubscription(self, sub, key, token)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            self._graph_sub.undeclare()
+        with contextlib.suppress(Exception):
+            self.session.close()
+
+
+def _main(argv: list[str]) -> int:
+    """`python -m qail_ros.runtime.zenoh_transport router [ENDPOINT] [--parent PID]`, the
+    child process of `ensure_router`; with --parent it exits when that process is gone."""
+    if not argv or argv[0] != 'router':
+        print('usage: python -m qail_ros.runtime.zenoh_transport router [ENDPOINT] '
+              '[--parent PID]', file=sys.stderr)
+        return 2
+    args = argv[1:]
+    parent = None
+    if '--parent' in args:
+        i = args.index('--parent')
+        parent = int(args[i + 1])
+        del args[i:i + 2]
+    stop = threading.Event()
+
+    def on_signal(_signum, _frame):
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if parent is not None:
+        def watch_parent():
+            while not stop.wait(0.5):
+                if os.getppid() != parent:
+                    stop.set()
+
+        threading.Thread(target=watch_parent, daemon=True).start()
+    try:
+        run_router(args[0] if args else None, stop=stop)
+    except TransportError as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(_main(sys.argv[1:]))

@@ -1,0 +1,64 @@
+"""`qail-ros train`, `qail-ros eval` and `qail-ros bench physics --quick` end to end."""
+import json
+
+import pytest
+
+pytest.importorskip('dm_control', reason='dm_control (physics tasks) is not installed')
+pytest.importorskip('qail_ros.quant', reason='qail_ros.quant (the quantizers) is not there yet')
+
+from qail_ros.cli import main  # noqa: E402
+from qail_ros.physics.models import shipped_tasks  # noqa: E402
+
+TASK = 'cartpole-balance'
+pytestmark = pytest.mark.skipif(TASK not in shipped_tasks(),
+                                reason=f'no shipped FP policy for {TASK}')
+
+
+def last_json(capsys):
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_train_then_eval(tmp_path, capsys):
+    out = tmp_path / 'run'
+    rc = main(['train', '--task', TASK, '--method', 'qail_wqbc', '--bits', 'w4a4', '--steps', '8',
+               '--batch-size', '64', '--onpolicy-every', '4', '--onpolicy-episodes', '1',
+               '--onpolicy-max-steps', '100', '--expert-episodes', '1',
+               '--fp-episodes', '1', '--eval-episodes', '1', '--no-progress', '-o', str(out),
+               '--json'])
+    assert rc == 0
+    summary = last_json(capsys)
+    assert summary['method'] == 'qail_wqbc' and summary['bits'] == 'w4a4'
+    assert summary['onpolicy_states'] == 200  # two rounds of 1 episode x 100 steps
+    assert summary['eval']['episodes'] == 1 and summary['eval']['mean'] > 0
+    for name in ('policy.safetensors', 'train.yaml', 'history.jsonl', 'summary.json'):
+        assert (out / name).is_file()
+    assert main(['eval', '--policy', str(out), '--episodes', '1', '--json']) == 0
+    ev = last_json(capsys)
+    assert ev['task'] == TASK and ev['method'] == 'qail_wqbc'
+    # same student, same seed: the evaluation reproduces the training run's own
+    assert ev['mean'] == pytest.approx(summary['eval']['mean'])
+
+
+def test_eval_fp_and_errors(capsys):
+    assert main(['eval', '--task', TASK, '--policy', 'fp', '--episodes', '1', '--json']) == 0
+    assert last_json(capsys)['mean'] > 900  # the shipped FP policy balances
+    assert main(['eval', '--policy', 'fp', '--episodes', '1']) == 2  # fp needs --task
+    assert 'needs --task' in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_physics_quick(tmp_path, capsys):
+    rc = main(['bench', 'physics', '--quick', '--out', str(tmp_path), '--no-progress',
+               '--json'])
+    assert rc == 0
+    res = last_json(capsys)
+    r = res['results'][TASK]
+    assert {'fp', 'ptq_rtn', 'qail', 'qail_qbc', 'qail_wqbc'} <= set(r)
+    for key in ('ptq_rtn', 'qail_qbc'):
+        assert r[key]['bits'] == 'w4a4' and r[key]['episodes'] == 2 and r[key]['seeds'] == 1
+        assert 0 < r[key]['mean'] <= 1000
+    assert res['runs'][TASK]['commit']
+    for ext in ('json', 'csv', 'md', 'png'):
+        assert (tmp_path / f'physics.{ext}').is_file()
+    md = (tmp_path / 'physics.md').read_text()
+    assert 'QAIL+QBC W4A4' in md and '652' in md  # ours beside the paper's Table 7

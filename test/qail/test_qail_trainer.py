@@ -1,0 +1,97 @@
+"""The QAIL trainer on a tiny MLP with synthetic data (a stand-in fake quantizer, no physics)."""
+import pytest
+import torch
+from torch import nn
+
+from qail_ros.qail.config import TrainConfig
+from qail_ros.qail.data import SOURCE_FP, ImitationData
+from qail_ros.qail.trainer import QAILTrainer, dist_info, make_student, output_gap
+
+from qail_fakequant import fake_quantize
+
+
+class TinyPolicy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                                 nn.Linear(64, 2), nn.Tanh())
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.fixture()
+def setup():
+    torch.manual_seed(0)
+    teacher = TinyPolicy().eval()
+    obs = torch.randn(512, 4)
+    with torch.no_grad():
+        fp_act = teacher(obs)
+    expert_act = (fp_act + 0.05 * torch.randn_like(fp_act)).clamp(-1, 1)
+    data = ImitationData.from_sources(expert=(obs[:256], expert_act[:256]),
+                                      fp=(obs[256:], fp_act[256:]))
+    held_out = torch.randn(256, 4)
+    return teacher, data, held_out
+
+
+def cfg(**kw):
+    base = dict(bits='w3a3', steps=150, batch_size=64, lr=3e-3, progress=False, calib_samples=256)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_single_process_is_not_distributed(monkeypatch):
+    monkeypatch.delenv('WORLD_SIZE', raising=False)
+    assert dist_info() == (0, 1, False)
+
+
+def test_qail_qbc_closes_the_gap_left_by_ptq(setup):
+    teacher, data, held_out = setup
+    ptq = QAILTrainer(teacher, cfg(method='ptq_rtn'), data, quantize_fn=fake_quantize).train()
+    assert ptq.history == []
+    res = QAILTrainer(teacher, cfg(method='qail_qbc'), data, quantize_fn=fake_quantize).train()
+    gap_ptq = output_gap(ptq.student, teacher, held_out)
+    gap_qbc = output_gap(res.student, teacher, held_out)
+    assert gap_ptq > 0.02  # 3-bit quantization really hurts the tiny policy
+    assert gap_qbc < 0.6 * gap_ptq
+    assert {'loss', 'l_qail', 'l_qbc'} <= set(res.history[-1])
+    # the teacher stayed frozen
+    assert all(not p.requires_grad for p in teacher.parameters())
+
+
+def test_wqbc_weights_and_onpolicy_pool(setup):
+    teacher, data, _ = setup
+    calls = []
+
+    def collector(student, k):
+        calls.append(k)
+        assert not student.training  # rolled out in eval mode
+        return torch.randn(32, 4) * 2  # states off the data distribution
+
+    trainer = QAILTrainer(teacher, cfg(method='qail_wqbc', steps=40, onpolicy_every=20), data,
+                          collector=collector, quantize_fn=fake_quantize)
+    student = make_student(teacher, trainer.config, data.obs[:128], fake_quantize)
+    res = trainer.train(student)
+    assert calls == [0, 1]
+    assert res.onpolicy_states == 64 and len(trainer.pool_obs) == 64
+    assert res.threshold is not None
+    w = trainer.data_weights
+    assert set(w.unique().tolist()) == {1.0, 2.0}
+    assert 0.1 < float((w == 2.0).float().mean()) < 0.35  # about the top 20%
+    assert trainer.pool_weights.shape == (64,)
+
+
+def test_lppd_trains_on_teacher_states_only(setup):
+    teacher, data, held_out = setup
+    trainer = QAILTrainer(teacher, cfg(method='lppd', steps=20), data,
+                          quantize_fn=fake_quantize)
+    seen = []
+    real = trainer._batches
+
+    def spy(index):
+        seen.append(index)
+        return real(index)
+    trainer._batches = spy
+    res = trainer.train()
+    assert bool((data.source[seen[0]] == SOURCE_FP).all()) and len(seen[0]) == 256
+    assert 'l_qail' not in res.history[-1]
