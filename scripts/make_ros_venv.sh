@@ -16,14 +16,16 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${1:-$ROOT/.venv-ros}"
 PYTHON="${PYTHON:-python3}"
 REQ="$ROOT/requirements-ros.txt"
-STAMP="$VENV/.qail_ros-ros-venv"
 
 pyver="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 key="$(sha256sum "$REQ" | cut -c1-16)-py$pyver"
 
 mkdir -p "$(dirname "$VENV")"
-exec 9>"$VENV.lock"
+VENV="$(cd "$(dirname "$VENV")" && pwd)/$(basename "$VENV")"
+# The lock lives outside the repository (nothing to git-ignore), one per venv path.
+exec 9>"${TMPDIR:-/tmp}/qail_ros-ros-venv-$(echo "$VENV" | sha256sum | cut -c1-12).lock"
 flock 9
+STAMP="$VENV/.qail_ros-ros-venv"
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$key" ] && [ -x "$VENV/bin/python" ]; then
     echo "ros-venv: reused $VENV ($key)"
@@ -36,8 +38,9 @@ rm -rf "$VENV"
 # Wheels wherever one exists (empy and lark-parser are pure-Python sdists only).
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --prefer-binary -r "$REQ"
 # Importing rclpy goes through the bootstrapper's re-exec and loads rcl and Fast DDS: proof
-# that the environment works, not only that it installed.
-"$VENV/bin/python" -c 'import rclpy, rosbags, numpy, yaml; rclpy.init(args=[]); rclpy.shutdown()'
+# that the environment works, not only that it installed (discovery off: nothing on the network).
+ROS_AUTOMATIC_DISCOVERY_RANGE=OFF "$VENV/bin/python" -c \
+    'import rclpy, rosbags, numpy, yaml; rclpy.init(args=[]); rclpy.shutdown()'
 echo "$key" > "$STAMP"
 echo "ros-venv: built $VENV ($key) in $(( $(date +%s) - start )) s," \
     "$(du -sm "$VENV" | cut -f1) MiB"

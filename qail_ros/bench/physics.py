@@ -22,10 +22,14 @@ from typing import Any
 HELP = ('QAIL on DeepMind Control (Table 7): FP vs PTQ-RTN vs QAIL vs QAIL+QBC (+wQBC) returns '
         'of W4A4 MLP policies')
 
-ALL_METHODS = ('fp', 'ptq_rtn', 'qail', 'qbc', 'qail_qbc', 'qail_wqbc', 'lppd')
+ALL_METHODS = ('fp', 'ptq_rtn', 'qail', 'qbc', 'qail_qbc', 'qail_wqbc', 'lppd',
+               'qail_qbc_offline', 'qail_wqbc_offline')
+#: bench-only variants: the method with on-policy QBC switched off (QBC states = D_QAIL only).
+OFFLINE = {'qail_qbc_offline': 'qail_qbc', 'qail_wqbc_offline': 'qail_wqbc'}
 DEFAULT_METHODS = ('fp', 'ptq_rtn', 'qail', 'qail_qbc', 'qail_wqbc')
 LABELS = {'fp': 'FP32', 'ptq_rtn': 'PTQ-RTN', 'qail': 'QAIL', 'qbc': 'QBC',
-          'qail_qbc': 'QAIL+QBC', 'qail_wqbc': 'QAIL+wQBC', 'lppd': 'LPPD'}
+          'qail_qbc': 'QAIL+QBC', 'qail_wqbc': 'QAIL+wQBC', 'lppd': 'LPPD',
+          'qail_qbc_offline': 'QAIL+QBC (offline)', 'qail_wqbc_offline': 'QAIL+wQBC (offline)'}
 #: Table 7 of the QAIL paper (average return; FP32 / INT4 LPPD / INT4 QAIL+QBC).
 PAPER_TABLE7 = {
     'cartpole-balance': {'fp': 652, 'lppd': 424, 'qail_qbc': 635},
@@ -36,6 +40,8 @@ PAPER_TABLE7 = {
     'humanoid-stand': {'fp': 565, 'lppd': 356, 'qail_qbc': 590},
     'humanoid-walk': {'fp': 550, 'lppd': 205, 'qail_qbc': 535},
 }
+#: physics.md keeps everything from this line on when the benchmark rewrites the file.
+ANALYSIS_MARKER = '<!-- analysis: kept when the benchmark rewrites this file -->'
 FULL = {'seeds': 3, 'episodes': 10, 'steps': 2000, 'expert_episodes': 10, 'fp_episodes': 10,
         'onpolicy_every': 250, 'onpolicy_episodes': 2, 'onpolicy_max_steps': None}
 QUICK = {'seeds': 1, 'episodes': 2, 'steps': 60, 'expert_episodes': 1, 'fp_episodes': 1,
@@ -103,7 +109,7 @@ def _commit() -> str:
 
 
 def _entry(method: str, bits: str, per_seed: list[list[float]], fp_mean: float | None,
-           train_s: list[float]) -> dict[str, Any]:
+           train_s: list[float], probes: list[dict[str, float]] | None = None) -> dict[str, Any]:
     import numpy as np
     flat = [r for rs in per_seed for r in rs]
     seed_means = [float(np.mean(rs)) for rs in per_seed]
@@ -115,12 +121,33 @@ def _entry(method: str, bits: str, per_seed: list[list[float]], fp_mean: float |
         e['retention'] = e['mean'] / fp_mean
     if train_s:
         e['train_seconds'] = float(np.mean(train_s))
+    for key in ('attdiv', 'gap'):
+        if probes:
+            e[key] = float(np.mean([p[key] for p in probes]))
     return e
 
 
+def probe_student(student, teacher, states, mean, std) -> tuple[dict[str, float], Any]:
+    """AttDiv (state saliency, per dimension) and mean L2 output gap vs the teacher on
+    `states`; also the student's mean saliency map (for the figure)."""
+    from qail_ros.qail.attdiv import attdiv
+    from qail_ros.qail.saliency import state_saliency
+    from qail_ros.qail.trainer import output_gap
+    s_map = state_saliency(student, states, mean=mean, std=std)
+    t_map = state_saliency(teacher, states, mean=mean, std=std)
+    return ({'attdiv': float(attdiv(s_map, t_map)),
+             'gap': output_gap(student, teacher, states)}, s_map.mean(0))
+
+
 def run_task(task: str, bits_list: list[str], methods: list[str], s: dict[str, Any],
-             progress: bool, log) -> dict[str, Any]:
-    """Measure every method x bit width on one task; returns {key: entry}."""
+             progress: bool, log, maps: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Measure every method x bit width on one task; returns {key: entry}.
+
+    Each trained student is also probed on 512 states of its D_QAIL: AttDiv against the FP
+    policy (state saliency per dimension) and the mean L2 output gap. `maps` (if given)
+    receives the mean saliency maps of seed 0 for the figure.
+    """
+    import torch
     from qail_ros.physics.models import load_fp_policy
     from qail_ros.qail.config import TrainConfig
     from qail_ros.qail.physics_tasks import build_qail_data, evaluate_policy, train_on_task
@@ -135,32 +162,50 @@ def run_task(task: str, bits_list: list[str], methods: list[str], s: dict[str, A
     log(f'{task}: fp {fp_mean:.1f} ({time.perf_counter() - t0:.1f}s)')
     runs: dict[tuple[str, str], list] = {}
     times: dict[tuple[str, str], list] = {}
+    probes: dict[tuple[str, str], list] = {}
     for seed in range(s['seeds']):
         t0 = time.perf_counter()
         data = build_qail_data(task, expert_episodes=s['expert_episodes'],
                                fp_episodes=s['fp_episodes'], seed=seed, teacher=teacher)
         log(f'{task}: seed {seed}: D_QAIL {data.counts()} ({time.perf_counter() - t0:.1f}s)')
+        gen = torch.Generator().manual_seed(seed)
+        states = data.obs[torch.randperm(len(data), generator=gen)[:512]]
+        mean, std = data.obs.mean(0), data.obs.std(0)
+        if maps is not None and seed == 0:
+            from qail_ros.qail.saliency import state_saliency
+            maps['fp'] = state_saliency(teacher, states, mean=mean, std=std).mean(0)
         for bits in bits_list:
             for method in methods:
                 if method == 'fp':
                     continue
-                cfg = TrainConfig(method=method, bits=bits, steps=s['steps'], lr=s['lr'],
-                                  seed=seed, onpolicy_every=s['onpolicy_every'],
+                every = 0 if method in OFFLINE else s['onpolicy_every']
+                cfg = TrainConfig(method=OFFLINE.get(method, method), bits=bits,
+                                  steps=s['steps'], lr=s['lr'], seed=seed, onpolicy_every=every,
                                   onpolicy_episodes=s['onpolicy_episodes'],
                                   onpolicy_max_steps=s['onpolicy_max_steps'],
                                   progress=progress, extra={'task': task})
                 res = train_on_task(task, cfg, data=data, teacher=teacher)
                 returns = evaluate_policy(res.student, task, s['episodes'])
+                probe, s_map = probe_student(res.student, teacher, states, mean, std)
                 runs.setdefault((method, bits), []).append(returns)
                 times.setdefault((method, bits), []).append(res.seconds)
+                probes.setdefault((method, bits), []).append(probe)
+                if maps is not None and seed == 0:
+                    maps[f'{method} {bits}'] = s_map
                 log(f'{task}: seed {seed} {bits} {method}: {sum(returns) / len(returns):.1f} '
-                    f'(train {res.seconds:.1f}s, on-policy states {res.onpolicy_states})')
+                    f'(train {res.seconds:.1f}s, on-policy states {res.onpolicy_states}, '
+                    f'AttDiv {probe["attdiv"]:.4f}, gap {probe["gap"]:.4f})')
     for (method, bits), per_seed in runs.items():
         key = method if bits == bits_list[0] else f'{method}_{bits}'
-        out[key] = _entry(method, bits, per_seed, fp_mean, times[(method, bits)])
+        out[key] = _entry(method, bits, per_seed, fp_mean, times[(method, bits)],
+                          probes[(method, bits)])
     if 'fp' not in methods:
         out['fp']['reference_only'] = True
     return out
+
+
+def _num(v: float | None) -> str:
+    return '-' if v is None else f'{v:.4f}'
 
 
 def _fmt(e: dict[str, Any] | None, with_ret: bool = True) -> str:
@@ -188,7 +233,7 @@ def markdown(result: dict[str, Any]) -> str:
     for task, r in res.items():
         paper = PAPER_TABLE7.get(task, {})
         cells = [task, _fmt(r.get('fp'), False)] + [_fmt(r.get(m)) for m in methods] + [
-            str(paper.get('fp', '-')), str(paper.get('lppd', '-')), str(paper.get('qail_qbc', '-'))]
+            str(paper.get(k, '-')) for k in ('fp', 'lppd', 'qail_qbc')]
         lines.append('| ' + ' | '.join(cells) + ' |')
         for m in methods:
             if m in r and 'retention' in r[m]:
@@ -213,7 +258,8 @@ def markdown(result: dict[str, Any]) -> str:
                                                         for m in methods]
             lines.append('| ' + ' | '.join(cells) + ' |')
     lines += ['', '## Per-seed means', '', '| Task | Method | Bits | seeds | episodes | '
-              'per-seed means | std of seed means | train s/run |', '|---|---|---|---|---|---|---|---|']
+              'per-seed means | std of seed means | train s/run | AttDiv | output gap |',
+              '|' + '---|' * 10]
     for task, r in res.items():
         for key, e in r.items():
             if not isinstance(e, dict) or 'seed_means' not in e:
@@ -221,7 +267,8 @@ def markdown(result: dict[str, Any]) -> str:
             means = ', '.join(f'{m:.1f}' for m in e['seed_means'])
             lines.append(f'| {task} | {LABELS.get(e["method"], e["method"])} | {e["bits"]} | '
                          f'{e["seeds"]} | {e["episodes"]} | {means} | {e["seed_std"]:.1f} | '
-                         f'{e.get("train_seconds", 0):.0f} |')
+                         f'{e.get("train_seconds", 0):.0f} | {_num(e.get("attdiv"))} | '
+                         f'{_num(e.get("gap"))} |')
     lines += ['', '## How it was made', '']
     for task, run in result.get('runs', {}).items():
         lines.append(f'- {task}: `{run["command"]}` (commit {run["commit"]}, {run["date"]}, '
@@ -273,7 +320,13 @@ def write_outputs(result: dict[str, Any], out: Path) -> dict[str, str]:
                     f.write(f'{task},{e["method"]},{e["bits"]},{e["mean"]:.2f},{e["std"]:.2f},'
                             f'{e["seed_std"]:.2f},{e["episodes"]},{e["seeds"]},'
                             f'{e.get("retention", 1.0):.4f},{e.get("train_seconds", 0):.1f}\n')
-    (out / 'physics.md').write_text(markdown(result))
+    md_path = out / 'physics.md'
+    kept = ''
+    if md_path.is_file():  # hand-written analysis below the marker survives a re-run
+        old = md_path.read_text()
+        if ANALYSIS_MARKER in old:
+            kept = '\n' + old[old.index(ANALYSIS_MARKER):]
+    md_path.write_text(markdown(result) + kept)
     plot(result, out / 'physics.png')
     return {k: str(out / f'physics.{k}') for k in ('json', 'csv', 'md', 'png')}
 
@@ -323,7 +376,15 @@ def main(args) -> int:
     log = (lambda msg: print(msg, file=sys.stderr, flush=True))
     for task in tasks:
         t0 = time.perf_counter()
-        measured = run_task(task, bits_list, methods, s, not args.no_progress, log)
+        maps: dict[str, Any] = {}
+        measured = run_task(task, bits_list, methods, s, not args.no_progress, log, maps)
+        if len(maps) > 1:
+            from qail_ros.qail.attdiv import save_saliency_png
+            fig = save_saliency_png(list(maps.values()), out / f'physics_saliency_{task}.png',
+                                    titles=list(maps),
+                                    suptitle=f'{task}: mean state saliency per dimension '
+                                             '(seed 0)')
+            log(f'{task}: saliency maps -> {fig}')
         merged = {k: v for k, v in result['results'].get(task, {}).items()
                   if not (isinstance(v, dict) and v.get('bits') in bits_list)}
         merged.update(measured)

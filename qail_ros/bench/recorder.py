@@ -10,7 +10,6 @@ bag is read back: frames recorded = image messages in the bag.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -33,6 +32,10 @@ def add_arguments(parser) -> None:
     parser.add_argument('--output', default=None, metavar='DIR',
                         help='where the bag goes (default: a temporary directory, deleted)')
     parser.add_argument('--keep', action='store_true', help='keep the bag')
+    parser.add_argument('--report-period', type=float, default=10.0,
+                        help="the recorder's status log period (its log: DIR/recorder.log)")
+    parser.add_argument('--stop-timeout', type=float, default=300.0,
+                        help='seconds the recorder may take to close after SIGINT')
 
 
 def _run(cfg: dict, out_dir: Path) -> dict:
@@ -62,18 +65,21 @@ def _run(cfg: dict, out_dir: Path) -> dict:
         env = dict(os.environ)
         env['PYTHONPATH'] = os.pathsep.join(p for p in (str(root), env.get('PYTHONPATH')) if p)
         env['QAIL_ROS_RUNTIME'] = 'embedded'
+        # The recorder's log goes to a file, never a pipe: a full pipe would block it.
+        log_path = out_dir / 'recorder.log'
+        log_file = open(log_path, 'w')
         child = subprocess.Popen(
             [sys.executable, '-m', 'qail_ros.nodes.fp_recorder', '--ros-args',
              '-p', f'output_dir:={out_dir}', '-p', f"image_topics:=['{_TOPIC}']",
              '-p', "instruction_topic:=''", '-p', 'action_topics:=[]',
              '-p', "raw_outputs_topic:=''", '-p', "timing_topic:=''",
              '-p', f'storage:={cfg["storage"]}', '-p', 'policy_id:=bench',
-             '-p', 'report_period_s:=0.0', '-p', 'min_free_mb:=50.0'],
-            env=env, stderr=subprocess.PIPE, text=True)
+             '-p', f'report_period_s:={cfg["report_period_s"]}', '-p', 'min_free_mb:=50.0'],
+            env=env, stderr=log_file, stdout=log_file, text=True)
         if not rt.spin_until(lambda: pub.get_subscription_count() >= 1 and pub.remote
                              and pub.remote.matching, timeout_s=60.0):
             raise TransportError('the recorder process never subscribed: '
-                                 + (child.stderr.read() if child.poll() is not None else ''))
+                                 + log_path.read_text()[-2000:])
         rt.spin(duration_s=1.0)             # let the recorder open its first bag
         scene = SyntheticScene(cfg['width'], cfg['height'])
         total = int(round(cfg['rate'] * cfg['duration']))
@@ -94,8 +100,16 @@ def _run(cfg: dict, out_dir: Path) -> dict:
         cpu1, t1 = proc.cpu_times(), time.monotonic()
         rss_mb = proc.memory_info().rss / 1e6
         rt.spin(duration_s=2.0)              # the last frames reach the disk
+        t_stop = time.monotonic()
         child.send_signal(signal.SIGINT)
-        _out, err = child.communicate(timeout=60)
+        try:
+            child.wait(timeout=cfg['stop_timeout'])
+        except subprocess.TimeoutExpired:
+            child.kill()                     # the bag is then read by crash recovery
+            child.wait()
+        stop_s = time.monotonic() - t_stop
+        log_file.close()
+        err = log_path.read_text()
         bags = sorted(p for p in out_dir.iterdir() if p.is_dir())
         recorded, bag_bytes, drops, recovered = 0, 0, 0, False
         for bag_dir in bags:
@@ -119,7 +133,8 @@ def _run(cfg: dict, out_dir: Path) -> dict:
             'achieved_rate_hz': round(published / (t1 - t0 - period), 3),
             'frame_bytes': int(np.prod((cfg['height'], cfg['width'], 3))),
             'recorder_exit_code': child.returncode,
-            'recorder_log_tail': err.strip().splitlines()[-2:],
+            'recorder_stop_s': round(stop_s, 2),
+            'recorder_log_tail': err.strip().splitlines()[-3:],
         }
     finally:
         if child is not None and child.poll() is None:
@@ -136,7 +151,8 @@ def main(args) -> int:
 
     from qail_ros.bench import report
     cfg = {'duration': float(args.duration), 'rate': float(args.rate), 'width': int(args.width),
-           'height': int(args.height), 'storage': args.storage}
+           'height': int(args.height), 'storage': args.storage,
+           'report_period_s': float(args.report_period), 'stop_timeout': float(args.stop_timeout)}
     if min(cfg['duration'], cfg['rate'], cfg['width'], cfg['height']) <= 0:
         raise SystemExit('bench recorder: --duration, --rate, --width, --height must be > 0')
     if args.output:

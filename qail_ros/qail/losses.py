@@ -36,7 +36,8 @@ DISTANCES = ('l2', 'mse', 'kl')
 def weighted_mean(per_sample: Tensor, weights: Tensor | None = None) -> Tensor:
     """`mean(weights * per_sample)` over the batch; plain mean when `weights` is None."""
     if per_sample.dim() != 1:
-        raise ValueError(f'per-sample losses must be 1-D (B,), got shape {tuple(per_sample.shape)}')
+        raise ValueError(f'per-sample losses must be 1-D (B,), got shape '
+                         f'{tuple(per_sample.shape)}')
     if weights is None:
         return per_sample.mean()
     weights = torch.as_tensor(weights, dtype=per_sample.dtype, device=per_sample.device)

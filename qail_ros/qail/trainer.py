@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from qail_ros.qail.config import TrainConfig
-from qail_ros.qail.data import SOURCE_FP, SOURCE_STUDENT, ImitationData
+from qail_ros.qail.data import SOURCE_FP, ImitationData
 from qail_ros.qail.losses import lppd_loss, output_tensor, qail_loss, qbc_loss, total_loss
 from qail_ros.qail.saliency import (canonical_weighting, compute_scores, importance_threshold,
                                     importance_weights, SISCache)
@@ -336,8 +336,12 @@ class QAILTrainer:
         if bar is not None:
             bar.close()
         student.eval()
-        return TrainResult(student, cfg, self.history, self.threshold, collected,
-                           time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        if self.rank == 0:
+            log.info('%s %s: %d steps in %.1f s, %d on-policy states, last %s',
+                     cfg.canonical_method, cfg.bits, cfg.steps, seconds, collected,
+                     self.history[-1] if self.history else {})
+        return TrainResult(student, cfg, self.history, self.threshold, collected, seconds)
 
 
 def _head_slice(out: Any, n: int) -> Any:

@@ -107,11 +107,13 @@ def _weight_quantizer(layer: nn.Module, bits: int, *, symmetric: bool, granulari
 
 def _input_quantizer(bits: int, *, signed: bool | None, symmetric: bool, learnable: bool,
                      init: str, device) -> FakeQuantizer:
-    auto = signed is None and symmetric
-    return FakeQuantizer(bits, signed=True if signed is None else signed,
-                         symmetric=symmetric, learnable=learnable, init=init, is_weight=False,
-                         auto_sign=auto).to(device) if symmetric else FakeQuantizer(
-        bits, signed=False, symmetric=False, init=init, is_weight=False).to(device)
+    """Per-tensor quantizer of a layer input; symmetric ones may pick their sign from data."""
+    if not symmetric:  # min/max range with a zero point: unsigned codes
+        return FakeQuantizer(bits, signed=False, symmetric=False, init=init,
+                             is_weight=False).to(device)
+    return FakeQuantizer(bits, signed=True if signed is None else signed, symmetric=True,
+                         learnable=learnable, init=init, is_weight=False,
+                         auto_sign=signed is None).to(device)
 
 
 def _quantizers(layer: nn.Module, config: QuantConfig):

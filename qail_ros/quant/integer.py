@@ -107,7 +107,7 @@ class IntLinear(_StaticActMixin, nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
         q = self._codes(x.reshape(-1, self.in_features)) - self.offset
-        y = self._matmul(q).to(x.dtype) * self._out_scale
+        y = (self._matmul(q).to(torch.float32) * self._out_scale).to(x.dtype)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*shape[:-1], self.out_features)
@@ -140,8 +140,8 @@ class IntConv2d(_StaticActMixin, nn.Module):
         wo = (w + 2 * pw - dw * (kw - 1) - 1) // self.stride[1] + 1
         acc = self._matmul(cols.transpose(1, 2).reshape(n * ho * wo, -1))
         y = acc.reshape(n, ho * wo, self.out_channels).transpose(1, 2).reshape(
-            n, self.out_channels, ho, wo).to(x.dtype)
-        y = y * self._out_scale.reshape(1, -1, 1, 1)
+            n, self.out_channels, ho, wo).to(torch.float32)
+        y = (y * self._out_scale.reshape(1, -1, 1, 1)).to(x.dtype)
         if self.bias is not None:
             y = y + self.bias.reshape(1, -1, 1, 1)
         return y

@@ -56,6 +56,30 @@ class _QuantMixin:
     def _scaled_input(self, x: Tensor) -> Tensor:
         return x if self.input_scale is None else x / self.input_scale
 
+    def _weight_term(self, make):
+        """`make()` (the quantized weight or its codes), cached in eval mode without grad.
+
+        Evaluation (rollouts of the quantized policy) then skips re-quantizing the weight on
+        every call. The cache is keyed on the version counters and storage of the weight, the
+        scale and the zero point (optimizer steps and load_state_dict invalidate it) and is
+        dropped by `train()`; it costs one weight-sized float tensor per layer.
+        """
+        wq = self.weight_quant
+        if self.training or torch.is_grad_enabled():
+            self.__dict__.pop('_wcache', None)
+            return make()
+        key = (self.weight._version, self.weight.data_ptr(), wq.scale._version,
+               wq.scale.data_ptr(), wq.zero_point._version, wq.zero_point.data_ptr())
+        cached = self.__dict__.get('_wcache')
+        if cached is None or cached[0] != key:
+            cached = (key, make())
+            self.__dict__['_wcache'] = cached
+        return cached[1]
+
+    def train(self, mode: bool = True):
+        self.__dict__.pop('_wcache', None)
+        return super().train(mode)
+
     def quantized_weight(self) -> Tensor:
         """The weight as the forward uses it (quantize-dequantized), detached."""
         with torch.no_grad():
@@ -94,12 +118,14 @@ class QuantLinear(_QuantMixin, nn.Linear):
             wq, iq = self.weight_quant, self.input_quant
             s_x, s_w = iq.effective_scale(x), wq.effective_scale(self.weight)
             qx = iq.codes(x, s_x).reshape(x.shape)
-            qw = wq.codes(self.weight, s_w).reshape(self.weight.shape)
-            y = F.linear(qx, qw) * (s_x * s_w.reshape(-1))
+            qw = self._weight_term(lambda: wq.codes(self.weight, s_w).reshape(
+                self.weight.shape))
+            y = (F.linear(qx, qw) * (s_x * s_w.reshape(-1))).to(x.dtype)
             return y if self.bias is None else y + self.bias
         if self.input_quant is not None:
             x = self.input_quant(x)
-        w = self.weight if self.weight_quant is None else self.weight_quant(self.weight)
+        w = self.weight if self.weight_quant is None else self._weight_term(
+            lambda: self.weight_quant(self.weight))
         return F.linear(x, w, self.bias)
 
 
@@ -133,12 +159,15 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
             wq, iq = self.weight_quant, self.input_quant
             s_x, s_w = iq.effective_scale(x), wq.effective_scale(self.weight)
             qx = iq.codes(x, s_x).reshape(x.shape)
-            qw = wq.codes(self.weight, s_w).reshape(self.weight.shape)
-            y = self._conv(qx, qw, None) * (s_x * s_w.reshape(-1)).reshape(1, -1, 1, 1)
+            qw = self._weight_term(lambda: wq.codes(self.weight, s_w).reshape(
+                self.weight.shape))
+            y = (self._conv(qx, qw, None) * (s_x * s_w.reshape(-1)).reshape(1, -1, 1, 1)).to(
+                x.dtype)
             return y if self.bias is None else y + self.bias.reshape(1, -1, 1, 1)
         if self.input_quant is not None:
             x = self.input_quant(x)
-        w = self.weight if self.weight_quant is None else self.weight_quant(self.weight)
+        w = self.weight if self.weight_quant is None else self._weight_term(
+            lambda: self.weight_quant(self.weight))
         return self._conv(x, w, self.bias)
 
 

@@ -60,7 +60,7 @@ def round_ste(x: Tensor) -> Tensor:
 
 
 def grad_scale(x: Tensor, g: float) -> Tensor:
-    """x forward (unchanged bits), gradient scaled by g backward (LSQ's step-size gradient scale)."""
+    """x forward (bits unchanged), gradient times g backward (LSQ's step-size gradient scale)."""
     return _GradScale.apply(x, g)
 
 
@@ -111,6 +111,7 @@ class FakeQuantizer(nn.Module):
         self.register_buffer('signed', torch.tensor(bool(signed)))
         self.register_buffer('initialized', torch.tensor(False))
         self._signed = bool(signed)
+        self._ready = False  # python mirror of `initialized`: no device sync per forward
         self._stats: dict[str, Tensor | int] | None = None
         self.register_load_state_dict_post_hook(_refresh_after_load)
 
@@ -142,12 +143,6 @@ class FakeQuantizer(nn.Module):
             return x.reshape(x.shape[0], -1)
         return x.reshape(x.shape[0], -1, self.group_size)
 
-    def check_groups(self, x: Tensor) -> None:
-        if self.granularity == 'group' and (x[0].numel() % self.group_size):
-            raise ValueError(f'group_size {self.group_size} does not divide the '
-                             f'{x[0].numel()} inputs per output channel: pick a group size '
-                             'that divides it or use per_channel')
-
     def _grad_g(self, x: Tensor) -> float:
         """g = 1 / sqrt(N * Qp), N = values sharing one step (per sample for activations)."""
         if self.granularity != 'per_tensor':
@@ -166,7 +161,7 @@ class FakeQuantizer(nn.Module):
 
     def codes(self, x: Tensor, scale: Tensor | None = None) -> Tensor:
         """Centred integer codes q - zero_point (float, STE), in the shape of `_view(x)`."""
-        if not bool(self.initialized):
+        if not self._ready:
             self._lazy_init(x)
         s = self.effective_scale(x) if scale is None else scale
         xv = self._view(x)
@@ -184,10 +179,10 @@ class FakeQuantizer(nn.Module):
         if self._stats is not None:
             self.observe(x)
             return x
-        if not bool(self.initialized):
+        if not self._ready:
             self._lazy_init(x)
         s = self.effective_scale(x)
-        return (self.codes(x, s) * s).reshape(x.shape)
+        return (self.codes(x, s) * s).reshape(x.shape).to(x.dtype)
 
     # -- initialisation -------------------------------------------------------------------------
     @property
@@ -196,7 +191,7 @@ class FakeQuantizer(nn.Module):
 
     def ensure_initialized(self, x: Tensor) -> None:
         """Initialise from `x` if needed (learnable quantizers in training mode only)."""
-        if not bool(self.initialized):
+        if not self._ready:
             self._lazy_init(x)
 
     def _lazy_init(self, x: Tensor) -> None:
@@ -206,6 +201,16 @@ class FakeQuantizer(nn.Module):
         self.start_observation()
         self.observe(x)
         self.finish_observation()
+
+    @torch.no_grad()
+    def set_scale(self, scale: Tensor | float, zero_point: Tensor | float | None = None) -> None:
+        """Set the step (and zero point) by hand; marks the quantizer initialised."""
+        self.scale.copy_(torch.as_tensor(scale, dtype=self.scale.dtype).expand_as(self.scale))
+        if zero_point is not None:
+            self.zero_point.copy_(torch.as_tensor(zero_point, dtype=self.zero_point.dtype)
+                                  .expand_as(self.zero_point))
+        self.initialized.fill_(True)
+        self._ready = True
 
     @torch.no_grad()
     def init_from(self, x: Tensor) -> None:
@@ -262,9 +267,10 @@ class FakeQuantizer(nn.Module):
             scale = (mx - mn) / (self.qmax - self.qmin)
             scale = scale.clamp_min(_EPS)
             zero = torch.clamp(self.qmin - torch.round(mn / scale), self.qmin, self.qmax)
-        self.scale.data.copy_(scale.clamp_min(_EPS).reshape(shape))
+        self.scale.copy_(scale.clamp_min(_EPS).reshape(shape))
         self.zero_point.copy_(zero.reshape(shape))
         self.initialized.fill_(True)
+        self._ready = True
 
     def extra_repr(self) -> str:
         kind = 'lsq' if self.learnable else 'static'
@@ -276,3 +282,4 @@ class FakeQuantizer(nn.Module):
 
 def _refresh_after_load(module: FakeQuantizer, incompatible) -> None:
     module._signed = bool(module.signed)
+    module._ready = bool(module.initialized)

@@ -215,6 +215,7 @@ class Executor:
         self._timers: list[tuple[int, int, EmbeddedTimer]] = []
         self._seq = itertools.count()
         self._stopped = False
+        self._last_was_timer = False
         self.thread_id: int | None = None
 
     # -- producers (any thread) -------------------------------------------------------------
@@ -274,8 +275,14 @@ class Executor:
                 while timers and (timers[0][2].is_canceled()
                                   or timers[0][0] != timers[0][2].next_ns):
                     heapq.heappop(timers)
-                # A due timer runs before queued messages (one callback per turn either way).
-                if timers and timers[0][0] <= now:
+                # One callback per call. A due timer and queued messages take turns, so that
+                # neither a timer slower than its period nor a flood of messages starves the
+                # other (rclpy's executor serves both kinds in each wait-set round).
+                ready = self._ready
+                while ready and (not ready[0].queue or ready[0].destroyed):
+                    ready.popleft()
+                timer_due = bool(timers) and timers[0][0] <= now
+                if timer_due and not (ready and self._last_was_timer):
                     _due, _s, timer = heapq.heappop(timers)
                     nxt = timer.next_ns + timer.period_ns
                     if nxt <= now:  # fell behind: skip missed periods, keep the phase
@@ -284,6 +291,7 @@ class Executor:
                         nxt += missed * timer.period_ns
                     timer.next_ns = nxt
                     heapq.heappush(timers, (nxt, next(self._seq), timer))
+                    self._last_was_timer = True
                     cond.release()
                     try:
                         timer.fired += 1
@@ -291,11 +299,10 @@ class Executor:
                     finally:
                         cond.acquire()
                     return True
-                while self._ready:
-                    sub = self._ready.popleft()
-                    if not sub.queue or sub.destroyed:
-                        continue
+                if ready:
+                    sub = ready.popleft()
                     item = sub.queue.popleft()
+                    self._last_was_timer = False
                     cond.release()
                     try:
                         sub.deliver(item)

@@ -168,10 +168,19 @@ def _compatible(default: Any, value: Any) -> bool:
     return True
 
 
+#: Parameters rclpy declares on every node; the embedded runtime accepts them too (it has no
+#: /clock subscription: use_sim_time:=true is warned about there and the system clock is used).
+BUILTIN_PARAMETERS = frozenset({'use_sim_time', 'start_type_description_service'})
+
+
 def check_node_parameters(node: Node, cli_args: list[str] | None) -> None:
     """Raise ParameterError if a params file / -p sets something the node does not declare."""
     ros, _rest = _params.split_ros_args(cli_args or [])
     fqn = node.get_fully_qualified_name()
+    # Parameters every ROS 2 node has (rclpy declares them itself; launch files often set
+    # use_sim_time) are accepted in both modes.
+    declared = (node.declared_parameters | BUILTIN_PARAMETERS
+                | set(getattr(node._handle, 'builtin_parameters', ())))
     for path in ros.params_files:
         sections = _params.load_params_file(path)
         # A shared file may hold sections for other nodes; only a section whose name is close
@@ -183,10 +192,11 @@ def check_node_parameters(node: Node, cli_args: list[str] | None) -> None:
             if close:
                 _params.check_sections(path, sections, [fqn])
         given = _params.params_for_node(sections, fqn)
-        _params.check_declared(f'parameter file {path}', given, node.declared_parameters,
-                               node.get_name())
-    _params.check_declared('command line (-p)', ros.params, node.declared_parameters,
-                           node.get_name())
+        _params.check_declared(f'parameter file {path}', given, declared, node.get_name())
+        if given.get('use_sim_time') is True and node.runtime.name == 'embedded':
+            node.get_logger().warning('use_sim_time is true, but the embedded runtime has no '
+                                      '/clock: using the system clock')
+    _params.check_declared('command line (-p)', ros.params, declared, node.get_name())
 
 
 #: Anything that makes a node given `cli_args=`: a Node subclass or a function.

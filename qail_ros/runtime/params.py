@@ -177,11 +177,14 @@ def key_matches(key: str, fqn: str) -> bool:
 
 
 def params_for_node(sections: dict[str, dict[str, Any]], fqn: str) -> dict[str, Any]:
-    """Merge the sections that apply to node `fqn` (later and more specific keys win)."""
+    """Merge the sections that apply to node `fqn` in file order, later sections winning.
+
+    This is rcl's rule (checked on rclpy): a `/**` section after `/ns/node` overrides it.
+    """
     out: dict[str, Any] = {}
-    for key in sorted(sections, key=lambda k: ('*' not in k, len(k))):
+    for key, values in sections.items():
         if key_matches(key, fqn):
-            out.update(sections[key])
+            out.update(values)
     return out
 
 

@@ -1,6 +1,5 @@
 """Data set builder, manifest and statistics (hand-checked), errors, reader, LeRobot export."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -76,7 +76,8 @@ def _args(**params):
 
 
 def _recorder(tmp_path, **params):
-    base = dict(output_dir=str(tmp_path), action_topics=['cmd_twist:geometry_msgs/msg/TwistStamped'],
+    base = dict(output_dir=str(tmp_path),
+                action_topics=['cmd_twist:geometry_msgs/msg/TwistStamped'],
                 raw_outputs_topic='test_policy/raw_outputs', timing_topic='',
                 report_period_s=0.0, min_free_mb=0.0, policy_id='test_policy',
                 precision='fp32', engine_hash='sha256:feed')

@@ -210,3 +210,36 @@ def test_root_layer_is_quantized_in_place():
     out = quant.quantize_(layer, quant.WeightOnlyRTN(bits=8))
     assert out is layer and isinstance(layer, quant.QuantLinear)
     assert layer.weight_quant is not None
+
+
+@pytest.mark.parametrize('cfg', [quant.WeightOnlyRTN(bits=4, granularity='group', group_size=32),
+                                 quant.W4A4LSQ(), quant.Int4WeightOnlyAWQ(group_size=32)],
+                         ids=lambda c: c.scheme)
+def test_bf16_models_keep_their_dtype(cfg):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16)).to(torch.bfloat16)
+    x = torch.randn(4, 64, dtype=torch.bfloat16)
+    ref = m(x)
+    q = quant.quantize_(copy.deepcopy(m), cfg, calibration=x)
+    y = q(x)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), ref.float(), atol=0.3, rtol=0.2)
+    assert quant.convert_to_integer(q.eval())(x).dtype == torch.bfloat16
+
+
+def test_eval_weight_cache_follows_weight_and_step_changes():
+    torch.manual_seed(0)
+    x = torch.randn(16, 12)
+    m = quant.quantize_(mlp(), quant.W4A4LSQ(), calibration=x).eval()
+    other = quant.quantize_(mlp(seed=1), quant.W4A4LSQ(), calibration=x).eval()
+    with torch.no_grad():
+        y0 = m(x)
+        assert torch.equal(m(x), y0)                       # served from the cache
+        m.load_state_dict(other.state_dict())              # in-place copies bump versions
+        torch.testing.assert_close(m(x), other(x), rtol=0, atol=0)
+        m[0].weight_quant.set_scale(m[0].weight_quant.scale * 2)
+        y2 = m(x)
+    m.train()
+    ref = F.linear(m[0].input_quant(x), m[0].weight_quant(m[0].weight), m[0].bias)
+    torch.testing.assert_close(m[0](x), ref)
+    assert not torch.equal(y2, other(x).detach())

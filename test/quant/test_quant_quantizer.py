@@ -81,8 +81,7 @@ def test_qrange():
 @pytest.mark.parametrize('learnable', [False, True])
 def test_ste_gradient_is_identity_inside_and_zero_outside(learnable):
     q = FakeQuantizer(4, learnable=learnable, init='lsq')
-    q.scale.data.fill_(0.25)
-    q.initialized.fill_(True)
+    q.set_scale(0.25)
     x = torch.tensor([-3.0, -2.0, -0.6, 0.0, 0.37, 1.74, 1.8, 5.0], requires_grad=True)
     q(x).backward(torch.ones_like(x))
     # range [-8 * 0.25, 7 * 0.25] = [-2.0, 1.75]
@@ -97,8 +96,7 @@ def test_lsq_step_gradient_matches_the_paper_on_a_hand_computed_case():
     # with upstream gradient [1, 2, 3, 4, 5]: 0.4 + 0.8 + 9 + 0.8 - 20 = -9.0
     # times g = 1 / sqrt(N * Qp) = 1 / sqrt(5 * 3)
     q = FakeQuantizer(3, learnable=True, init='lsq')
-    q.scale.data.fill_(0.5)
-    q.initialized.fill_(True)
+    q.set_scale(0.5)
     v = torch.tensor([0.3, -1.7, 2.6, 0.9, -3.0], requires_grad=True)
     out = q(v)
     assert torch.allclose(out, torch.tensor([0.5, -1.5, 1.5, 1.0, -2.0]))
@@ -109,8 +107,7 @@ def test_lsq_step_gradient_matches_the_paper_on_a_hand_computed_case():
 
 def test_lsq_activation_gradient_scale_uses_features_per_sample():
     q = FakeQuantizer(4, learnable=True, init='lsq', is_weight=False)
-    q.scale.data.fill_(1.0)
-    q.initialized.fill_(True)
+    q.set_scale(1.0)
     x = torch.full((10, 6), 0.25)   # every v / s = 0.25 -> round 0: d/ds = -0.25 each
     q(x).sum().backward()
     g = 1 / math.sqrt(6 * 7)        # N = 6 features per sample, Qp = 7

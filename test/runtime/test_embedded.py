@@ -361,3 +361,20 @@ def test_unknown_message_type_and_bad_topic_are_explained(runtime):
         node.create_subscription('nope_msgs/msg/X', 'x', lambda _m: None, 10)
     with pytest.raises(ValueError, match='topic'):
         node.create_publisher(STRING, 'a//b', 10)
+
+
+def test_a_busy_timer_does_not_starve_subscriptions(runtime):
+    talker, listener = Talker(), Listener()
+    busy = Node('busy')
+    ticks = []
+
+    def busy_callback():  # longer than its period: always due
+        ticks.append(1)
+        time.sleep(0.003)
+
+    busy.create_timer(0.001, busy_callback)
+    time.sleep(0.01)  # the timer is overdue before the first spin, and stays due
+    for i in range(5):
+        talker.say(str(i))
+    assert runtime.spin_until(lambda: len(listener.got) == 5, timeout_s=2.0)
+    assert ticks  # and the timer still ran

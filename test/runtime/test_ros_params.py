@@ -73,3 +73,10 @@ def test_malformed_params_files_are_explained(tmp_path, text, match):
 def test_missing_params_file():
     with pytest.raises(ParameterError, match='not found'):
         p.load_params_file('/nonexistent/params.yaml')
+
+
+def test_sections_merge_in_file_order_like_rcl(tmp_path):
+    f = tmp_path / 'params.yaml'
+    f.write_text('cam:\n  ros__parameters:\n    rate: 30\n'
+                 '/**:\n  ros__parameters:\n    rate: 5\n')
+    assert p.params_for_node(p.load_params_file(f), '/cam') == {'rate': 5}

@@ -295,3 +295,34 @@ def test_large_messages_cross_sessions_intact_with_and_without_shared_memory(
         first.shutdown()
         second.shutdown()
         router.stop()
+
+
+def test_domains_are_isolated(zenoh_endpoint, monkeypatch):
+    from qail_ros.runtime.embedded import EmbeddedRuntime
+    router = zt.ensure_router(zenoh_endpoint)
+    runtimes = []
+    try:
+        got = {}
+        pubs = {}
+        for domain in ('3', '4'):
+            monkeypatch.setenv('ROS_DOMAIN_ID', domain)
+            talker_rt, listener_rt = EmbeddedRuntime('zenoh'), EmbeddedRuntime('zenoh')
+            runtimes += [talker_rt, listener_rt]
+            pubs[domain] = Node('t', runtime=talker_rt).create_publisher(
+                'std_msgs/msg/String', 'chatter', 10)
+            got[domain] = []
+            Node('l', runtime=listener_rt).create_subscription(
+                'std_msgs/msg/String', 'chatter', got[domain].append, 10)
+            assert pubs[domain].remote.keyexpr.startswith(domain + '/chatter/')
+        for domain, pub in pubs.items():
+            assert runtimes[0].spin_until(lambda: pub.remote.matching, 10.0)
+            pub.publish(m.new('std_msgs/msg/String', data=domain))
+        for i, domain in enumerate(('3', '4')):
+            assert runtimes[2 * i + 1].spin_until(lambda: got[domain], 10.0)
+        for rt in runtimes:
+            rt.spin(duration_s=0.1)
+        assert [x.data for x in got['3']] == ['3'] and [x.data for x in got['4']] == ['4']
+    finally:
+        for rt in runtimes:
+            rt.shutdown()
+        router.stop()

@@ -1,0 +1,100 @@
+"""Latest-frame inference for policy nodes: the camera callback never waits for the policy.
+
+    self.worker = LatestFrameWorker(self.step, name='cilrs_policy', max_rate_hz=0.0,
+                                    logger=self.get_logger())
+    def image_callback(self, msg): self.worker.offer(msg)     # O(1), never blocks on inference
+    on_activate: self.worker.start();  on_deactivate: self.worker.stop()
+
+`offer` keeps only the newest message; a message replaced before the worker thread took it is
+counted in `replaced` (dropped by the latest-frame policy). The worker thread runs `step(msg)`
+on each newest message, at most `max_rate_hz` times a second (0 = as fast as messages come);
+an exception in `step` is counted and logged (first, then every 100th), never fatal.
+Shared by policy nodes (cilrs_policy; image_policy follows the same pattern).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+__all__ = ['LatestFrameWorker', 'queue_drops']
+
+
+def queue_drops(subscription: Any) -> int:
+    """Messages a keep_last subscription queue dropped (the embedded runtime counts them;
+    rclpy does not tell: 0)."""
+    return int(getattr(subscription, 'dropped', 0) or 0)
+
+
+class LatestFrameWorker:
+    """A worker thread running `step` on the newest offered message."""
+
+    def __init__(self, step: Callable[[Any], Any], *, name: str = 'policy',
+                 max_rate_hz: float = 0.0, logger=None):
+        if max_rate_hz < 0:
+            raise ValueError(f'max_rate_hz must be >= 0, not {max_rate_hz}')
+        self.step = step
+        self.name = name
+        self.max_rate_hz = float(max_rate_hz)
+        self.logger = logger
+        self.delivered = 0     # messages offered
+        self.replaced = 0      # offered but replaced by a newer one before the worker took it
+        self.processed = 0     # step() calls that returned
+        self.errors = 0        # step() calls that raised
+        self._lock = threading.Lock()
+        self._latest = None
+        self._new = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def offer(self, msg: Any) -> None:
+        """Keep `msg` as the newest; called from the subscription callback."""
+        with self._lock:
+            if self._latest is not None:
+                self.replaced += 1
+            self._latest = msg
+            self.delivered += 1
+        self._new.set()
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._loop, name=f'{self.name}-infer',
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        self._stopping.set()
+        self._new.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _loop(self) -> None:
+        period = 1.0 / self.max_rate_hz if self.max_rate_hz > 0 else 0.0
+        next_slot = 0.0
+        while not self._stopping.is_set():
+            if not self._new.wait(0.2):
+                continue
+            if period:
+                delay = next_slot - time.monotonic()
+                if delay > 0 and self._stopping.wait(delay):
+                    break
+            with self._lock:
+                msg, self._latest = self._latest, None
+                self._new.clear()
+            if msg is None or self._stopping.is_set():
+                continue
+            next_slot = max(next_slot + period, time.monotonic()) if period else 0.0
+            try:
+                self.step(msg)
+                self.processed += 1
+            except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the policy
+                self.errors += 1
+                if self.logger is not None and (self.errors == 1 or self.errors % 100 == 0):
+                    self.logger.error(f'inference failed ({self.errors} so far): {exc}')
