@@ -1,12 +1,12 @@
-"""orin_vla: camera -> image policy -> 7-DoF end-effector actions.
+"""orin_vla: camera -> OpenVLA policy -> 7-DoF end-effector actions.
 
     ros2 launch qail_ros orin_vla.launch.py [instruction:='open the drawer'] [image_topic:=...]
     qail-ros launch orin_vla [instruction:='open the drawer'] [--composed] [--duration 30]
 
 Both commands read this file: the same nodes, parameters (config/orin_vla.yaml, then the dicts
-below) and remappings. The policy here is `image_policy`, a small *untrained* convolutional
-regressor (qail_ros.policies.ConvActionRegressor) that makes the pipeline run end to end; the
-`vla_policy` node (INT4 OpenVLA) replaces image_policy here when the OpenVLA issue lands.
+below) and remappings. The policy is `vla_policy` (OpenVLA, qail_ros.openvla) with the shipped
+tiny randomly initialised checkpoint models/openvla-tiny; point it at the real model with
+`model_path` / `unnorm_key` / `precision` in config/orin_vla.yaml (docs/openvla.md).
 
 On a robot, point image_topic at the real camera and drop camera_source (or keep it to test).
 Only LaunchDescription, DeclareLaunchArgument, LaunchConfiguration, launch_ros Node and
@@ -45,8 +45,8 @@ def generate_launch_description():
         ),
         Node(
             package='qail_ros',
-            executable='image_policy',
-            name='image_policy',
+            executable='vla_policy',
+            name='vla_policy',
             parameters=[params_file, {'instruction': LaunchConfiguration('instruction')}],
             remappings=[('image_raw', image_topic)],
             output='screen',

@@ -16,7 +16,7 @@ import os
 import tempfile
 import time
 
-HELP = 'CPU overhead of the power_monitor node at 10 Hz sampling (% of one core)'
+HELP = 'CPU overhead of the power_monitor node at 10 Hz sampling (percent of one core)'
 
 #: AGX Orin 64GB, JetPack 5/6 (GitHub GDWR/jetson_exporter issue #14): the longest real line.
 AGX_ORIN_LINE = (

@@ -140,7 +140,8 @@ def probe_student(student, teacher, states, mean, std) -> tuple[dict[str, float]
 
 
 def run_task(task: str, bits_list: list[str], methods: list[str], s: dict[str, Any],
-             progress: bool, log, maps: dict[str, Any] | None = None) -> dict[str, Any]:
+             progress: bool, log, maps: dict[str, Any] | None = None,
+             main_bits: str | None = None) -> dict[str, Any]:
     """Measure every method x bit width on one task; returns {key: entry}.
 
     Each trained student is also probed on 512 states of its D_QAIL: AttDiv against the FP
@@ -196,7 +197,7 @@ def run_task(task: str, bits_list: list[str], methods: list[str], s: dict[str, A
                     f'(train {res.seconds:.1f}s, on-policy states {res.onpolicy_states}, '
                     f'AttDiv {probe["attdiv"]:.4f}, gap {probe["gap"]:.4f})')
     for (method, bits), per_seed in runs.items():
-        key = method if bits == bits_list[0] else f'{method}_{bits}'
+        key = method if bits == (main_bits or bits_list[0]) else f'{method}_{bits}'
         out[key] = _entry(method, bits, per_seed, fp_mean, times[(method, bits)],
                           probes[(method, bits)])
     if 'fp' not in methods:
@@ -270,11 +271,11 @@ def markdown(result: dict[str, Any]) -> str:
                          f'{e.get("train_seconds", 0):.0f} | {_num(e.get("attdiv"))} | '
                          f'{_num(e.get("gap"))} |')
     lines += ['', '## How it was made', '']
-    for task, run in result.get('runs', {}).items():
-        lines.append(f'- {task}: `{run["command"]}` (commit {run["commit"]}, {run["date"]}, '
-                     f'{run["seconds"]:.0f} s)')
-    st = result['settings']
-    lines += ['', f'Settings: {json.dumps({k: v for k, v in st.items()})}', '']
+    for name, run in result.get('runs', {}).items():
+        st = {k: v for k, v in run.get('settings', {}).items() if k != 'main_bits'}
+        lines.append(f'- {name}: `{run["command"]}` (commit {run["commit"]}, {run["date"]}, '
+                     f'{run["seconds"]:.0f} s); settings {json.dumps(st)}')
+    lines.append('')
     return '\n'.join(lines)
 
 
@@ -362,13 +363,15 @@ def main(args) -> int:
     if missing:
         raise ParameterError(f'no shipped FP policy for {missing}: train them '
                              f'(scripts/physics/) or pick from {shipped_tasks()}')
-    s['main_bits'] = bits_list[0]
     out = Path(args.out)
     result: dict[str, Any] = {'benchmark': 'physics', 'results': {}, 'runs': {}}
+    s['main_bits'] = bits_list[0]
     if args.merge and (out / 'physics.json').is_file():
         old = json.loads((out / 'physics.json').read_text())
         result['results'] = old.get('results', {})
         result['runs'] = old.get('runs', {})
+        # the main bit width (unsuffixed keys, main table) stays the earlier file's
+        s['main_bits'] = old.get('settings', {}).get('main_bits', bits_list[0])
     command = 'qail-ros bench physics ' + ' '.join(shlex.quote(a) for a in sys.argv[3:]) if (
         sys.argv[1:3] == ['bench', 'physics']) else 'qail-ros ' + ' '.join(
         shlex.quote(a) for a in sys.argv[1:])
@@ -377,10 +380,12 @@ def main(args) -> int:
     for task in tasks:
         t0 = time.perf_counter()
         maps: dict[str, Any] = {}
-        measured = run_task(task, bits_list, methods, s, not args.no_progress, log, maps)
+        measured = run_task(task, bits_list, methods, s, not args.no_progress, log, maps,
+                            main_bits=s['main_bits'])
         if len(maps) > 1:
             from qail_ros.qail.attdiv import save_saliency_png
-            fig = save_saliency_png(list(maps.values()), out / f'physics_saliency_{task}.png',
+            name = f'physics_saliency_{task}_{"_".join(bits_list)}.png'
+            fig = save_saliency_png(list(maps.values()), out / name,
                                     titles=list(maps),
                                     suptitle=f'{task}: mean state saliency per dimension '
                                              '(seed 0)')
@@ -389,10 +394,11 @@ def main(args) -> int:
                   if not (isinstance(v, dict) and v.get('bits') in bits_list)}
         merged.update(measured)
         result['results'][task] = merged
-        result['runs'][task] = {'command': command, 'commit': commit,
-                                'date': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
-                                'seconds': round(time.perf_counter() - t0, 1),
-                                'settings': dict(s), 'bits': bits_list, 'methods': methods}
+        result['runs'][f'{task} {",".join(bits_list)}'] = {
+            'command': command, 'commit': commit,
+            'date': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+            'seconds': round(time.perf_counter() - t0, 1),
+            'settings': dict(s), 'bits': bits_list, 'methods': methods}
     result['settings'] = s
     result['paper'] = {t: PAPER_TABLE7[t] for t in result['results'] if t in PAPER_TABLE7}
     result['command'] = command

@@ -75,7 +75,10 @@ def _run(cfg: dict, out_dir: Path) -> dict:
              '-p', "raw_outputs_topic:=''", '-p', "timing_topic:=''",
              '-p', f'storage:={cfg["storage"]}', '-p', 'policy_id:=bench',
              '-p', f'report_period_s:={cfg["report_period_s"]}', '-p', 'min_free_mb:=50.0'],
-            env=env, stderr=log_file, stdout=log_file, text=True)
+            env=env, stderr=log_file, stdout=log_file, text=True,
+            # A background job of a non-interactive shell inherits SIGINT ignored, and Python
+            # then keeps it ignored: give the recorder the default so Ctrl-C stops it.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         if not rt.spin_until(lambda: pub.get_subscription_count() >= 1 and pub.remote
                              and pub.remote.matching, timeout_s=60.0):
             raise TransportError('the recorder process never subscribed: '

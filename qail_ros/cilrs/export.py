@@ -75,9 +75,14 @@ def _fields(config: CILRSConfig, details: dict[str, Any] | None = None) -> dict[
 
 def export_onnx(model, path: str | Path, opset: int = 17) -> Path:
     """Export a CILRS model (batch 1, fixed shapes) with the TorchScript-based exporter."""
+    import warnings
+
     import torch
     path = Path(path)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the TorchScript exporter is deprecated but needs no onnxscript and exports this
+        # static-shape CNN exactly; the dynamo exporter would add a dependency
+        warnings.simplefilter('ignore', DeprecationWarning)
         torch.onnx.export(model.eval(), model.example_inputs(), str(path), dynamo=False,
                           input_names=['image', 'speed'],
                           output_names=['branches', 'speed_pred'], opset_version=opset,
@@ -208,3 +213,40 @@ def _calib_hash(batches: Sequence[Batch]) -> str:
         h.update(np.ascontiguousarray(img).tobytes())
         h.update(np.ascontiguousarray(speed).tobytes())
     return h.hexdigest()[:16]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m qail_ros.cilrs.export`: build a CILRS engine set into a directory.
+
+    Without --checkpoint a seeded (untrained) model is used: engines for trying the node and
+    measuring latency, not for driving.
+    """
+    import argparse
+
+    from qail_ros.cilrs.model import build_model, save_checkpoint
+    p = argparse.ArgumentParser(prog='python -m qail_ros.cilrs.export', description=main.__doc__)
+    p.add_argument('--checkpoint', help='save_checkpoint file (default: seeded ResNet model)')
+    p.add_argument('--w4a4-student', help='quant.save_quantized file of the W4A4 student')
+    p.add_argument('--resnet', type=int, default=18, choices=(18, 34))
+    p.add_argument('--height', type=int, default=256)
+    p.add_argument('--width', type=int, default=900)
+    p.add_argument('--kinds', default=','.join(ENGINE_KINDS))
+    p.add_argument('--out', default='models/cilrs')
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    if args.checkpoint:
+        source = Path(args.checkpoint)
+    else:
+        model = build_model(CILRSConfig(resnet=args.resnet, height=args.height,
+                                        width=args.width))
+        source = save_checkpoint(model, out / f'cilrs_r{args.resnet}.safetensors')
+    paths = build_engines(source, out, [k for k in args.kinds.split(',') if k],
+                          w4a4_student=args.w4a4_student)
+    for kind, path in paths.items():
+        print(f'{kind:12s} {path} ({path.stat().st_size / 1e6:.1f} MB)')
+    return 0
+
+
+if __name__ == '__main__':
+    import sys
+    sys.exit(main())

@@ -44,6 +44,7 @@ class IntEngine(Engine):
         torch.set_num_threads(self.threads)
         model = self.reference_model()
         self.model = quant.convert_to_integer(model)
+        _guard_k1_products(self.model)
         kept = quant.quantization_report(model).get('integer', {}).get('kept', {})
         self.kept_float = dict(kept)
 
@@ -55,3 +56,23 @@ class IntEngine(Engine):
             outs = self.model(*args)
         outs = outs if isinstance(outs, (tuple, list)) else (outs,)
         return {n: o.numpy() for n, o in zip(self.manifest.outputs, outs)}
+
+
+def _guard_k1_products(model) -> None:
+    """torch 2.13's CPU torch._int_mm returns wrong values when k == 1 (a (n, 1) x (1, m)
+    product: CILRS's speed input layer Linear(1, 128)); run those few layers as an exact
+    int32 matmul instead (same integers, so still bit-exact). Measured here: k >= 2 is right.
+    """
+    import types
+
+    import torch
+
+    from qail_ros.quant import integer
+
+    def exact_matmul(self, q2d):
+        acc = q2d.to(torch.int32) @ self._wt.to(torch.int32)
+        return acc if self._corr is None else acc + self._corr
+
+    for m in model.modules():
+        if isinstance(m, integer.IntLinear) and m.in_features == 1:
+            m._matmul = types.MethodType(exact_matmul, m)

@@ -148,12 +148,13 @@ class _LineSource(PowerSource):
 
     def poll(self) -> list[Reading]:
         out = []
-        while True:
-            try:
+        for _ in range(self._queue.qsize()):  # what is there now: a fast producer cannot
+            try:                              # keep this call from returning
                 t, line = self._queue.get_nowait()
             except queue.Empty:
-                return out
+                break
             out.append(reading_from_sample(parse_line(line), t, self.power_rails))
+        return out
 
     def stop(self) -> None:
         self._stop.set()
@@ -317,7 +318,10 @@ class LogReplay(_LineSource):
             for line, offset in zip(self.lines_in_log, self.offsets_s):
                 log_t = rep * period + offset
                 delay = origin_wall + log_t / self.time_scale - time.time()
-                if delay > 0 and self._stop.wait(delay):
+                if delay < -0.5:
+                    origin_wall -= delay  # far behind (slow consumer, busy CPU): slip, no burst
+                    delay = 0.0
+                if self._stop.wait(max(delay, 0.0)):
                     return
                 self._put(time.time() if self.timebase == 'wall' else origin + log_t, line)
             rep += 1

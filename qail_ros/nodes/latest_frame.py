@@ -90,7 +90,8 @@ class LatestFrameWorker:
                 self._new.clear()
             if msg is None or self._stopping.is_set():
                 continue
-            next_slot = max(next_slot + period, time.monotonic()) if period else 0.0
+            # earliest start of the next inference: this start + one period
+            next_slot = time.monotonic() + period if period else 0.0
             try:
                 self.step(msg)
                 self.processed += 1

@@ -15,4 +15,6 @@ NODES = {
     'image_policy': 'qail_ros.nodes.image_policy:main',
     'power_monitor': 'qail_ros.nodes.power_monitor:main',
     'fp_recorder': 'qail_ros.nodes.fp_recorder:main',
+    'cilrs_policy': 'qail_ros.nodes.cilrs_policy:main',
+    'vla_policy': 'qail_ros.nodes.vla_policy:main',
 }

@@ -1,8 +1,9 @@
 """An LQR expert for cartpole-balance, from the MuJoCo model linearised around upright.
 
 The pole starts near upright in cartpole-balance, so a linear state-feedback controller is close
-to optimal: the dynamics are linearised by finite differences (mujoco.mjd_transitionFD) at the
-upright equilibrium, over one control step, and the discrete-time Riccati equation gives the gain.
+to optimal: the dynamics are linearised by central finite differences of the true MuJoCo step at
+the upright equilibrium, over one control step, and the discrete-time Riccati equation gives the
+gain.
 No learning, seconds to compute, and it scores near the task's maximum (1000).
 """
 from __future__ import annotations

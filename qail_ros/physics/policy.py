@@ -24,7 +24,7 @@ class PolicyFormatError(QailRosError, ValueError):
 
 
 class MLPPolicy(nn.Module):
-    """obs -> (obs - mean) / std -> [Linear -> ReLU] x layers -> Linear -> tanh: actions in [-1, 1].
+    """obs -> (obs - mean) / std -> [Linear, ReLU] x layers -> Linear -> tanh: actions in [-1, 1].
 
     `layers` counts hidden layers, each `hidden` wide (the paper: three of 2048).
     """

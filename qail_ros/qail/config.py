@@ -73,6 +73,9 @@ class TrainConfig:
     #: saliency: state perturbation (shift | mean) and its size in data stds; image
     #: perturbation (blur | mean_patch) and grid, used when the inputs are images.
     state_perturbation: str = 'shift'
+    #: optional SIS cache file (.jsonl or .safetensors): scores of D_QAIL by sample id are read
+    #: from it when present and written back (rank 0) after they are computed.
+    sis_cache: str | None = None
     state_scale: float = 0.5
     image_perturbation: str = 'blur'
     image_grid: int = 8

@@ -209,10 +209,31 @@ class QAILTrainer:
     def _prepare_weights(self) -> None:
         """SIS of D_QAIL under the teacher, T on a 10% subset, alpha per sample."""
         cfg = self.config
+        if self.sis_cache is None and cfg.sis_cache:
+            from pathlib import Path
+            path = Path(cfg.sis_cache)
+            self.sis_cache = SISCache.load(path) if path.is_file() else SISCache(
+                meta=self._sis_meta())
+            if self.sis_cache.meta and self.sis_cache.meta != self._sis_meta():
+                from qail_ros.qail.config import TrainConfigError
+                raise TrainConfigError(f'SIS cache {path} was made with {self.sis_cache.meta}, '
+                                       f'this run scores with {self._sis_meta()}: delete the '
+                                       'file or point sis_cache elsewhere')
         scores = self._scores(self.data.obs, ids=self.data.ids.tolist(), cache=self.sis_cache)
+        if cfg.sis_cache and self.rank == 0:
+            self.sis_cache.save(cfg.sis_cache)
         self.threshold = importance_threshold(scores, percentile=cfg.percentile,
                                               subset_fraction=cfg.subset_fraction, seed=cfg.seed)
         self.data_weights = importance_weights(scores, self.threshold, cfg.beta)
+
+    def _sis_meta(self) -> dict[str, Any]:
+        """How the scores are made: a cache made differently must not be reused."""
+        cfg = self.config
+        if self.is_image:
+            return {'kind': 'image', 'perturbation': cfg.image_perturbation,
+                    'grid': cfg.image_grid, 'n': len(self.data)}
+        return {'kind': 'state', 'perturbation': cfg.state_perturbation,
+                'scale': cfg.state_scale, 'groups': self.saliency_groups, 'n': len(self.data)}
 
     def _collect(self, student: nn.Module, round_index: int) -> int:
         """One on-policy round: states of the student, scored, appended to the bounded pool."""

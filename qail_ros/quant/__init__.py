@@ -29,13 +29,14 @@ __all__ = [
     # layers
     'FakeQuantizer', 'QuantLinear', 'QuantConv2d',
     # serialisation and the integer path
-    'save_quantized', 'load_quantized', 'convert_to_integer',
+    'save_quantized', 'load_quantized', 'QuantizedFileError', 'convert_to_integer',
 ]
 
 _LAZY = {
     'quantize_': 'api', 'split_parameters': 'api', 'quantization_report': 'api',
     'FakeQuantizer': 'quantizer', 'QuantLinear': 'modules', 'QuantConv2d': 'modules',
     'save_quantized': 'serialization', 'load_quantized': 'serialization',
+    'QuantizedFileError': 'serialization',
     'convert_to_integer': 'integer',
 }
 

@@ -88,15 +88,15 @@ def _select(model: nn.Module, config: QuantConfig) -> tuple[list[str], dict[str,
     return chosen, skipped
 
 
-def _weight_quantizer(layer: nn.Module, bits: int, *, symmetric: bool, granularity: str,
-                      group_size: int, learnable: bool = False,
+def _weight_quantizer(layer: nn.Module, name: str, bits: int, *, symmetric: bool,
+                      granularity: str, group_size: int, learnable: bool = False,
                       init: str = 'minmax') -> FakeQuantizer:
     w = layer.weight
     per_channel_inputs = w[0].numel()
     if granularity == 'group' and per_channel_inputs % group_size:
         raise QuantConfigError(f'group_size={group_size} does not divide the {per_channel_inputs}'
-                               f' inputs of layer {getattr(layer, "_qname", "?")}: choose a '
-                               'group size that divides it, or exclude the layer')
+                               f' inputs of layer {name}: choose a group size that divides it, '
+                               'or exclude the layer')
     groups = per_channel_inputs // group_size if granularity == 'group' else 1
     q = FakeQuantizer(bits, signed=symmetric, symmetric=symmetric, granularity=granularity,
                       group_size=group_size, learnable=learnable, init=init,
@@ -116,16 +116,16 @@ def _input_quantizer(bits: int, *, signed: bool | None, symmetric: bool, learnab
                          auto_sign=signed is None).to(device)
 
 
-def _quantizers(layer: nn.Module, config: QuantConfig):
+def _quantizers(layer: nn.Module, name: str, config: QuantConfig):
     """(weight quantizer, input quantizer) for one layer under `config`."""
     dev = layer.weight.device
     if isinstance(config, WeightOnlyRTN):
-        return _weight_quantizer(layer, config.bits, symmetric=config.symmetric,
+        return _weight_quantizer(layer, name, config.bits, symmetric=config.symmetric,
                                  granularity=config.granularity,
                                  group_size=config.group_size), None
     if isinstance(config, WeightActivationRTN):
         wq = None if config.w_bits is None else _weight_quantizer(
-            layer, config.w_bits, symmetric=config.w_symmetric,
+            layer, name, config.w_bits, symmetric=config.w_symmetric,
             granularity=config.w_granularity, group_size=config.group_size)
         iq = None if config.a_bits is None else _input_quantizer(
             config.a_bits, signed=config.a_signed, symmetric=config.a_symmetric,
@@ -133,7 +133,7 @@ def _quantizers(layer: nn.Module, config: QuantConfig):
         return wq, iq
     if isinstance(config, LSQ):
         wq = None if config.w_bits is None else _weight_quantizer(
-            layer, config.w_bits, symmetric=True, granularity=config.w_granularity,
+            layer, name, config.w_bits, symmetric=True, granularity=config.w_granularity,
             group_size=128, learnable=config.learn_steps, init='lsq')
         iq = None if config.a_bits is None else _input_quantizer(
             config.a_bits, signed=config.a_signed, symmetric=True,
@@ -231,25 +231,25 @@ def _quantize(model: nn.Module, config: QuantConfig, *, calibration: Calibration
         from qail_ros.quant.awq import apply_awq
         apply_awq(model, config, chosen, calibration, use_data=calibration is not None)
     else:
-        input_quants = []
+        # build every quantizer first: a config that fails on some layer leaves the model as is
+        plan = []
         for name in chosen:
             layer = model.get_submodule(name)
-            layer._qname = name
-            wq, iq = _quantizers(layer, config)
-            del layer._qname
+            plan.append((name, layer, *_quantizers(layer, name, config)))
+        input_quants = []
+        for name, layer, wq, iq in plan:
             cls = QuantLinear if isinstance(layer, nn.Linear) else QuantConv2d
             _set_module(model, name, cls.from_float(layer, wq, iq))
             if iq is not None:
-                input_quants.append(iq)
+                input_quants.append((name, iq))
         if input_quants and calibration is not None:
-            for iq in input_quants:
+            for _, iq in input_quants:
                 iq.start_observation()
             try:
                 run_calibration(model, calibration)
             finally:
-                unreached = [n for n, iq in zip(chosen, input_quants) if iq._stats
-                             and iq._stats['n'] == 0]
-                for iq in input_quants:
+                unreached = [n for n, iq in input_quants if iq._stats and iq._stats['n'] == 0]
+                for _, iq in input_quants:
                     if iq._stats is not None and iq._stats['n'] > 0:
                         iq.finish_observation()
                     else:

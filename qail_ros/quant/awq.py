@@ -106,6 +106,8 @@ def apply_awq(model: nn.Module, config: Int4WeightOnlyAWQ, names: list[str], cal
     saved weights) the layers get unit scales and uninitialised quantizers.
     """
     from qail_ros.quant.api import _set_module
+    for name in names:  # fail before touching the model
+        _make_quantizer(config, model.get_submodule(name).weight, name)
     inputs = _collect_inputs(model, names, calibration, config.max_samples) if use_data else {}
     alphas = {}
     for name in names:

@@ -72,7 +72,7 @@ def _cases(k: int, n: int):
         ('int8 w-only (_weight_int8pack_mm)', w8k, f32, k * n),
         ('W8A8 int8 (_int_mm)', a8, f32, k * n),
         ('W4A4 on int8 (_int_mm)', a4, f32, k * n),
-        ('W4A4 fake quant (training layer)', fake4, f32, 4 * k * n),
+        ('W4A4 fake quant (eval, cached codes)', fake4, f32, 8 * k * n),
     ]
 
 

@@ -11,7 +11,7 @@ codes [0, 255] are shifted by 128 into int8 and corrected exactly with the weigh
 zero points are handled the same way. The result is bit-exact to the fake-quant forward of
 `QuantLinear` / `QuantConv2d` (same codes, same epilogue) as long as the float matmul of the fake
 path is exact, i.e. every partial sum of codes stays below 2^24 in magnitude: always for W4A4
-up to 2^24 / 64 = 262144 inputs per output, and for W8A8 when k * 128 * 255 < 2^24 (k <= 513)
+up to 2^24 / (16 * 8) = 131072 inputs per output, and for W8A8 when k * 255 * 128 < 2^24 (k <= 513)
 or, beyond that, whenever the actual sums stay small (the usual case; see the tests).
 
 Weight-only quantization (WeightOnlyRTN, Int4WeightOnlyAWQ):
@@ -57,8 +57,12 @@ def int4_kernel_available() -> bool:
 
 
 def _int_mm(a: Tensor, b: Tensor) -> Tensor:
-    """int8 (m, k) @ int8 (k, n) -> int32, on torch._int_mm or an exact int32 fallback."""
-    if hasattr(torch, '_int_mm'):
+    """int8 (m, k) @ int8 (k, n) -> int32, on torch._int_mm or an exact int32 fallback.
+
+    torch 2.13's CPU `_int_mm` returns garbage when k == 1 (measured: every k >= 2 tested up to
+    100 is exact), so k == 1 (e.g. a scalar speed input) takes the int32 matmul.
+    """
+    if hasattr(torch, '_int_mm') and a.shape[1] > 1:
         return torch._int_mm(a, b)
     return a.to(torch.int32) @ b.to(torch.int32)
 
@@ -187,6 +191,25 @@ class _WeightOnlyBase(nn.Module):
         return y.reshape(*shape[:-1], self.out_features)
 
 
+class _Int4MM(torch.autograd.Function):
+    """The int4 kernel with a backward for the input (QLoRA over a frozen INT4 base).
+
+    torch has no derivative for `_weight_int4pack_mm_for_cpu`; grad_x = grad_y @ W with W
+    dequantized on the fly (not kept, to keep the memory of a 4-bit model). The weight itself
+    is frozen: no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x, layer, dtype):
+        ctx.layer = layer
+        return layer._kernel_mm(x, dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        w = ctx.layer.dequantized_weight().to(grad.dtype)
+        return grad @ w, None, None
+
+
 class Int4WeightOnlyLinear(_WeightOnlyBase):
     """Weight-only linear with <= 4-bit codes: torch's CPU int4 kernel, or a float fallback.
 
@@ -234,17 +257,23 @@ class Int4WeightOnlyLinear(_WeightOnlyBase):
     def uses_kernel(self) -> bool:
         return self._packed is not None
 
+    def _kernel_mm(self, x2: Tensor, dtype: torch.dtype) -> Tensor:
+        sz = self._sz.get(dtype)
+        if sz is None:
+            sz = self._sz[dtype] = self._sz[torch.float32].to(dtype)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x2.to(dtype).contiguous(), self._packed, self.kernel_group, sz).to(x2.dtype)
+
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
         x2 = self._prep(x)
         if self._packed is not None and x2.dtype in (torch.float32, torch.bfloat16,
                                                      torch.float16) and x2.device.type == 'cpu':
             dtype = self.compute_dtype or x2.dtype
-            sz = self._sz.get(dtype)
-            if sz is None:
-                sz = self._sz[dtype] = self._sz[torch.float32].to(dtype)
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(
-                x2.to(dtype).contiguous(), self._packed, self.kernel_group, sz).to(x2.dtype)
+            if torch.is_grad_enabled() and x2.requires_grad:
+                y = _Int4MM.apply(x2, self, dtype)
+            else:
+                y = self._kernel_mm(x2, dtype)
         else:
             if self._dequant is None:
                 self._dequant = self.dequantized_weight()

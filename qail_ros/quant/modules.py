@@ -57,15 +57,18 @@ class _QuantMixin:
         return x if self.input_scale is None else x / self.input_scale
 
     def _weight_term(self, make):
-        """`make()` (the quantized weight or its codes), cached in eval mode without grad.
+        """`make()` (the quantized weight or its codes), cached while it cannot need a gradient.
 
-        Evaluation (rollouts of the quantized policy) then skips re-quantizing the weight on
-        every call. The cache is keyed on the version counters and storage of the weight, the
-        scale and the zero point (optimizer steps and load_state_dict invalidate it) and is
-        dropped by `train()`; it costs one weight-sized float tensor per layer.
+        Cached in eval mode without grad (rollouts of the quantized policy) and whenever the
+        weight and its quantizer are frozen (a QLoRA-style base under trainable adapters), so
+        the weight is not re-quantized on every call. The cache is keyed on the version
+        counters and storage of the weight, the scale and the zero point (optimizer steps and
+        load_state_dict invalidate it) and is dropped by `train()`; it costs one weight-sized
+        float tensor per layer.
         """
         wq = self.weight_quant
-        if self.training or torch.is_grad_enabled():
+        frozen = not (self.weight.requires_grad or wq.scale.requires_grad)
+        if not frozen and (self.training or torch.is_grad_enabled()):
             self.__dict__.pop('_wcache', None)
             return make()
         key = (self.weight._version, self.weight.data_ptr(), wq.scale._version,

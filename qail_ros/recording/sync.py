@@ -29,7 +29,11 @@ def stamp_of(msg: Any) -> int | None:
         return ns or None
     layout = getattr(msg, 'layout', None)
     if layout is not None and int(layout.data_offset) == 2 and len(msg.data) >= 2:
-        ns = int(msg.data[0]) * 1_000_000_000 + int(msg.data[1])
+        from qail_ros import policy_io
+        try:
+            ns = policy_io.raw_outputs_from_msg(msg)[0]
+        except ValueError:           # dims that do not describe the values: still stamped
+            ns = int(msg.data[0]) * 1_000_000_000 + int(msg.data[1])
         return ns or None
     return None
 

@@ -578,7 +578,8 @@ class ZenohTransport:
             f'{ADMIN_SPACE}/{self.domain}/**', self._on_token, history=True)
         self._closed = False
         self._shm_provider = None
-        self._shm_state = 'unused'  # 'unused' | 'on' | 'off'
+        self._shm_mb = _shm_megabytes()  # a bad value fails here, at start-up
+        self._shm_state = 'unused' if self._shm_mb > 0 else 'off'  # -> 'on' | 'off'
         self._shm_lock = threading.Lock()
 
     # -- shared memory -------------------------------------------------------------------------
@@ -596,15 +597,13 @@ class ZenohTransport:
             with self._shm_lock:
                 if self._shm_state == 'unused':
                     self._shm_state = 'off'
-                    megabytes = _shm_megabytes()
-                    if megabytes > 0:
-                        try:
-                            self._shm_provider = shm.ShmProvider.default_backend(
-                                megabytes * 1024 * 1024)
-                            self._shm_state = 'on'
-                        except Exception as exc:  # zenoh raises ZError
-                            log.warning('no shared memory for Zenoh (%s); large messages go '
-                                        'through sockets', exc)
+                    try:
+                        self._shm_provider = shm.ShmProvider.default_backend(
+                            self._shm_mb * 1024 * 1024)
+                        self._shm_state = 'on'
+                    except Exception as exc:  # zenoh raises ZError
+                        log.warning('no shared memory for Zenoh (%s); large messages go '
+                                    'through sockets', exc)
             if self._shm_state != 'on':
                 return None
         try:
@@ -676,6 +675,7 @@ class ZenohTransport:
         if self._closed:
             return
         self._closed = True
+        self._shm_state = 'off'
         with contextlib.suppress(Exception):
             self._graph_sub.undeclare()
         with contextlib.suppress(Exception):

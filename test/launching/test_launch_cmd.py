@@ -26,8 +26,8 @@ def test_print_shows_each_node_command_line(capsys):
     assert main(['launch', 'orin_vla', 'instruction:=stack the cups', '--print']) == 0
     out = capsys.readouterr().out
     camera = next(line for line in out.splitlines() if line.startswith('[camera_source] '))
-    policy = next(line for line in out.splitlines() if line.startswith('[image_policy] '))
+    policy = next(line for line in out.splitlines() if line.startswith('[vla_policy] '))
     assert '-m qail_ros.nodes.camera_source --ros-args -r __node:=camera_source' in camera
     assert 'config/orin_vla.yaml' in camera and '-r image_raw:=/camera/image_raw' in camera
-    assert '-m qail_ros.nodes.image_policy' in policy
+    assert '-m qail_ros.nodes.vla_policy' in policy
     assert "parameters {'instruction': 'stack the cups'}" in out

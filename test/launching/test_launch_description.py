@@ -38,7 +38,7 @@ def test_orin_vla_description_nodes_parameters_and_remaps():
     spec = load_launch_file(find_launch_file('orin_vla'))
     assert [(n.package, n.executable, n.name) for n in spec.nodes] == [
         ('qail_ros', 'camera_source', 'camera_source'),
-        ('qail_ros', 'image_policy', 'image_policy')]
+        ('qail_ros', 'vla_policy', 'vla_policy')]
     camera, policy = spec.nodes
     assert camera.parameters == [CONFIG]
     assert policy.parameters == [CONFIG, {'instruction': 'pick up the red block'}]
@@ -52,7 +52,7 @@ def test_orin_vla_description_nodes_parameters_and_remaps():
 def test_orin_vla_launch_arguments_override_defaults():
     spec = load_launch_file(find_launch_file('orin_vla.launch.py'),
                             ['instruction:=open the top drawer', 'image_topic:=/wrist/image'])
-    policy = spec.node('image_policy')
+    policy = spec.node('vla_policy')
     assert policy.parameters[1] == {'instruction': 'open the top drawer'}
     assert all(n.remappings == [('image_raw', '/wrist/image')] for n in spec.nodes)
 
@@ -61,7 +61,7 @@ def test_orin_vla_params_file_sections_match_the_launched_nodes():
     spec = load_launch_file(find_launch_file('orin_vla'))
     launcher.check_parameter_files(spec)  # no section for a node that is not launched
     sections = rparams.load_params_file(CONFIG)
-    assert set(sections) == {'camera_source', 'image_policy'}
+    assert set(sections) == {'camera_source', 'vla_policy'}
 
 
 def test_orin_vla_executables_are_registered_and_console_scripts_match():
@@ -88,10 +88,10 @@ def test_registered_node_modules_can_run_with_python_dash_m():
 
 def test_ros_argv_round_trips_through_ros_arg_parsing(tmp_path):
     spec = load_launch_file(find_launch_file('orin_vla'), ['instruction:=stack the cups'])
-    argv = launcher.ros_argv(spec.node('image_policy'), str(tmp_path))
+    argv = launcher.ros_argv(spec.node('vla_policy'), str(tmp_path))
     ros, rest = rparams.split_ros_args(argv)
     assert rest == []
-    assert ros.node_name == 'image_policy'
+    assert ros.node_name == 'vla_policy'
     assert ros.remaps == {'image_raw': '/camera/image_raw'}
     assert ros.params_files[0] == CONFIG
     # the dict parameters went to a /** file, after the shared file (launch_ros's order)
@@ -319,7 +319,7 @@ def test_shim_agrees_with_real_launch_ros_if_installed(tmp_path, which):
 
 def test_dict_parameters_are_written_as_wildcard_parameter_files(tmp_path):
     spec = load_launch_file(find_launch_file('orin_vla'))
-    argv = launcher.ros_argv(spec.node('image_policy'), str(tmp_path))
+    argv = launcher.ros_argv(spec.node('vla_policy'), str(tmp_path))
     files = [argv[i + 1] for i, a in enumerate(argv) if a == '--params-file']
     assert files[0] == CONFIG
     doc = yaml.safe_load(Path(files[1]).read_text())

@@ -21,7 +21,7 @@ QAIL_ROS = [sys.executable, '-c', 'import sys; from qail_ros.cli import main; sy
 
 pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec('torch') is None,
-                       reason='image_policy needs torch'),
+                       reason='vla_policy needs torch'),
     pytest.mark.skipif(importlib.util.find_spec('qail_ros.nodes.camera_source') is None,
                        reason='the camera_source node is not written yet'),
 ]
@@ -104,7 +104,7 @@ def test_demo_prints_actions_and_ctrl_c_stops_every_process_within_2s(env):
         me = psutil.Process(launch.proc.pid)
         tree = me.children(recursive=True)
         names = ' '.join(' '.join(p.cmdline()) for p in tree)
-        assert 'qail_ros.nodes.camera_source' in names and 'qail_ros.nodes.image_policy' in names
+        assert 'qail_ros.nodes.camera_source' in names and 'qail_ros.nodes.vla_policy' in names
         assert 'zenoh_transport router' in names  # the launcher started the router
         everything = [me] + tree
         start = time.monotonic()
@@ -119,7 +119,7 @@ def test_demo_prints_actions_and_ctrl_c_stops_every_process_within_2s(env):
     assert not alive, f'still running {elapsed:.2f} s after SIGINT: {alive}\n{out}'
     assert launch.proc.returncode == 0, out
     action_lines = [line for line in out.splitlines() if ACTION_LINE in line]
-    assert all(line.startswith('[image_policy] ') for line in action_lines)
+    assert all(line.startswith('[vla_policy] ') for line in action_lines)
     assert 'latency' in action_lines[0] and 'ms' in action_lines[0]
     assert "instruction: 'open the drawer'" in out
     assert 'SIGINT received' in out
@@ -145,4 +145,4 @@ def test_composed_runs_every_node_in_one_process(env):
     finally:
         out = launch.finish(10)
     assert launch.proc.returncode == 0, out
-    assert 'composing camera_source, image_policy in process' in out
+    assert 'composing camera_source, vla_policy in process' in out

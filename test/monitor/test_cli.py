@@ -121,3 +121,12 @@ def test_image_policy_report_on_this_machine(tmp_path):
                      '--run-seconds', '2', '--rate', '10']) == 0
     md = (out / 'report.md').read_text()
     assert '| fp32 |' in md and '| int8-dynamic |' in md and 'cpu_load.png' in md
+
+
+@pytest.mark.parametrize('argv', [['monitor', '--help'], ['monitor', 'parse', '--help'],
+                                  ['bench', '--help'], ['bench', 'monitor', '--help']])
+def test_help_texts_render(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli_main(argv)
+    assert exc.value.code == 0
+    assert 'usage: qail-ros' in capsys.readouterr().out

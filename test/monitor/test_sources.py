@@ -129,10 +129,10 @@ def test_replay_keeps_its_own_pace_scaled():
     got = src.poll()
     src.stop()
     assert len(got) == 8
-    gaps = [b.time_s - a.time_s for a, b in zip(got, got[1:])]
-    assert sum(gaps) == pytest.approx(7 * 0.05, abs=0.04)
-    assert min(gaps) > 0.03
-    assert got[0].time_s - t0 < 0.05
+    span = got[-1].time_s - got[0].time_s
+    assert 7 * 0.05 - 0.005 <= span <= 7 * 0.05 + 0.25   # never early; late only if CPU-starved
+    assert all(b.time_s >= a.time_s for a, b in zip(got, got[1:]))
+    assert got[0].time_s - t0 < 0.25
     assert [r.power_w for r in got] == pytest.approx([4, 4, 9, 9, 9, 4, 4, 4])
 
 

@@ -351,3 +351,26 @@ def test_disk_full_is_a_clear_error_and_keeps_what_was_written(runtime, tmp_path
         assert bag.custom_metadata['qail_ros.episode.complete'] == 'false'
         frames = [msg for _t, _s, msg in bag.messages('/image_raw')]
     assert all(f.width == 32 for f in frames)
+
+
+def test_split_by_duration_makes_parts_the_builder_joins(runtime, tmp_path):
+    from qail_ros.dataset import build_dataset
+    rec = _recorder(tmp_path / 'bags', split_duration_s=0.25)
+    policy = StampedPolicy()
+    cam = _camera(40, rate_hz=60.0)                   # ~0.67 s: three parts
+    rec.on_activate()
+    cam.on_activate()
+    runtime.spin_until(lambda: cam.finished and policy.frames == 40, timeout_s=20)
+    runtime.spin(duration_s=0.1)
+    _shutdown(cam, policy, rec)
+    parts = _bags(tmp_path / 'bags')
+    assert len(parts) >= 2 and parts[1].name.endswith('_part01')
+    total = 0
+    for part in parts:
+        with BagReader(part) as bag:
+            assert bag.custom_metadata['qail_ros.episode.index'] == '0'
+            total += bag.topics['/image_raw'].count
+    assert total == 40
+    man = build_dataset([tmp_path / 'bags'], tmp_path / 'ds', val_fraction=0.0)
+    assert len(man['episodes']) == 1 and len(man['episodes'][0]['bags']) == len(parts)
+    assert man['frames'] == 18                          # 20 actions, 2 with a wrong stamp

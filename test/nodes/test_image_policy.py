@@ -15,7 +15,6 @@ from qail_ros.nodes.image_policy import ACTION_LABELS, ImagePolicy  # noqa: E402
 from qail_ros.runtime import Node, set_runtime  # noqa: E402
 from qail_ros.runtime.embedded import EmbeddedRuntime  # noqa: E402
 from qail_ros.runtime.node import check_node_parameters  # noqa: E402
-from qail_ros.share import config_path  # noqa: E402
 
 
 @pytest.fixture
@@ -148,8 +147,14 @@ def test_bad_parameters_are_errors(rt):
         make_policy('weights:=/nonexistent/policy.safetensors')
 
 
-def test_orin_vla_config_sets_only_declared_parameters(rt):
-    args = ['--ros-args', '--params-file', str(config_path('orin_vla.yaml'))]
+def test_orin_vla_config_sets_only_declared_parameters(rt, tmp_path):
+    # orin_vla now launches vla_policy: check the image_policy section it used to have
+    params = tmp_path / 'image_policy.yaml'
+    params.write_text('image_policy:\n  ros__parameters:\n    max_rate_hz: 10.0\n    seed: 0\n'
+                      "    weights: ''\n    image_size: 224\n    num_threads: 1\n"
+                      '    frame_id: base_link\n    linear_scale: 0.05\n'
+                      '    angular_scale: 0.5\n    log_period_s: 1.0\n')
+    args = ['--ros-args', '--params-file', str(params)]
     node = ImagePolicy(cli_args=args)
     check_node_parameters(node, args)  # raises on a parameter the node does not declare
     assert node.max_rate_hz == 10.0 and node.log_period_s == 1.0

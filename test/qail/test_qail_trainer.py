@@ -95,3 +95,52 @@ def test_lppd_trains_on_teacher_states_only(setup):
     res = trainer.train()
     assert bool((data.source[seen[0]] == SOURCE_FP).all()) and len(seen[0]) == 256
     assert 'l_qail' not in res.history[-1]
+
+
+def _real_quant():
+    try:
+        from qail_ros.quant import quantize_  # noqa: F401
+    except ImportError:
+        pytest.skip('qail_ros.quant is not available')
+
+
+def test_with_qail_ros_quant_qail_qbc_beats_ptq(setup):
+    _real_quant()
+    teacher, data, held_out = setup
+    ptq = QAILTrainer(teacher, cfg(method='ptq_rtn'), data).train()
+    res = QAILTrainer(teacher, cfg(method='qail_qbc'), data).train()
+    assert output_gap(res.student, teacher, held_out) < 0.6 * output_gap(ptq.student, teacher,
+                                                                          held_out)
+
+
+def test_student_init_ptq_starts_as_the_rtn_policy(setup):
+    _real_quant()
+    teacher, data, held_out = setup
+    calib = data.obs[:256]
+    rtn = make_student(teacher, cfg(method='ptq_rtn'), calib)
+    from_ptq = make_student(teacher, cfg(method='qat', student_init='ptq'), calib)
+    from_lsq = make_student(teacher, cfg(method='qat', student_init='lsq'), calib)
+    with torch.no_grad():
+        r, p, s = rtn.eval()(held_out), from_ptq.eval()(held_out), from_lsq.eval()(held_out)
+    assert torch.allclose(r, p, atol=1e-5)
+    assert not torch.allclose(r, s, atol=1e-3)
+    assert any(q.requires_grad for q in from_ptq.parameters())  # still trainable (LSQ steps)
+
+
+def test_sis_cache_file_is_written_then_reused(setup, tmp_path):
+    teacher, data, _ = setup
+    path = tmp_path / 'sis.jsonl'
+    c = cfg(method='qail_wqbc', steps=2, sis_cache=str(path))
+    first = QAILTrainer(teacher, c, data, quantize_fn=fake_quantize)
+    first.train()
+    assert path.is_file() and len(path.read_text().splitlines()) == len(data) + 1  # + meta
+    second = QAILTrainer(teacher, c, data, quantize_fn=fake_quantize)
+
+    def no_teacher(x):
+        pytest.fail('recomputed a cached score')
+    second.teacher = no_teacher  # every score must come from the cache
+    second._prepare_weights()
+    assert torch.equal(second.data_weights, first.data_weights)
+    other = QAILTrainer(teacher, c.replace(state_scale=1.0), data, quantize_fn=fake_quantize)
+    with pytest.raises(Exception, match='SIS cache'):
+        other._prepare_weights()

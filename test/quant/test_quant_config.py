@@ -89,3 +89,8 @@ def test_config_import_is_torch_free():
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == 'False'
+
+
+def test_every_public_name_resolves():
+    for name in quant.__all__:
+        assert getattr(quant, name) is not None, name

@@ -23,6 +23,14 @@ def test_int4_packing_round_trip(signed, length):
     assert torch.equal(unpack_int4(packed, length, signed=signed).long(), codes)
 
 
+def _cfg_id(c) -> str:
+    """A short test id: scheme and the fields that differ from the defaults."""
+    default = type(c)().to_dict()
+    diff = [f'{k}={v}' for k, v in c.to_dict().items() if k != 'scheme'
+            and default.get(k, object()) != v]
+    return '-'.join([c.scheme, *diff])
+
+
 def test_int4_packing_layout_and_range_check():
     packed = pack_int4(torch.tensor([[1, 2, 15]]), signed=False)
     assert packed.tolist() == [[0x21, 0x0F]]          # element 0 low nibble, 1 high nibble
@@ -58,7 +66,7 @@ STATIC = [
 ]
 
 
-@pytest.mark.parametrize('cfg', STATIC, ids=lambda c: str(sorted(c.to_dict().items())))
+@pytest.mark.parametrize('cfg', STATIC, ids=lambda c: _cfg_id(c))
 def test_integer_path_is_bit_exact_to_fake_quant(cfg):
     torch.manual_seed(1)
     x = torch.randn(6, 3, 12, 12)
@@ -158,3 +166,51 @@ def test_layers_without_integer_path_are_kept_and_listed():
     assert report['converted'] == {'2': 'Int4WeightOnlyLinear'}
     with pytest.raises(ValueError, match='no fake-quantized layers'):
         quant.convert_to_integer(nn.Sequential(nn.Linear(2, 2)))
+
+
+def test_kernel_benchmark_runs_on_a_tiny_shape(capsys):
+    import argparse
+    import json
+
+    from qail_ros.quant import bench
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--json', action='store_true')
+    bench.add_arguments(parser)
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(parser.parse_args(['--shapes', '256x128', '--runs', '2',
+                                             '--json'])) == 0
+    finally:
+        torch.set_num_threads(threads)
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    impls = {r['impl'] for r in result['results']}
+    assert {'fp32 nn.Linear', 'W4A4 on int8 (_int_mm)'} <= impls
+    assert all(r['median_ms'] > 0 for r in result['results'])
+
+
+def test_int4_layer_passes_input_gradients_for_adapters_on_a_frozen_base():
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(128, 64))
+    fake = quant.quantize_(model, quant.WeightOnlyRTN(bits=4, granularity='group',
+                                                      group_size=32)).eval()
+    integer = quant.convert_to_integer(copy.deepcopy(fake), int4_compute_dtype=None)
+    assert integer[0].uses_kernel
+    x = torch.randn(3, 128, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    g = torch.randn(3, 64)
+    integer(x).backward(g)
+    fake[0].weight.requires_grad_(False)
+    fake(x_ref).backward(g)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('k', [1, 2, 3])
+def test_tiny_input_widths_are_exact(k):
+    # torch 2.13's CPU _int_mm is wrong at k == 1 (e.g. CILRS's scalar speed input): guarded
+    torch.manual_seed(8)
+    layer = nn.Sequential(nn.Linear(k, 16))
+    x = torch.randn(5, k)
+    fake = quant.quantize_(layer, quant.W8A8LSQ(), calibration=x).eval()
+    integer = quant.convert_to_integer(copy.deepcopy(fake))
+    with torch.no_grad():
+        assert torch.equal(fake(x), integer(x))

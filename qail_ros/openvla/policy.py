@@ -1,0 +1,249 @@
+"""OpenVLAPolicy: an RGB frame + an instruction -> a 7-DoF action, as OpenVLA's predict_action.
+
+    policy = OpenVLAPolicy.from_pretrained('models/openvla-tiny', precision='fp32')
+    result = policy.predict(frame_rgb_uint8, 'pick up the red block')
+    result.action        # un-normalised (dataset units), shape (action_dim,)
+    result.bin_logits    # (action_dim, n_bins) logits of the action tokens, bin order
+
+Steps: the frame is resized to each tower's input (bicubic, antialiased: the Prismatic image
+processor's 'resize-naive' strategy, done in torch rather than PIL) and normalised with the
+tower's mean/std (ImageNet for DINOv2, 0.5/0.5 for SigLIP); the channels of the two towers are
+stacked. The prompt 'In: What action should the robot take to {instruction}?\\nOut:' is
+tokenised with <BOS>, and the empty piece '\u2581' (29871 for Llama) appended unless it ends
+the prompt already. Greedy decode of action_dim tokens (whole vocabulary argmax), then the
+action tokenizer and un-normalisation with `unnorm_key`'s statistics.
+
+Precisions: 'fp32'; 'bf16' (everything bfloat16); 'int4': the Llama decoder's linear layers
+(lm_head excluded) quantized by qail_ros.quant (group-wise INT4 weight-only, RTN or AWQ) and
+run on torch's CPU int4 kernel (bf16 compute), vision towers and projector in fp32.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qail_ros.openvla.action_tokenizer import ActionTokenizer, select_stats, unnormalize
+from qail_ros.openvla.config import PROMPT_TEMPLATE, OpenVLAConfig, OpenVLAError, read_config
+
+__all__ = ['OpenVLAPolicy', 'ActionResult', 'PRECISIONS', 'INT4_SCHEMES', 'load_tokenizer',
+           'auto_group_size']
+
+PRECISIONS = ('fp32', 'bf16', 'int4')
+INT4_SCHEMES = ('rtn', 'awq')
+EMPTY_PIECE = '\u2581'
+
+
+@dataclasses.dataclass
+class ActionResult:
+    action: np.ndarray          # un-normalised, float64 (action_dim,)
+    normalized: np.ndarray      # bin centres in [-1, 1] (action_dim,)
+    tokens: np.ndarray          # generated token ids (action_dim,)
+    bin_logits: np.ndarray      # float32 (action_dim, n_bins): bin k = token vocab - 1 - k
+    timing_ms: dict[str, float]
+
+
+def load_tokenizer(path: Path):
+    """The checkpoint's own tokenizer, offline and without remote code."""
+    os.environ.setdefault('HF_HUB_OFFLINE', '1')
+    os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    try:
+        if (path / 'tokenizer.json').is_file():   # the fast tokenizer, whatever class it names
+            return PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True,
+                                             trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds here
+        raise OpenVLAError(f'{path}: no usable tokenizer ({type(exc).__name__}: {exc}). Fix: '
+                           'the checkpoint directory needs tokenizer.json (and '
+                           'tokenizer_config.json) from the same checkpoint') from None
+
+
+def auto_group_size(in_features: list[int], group_size: int) -> int:
+    """The largest power-of-two fraction of `group_size` dividing every layer's input size."""
+    g = int(group_size)
+    while g > 1 and any(k % g for k in in_features):
+        g //= 2
+    return g
+
+
+class OpenVLAPolicy:
+    """A loaded OpenVLA model, its tokenizer, action tokenizer and statistics."""
+
+    def __init__(self, model, tokenizer, config: OpenVLAConfig, *, unnorm_key: str | None = None,
+                 precision: str = 'fp32', path: Path | None = None):
+        import torch
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.path = path
+        self.unnorm_key, self.stats = select_stats(config.norm_stats, unnorm_key)
+        self.action_dim = len(self.stats['q01'])
+        self.action_tokenizer = ActionTokenizer(config.vocab_size, config.n_action_bins)
+        self.precision = precision
+        self.dtype = torch.bfloat16 if precision == 'bf16' else torch.float32
+        self.int4_state = 'none'          # 'none' | 'fake' (quantize_ done) | 'kernel'
+        self.int4_details: dict[str, Any] = {}
+        empty = tokenizer.convert_tokens_to_ids(EMPTY_PIECE)
+        self.empty_token_id = None if empty in (None, tokenizer.unk_token_id) else int(empty)
+        self._bin_ids = torch.as_tensor(self.action_tokenizer.bin_token_ids())
+        self._prompt_cache: tuple[str, Any] | None = None
+
+    # -- loading ----------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, precision: str = 'fp32',
+                        unnorm_key: str | None = None, int4_scheme: str = 'rtn',
+                        int4_group_size: int = 128, int4_weights: str | Path | None = None
+                        ) -> OpenVLAPolicy:
+        import torch
+        from qail_ros.openvla.checkpoint import load_model
+        if precision not in PRECISIONS:
+            raise OpenVLAError(f'precision {precision!r}: choose one of {list(PRECISIONS)}')
+        path = Path(path)
+        config = read_config(path)
+        select_stats(config.norm_stats, unnorm_key)      # a bad key fails before the weights
+        model = load_model(path, dtype=torch.bfloat16 if precision == 'bf16' else
+                           torch.float32, config=config)
+        policy = cls(model, load_tokenizer(path), config, unnorm_key=unnorm_key,
+                     precision='fp32' if precision == 'int4' else precision, path=path)
+        if precision == 'int4':
+            if int4_weights:
+                policy.load_int4(int4_weights)
+            else:
+                policy.quantize_int4(int4_scheme, int4_group_size)
+            policy.convert_int4()
+        return policy
+
+    # -- INT4 weight-only backbone ----------------------------------------------------------
+    def _int4_config(self, scheme: str, group_size: int):
+        from torch import nn
+        from qail_ros import quant
+        if scheme not in INT4_SCHEMES:
+            raise OpenVLAError(f'int4 scheme {scheme!r}: choose one of {list(INT4_SCHEMES)}')
+        ks = [m.in_features for n, m in self.model.language_model.named_modules()
+              if isinstance(m, nn.Linear) and n != 'lm_head']
+        g = auto_group_size(ks, group_size)
+        cls = quant.Int4WeightOnlyAWQ if scheme == 'awq' else quant.WeightOnlyRTN
+        kwargs = {} if scheme == 'awq' else {'bits': 4}
+        return cls(granularity='group', group_size=g, exclude=['lm_head'], **kwargs), g
+
+    def quantize_int4(self, scheme: str = 'rtn', group_size: int = 128,
+                      calibration_frames: list[np.ndarray] | None = None,
+                      instruction: str = 'pick up the block') -> None:
+        """Group-wise INT4 weight-only fake quantization of the Llama decoder (lm_head stays
+        float). AWQ calibrates on prefill inputs of `calibration_frames` (default: two
+        synthetic frames). Call convert_int4() after an optional save_int4()."""
+        import torch
+        from qail_ros import quant
+        if self.int4_state != 'none':
+            raise OpenVLAError('the backbone is already quantized')
+        cfg, g = self._int4_config(scheme, group_size)
+        calibration = None
+        if scheme == 'awq':
+            rng = np.random.default_rng(0)
+            frames = calibration_frames or [np.full((224, 224, 3), 127, np.uint8),
+                                            rng.integers(0, 256, (224, 224, 3), np.uint8)]
+            with torch.no_grad():
+                embeds = [self.model.multimodal_embeddings(self.pixel_values(f),
+                                                           self.prompt_ids(instruction))
+                          for f in frames]
+            calibration = [{'inputs_embeds': e} for e in embeds]
+        quant.quantize_(self.model.language_model, cfg, calibration=calibration)
+        self.int4_state = 'fake'
+        self.int4_details = {'scheme': scheme, 'group_size': g}
+        self.precision = 'int4'
+
+    def save_int4(self, path: str | Path) -> Path:
+        """The quantized backbone (packed int4 codes + scales) as one safetensors file."""
+        from qail_ros import quant
+        if self.int4_state != 'fake':
+            raise OpenVLAError('save_int4 needs quantize_int4() first and must come before '
+                               'convert_int4()')
+        return quant.save_quantized(self.model.language_model, path)
+
+    def load_int4(self, path: str | Path) -> None:
+        """Apply a backbone saved by save_int4 to this (float) model: identical outputs."""
+        from qail_ros import quant
+        path = Path(path)
+        if not path.is_file():
+            raise OpenVLAError(f'int4 weights {str(path)!r} do not exist; make them with '
+                               'OpenVLAPolicy.save_int4 (docs/openvla.md)')
+        from qail_ros.quant.serialization import read_header
+        quant.load_quantized(self.model.language_model, path)
+        cfg = read_header(path).get('config', {})
+        self.int4_state = 'fake'
+        self.int4_details = {'scheme': cfg.get('scheme', 'file'),
+                             'group_size': cfg.get('group_size'), 'file': str(path)}
+        self.precision = 'int4'
+
+    def convert_int4(self) -> None:
+        """Swap the fake-quantized layers for packed int4 layers on torch's CPU kernel."""
+        from qail_ros import quant
+        if self.int4_state != 'fake':
+            raise OpenVLAError('convert_int4 needs quantize_int4() or load_int4() first')
+        quant.convert_to_integer(self.model.language_model)
+        self.int4_state = 'kernel'
+
+    # -- inference --------------------------------------------------------------------------
+    def prompt(self, instruction: str) -> str:
+        return PROMPT_TEMPLATE.format(instruction=instruction.strip())
+
+    def prompt_ids(self, instruction: str):
+        import torch
+        if self._prompt_cache is not None and self._prompt_cache[0] == instruction:
+            return self._prompt_cache[1]
+        ids = list(self.tokenizer(self.prompt(instruction))['input_ids'])
+        if self.empty_token_id is not None and ids[-1] != self.empty_token_id:
+            ids.append(self.empty_token_id)
+        t = torch.tensor([ids], dtype=torch.long)
+        self._prompt_cache = (instruction, t)
+        return t
+
+    def pixel_values(self, frame: np.ndarray):
+        """uint8 (H, W, 3) RGB -> (1, 3 x towers, S, S) float, each tower's normalisation."""
+        import torch
+        import torch.nn.functional as F
+        if frame.ndim != 3 or frame.shape[2] != 3:
+            raise OpenVLAError(f'expected an (H, W, 3) RGB frame, got shape {frame.shape}')
+        x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None].float() / 255
+        parts = []
+        for spec in self.config.vit_specs:
+            s = spec.image_size
+            y = x if x.shape[-2:] == (s, s) else F.interpolate(
+                x, size=(s, s), mode='bicubic', align_corners=False, antialias=True)
+            mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
+            std = torch.tensor(spec.std).view(1, 3, 1, 1)
+            parts.append((y - mean) / std)
+        return torch.cat(parts, dim=1).to(self.dtype)
+
+    def predict(self, frame: np.ndarray, instruction: str) -> ActionResult:
+        t0 = time.perf_counter()
+        pixels = self.pixel_values(frame)
+        ids = self.prompt_ids(instruction)
+        t1 = time.perf_counter()
+        tokens, logits = self.model.generate_actions(pixels, ids, self.action_dim)
+        t2 = time.perf_counter()
+        tokens_np = tokens.numpy()
+        normalized = self.action_tokenizer.decode(tokens_np)
+        action = unnormalize(normalized, self.stats)
+        bin_logits = logits[:, self._bin_ids].float().numpy()
+        t3 = time.perf_counter()
+        return ActionResult(action=action, normalized=normalized, tokens=tokens_np,
+                            bin_logits=bin_logits,
+                            timing_ms={'preprocess_ms': (t1 - t0) * 1e3,
+                                       'inference_ms': (t2 - t1) * 1e3,
+                                       'postprocess_ms': (t3 - t2) * 1e3})
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def describe(self) -> dict[str, Any]:
+        return {'architecture': 'openvla', 'path': str(self.path), 'precision': self.precision,
+                'int4': self.int4_details if self.precision == 'int4' else None,
+                'int4_state': self.int4_state, 'unnorm_key': self.unnorm_key,
+                'action_dim': self.action_dim, 'parameters': self.num_parameters(),
+                'vision': [s.to_dict() for s in self.config.vit_specs],
+                'llm': {k: self.config.text_config.get(k) for k in
+                        ('hidden_size', 'num_hidden_layers', 'vocab_size')}}

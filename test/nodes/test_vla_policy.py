@@ -1,0 +1,162 @@
+"""vla_policy on the embedded runtime, in one process: camera + instruction in -> twist /
+gripper / action / raw logits / timing out with the input stamp, on the shipped tiny OpenVLA."""
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip('torch', reason='vla_policy runs a torch model')
+pytest.importorskip('transformers', reason='the OpenVLA backbone needs transformers')
+
+from qail_ros import messages, policy_io  # noqa: E402
+from qail_ros.errors import ParameterError  # noqa: E402
+from qail_ros.image import from_numpy  # noqa: E402
+from qail_ros.nodes.vla_policy import ACTION_LABELS, VLAPolicy  # noqa: E402
+from qail_ros.runtime import Node, set_runtime  # noqa: E402
+from qail_ros.runtime.embedded import EmbeddedRuntime  # noqa: E402
+from qail_ros.runtime.node import check_node_parameters  # noqa: E402
+from qail_ros.share import config_path  # noqa: E402
+
+TINY = Path(__file__).resolve().parents[2] / 'models' / 'openvla-tiny'
+
+
+@pytest.fixture
+def rt(monkeypatch):
+    monkeypatch.setenv('QAIL_ROS_TRANSPORT', 'none')
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    runtime = EmbeddedRuntime()
+    set_runtime(runtime)
+    runtime.init([])
+    yield runtime
+    runtime.shutdown()
+    set_runtime(None)
+
+
+class Harness(Node):
+    """Publishes camera frames and instructions, records everything vla_policy sends."""
+
+    def __init__(self, **kwargs):
+        super().__init__('harness', **kwargs)
+        self.image_pub = self.create_publisher('sensor_msgs/msg/Image', 'image_raw', 10)
+        self.instruction_pub = self.create_publisher('std_msgs/msg/String', 'instruction', 10)
+        self.got: dict[str, list] = {k: [] for k in ('action', 'twist', 'gripper', 'timing',
+                                                      'raw')}
+        for key, mtype, topic in (
+                ('action', 'std_msgs/msg/Float32MultiArray', 'action'),
+                ('twist', 'geometry_msgs/msg/TwistStamped', 'cmd_twist'),
+                ('gripper', 'std_msgs/msg/Float32', 'gripper'),
+                ('timing', 'std_msgs/msg/Float64MultiArray', '/vla_policy/policy_timing'),
+                ('raw', 'std_msgs/msg/Float64MultiArray', '/vla_policy/raw_outputs')):
+            self.create_subscription(mtype, topic, self.got[key].append, 10)
+
+    def frame(self, seed: int, stamp_ns: int):
+        pixels = np.random.default_rng(seed).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+        return from_numpy(pixels, 'rgb8', stamp=stamp_ns, frame_id='camera')
+
+
+def make_policy(*params: str) -> VLAPolicy:
+    args = ['--ros-args', '-p', 'log_period_s:=0.0', '-p', f'model_path:={TINY}',
+            '-p', 'unnorm_key:=bridge_orig']
+    for p in params:
+        args += ['-p', p]
+    node = VLAPolicy(cli_args=args)
+    node.on_configure()
+    return node
+
+
+def test_camera_and_instruction_in_actions_out_with_the_stamp(rt):
+    harness = Harness()
+    policy = make_policy('instruction:=pick up the red block', 'frame_id:=tool0',
+                         'control_period_s:=0.5')
+    policy.on_activate()
+    try:
+        harness.instruction_pub.publish(messages.new('std_msgs/msg/String',
+                                                     data='open the drawer'))
+        assert rt.spin_until(lambda: policy.instruction == 'open the drawer', 5.0)
+        stamp = 1_700_000_000_123_456_789
+        harness.image_pub.publish(harness.frame(0, stamp))
+        assert rt.spin_until(lambda: all(harness.got.values()), 30.0), harness.got
+    finally:
+        policy.on_deactivate()
+    # the same answer as the library on the same frame and instruction
+    frame = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    expected = policy.policy.predict(frame, 'open the drawer')
+    action = harness.got['action'][0]
+    assert action.layout.dim[0].label == ','.join(ACTION_LABELS)
+    a = np.asarray(action.data, dtype=np.float64)
+    np.testing.assert_allclose(a, expected.action, rtol=1e-6, atol=1e-7)
+    twist = harness.got['twist'][0]
+    assert messages.ns_from_time(twist.header.stamp) == stamp
+    assert twist.header.frame_id == 'tool0'
+    assert twist.twist.linear.x == pytest.approx(expected.action[0] / 0.5)
+    assert twist.twist.angular.z == pytest.approx(expected.action[5] / 0.5)
+    assert harness.got['gripper'][0].data == pytest.approx(
+        min(max(expected.action[6], 0.0), 1.0), abs=1e-6)
+    stamp_raw, raw = policy_io.raw_outputs_from_msg(harness.got['raw'][0])
+    assert stamp_raw == stamp and raw.shape == (7, 256)
+    assert harness.got['raw'][0].layout.dim[0].label == 'action_token_logits'
+    np.testing.assert_allclose(raw, expected.bin_logits, rtol=1e-5, atol=1e-6)
+    timing = policy_io.timing_from_msg(harness.got['timing'][0])
+    assert timing.stamp_ns == stamp and timing.inference_ms > 0
+    assert timing.latency_ms >= timing.inference_ms
+
+
+def test_latest_frame_policy_counts_drops(rt):
+    harness = Harness()
+    policy = make_policy()
+    real_predict = policy.policy.predict
+    release, started = threading.Event(), threading.Event()
+
+    def slow_predict(frame, instruction):
+        started.set()
+        release.wait(10)
+        return real_predict(frame, instruction)
+
+    policy.policy.predict = slow_predict
+    policy.on_activate()
+    try:
+        harness.image_pub.publish(harness.frame(0, 1_000))
+        assert rt.spin_until(started.is_set, 10.0)
+        for i in range(1, 6):
+            harness.image_pub.publish(harness.frame(i, 1_000 + i))
+            t = time.perf_counter()
+            rt.spin_once(timeout_s=1.0)
+            assert time.perf_counter() - t < 0.5      # the camera callback never waits
+        release.set()
+        assert rt.spin_until(lambda: len(harness.got['twist']) >= 2, 20.0)
+    finally:
+        release.set()
+        policy.on_deactivate()
+    stamps = [messages.ns_from_time(t.header.stamp) for t in harness.got['twist']]
+    assert stamps == [1_000, 1_005]
+    assert policy.frames_dropped == 4
+    assert policy_io.timing_from_msg(harness.got['timing'][-1]).dropped_frames == 4
+
+
+def test_int4_precision_runs_on_int4_kernels(rt):
+    policy = make_policy('precision:=int4', 'instruction:=stack the cups')
+    assert policy.policy.precision == 'int4' and policy.policy.int4_state == 'kernel'
+    harness = Harness()
+    action = policy.step(harness.frame(1, 7))
+    assert action.shape == (7,) and np.all(np.isfinite(action))
+
+
+def test_wrong_model_directory_and_parameters_are_clear_errors(rt, tmp_path):
+    with pytest.raises(ParameterError, match='no config.json'):
+        make_policy(f'model_path:={tmp_path}')
+    with pytest.raises(ParameterError, match=r"unnorm_key 'nope'.*bridge_orig"):
+        make_policy('unnorm_key:=nope')
+    with pytest.raises(ParameterError, match='precision must be one of'):
+        VLAPolicy(cli_args=['--ros-args', '-p', 'precision:=int3'])
+    with pytest.raises(ParameterError, match='control_period_s must be > 0'):
+        VLAPolicy(cli_args=['--ros-args', '-p', 'control_period_s:=0.0'])
+
+
+def test_orin_vla_config_sets_only_declared_parameters(rt):
+    args = ['--ros-args', '--params-file', str(config_path('orin_vla.yaml'))]
+    node = VLAPolicy(cli_args=args)
+    check_node_parameters(node, args)  # raises on a parameter the node does not declare
+    assert node.model_path == 'models/openvla-tiny' and node.unnorm_key == 'bridge_orig'
+    assert node.max_rate_hz > 0 and node.precision in ('fp32', 'bf16', 'int4')
