@@ -292,6 +292,16 @@ class BagWriter:
         self._install_sigterm()
         return self
 
+    def set_custom_metadata(self, key: str, value: str) -> None:
+        """Set one `custom_data` entry of metadata.yaml (written when the bag closes)."""
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise BagError(f'custom metadata must map str to str; got {key!r}: {value!r} '
+                           '(convert values with str() or json.dumps)')
+        with self._lock:
+            self.custom_metadata[key] = value
+            if self._writer is not None:
+                self._writer.set_custom_data(key, value)
+
     def close(self) -> None:
         """Write the last chunk, the mcap summary and metadata.yaml. Idempotent."""
         self._stop.set()

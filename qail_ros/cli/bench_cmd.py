@@ -16,6 +16,7 @@ BENCHES = {
     'cilrs': 'qail_ros.bench.cilrs',
     'decode': 'qail_ros.bench.decode',
     'monitor': 'qail_ros.bench.monitor',
+    'quant': 'qail_ros.quant.bench',
 }
 
 

@@ -91,6 +91,11 @@ class FpRecorder(Node):
         self.pair_buffer = p('pair_buffer', 300, 'stamps kept waiting for a partner').value
         self.rate_limits = parse_rate_limits(list(p(
             'rate_limits', [], "['topic:hz', ...] recorded at most hz (stamp time)").value))
+        self.rate_limit_paired = p('rate_limit_paired', False, 'rate-limit the pairing '
+                                   'topic among frames the policy acted on (held until '
+                                   'their action arrives)').value
+        self.pair_hold_frames = p('pair_hold_frames', 60, 'frames held waiting for their '
+                                  'action (rate_limit_paired)').value
         self.split_size_mb = p('split_size_mb', 0.0, 'new bag after this many MB (0 = '
                                'no size split)').value
         self.split_duration_s = p('split_duration_s', 0.0, 'new bag after this many s').value
@@ -183,6 +188,8 @@ class FpRecorder(Node):
         self._drops_logged = 0
         self._last_report = time.monotonic()
         self._timer = None
+        # rate_limit_paired: pairing-topic frames waiting for their action, stamp -> (msg, t)
+        self._held: dict[int, tuple[Any, int]] = {}
 
     def _validate(self) -> None:
         problems = []
@@ -196,8 +203,9 @@ class FpRecorder(Node):
                 problems.append(f'{name} must be >= 0, not {getattr(self, name)}')
         if self.max_episodes < 0:
             problems.append(f'max_episodes must be >= 0, not {self.max_episodes}')
-        if self.pair_buffer < 1 or self.queue_max_messages < 1:
-            problems.append('pair_buffer and queue_max_messages must be >= 1')
+        if self.pair_buffer < 1 or self.queue_max_messages < 1 or self.pair_hold_frames < 1:
+            problems.append('pair_buffer, pair_hold_frames and queue_max_messages must be '
+                            '>= 1')
         if problems:
             raise ParameterError("node 'fp_recorder': " + '; '.join(problems))
 
@@ -274,19 +282,46 @@ class FpRecorder(Node):
         now = self.now_ns()
         stamp = stamp_of(msg)
         limiter = self._limiters.get(topic)
+        paired_limit = (self.rate_limit_paired and topic == self._pair_topic
+                        and limiter is not None and stamp is not None)
+        if paired_limit and not self.pairing.has_pending(stamp):
+            self.pairing.observation(stamp, recorded=False)
+            self._hold(topic, stamp, msg, now)            # decided when its action comes
+            return
         keep = limiter.keep(stamp or now) if limiter is not None else True
         if topic == self._pair_topic:
             self.pairing.observation(stamp, recorded=keep)
         elif role in ACTION_ROLES:
+            held = self._held.pop(stamp, None) if stamp is not None else None
+            if held is not None:
+                self._decide_held(stamp, held)
             self.pairing.action(topic, stamp)
         if not keep:
             self.rate_skipped[topic] += 1
             return
-        if self.writer.put(topic, msg, now):
+        self._write(topic, msg, now)
+
+    def _write(self, topic: str, msg: Any, stamp_ns: int) -> None:
+        if self.writer.put(topic, msg, stamp_ns):
             self.recorded[topic] += 1
             self._part_bytes += getattr(getattr(msg, 'data', None), 'nbytes', 0) or 128
         else:
             self._log_drop(topic)
+
+    def _hold(self, topic: str, stamp: int, msg: Any, now: int) -> None:
+        self._held[stamp] = (msg, now)
+        while len(self._held) > self.pair_hold_frames:     # oldest never got an action
+            self._held.pop(next(iter(self._held)))
+            self.rate_skipped[topic] += 1
+
+    def _decide_held(self, stamp: int, held: tuple[Any, int]) -> None:
+        """A held pairing-topic frame got its action: the rate limit decides now."""
+        topic = self._pair_topic
+        if self._limiters[topic].keep(stamp):
+            self.pairing.mark_recorded(stamp)
+            self._write(topic, held[0], held[1])
+        else:
+            self.rate_skipped[topic] += 1
 
     def control_callback(self, msg) -> None:
         """start | stop | pause | resume | episode_end [success|failure]."""
@@ -414,6 +449,9 @@ class FpRecorder(Node):
         ep = self.episode
         if ep is None or not self.recording:
             return None
+        if self._held:
+            self.rate_skipped[self._pair_topic] += len(self._held)
+            self._held.clear()
         self.pairing.finish()
         self._finish_facts(ep)
         ep.success, ep.end_reason, ep.complete = success, reason, complete

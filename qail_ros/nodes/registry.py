@@ -17,4 +17,5 @@ NODES = {
     'fp_recorder': 'qail_ros.nodes.fp_recorder:main',
     'cilrs_policy': 'qail_ros.nodes.cilrs_policy:main',
     'vla_policy': 'qail_ros.nodes.vla_policy:main',
+    'env_bridge': 'qail_ros.nodes.env_bridge:main',
 }

@@ -31,7 +31,9 @@ Publishes (one message each per inference; every header / stamp prefix is the ca
                    preprocess (decode + resize + tokenise) / inference (towers, prefill, 7
                    decode steps) / postprocess ms, frame age, frames dropped so far.
 
-Parameters: model_path, unnorm_key, precision (fp32 | bf16 | int4), int4_scheme (rtn | awq),
+Parameters: model_path (default: the shipped tiny model), unnorm_key (default 'bridge_orig',
+a key of OpenVLA-7B's norm_stats; '' = the checkpoint's only data set), precision
+(fp32 | bf16 | int4), int4_scheme (rtn | awq),
 int4_group_size, int4_weights (a backbone saved by OpenVLAPolicy.save_int4; empty = quantize at
 start), instruction, max_rate_hz, num_threads, frame_id, control_period_s, log_period_s.
 """
@@ -76,8 +78,8 @@ class VLAPolicy(Node):
         p = self.declare_parameter
         self.model_path = p('model_path', DEFAULT_MODEL, 'OpenVLA checkpoint directory (HF '
                             'layout); relative paths also look in the package share dir').value
-        self.unnorm_key = p('unnorm_key', '', 'data set whose action statistics un-normalise '
-                            "the actions ('' = the only one)").value
+        self.unnorm_key = p('unnorm_key', 'bridge_orig', 'data set whose action statistics '
+                            "un-normalise the actions ('' = the checkpoint's only one)").value
         self.precision = p('precision', 'fp32', 'fp32 | bf16 | int4 (INT4 weight-only Llama '
                            'backbone)').value
         self.int4_scheme = p('int4_scheme', 'rtn', 'rtn | awq (when quantizing at start)').value
@@ -155,8 +157,7 @@ class VLAPolicy(Node):
                 int4_weights=self.int4_weights or None)
         except OpenVLAError as exc:
             raise ParameterError(f"node '{self.get_name()}': model_path: {exc}") from None
-        side = policy.config.vit_specs[0].image_size
-        policy.predict(np.zeros((side, side, 3), np.uint8), self.instruction)  # warm-up
+        policy.warmup(1, self.instruction)   # the first forward allocates: not on a frame
         self.policy = policy
         d = policy.describe()
         int4 = f", int4 {d['int4']}" if d['int4'] else ''

@@ -67,6 +67,11 @@ def _fresh_rotary(model) -> None:
 def load_model(path: str | Path, dtype=None, config: OpenVLAConfig | None = None):
     """OpenVLAModel with the checkpoint's weights (cast to `dtype` if given), in eval mode."""
     import torch
+    try:
+        import transformers  # noqa: F401 - the Llama backbone
+    except ModuleNotFoundError:
+        raise OpenVLAError('OpenVLA needs the transformers package for its Llama backbone: '
+                           'pip install -r requirements.txt (transformers==5.23.0)') from None
     from qail_ros.openvla.modeling import OpenVLAModel
     path = Path(path)
     config = config or read_config(path)

@@ -207,7 +207,10 @@ class OpenVLAPolicy:
         import torch.nn.functional as F
         if frame.ndim != 3 or frame.shape[2] != 3:
             raise OpenVLAError(f'expected an (H, W, 3) RGB frame, got shape {frame.shape}')
-        x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None].float() / 255
+        arr = np.ascontiguousarray(frame)
+        if not arr.flags.writeable:      # e.g. a view of a received message's bytes
+            arr = arr.copy()
+        x = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255
         parts = []
         for spec in self.config.vit_specs:
             s = spec.image_size
@@ -235,6 +238,14 @@ class OpenVLAPolicy:
                             timing_ms={'preprocess_ms': (t1 - t0) * 1e3,
                                        'inference_ms': (t2 - t1) * 1e3,
                                        'postprocess_ms': (t3 - t2) * 1e3})
+
+    def warmup(self, runs: int = 1, instruction: str = '') -> float:
+        """Run `runs` predictions on a black frame (first calls allocate); returns seconds."""
+        side = self.config.vit_specs[0].image_size
+        start = time.perf_counter()
+        for _ in range(max(int(runs), 1)):
+            self.predict(np.zeros((side, side, 3), np.uint8), instruction)
+        return time.perf_counter() - start
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())

@@ -118,6 +118,16 @@ class StampPairing:
             self._counts(old_topic).unmatched += 1
         return 'pending'
 
+    def has_pending(self, stamp: int | None) -> bool:
+        """True when an action with this stamp is waiting for its observation."""
+        return stamp is not None and any(k[1] == stamp for k in self._pending)
+
+    def mark_recorded(self, stamp: int) -> None:
+        """The observation with this stamp was written after all (paired rate limiting)."""
+        entry = self._obs.get(stamp)
+        if entry is not None:
+            entry[0] = True
+
     def _match(self, topic: str, entry: list[bool]) -> None:
         counts = self._counts(topic)
         if entry[0]:

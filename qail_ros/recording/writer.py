@@ -55,21 +55,9 @@ class WriterStats:
 
 
 def set_bag_custom_metadata(bag, values: dict[str, str]) -> None:
-    """Custom metadata written into metadata.yaml when the bag closes.
-
-    Uses BagWriter.set_custom_metadata when the bag layer has it; otherwise rosbags' writer
-    set_custom_data (which rosbags applies at close).
-    """
-    setter = getattr(bag, 'set_custom_metadata', None)
-    if setter is not None:
-        for key, value in values.items():
-            setter(key, value)
-        return
-    bag.custom_metadata.update(values)
-    writer = getattr(bag, '_writer', None)
-    if writer is not None:
-        for key, value in values.items():
-            writer.set_custom_data(key, value)
+    """Custom metadata written into metadata.yaml when the bag closes."""
+    for key, value in values.items():
+        bag.set_custom_metadata(key, value)
 
 
 class BagWriterThread:

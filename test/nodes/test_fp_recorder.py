@@ -374,3 +374,30 @@ def test_split_by_duration_makes_parts_the_builder_joins(runtime, tmp_path):
     man = build_dataset([tmp_path / 'bags'], tmp_path / 'ds', val_fraction=0.0)
     assert len(man['episodes']) == 1 and len(man['episodes'][0]['bags']) == len(parts)
     assert man['frames'] == 18                          # 20 actions, 2 with a wrong stamp
+
+
+def test_paired_rate_limit_keeps_only_frames_the_policy_acted_on(runtime, tmp_path):
+    """rate_limit_paired: the 5 Hz camera limit picks among frames that got an action, so
+    every recorded frame is a training sample (plain limiting would keep about half)."""
+    from qail_ros.dataset import build_dataset
+    rec = _recorder(tmp_path / 'bags', rate_limits=['image_raw:5'], rate_limit_paired=True)
+    policy = StampedPolicy()
+    cam = _camera(60, rate_hz=30.0)
+    rec.on_activate()
+    cam.on_activate()
+    runtime.spin_until(lambda: cam.finished and policy.frames == 60, timeout_s=20)
+    runtime.spin(duration_s=0.1)
+    _shutdown(cam, policy, rec)
+    bag_dir = _bags(tmp_path / 'bags')[0]
+    with BagReader(bag_dir) as bag:
+        images = bag.topics['/image_raw'].count
+        ep = EpisodeInfo.from_metadata(bag.custom_metadata)
+        stamps = [m.ns_from_time(msg.header.stamp) for *_r, msg in bag.messages('/image_raw')]
+    assert 9 <= images <= 11                                   # 2 s at 5 Hz
+    assert stamps == sorted(stamps)
+    t = ep.pairing['topics']['/cmd_twist']
+    assert t['matched'] == images and t['unmatched'] == 3      # 30 actions, 3 bogus stamps
+    assert t['matched'] + t['matched_not_recorded'] + t['unmatched'] == 30
+    assert rec.rate_skipped['/image_raw'] == 60 - images
+    man = build_dataset([bag_dir], tmp_path / 'ds', val_fraction=0.0)
+    assert man['frames'] == images                             # every recorded frame is used

@@ -160,3 +160,12 @@ def test_orin_vla_config_sets_only_declared_parameters(rt):
     check_node_parameters(node, args)  # raises on a parameter the node does not declare
     assert node.model_path == 'models/openvla-tiny' and node.unnorm_key == 'bridge_orig'
     assert node.max_rate_hz > 0 and node.precision in ('fp32', 'bf16', 'int4')
+
+
+def test_defaults_run_the_shipped_tiny_model(rt):
+    node = VLAPolicy(cli_args=['--ros-args', '-p', 'instruction:=wave'])
+    node.on_configure()
+    d = node.policy.describe()
+    assert Path(d['path']).name == 'openvla-tiny' and d['precision'] == 'fp32'
+    assert node.policy.unnorm_key == 'bridge_orig'
+    assert node.step(Harness().frame(2, 3)).shape == (7,)

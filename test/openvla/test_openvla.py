@@ -320,3 +320,31 @@ def test_import_is_lean():
             'assert "torch" not in sys.modules and "transformers" not in sys.modules')
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     subprocess.run([sys.executable, '-c', code], check=True, env=env)
+
+
+def test_real_7b_config_builds_openvla_7b_on_the_meta_device():
+    """The real checkpoint's config (timm ids, no vit_specs, Llama defaults for the keys its
+    text_config leaves out) gives OpenVLA-7B's architecture: 7.54 B parameters, 256 patches of
+    1024 + 1152 features, a 32064-row vocabulary; built on the meta device (no memory)."""
+    from qail_ros.openvla.config import OpenVLAConfig
+    from qail_ros.openvla.modeling import OpenVLAModel
+    raw = {k: v for k, v in json.loads((TINY / 'config.json').read_text()).items()
+           if k != 'vit_specs'}
+    raw.update(image_sizes=[224, 224], text_config={'model_type': 'llama', 'vocab_size': 32064,
+                                                    'pad_token_id': 32000})
+    cfg = OpenVLAConfig.from_dict(raw)
+    assert cfg.vision_dim == 2176 and cfg.num_patches == 256 and cfg.vocab_size == 32000
+    with torch.device('meta'):
+        model = OpenVLAModel(cfg)
+    n = sum(p.numel() for p in model.parameters())
+    assert round(n / 1e7) == 754, n      # 7,541,237,184 here
+    sd = model.state_dict()
+    assert tuple(sd['projector.fc1.weight'].shape) == (8704, 2176)
+    assert tuple(sd['vision_backbone.featurizer.reg_token'].shape) == (1, 4, 1024)
+    assert tuple(sd['vision_backbone.fused_featurizer.pos_embed'].shape) == (1, 256, 1152)
+    assert tuple(sd['language_model.lm_head.weight'].shape) == (32064, 4096)
+    assert len(model.language_model.model.layers) == 32
+    unknown = dict(raw, timm_model_ids=['vit_large_patch14_clip_224.openai'],
+                   use_fused_vision_backbone=False)
+    with pytest.raises(OpenVLAError, match='not supported'):
+        OpenVLAConfig.from_dict(unknown)

@@ -1,0 +1,239 @@
+"""Per-token decode latency of a Llama backbone in the OpenVLA layout: FP32 / BF16 / INT8 / INT4.
+
+    qail-ros bench decode [--small] [--threads N] [--tokens 7] [--repeats 3] [--json]
+
+One run builds a random-weight Llama (transformers LlamaForCausalLM, OpenVLA-7B's vocabulary
+of 32064 and SiLU-MLP layout, scaled down: default ~1B parameters, `--small` ~45 M for quick
+runs) and times, per precision:
+  fp32   float32 weights and activations
+  bf16   bfloat16 weights and activations
+  int8   every linear weight-only int8 per channel (qail_ros.quant WeightOnlyRTN(bits=8),
+         torch._weight_int8pack_mm, float32 activations)
+  int4   every linear weight-only int4, group 128 (qail_ros.quant WeightOnlyRTN group, torch's
+         CPU int4 kernel `_weight_int4pack_mm_for_cpu`, bfloat16 activations)
+a prefill of `--prompt` tokens (OpenVLA: 256 image patches + ~20 prompt tokens), then
+`--tokens` decode steps with the KV cache (OpenVLA decodes 7 action tokens), `--repeats` times.
+
+Bandwidth floor: decoding one token reads every linear weight once (and one embedding row), so
+ms_per_token >= weight bytes / memory bandwidth. The bandwidth is measured here, with the same
+thread count (best of several reads of a buffer much larger than the caches). fraction_of_floor
+= floor / measured (1.0 = at the memory limit). action_ms = prefill + all decode steps. Memory
+per precision: model_mb = bytes the model holds (parameters, buffers, the kernels' packed
+weights and caches); rss_growth_mb = resident-set growth while it was built from the FP32
+model and run (includes transient copies and the KV cache).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+
+HELP = 'decode latency per token of an OpenVLA-layout Llama: FP32/BF16/INT8/INT4 vs bandwidth'
+
+PRECISIONS = ('fp32', 'bf16', 'int8', 'int4')
+#: (hidden, intermediate, layers, heads): ~1.0 B parameters / ~45 M parameters
+LAYOUTS = {'default': (2048, 5504, 16, 16), 'small': (512, 1408, 4, 8)}
+VOCAB = 32064
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--small', action='store_true',
+                        help='a ~45 M-parameter backbone for quick runs (default ~1 B)')
+    parser.add_argument('--threads', type=int, default=1, help='torch threads (default 1)')
+    parser.add_argument('--tokens', type=int, default=7,
+                        help='decode steps per action (OpenVLA: 7)')
+    parser.add_argument('--prompt', type=int, default=0,
+                        help='prefill tokens (default: 276 = 256 patches + 20; --small: 64)')
+    parser.add_argument('--repeats', type=int, default=3, help='actions timed per precision')
+    parser.add_argument('--precisions', default=','.join(PRECISIONS),
+                        help='comma-separated subset of %(default)s')
+
+
+def measure_bandwidth_gbps(mbytes: int = 512, repeats: int = 5) -> float:
+    """Read bandwidth: best of `repeats` sums over a float32 buffer of `mbytes` MB."""
+    import torch
+    x = torch.ones(mbytes * (1 << 20) // 4, dtype=torch.float32)
+    x.sum()
+    best = float('inf')
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t0)
+    return x.numel() * 4 / best / 1e9
+
+
+def _rss_mb() -> float:
+    import psutil
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def build_fp32(hidden: int, inter: int, layers: int, heads: int, seed: int = 0):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=inter,
+                      num_hidden_layers=layers, num_attention_heads=heads,
+                      num_key_value_heads=heads, max_position_embeddings=2048)
+    cfg._attn_implementation = 'sdpa'
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        model = LlamaForCausalLM(cfg)
+        for p in model.parameters():       # cheap seeded init (transformers' is slow)
+            if p.dim() > 1:
+                p.normal_(0.0, 0.02)
+    return model.eval()
+
+
+def linear_weight_bytes(model, precision: str) -> int:
+    """Bytes of linear weights (+ scales) read per decoded token, by precision."""
+    from torch import nn
+    total = 0
+    for m in model.modules():
+        n, k = getattr(m, 'out_features', None), getattr(m, 'in_features', None)
+        if n is None or not (isinstance(m, nn.Linear) or 'WeightOnly' in type(m).__name__):
+            continue
+        if precision == 'fp32':
+            total += n * k * 4
+        elif precision == 'bf16':
+            total += n * k * 2
+        elif precision == 'int8':
+            total += n * k + n * 4
+        else:
+            total += n * k // 2 + n * (k // 128) * 2 * 2   # codes + bf16 scale & zero / group
+    return total
+
+
+def model_bytes(model) -> int:
+    """Bytes held by the model: parameters, buffers and the int kernels' packed copies."""
+    import torch
+    seen, total = set(), 0
+
+    def add(t):
+        nonlocal total
+        if isinstance(t, torch.Tensor) and t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    for t in list(model.parameters()) + list(model.buffers()):
+        add(t)
+    for m in model.modules():
+        for attr in ('_packed', '_kscale'):
+            add(getattr(m, attr, None))
+        for cache in ('_sz', '_dequant'):
+            c = getattr(m, cache, None)
+            if isinstance(c, dict):
+                for t in c.values():
+                    add(t)
+            else:
+                add(c)
+    return total
+
+
+def make_precision(fp32_model, precision: str):
+    import copy
+
+    import torch
+    from qail_ros import quant
+    model = copy.deepcopy(fp32_model)
+    if precision == 'bf16':
+        return model.to(torch.bfloat16), torch.bfloat16
+    if precision == 'int8':
+        quant.quantize_(model, quant.WeightOnlyRTN(bits=8, granularity='per_channel'))
+        quant.convert_to_integer(model, int8_weight_kernel=True)
+        return model, torch.float32
+    if precision == 'int4':
+        quant.quantize_(model, quant.WeightOnlyRTN(bits=4, granularity='group', group_size=128))
+        quant.convert_to_integer(model, int4_compute_dtype=torch.bfloat16)
+        return model.to(torch.bfloat16), torch.bfloat16   # norms / embeddings in bf16 too
+    return model, torch.float32
+
+
+def time_actions(model, dtype, prompt: int, tokens: int, repeats: int) -> dict[str, float]:
+    """Prefill `prompt` embeddings then `tokens` greedy decode steps; medians in ms."""
+    import torch
+    hidden = model.config.hidden_size
+    g = torch.Generator().manual_seed(1)
+    embeds = (torch.randn(1, prompt, hidden, generator=g) * 0.02).to(dtype)
+    prefill, per_token, action = [], [], []
+    with torch.no_grad():
+        for r in range(repeats + 1):             # the first action is warm-up
+            t0 = time.perf_counter()
+            out = model(inputs_embeds=embeds, use_cache=True)
+            t1 = time.perf_counter()
+            steps = []
+            for _ in range(tokens):
+                tok = out.logits[:, -1].argmax(-1, keepdim=True)
+                s0 = time.perf_counter()
+                out = model(input_ids=tok, past_key_values=out.past_key_values, use_cache=True)
+                steps.append(time.perf_counter() - s0)
+            t2 = time.perf_counter()
+            if r:
+                prefill.append((t1 - t0) * 1e3)
+                per_token += [s * 1e3 for s in steps]
+                action.append((t2 - t0) * 1e3)
+    return {'prefill_ms': statistics.median(prefill),
+            'ms_per_token': statistics.median(per_token),
+            'action_ms': statistics.median(action)}
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+    from qail_ros.bench.report import emit_json, environment, table
+    torch.set_num_threads(int(args.threads))
+    precisions = [p.strip() for p in args.precisions.split(',') if p.strip()]
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad:
+        print(f'unknown precisions {bad}; choose from {list(PRECISIONS)}')
+        return 2
+    hidden, inter, layers, heads = LAYOUTS['small' if args.small else 'default']
+    prompt = args.prompt or (64 if args.small else 276)
+    bandwidth = measure_bandwidth_gbps(128 if args.small else 512)
+    base_rss = _rss_mb()
+    fp32 = build_fp32(hidden, inter, layers, heads)
+    params = sum(p.numel() for p in fp32.parameters())
+    print(f'Llama backbone (OpenVLA layout): {params / 1e6:.1f} M parameters, hidden {hidden}, '
+          f'{layers} layers, vocab {VOCAB}; prefill {prompt} tokens, {args.tokens} decode '
+          f'steps; {args.threads} thread(s); read bandwidth {bandwidth:.2f} GB/s', flush=True)
+    results: dict[str, dict[str, float]] = {}
+    for precision in precisions:
+        gc.collect()
+        before = _rss_mb()
+        model, dtype = make_precision(fp32, precision)
+        timing = time_actions(model, dtype, prompt, args.tokens, args.repeats)
+        wbytes = linear_weight_bytes(model, precision)
+        floor_ms = wbytes / (bandwidth * 1e9) * 1e3
+        timing.update(weight_mb=wbytes / 2**20, floor_ms=floor_ms,
+                      fraction_of_floor=floor_ms / timing['ms_per_token'],
+                      model_mb=model_bytes(model) / 2**20,
+                      rss_growth_mb=max(_rss_mb() - before, 0.0))
+        results[precision] = timing
+        del model
+        gc.collect()
+    fp = results.get('fp32', {}).get('ms_per_token')
+    table('decode latency per token (median)',
+          ['precision', 'ms/token', 'floor ms', 'of floor', 'prefill ms', 'action ms',
+           'weights MB', 'model MB', 'vs fp32'],
+          [[p, r['ms_per_token'], r['floor_ms'], r['fraction_of_floor'], r['prefill_ms'],
+            r['action_ms'], r['weight_mb'], r['model_mb'],
+            (fp / r['ms_per_token']) if fp else float('nan')] for p, r in results.items()])
+    if args.json:
+        out: dict = {'params': params, 'bandwidth_gbps': bandwidth, 'small': bool(args.small),
+                     'threads': args.threads, 'prompt_tokens': prompt,
+                     'decode_tokens': args.tokens}
+        for p, r in results.items():
+            out[f'{p}_ms_per_token'] = r['ms_per_token']
+        if 'int4' in results:
+            out['int4_floor_ms'] = results['int4']['floor_ms']
+            out['int4_fraction_of_floor'] = results['int4']['fraction_of_floor']
+            if fp:
+                out['int4_speedup_vs_fp32'] = fp / results['int4']['ms_per_token']
+        out['action_ms'] = {p: r['action_ms'] for p, r in results.items()}
+        out['prefill_ms'] = {p: r['prefill_ms'] for p, r in results.items()}
+        out['floor_ms'] = {p: r['floor_ms'] for p, r in results.items()}
+        out['fraction_of_floor'] = {p: r['fraction_of_floor'] for p, r in results.items()}
+        out['model_mb'] = {p: r['model_mb'] for p, r in results.items()}
+        out['rss_growth_mb'] = {p: r['rss_growth_mb'] for p, r in results.items()}
+        out['weight_mb'] = {p: r['weight_mb'] for p, r in results.items()}
+        out['rss_before_models_mb'] = base_rss
+        out['environment'] = environment()
+        emit_json(out)
+    return 0

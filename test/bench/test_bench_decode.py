@@ -1,0 +1,31 @@
+"""`qail-ros bench decode` on a very small layout: every precision runs and the JSON has the keys
+the issue asks for (no timing is asserted)."""
+import argparse
+import json
+
+import pytest
+
+pytest.importorskip('torch')
+pytest.importorskip('transformers', reason='the decode benchmark builds a transformers Llama')
+
+
+def test_decode_bench_json_keys(monkeypatch, capsys):
+    from qail_ros.bench import decode
+    monkeypatch.setitem(decode.LAYOUTS, 'small', (128, 256, 1, 2))
+    monkeypatch.setattr(decode, 'measure_bandwidth_gbps', lambda mbytes=0, repeats=0: 5.0)
+    args = argparse.Namespace(small=True, threads=1, tokens=2, prompt=8, repeats=1,
+                              precisions='fp32,bf16,int8,int4', json=True)
+    assert decode.main(args) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ('params', 'bandwidth_gbps', 'fp32_ms_per_token', 'bf16_ms_per_token',
+                'int8_ms_per_token', 'int4_ms_per_token', 'int4_floor_ms',
+                'int4_fraction_of_floor', 'int4_speedup_vs_fp32', 'action_ms'):
+        assert key in out, key
+    assert set(out['action_ms']) == {'fp32', 'bf16', 'int8', 'int4'}
+    assert out['bandwidth_gbps'] == 5.0
+    # weight bytes by precision: fp32 = 2 x bf16; int4 about a quarter of bf16
+    w = out['weight_mb']
+    assert w['fp32'] == pytest.approx(2 * w['bf16'])
+    assert 0.25 * w['bf16'] < w['int4'] < 0.3 * w['bf16']
+    assert out['int4_floor_ms'] == pytest.approx(w['int4'] * 2**20 / 5e9 * 1e3)
+    assert out['params'] > 32064 * 128      # vocabulary of OpenVLA-7B
