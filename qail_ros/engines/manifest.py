@@ -91,8 +91,12 @@ def read_manifest(path: str | Path, *, verify_file: bool = True) -> tuple[Path, 
     """
     path = Path(path)
     mpath = manifest_path(path)
-    rebuild = ('rebuild the engine (qail_ros.cilrs.export.build_engines or `qail-ros bench '
-               'cilrs`), which writes the engine file and its manifest together')
+    rebuild = ('build the engine again with its builder (CILRS: `python -m '
+               'qail_ros.cilrs.export --out DIR`), which writes the engine file and its '
+               'manifest together')
+    if not mpath.is_file() and path != mpath and not path.exists():
+        raise EngineError(f'engine file {path} not found (nor its manifest {mpath.name}): '
+                          f'check the path, or {rebuild}')
     if not mpath.is_file():
         what = f'engine file {path}' if path != mpath else 'it'
         raise EngineError(f'engine manifest {mpath} not found (needed next to {what}): '

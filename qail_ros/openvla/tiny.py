@@ -82,15 +82,18 @@ def build_tiny_tokenizer(vocab_size: int):
     return tok
 
 
-def make_tiny_checkpoint(path: str | Path, *, seed: int = 0, shards: int = 2) -> Path:
-    """Write the tiny checkpoint directory; same seed -> same bytes."""
+def make_tiny_checkpoint(path: str | Path, *, seed: int = 0, shards: int = 2,
+                         std: float = 0.1) -> Path:
+    """Write the tiny checkpoint directory; same seed -> same tensors. `std` 0.1 (not the
+    usual 0.02) so that the random model's greedy tokens depend on the image and the
+    instruction, as a trained model's do (at 0.02 they hardly change)."""
     import torch
     from qail_ros.openvla.checkpoint import save_checkpoint
     from qail_ros.openvla.modeling import OpenVLAModel
     path = Path(path)
     cfg = tiny_config()
     torch.manual_seed(seed)
-    model = OpenVLAModel(cfg).init_random(seed)
+    model = OpenVLAModel(cfg).init_random(seed, std=std)
     save_checkpoint(model, path, shards=shards)
     tok = build_tiny_tokenizer(cfg.vocab_size)
     tok.save(str(path / 'tokenizer.json'))
@@ -103,6 +106,6 @@ def make_tiny_checkpoint(path: str | Path, *, seed: int = 0, shards: int = 2) ->
         'Face layout of openvla/openvla-7b (config.json with norm_stats, sharded safetensors '
         '+ index, tokenizer). Its actions are meaningless: it exists so that the loader, the '
         '`vla_policy` node and the orin_vla launch run end to end without the 15 GB model.\n\n'
-        f'Made by `python scripts/openvla/make_tiny_checkpoint.py` (seed {seed}); see '
+        f'Made by `python scripts/openvla/make_tiny_checkpoint.py` (seed {seed}, std {std}); see '
         'docs/openvla.md.\n')
     return path

@@ -176,7 +176,7 @@ def test_latest_frame_policy_never_blocks_the_camera_and_counts_drops(rt, engine
 
 
 def test_engine_problems_are_clear_parameter_errors(rt, engines, tmp_path):
-    with pytest.raises(ParameterError, match='manifest .* not found'):
+    with pytest.raises(ParameterError, match='engine file .* not found .nor its manifest'):
         make_policy(tmp_path / 'missing.onnx')
     with pytest.raises(ParameterError, match="precision is 'fp32', expected 'w4a4'"):
         make_policy(engines['fp32_ort'], 'expect_precision:=w4a4')

@@ -294,7 +294,8 @@ def test_int4_quantize_save_load_gives_identical_actions(tmp_path, frame, scheme
     b.convert_int4()
     ka, kb = a.predict(frame, INSTRUCTION), b.predict(frame, INSTRUCTION)
     assert np.array_equal(ka.bin_logits, kb.bin_logits)
-    assert np.abs(ka.bin_logits - ra.bin_logits).max() < 0.05   # bf16 kernel vs fake quant
+    # bf16 kernel vs fake quant: close at the first step (later steps may pick another token)
+    assert np.abs(ka.bin_logits[0] - ra.bin_logits[0]).max() < 0.05
     # the node's path: precision='int4' with the saved file
     c = OpenVLAPolicy.from_pretrained(TINY, unnorm_key='bridge_orig', precision='int4',
                                       int4_weights=path)
@@ -348,3 +349,12 @@ def test_real_7b_config_builds_openvla_7b_on_the_meta_device():
                    use_fused_vision_backbone=False)
     with pytest.raises(OpenVLAError, match='not supported'):
         OpenVLAConfig.from_dict(unknown)
+
+
+def test_actions_depend_on_the_image_and_the_instruction(policy, frame):
+    a = policy.predict(frame, INSTRUCTION)
+    other_frame = policy.predict(np.zeros_like(frame), INSTRUCTION)
+    other_text = policy.predict(frame, 'open the drawer')
+    assert not np.allclose(a.bin_logits[0], other_frame.bin_logits[0])
+    assert not np.allclose(a.bin_logits[0], other_text.bin_logits[0])
+    assert np.array_equal(policy.predict(frame, INSTRUCTION).bin_logits, a.bin_logits)

@@ -326,3 +326,19 @@ def test_domains_are_isolated(zenoh_endpoint, monkeypatch):
         for rt in runtimes:
             rt.shutdown()
         router.stop()
+
+
+def test_process_that_forgets_shutdown_still_exits(zenoh_endpoint):
+    """zenoh-python's default callback threads are non-daemon: without the direct handlers a
+    script that never calls runtime.shutdown() would hang at exit."""
+    code = ('from qail_ros.runtime import Node\n'
+            "n = Node('forgetful')\n"
+            "n.create_subscription('std_msgs/msg/String', 'a', print, 10)\n"
+            "n.create_publisher('std_msgs/msg/String', 'a', 10)\n"
+            "n.create_subscription('std_msgs/msg/String', 'b', print,\n"
+            "                      __import__('qail_ros.runtime').runtime.QoS(\n"
+            "                          durability='transient_local'))\n"
+            "print('made', flush=True)\n")
+    proc = subprocess.run([sys.executable, '-c', code], env=_child_env(), capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 0 and 'made' in proc.stdout, proc.stderr
