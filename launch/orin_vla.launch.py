@@ -1,4 +1,4 @@
-"""orin_vla: camera -> OpenVLA policy -> 7-DoF end-effector actions.
+"""orin_vla: camera -> OpenVLA policy -> 7-DoF end-effector actions, with latency/power monitor.
 
     ros2 launch qail_ros orin_vla.launch.py [instruction:='open the drawer'] [image_topic:=...]
     qail-ros launch orin_vla [instruction:='open the drawer'] [--composed] [--duration 30]
@@ -49,6 +49,13 @@ def generate_launch_description():
             name='vla_policy',
             parameters=[params_file, {'instruction': LaunchConfiguration('instruction')}],
             remappings=[('image_raw', image_topic)],
+            output='screen',
+        ),
+        Node(
+            package='qail_ros',
+            executable='power_monitor',
+            name='power_monitor',
+            parameters=[params_file],
             output='screen',
         ),
     ])

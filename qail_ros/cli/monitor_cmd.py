@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='sampling period in ms (default 100 = 10 Hz)')
     parser.add_argument('--timing-topic', action='append', default=None,
                         help='policy timing topic (repeatable; default '
-                        '/image_policy/policy_timing)')
+                        '/vla_policy/policy_timing)')
     parser.add_argument('--timing-type', default='std_msgs/msg/Float64MultiArray',
                         help='message type of the timing topics')
     parser.add_argument('--duration', type=float, default=None,
@@ -147,7 +147,7 @@ def _live_main(args) -> int:
         ros += ['-p', f'logfile:={args.logfile}']
     if args.record:
         ros += ['-p', f'record_path:={args.record}']
-    topics = args.timing_topic or ['/image_policy/policy_timing']
+    topics = args.timing_topic or ['/vla_policy/policy_timing']
     ros += ['-p', 'timing_topics:=[' + ','.join(topics) + ']']
     runtime = get_runtime()
     runtime.init([])

@@ -5,7 +5,7 @@
     state: [/joint_states]            # concatenated; latest at or before the frame's stamp
     command: [/speed]                 # like state (CILRS speed / command)
     action: [/cmd_twist]              # concatenated; exact stamp match with the frame
-    raw_outputs: /image_policy/raw_outputs     # teacher outputs (QBC), exact stamp
+    raw_outputs: /vla_policy/raw_outputs     # teacher outputs (QBC), exact stamp
     instruction: /instruction         # latest at or before the frame (bag time)
     image_size: [224, 224]            # [height, width] the images are resized to; omit = keep
     pairing: stamp                    # 'stamp' (exact header stamps) or 'receive_time'

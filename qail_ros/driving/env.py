@@ -276,11 +276,14 @@ class DrivingEnv:
                 continue
             if any(np.linalg.norm(pos - v.position) < 12.0 for v in road.vehicles):
                 continue
-            limit = lane.speed_limit or 20.0
-            v = IDMVehicle(road, pos, heading=lane.heading_at(s),
-                           speed=float(rng.uniform(0.5, 0.9)) * min(limit, 25.0))
-            if self.layout == 'roundabout':
+            if self.layout == 'roundabout':   # roundabout traffic at roundabout speeds
+                v = IDMVehicle(road, pos, heading=lane.heading_at(s),
+                               speed=float(rng.uniform(7.0, 10.0)))
                 v.plan_route_to(str(rng.choice(['exr', 'sxr', 'nxr', 'wxr'])))
+            else:
+                limit = lane.speed_limit or 20.0
+                v = IDMVehicle(road, pos, heading=lane.heading_at(s),
+                               speed=float(rng.uniform(0.5, 0.9)) * min(limit, 25.0))
             v.randomize_behavior()
             road.vehicles.append(v)
             placed += 1

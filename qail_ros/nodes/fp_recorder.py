@@ -82,9 +82,9 @@ class FpRecorder(Node):
         self.command_topics = list(p('command_topics', [], 'speed / command topics').value)
         self.state_topics = list(p('state_topics', [], 'robot state topics').value)
         self.action_topics = list(p('action_topics', ['action'], 'action topics').value)
-        self.raw_outputs_topic = p('raw_outputs_topic', 'image_policy/raw_outputs',
+        self.raw_outputs_topic = p('raw_outputs_topic', 'vla_policy/raw_outputs',
                                    "policy raw outputs ('' = none)").value
-        self.timing_topic = p('timing_topic', 'image_policy/policy_timing',
+        self.timing_topic = p('timing_topic', 'vla_policy/policy_timing',
                               "policy timing ('' = none)").value
         self.pair_topic = p('pair_topic', '', "observation topic actions pair with "
                             "('' = the first image topic)").value

@@ -80,7 +80,7 @@ class PowerMonitor(Node):
         rails = p('power_rails', '', "rails summed as the power (comma-separated); '' = the "
                   'input rail (VDD_IN / POM_5V_IN / VIN) or the sum of all rails').value
         self.power_rails = [r.strip() for r in rails.split(',') if r.strip()]
-        self.timing_topics = list(p('timing_topics', ['/image_policy/policy_timing'],
+        self.timing_topics = list(p('timing_topics', ['/vla_policy/policy_timing'],
                                     'policy timing topics, one stats block each').value)
         self.timing_msg_type = p('timing_msg_type', 'std_msgs/msg/Float64MultiArray',
                                  'message type of the timing topics').value

@@ -113,7 +113,7 @@ def evaluate_policy(policy: Callable, task: str, episodes: int = 10,
 
 def save_trained(result: TrainResult, path: str | Path, task: str,
                  meta: dict[str, Any] | None = None) -> Path:
-    """Write the trained student (state dict; task, FP architecture, TrainConfig) as safetensors."""
+    """Write the trained student (state dict; task, FP architecture, config) as safetensors."""
     from safetensors.torch import save_file
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

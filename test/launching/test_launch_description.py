@@ -38,9 +38,10 @@ def test_orin_vla_description_nodes_parameters_and_remaps():
     spec = load_launch_file(find_launch_file('orin_vla'))
     assert [(n.package, n.executable, n.name) for n in spec.nodes] == [
         ('qail_ros', 'camera_source', 'camera_source'),
-        ('qail_ros', 'vla_policy', 'vla_policy')]
-    camera, policy = spec.nodes
-    assert camera.parameters == [CONFIG]
+        ('qail_ros', 'vla_policy', 'vla_policy'),
+        ('qail_ros', 'power_monitor', 'power_monitor')]
+    camera, policy, monitor = spec.nodes
+    assert camera.parameters == [CONFIG] and monitor.parameters == [CONFIG]
     assert policy.parameters == [CONFIG, {'instruction': 'pick up the red block'}]
     assert camera.remappings == [('image_raw', '/camera/image_raw')]
     assert policy.remappings == [('image_raw', '/camera/image_raw')]
@@ -54,14 +55,15 @@ def test_orin_vla_launch_arguments_override_defaults():
                             ['instruction:=open the top drawer', 'image_topic:=/wrist/image'])
     policy = spec.node('vla_policy')
     assert policy.parameters[1] == {'instruction': 'open the top drawer'}
-    assert all(n.remappings == [('image_raw', '/wrist/image')] for n in spec.nodes)
+    assert all(n.remappings == [('image_raw', '/wrist/image')] for n in spec.nodes
+               if n.name != 'power_monitor')
 
 
 def test_orin_vla_params_file_sections_match_the_launched_nodes():
     spec = load_launch_file(find_launch_file('orin_vla'))
     launcher.check_parameter_files(spec)  # no section for a node that is not launched
     sections = rparams.load_params_file(CONFIG)
-    assert set(sections) == {'camera_source', 'vla_policy'}
+    assert set(sections) == {'camera_source', 'vla_policy', 'power_monitor'}
 
 
 def test_orin_vla_executables_are_registered_and_console_scripts_match():

@@ -145,4 +145,4 @@ def test_composed_runs_every_node_in_one_process(env):
     finally:
         out = launch.finish(10)
     assert launch.proc.returncode == 0, out
-    assert 'composing camera_source, vla_policy in process' in out
+    assert 'composing camera_source, vla_policy, power_monitor in process' in out
