@@ -29,5 +29,8 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -m 'not slow' test
 
+bench-transport: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH bash bench/transport.sh
+
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -44,6 +44,7 @@ setup(
         'tqdm',
         'rich',
         'psutil',
+        'xxhash',  # rmw_zenoh-compatible GIDs
     ],
     extras_require={
         # torch is installed separately (pinned CPU wheel here, JetPack's wheel on Orin).
