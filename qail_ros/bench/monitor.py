@@ -44,7 +44,7 @@ def _run(seconds: float, timing_hz: float, monitor_args: list[str] | None) -> di
     from qail_ros import policy_io
     from qail_ros.runtime import Node, set_runtime
     from qail_ros.runtime.embedded import EmbeddedRuntime
-    rt = EmbeddedRuntime()
+    rt = EmbeddedRuntime(transport='none')  # in-process only
     set_runtime(rt)
     rt.init([])
     nodes = []
@@ -88,7 +88,6 @@ def _run(seconds: float, timing_hz: float, monitor_args: list[str] | None) -> di
 
 def main(args) -> int:
     from qail_ros.bench.report import emit_json, environment, table
-    os.environ['QAIL_ROS_TRANSPORT'] = 'none'
     sources = [s.strip() for s in args.sources.split(',') if s.strip()]
     with tempfile.TemporaryDirectory() as tmp:
         log = os.path.join(tmp, 'tegrastats.log')

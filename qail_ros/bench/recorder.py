@@ -39,6 +39,13 @@ def add_arguments(parser) -> None:
 
 
 def _run(cfg: dict, out_dir: Path) -> dict:
+    """Camera here, recorder in a child process, over Zenoh through a private router."""
+    from qail_ros.runtime import zenoh_transport as zt
+    with zt.private_router():
+        return _record(cfg, out_dir)
+
+
+def _record(cfg: dict, out_dir: Path) -> dict:
     import numpy as np
     import psutil
 
@@ -48,12 +55,8 @@ def _run(cfg: dict, out_dir: Path) -> dict:
     from qail_ros.nodes.camera_source import IMAGE_QOS, SyntheticScene
     from qail_ros.recording import EpisodeInfo
     from qail_ros.runtime import Node, set_runtime
-    from qail_ros.runtime import zenoh_transport as zt
     from qail_ros.runtime.embedded import EmbeddedRuntime
 
-    endpoint = zt.free_endpoint()
-    os.environ['QAIL_ROS_ZENOH_ROUTER'] = endpoint
-    router = zt.ensure_router(endpoint)
     rt = EmbeddedRuntime(transport='zenoh')
     set_runtime(rt)
     rt.init([])
@@ -145,8 +148,6 @@ def _run(cfg: dict, out_dir: Path) -> dict:
             child.wait()
         rt.shutdown()
         set_runtime(None)
-        if router is not None:
-            router.stop()
 
 
 def main(args) -> int:

@@ -144,17 +144,14 @@ def _publisher_role(cfg: dict) -> int:
         rt.shutdown()
 
 
-def _private_router(cfg: dict):
-    """Point this process (and its children) at `--router`, or at a router of its own."""
-    from qail_ros.runtime import zenoh_transport as zt
-    endpoint = cfg['router'] or zt.free_endpoint()
-    os.environ['QAIL_ROS_ZENOH_ROUTER'] = endpoint
-    return zt.ensure_router(endpoint)
-
-
 def _run_composed(cfg: dict) -> dict:
     """Both nodes in this process, the Zenoh transport on as in a composed launch."""
-    router = _private_router(cfg)
+    from qail_ros.runtime import zenoh_transport as zt
+    with zt.private_router(cfg['router']):
+        return _composed(cfg)
+
+
+def _composed(cfg: dict) -> dict:
     rt = _runtime()
     try:
         pub_node, sub_node = _make_nodes(rt, cfg, publisher=True, subscriber=True)
@@ -165,13 +162,17 @@ def _run_composed(cfg: dict) -> dict:
                        serialized=pub_node.pub.remote.serialized if pub_node.pub.remote else 0)
     finally:
         rt.shutdown()
-        if router is not None:
-            router.stop()
 
 
 def _run_processes(cfg: dict) -> dict:
+    """Publisher in a child process, subscriber here, over Zenoh through a private router."""
+    from qail_ros.runtime import zenoh_transport as zt
+    with zt.private_router(cfg['router']):
+        return _processes(cfg)
+
+
+def _processes(cfg: dict) -> dict:
     from qail_ros.errors import TransportError
-    router = _private_router(cfg)
     rt = _runtime()
     child = None
     try:
@@ -198,8 +199,6 @@ def _run_processes(cfg: dict) -> dict:
             child.kill()
             child.wait()
         rt.shutdown()
-        if router is not None:
-            router.stop()
 
 
 def _result(cfg: dict, sent: int, sub_node, serialized: int) -> dict:

@@ -101,7 +101,8 @@ def main(args) -> int:
         summary['eval'] = {'episodes': args.eval_episodes, 'mean': float(np.mean(returns)),
                            'std': float(np.std(returns)), 'returns': returns}
     (out / 'summary.json').write_text(json.dumps(summary, indent=2) + '\n')
-    rows = [[args.task, config.canonical_method, config.bits, config.steps,
+    steps = config.steps if config.trains else 0
+    rows = [[args.task, config.canonical_method, config.bits, steps,
              round(result.seconds, 1),
              summary.get('eval', {}).get('mean', float('nan')),
              summary.get('eval', {}).get('std', float('nan'))]]

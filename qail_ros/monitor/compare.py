@@ -81,12 +81,11 @@ def run_image_policy_sessions(variants: list[str], out_dir: str, rate_hz: float 
     for v in variants:
         if v not in VARIANTS:
             raise QailRosError(f"unknown variant {v!r}: choose from {', '.join(VARIANTS)}")
-    os.environ['QAIL_ROS_TRANSPORT'] = 'none'
     torch.set_num_threads(num_threads)
     sessions, notes = [], []
     for variant in variants:
         path = os.path.join(out_dir, 'sessions', f'{variant}.jsonl')
-        rt = EmbeddedRuntime()
+        rt = EmbeddedRuntime(transport='none')  # in-process only
         set_runtime(rt)
         rt.init([])
         try:

@@ -35,6 +35,14 @@ METHODS: dict[str, tuple[bool, bool, bool]] = {
 METHOD_ALIASES = {'qail': 'qat', 'qail+qbc': 'qail_qbc', 'qail+wqbc': 'qail_wqbc',
                   'rtn': 'ptq_rtn', 'ptq': 'ptq_rtn', 'sqil': 'qail_wqbc'}
 
+#: names of the options (here, torch-free, so a node can validate a config without torch).
+HEADS = ('deterministic', 'gaussian', 'categorical', 'tokens')
+DISTANCES = ('l2', 'mse', 'kl')
+IMAGE_PERTURBATIONS = ('blur', 'mean_patch')
+STATE_PERTURBATIONS = ('shift', 'mean')
+#: the weighting option of the trainer: 'none', or the one saliency weighting by either name.
+WEIGHTINGS = ('none', 'wqbc', 'sis', 'qrd')
+
 _BITS = re.compile(r'^w(\d+)a(\d+)$')
 
 
@@ -146,10 +154,6 @@ class TrainConfig:
 
     # -- validation ----------------------------------------------------------------------------
     def validate(self) -> None:
-        from qail_ros.qail.losses import DISTANCES, HEADS
-        from qail_ros.qail.saliency import (IMAGE_PERTURBATIONS, STATE_PERTURBATIONS,
-                                            WEIGHTINGS)
-
         def bad(name, value, why):
             raise TrainConfigError(f'TrainConfig.{name}={value!r}: {why}')
 

@@ -26,11 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from qail_ros.qail.config import DISTANCES, HEADS
+
 __all__ = ['HEADS', 'DISTANCES', 'qail_loss', 'qbc_loss', 'lppd_loss', 'total_loss',
            'weighted_mean', 'output_tensor']
-
-HEADS = ('deterministic', 'gaussian', 'categorical', 'tokens')
-DISTANCES = ('l2', 'mse', 'kl')
 
 
 def weighted_mean(per_sample: Tensor, weights: Tensor | None = None) -> Tensor:

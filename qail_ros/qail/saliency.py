@@ -37,16 +37,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from qail_ros.qail.config import IMAGE_PERTURBATIONS, STATE_PERTURBATIONS, WEIGHTINGS
 from qail_ros.qail.losses import output_tensor
 
 __all__ = ['IMAGE_PERTURBATIONS', 'STATE_PERTURBATIONS', 'WEIGHTINGS', 'canonical_weighting',
            'gaussian_blur', 'image_saliency', 'state_saliency', 'state_scores',
            'importance_threshold', 'importance_weights', 'compute_scores', 'SISCache']
-
-IMAGE_PERTURBATIONS = ('blur', 'mean_patch')
-STATE_PERTURBATIONS = ('shift', 'mean')
-#: the weighting option of the trainer: 'none', or the one saliency weighting by either name.
-WEIGHTINGS = ('none', 'wqbc', 'sis', 'qrd')
 
 
 def canonical_weighting(name: str) -> str:

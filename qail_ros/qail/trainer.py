@@ -145,7 +145,8 @@ class TrainResult:
     def summary(self) -> dict[str, Any]:
         last = self.history[-1] if self.history else {}
         return {'method': self.config.canonical_method, 'bits': self.config.bits,
-                'steps': self.config.steps, 'seconds': round(self.seconds, 2),
+                'steps': self.config.steps if self.config.trains else 0,
+                'seconds': round(self.seconds, 2),
                 'threshold': self.threshold, 'onpolicy_states': self.onpolicy_states,
                 'final': last}
 

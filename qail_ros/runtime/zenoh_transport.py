@@ -53,7 +53,7 @@ __all__ = [
     'topic_keyexpr', 'qos_to_keyexpr', 'mangle', 'demangle', 'liveliness_keyexpr',
     'parse_liveliness_keyexpr', 'gid_from_keyexpr', 'encode_attachment', 'decode_attachment',
     'session_config', 'router_config', 'router_reachable', 'ensure_router', 'RouterHandle',
-    'run_router', 'free_endpoint', 'ZenohTransport', 'GraphEntity',
+    'run_router', 'free_endpoint', 'private_router', 'ZenohTransport', 'GraphEntity',
 ]
 
 log = logging.getLogger('qail_ros.runtime.zenoh')
@@ -413,6 +413,30 @@ def ensure_router(endpoint: str | None = None, timeout_s: float = 10.0,
     proc.kill()
     proc.wait()
     raise TransportError(f'the Zenoh router for {endpoint} did not start within {timeout_s} s')
+
+
+@contextlib.contextmanager
+def private_router(endpoint: str | None = None):
+    """Point this process (and the children it starts) at a router of its own while inside.
+
+    Sets QAIL_ROS_ZENOH_ROUTER to `endpoint` (default: a free localhost port), starts a router
+    there if none answers, and on exit stops it and restores the variable, so one benchmark or
+    test never leaves another pointed at a router that is gone. Yields the endpoint.
+    """
+    endpoint = endpoint or free_endpoint()
+    saved = os.environ.get('QAIL_ROS_ZENOH_ROUTER')
+    os.environ['QAIL_ROS_ZENOH_ROUTER'] = endpoint
+    router = None
+    try:
+        router = ensure_router(endpoint)
+        yield endpoint
+    finally:
+        if router is not None:
+            router.stop()
+        if saved is None:
+            os.environ.pop('QAIL_ROS_ZENOH_ROUTER', None)
+        else:
+            os.environ['QAIL_ROS_ZENOH_ROUTER'] = saved
 
 
 # ------------------------------------------------------------------------------------------

@@ -46,8 +46,8 @@ def test_eval_fp_and_errors(capsys):
     assert 'needs --task' in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_bench_physics_quick(tmp_path, capsys):
+    """The CI smoke test: one task, tiny budget (about 7 s of one idle core)."""
     rc = main(['bench', 'physics', '--quick', '--out', str(tmp_path), '--no-progress',
                '--json'])
     assert rc == 0
@@ -57,7 +57,7 @@ def test_bench_physics_quick(tmp_path, capsys):
     for key in ('ptq_rtn', 'qail_qbc'):
         assert r[key]['bits'] == 'w4a4' and r[key]['episodes'] == 2 and r[key]['seeds'] == 1
         assert 0 < r[key]['mean'] <= 1000
-    assert res['runs'][TASK]['commit']
+    assert res['runs'][f'{TASK} w4a4']['commit']
     for ext in ('json', 'csv', 'md', 'png'):
         assert (tmp_path / f'physics.{ext}').is_file()
     md = (tmp_path / 'physics.md').read_text()

@@ -43,3 +43,14 @@ def test_bad_values_raise_with_the_field_name(kwargs, match):
 def test_unknown_keys_suggest_the_right_one():
     with pytest.raises(TrainConfigError, match='did you mean steps'):
         TrainConfig.from_dict({'stepz': 3})
+
+
+def test_config_and_package_import_no_torch():
+    """A node can read and validate a training config without loading torch."""
+    import subprocess
+    import sys
+    code = ('import sys, qail_ros.qail\n'
+            'from qail_ros.qail.config import TrainConfig\n'
+            "TrainConfig.from_yaml(TrainConfig(method='qail_wqbc').to_yaml())\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    subprocess.run([sys.executable, '-c', code], check=True)
