@@ -142,7 +142,8 @@ class CarlaEnv:
         self._collided = False
         col.listen(self._on_collision)
         self._actors += [cam, col]
-        cars = [b for b in lib.filter('vehicle.*') if int(b.get_attribute('number_of_wheels')) == 4]
+        cars = [b for b in lib.filter('vehicle.*')
+                if int(b.get_attribute('number_of_wheels')) == 4]
         for k in order[2:2 + self.n_cars]:
             car = world.try_spawn_actor(cars[int(rng.integers(len(cars)))], spawns[k])
             if car is not None:

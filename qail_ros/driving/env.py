@@ -16,8 +16,8 @@ the shape of CARLA's end-to-end driving benchmarks (CILRS / NoCrash):
 - navigation command: LANEFOLLOW, CHANGELANELEFT / CHANGELANERIGHT while the route planner (the
   MOBIL lane-change model run on the ego car) wants another lane, LEFT / RIGHT / STRAIGHT on the
   approach to and inside a roundabout, from the turn between its entry and the route's exit.
-- route: a fixed distance along the layout's route (`ROUTE_LENGTH_M`); success = route completed
-  without collision, without leaving the road or the route, within the time limit.
+- route: a fixed distance along the layout's route (`LAYOUTS[town]['route_m']`); success =
+  route done without collision, without leaving the road or the route, within the time limit.
 - traffic: `DENSITIES` empty / regular / dense (IDM/MOBIL cars with randomised behaviour), in the
   spirit of NoCrash's empty / regular / dense.
 - layouts: 'highway' (4 lanes, the training town) and the unseen 'merge' (a ramp joining a

@@ -172,7 +172,7 @@ class EnvBridge(Node):
         self.publish_observation()
 
     def _finish_episode(self, info: dict) -> None:
-        from qail_ros.driving.rollout import episode_metrics
+        from qail_ros.driving.closed_loop import episode_metrics
         self.results.append(info)
         self._episode += 1
         outcome = next((k for k in ('success', 'collision', 'off_road', 'off_route', 'timeout')
@@ -185,7 +185,7 @@ class EnvBridge(Node):
                                               data=json.dumps(payload, default=float)))
 
     def metrics(self) -> dict:
-        from qail_ros.driving.rollout import episode_metrics
+        from qail_ros.driving.closed_loop import episode_metrics
         return episode_metrics(self.results) if self.results else {}
 
     def publish_observation(self) -> None:
