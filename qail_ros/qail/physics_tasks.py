@@ -62,7 +62,7 @@ def build_qail_data(task: str, *, expert_episodes: int = 10, fp_episodes: int = 
     (DART-style), to widen the states the demonstrations cover.
     """
     from qail_ros.physics.models import load_expert, load_fp_policy
-    from qail_ros.physics.rollout import rollout
+    from qail_ros.physics.closed_loop import rollout
     base = DATA_SEED_BASE + 1000 * seed
     parts: dict[str, Any] = {}
     if expert_episodes > 0:
@@ -79,7 +79,7 @@ def build_qail_data(task: str, *, expert_episodes: int = 10, fp_episodes: int = 
 def make_collector(task: str, *, episodes: int = 2, max_steps: int | None = None,
                    seed: int = 0) -> Callable[[nn.Module, int], torch.Tensor]:
     """On-policy QBC collector: round k rolls the student out on fresh environment seeds."""
-    from qail_ros.physics.rollout import rollout
+    from qail_ros.physics.closed_loop import rollout
 
     def collect(student: nn.Module, k: int) -> torch.Tensor:
         r = rollout(student, task, episodes, ONPOLICY_SEED_BASE + 1000 * seed + k * episodes,
@@ -107,7 +107,7 @@ def train_on_task(task: str, config: TrainConfig, *, data: ImitationData | None 
 def evaluate_policy(policy: Callable, task: str, episodes: int = 10,
                     seed: int = 0) -> list[float]:
     """Returns of `episodes` full episodes on environment seeds seed..seed+episodes-1."""
-    from qail_ros.physics.rollout import evaluate
+    from qail_ros.physics.closed_loop import evaluate
     return evaluate(policy, task, episodes=episodes, seed=seed)
 
 

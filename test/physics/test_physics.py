@@ -160,3 +160,9 @@ def test_shipped_policy_reproduces_manifest_return(task):
     recorded = physics.load_manifest(task)['fp_policy']['return']['returns'][:3]
     rets = physics.evaluate(physics.load_fp_policy(task), task, len(recorded), seed=0)
     assert np.mean(rets) == pytest.approx(np.mean(recorded), rel=0.05, abs=5.0)
+
+
+def test_rollout_stays_the_function_after_its_module_is_imported():
+    # A submodule named like a lazily exported function would replace it on the package.
+    import qail_ros.physics.closed_loop  # noqa: F401
+    assert callable(physics.rollout) and physics.rollout.__name__ == 'rollout'
