@@ -618,7 +618,8 @@ def _scan_mapped(path: Path, data) -> McapScan:
                 scan.header_end = end
             elif op == 0x06:      # chunk
                 cur = _Cursor(content)
-                start_time, end_time, usize, _crc = cur.u64(), cur.u64(), cur.u64(), cur.u32()
+                start_time, end_time, usize = cur.u64(), cur.u64(), cur.u64()
+                cur.u32()             # uncompressed CRC (not checked)
                 compression = cur.str()
                 csize = cur.u64()
                 records = _decompress(cur.raw(csize), compression, usize)

@@ -59,8 +59,8 @@ def synthetic_calibration(config: CILRSConfig, n: int = 8, seed: int = 0) -> lis
         coarse = rng.uniform(0, 1, (1, 3, 8, 8)).astype(np.float32)
         ry = -(-config.height // 8)
         rx = -(-config.width // 8)
-        img = np.repeat(np.repeat(coarse, ry, axis=2), rx, axis=3)[:, :, :config.height,
-                                                                     :config.width]
+        img = np.repeat(np.repeat(coarse, ry, axis=2), rx, axis=3)
+        img = img[:, :, :config.height, :config.width]
         img = np.clip(img + rng.normal(0, 0.05, img.shape).astype(np.float32), 0, 1)
         speed = np.asarray([[rng.uniform(0, 10) / config.speed_scale]], np.float32)
         out.append((((img - mean) / std).astype(np.float32), speed))

@@ -76,8 +76,8 @@ def info(path: str, as_json: bool) -> int:
         print(f'End:               {_stamp(data["end_ns"])}')
     print(f'Messages:          {data["message_count"]}')
     if data['custom_metadata']:
-        print('Custom metadata:   ' + ', '.join(f'{k}={v}' for k, v in
-                                               sorted(data['custom_metadata'].items())))
+        items = sorted(data['custom_metadata'].items())
+        print('Custom metadata:   ' + ', '.join(f'{k}={v}' for k, v in items))
     if data['recovered']:
         print(f'Status:            NOT CLOSED (writer crashed?): complete chunks shown; '
               f'repair with `qail-ros bag recover {path}`')

@@ -65,8 +65,8 @@ def _info(args) -> int:
     for e in eps:
         print(f"  {e['index']:4d} {e['split']:5s} {e['frames']:6d} frames {e['duration_s']:8.2f} s"
               f"  success={e['success']:7s} policy={e['policy_id'] or '-'} "
-              f"{e['precision'] or ''}  task={e['task']!r}" + ('  (recovered bag)'
-                                                              if e['recovered'] else ''))
+              f"{e['precision'] or ''}  task={e['task']!r}"
+              + ('  (recovered bag)' if e['recovered'] else ''))
     print('topics:')
     for topic, role in man['topics'].items():
         print(f'  {topic:40s} {role}')

@@ -212,8 +212,8 @@ def _read_episode(ep: _Episode, tmap: TopicMap, counters: dict) -> dict[str, Any
         counters['frames_without_action'] += len(frame_by_stamp) - len(samples)
     # state / command at the frame
     vec_fields = {}
-    for field, topics in (('observation.state', tmap.state), ('observation.command',
-                                                                tmap.command)):
+    for field, topics in (('observation.state', tmap.state),
+                          ('observation.command', tmap.command)):
         if not topics:
             continue
         cols = []

@@ -408,8 +408,8 @@ class DrivingEnv:
             info['route_completion'] = 1.0
         elif self.steps >= self.max_steps:
             info['timeout'] = True
-        self.done = any(info[k] for k in ('success', 'collision', 'off_road', 'off_route',
-                                           'timeout'))
+        self.done = any(info[k] for k in
+                        ('success', 'collision', 'off_road', 'off_route', 'timeout'))
         self._update_command()
         return self.observe(), self.done, dict(info)
 

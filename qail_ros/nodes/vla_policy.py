@@ -211,7 +211,6 @@ class VLAPolicy(Node):
         frame = to_numpy(msg, desired='rgb8')
         t1 = time.perf_counter()
         result = self.policy.predict(frame, self.instruction)
-        t2 = time.perf_counter()
         action = np.asarray(result.action, dtype=np.float64)
         outputs = self._outputs(msg, action)
         stamp_ns = messages.ns_from_time(msg.header.stamp)

@@ -385,4 +385,3 @@ def output_gap(student: nn.Module, teacher: nn.Module, obs: Tensor) -> float:
     s = output_tensor(student(obs)).float()
     t = output_tensor(teacher(obs)).float()
     return float((s - t).reshape(len(obs), -1).norm(dim=1).mean())
-

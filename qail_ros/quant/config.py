@@ -273,4 +273,3 @@ def rtn_config(w_bits: int, a_bits: int, **kwargs: Any) -> QuantConfig:
 def lsq_config(w_bits: int, a_bits: int, **kwargs: Any) -> LSQ:
     """LSQ for 'wNaM' bit widths (>= 16 = leave that side in float)."""
     return LSQ(w_bits=_bits_or_none(w_bits), a_bits=_bits_or_none(a_bits), **kwargs)
-

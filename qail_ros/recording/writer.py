@@ -116,8 +116,9 @@ class BagWriterThread:
         facts) bypasses the bound."""
         nbytes = message_nbytes(msg)
         with self._cond:
-            if not force and (self._queued_bytes + nbytes > self.max_queue_bytes
-                    or self._queued_messages >= self.max_queue_messages):
+            full = (self._queued_bytes + nbytes > self.max_queue_bytes
+                    or self._queued_messages >= self.max_queue_messages)
+            if not force and full:
                 self.stats.dropped += 1
                 self.stats.dropped_by_topic[topic] = self.stats.dropped_by_topic.get(topic,
                                                                                      0) + 1

@@ -66,7 +66,7 @@ def main() -> int:
         print(json.dumps(kw), flush=True)
 
     obs = env.reset()
-    ep_ret, ep_agent_steps, agent_steps, next_eval = 0.0, 0, 0, env_steps + args.eval_every
+    ep_ret, agent_steps, next_eval = 0.0, 0, env_steps + args.eval_every
     ep_steps = 0
     while True:
         if agent_steps < start_steps:
@@ -89,9 +89,9 @@ def main() -> int:
         if agent_steps >= start_steps:
             info = agent.update(buf)
         if done:
-            log(kind='train', ep_return=round(ep_ret, 1), **{k: round(v, 4) for k, v in
-                                                            (info if agent_steps >= start_steps
-                                                             else {}).items()})
+            losses = info if agent_steps >= start_steps else {}
+            log(kind='train', ep_return=round(ep_ret, 1),
+                **{k: round(v, 4) for k, v in losses.items()})
             obs, ep_ret, ep_steps = env.reset(), 0.0, 0
         if env_steps >= next_eval:
             next_eval += args.eval_every

@@ -41,8 +41,8 @@ class Harness(Node):
         super().__init__('harness', **kwargs)
         self.image_pub = self.create_publisher('sensor_msgs/msg/Image', 'image_raw', 10)
         self.instruction_pub = self.create_publisher('std_msgs/msg/String', 'instruction', 10)
-        self.got: dict[str, list] = {k: [] for k in ('action', 'twist', 'gripper', 'timing',
-                                                      'raw')}
+        self.got: dict[str, list] = {
+            k: [] for k in ('action', 'twist', 'gripper', 'timing', 'raw')}
         for key, mtype, topic in (
                 ('action', 'std_msgs/msg/Float32MultiArray', 'action'),
                 ('twist', 'geometry_msgs/msg/TwistStamped', 'cmd_twist'),

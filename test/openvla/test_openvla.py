@@ -64,8 +64,8 @@ def test_round_trip_lands_on_the_bin_centre():
     assert tok.decode(np.array([tok.first_token_id]))[0] == tok.bin_centers[-1]
     assert tok.decode(np.array([3]))[0] == tok.bin_centers[-1]
     assert tok.decode(np.array([447]))[0] == tok.bin_centers[0]
-    assert tok.is_action_token(np.array([191, 192, 447, 448])).tolist() == [False, True, True,
-                                                                             False]
+    assert tok.is_action_token(np.array([191, 192, 447, 448])).tolist() == [
+        False, True, True, False]
 
 
 def test_unnormalize_with_mask_on_hand_computed_numbers():
