@@ -32,13 +32,13 @@ action).
 from __future__ import annotations
 
 import sys
-import threading
 import time
 
 import numpy as np
 
 from qail_ros import messages, policy_io
 from qail_ros.errors import ParameterError
+from qail_ros.nodes.latest_frame import LatestFrameWorker, queue_drops
 from qail_ros.policies.instruction import ACTION_LABELS
 from qail_ros.runtime import Node, QoS, run_node
 
@@ -73,16 +73,12 @@ class ImagePolicy(Node):
             'log_period_s', 1.0, 'seconds between action log lines; 0 = every action').value
         self._validate()
         self.policy = None
-        self.frames_delivered = 0
-        self.frames_replaced = 0
         self.inferences = 0
-        self.errors = 0
         self.last_action: np.ndarray | None = None
-        self._lock = threading.Lock()
-        self._latest = None
-        self._new_frame = threading.Event()
-        self._stopping = threading.Event()
-        self._worker: threading.Thread | None = None
+        # latest-frame policy, worker thread and rate limit: shared with cilrs_policy
+        self.worker = LatestFrameWorker(self.step, name='image_policy',
+                                        max_rate_hz=float(self.max_rate_hz),
+                                        logger=self.get_logger())
         self._window: list[tuple[float, float, float]] = []
         self._last_log = time.monotonic()
 
@@ -138,18 +134,11 @@ class ImagePolicy(Node):
             f'{time.perf_counter() - start:.2f} s; instruction: {self.instruction!r}')
 
     def on_activate(self) -> None:
-        self._stopping.clear()
         self._last_log = time.monotonic()
-        self._worker = threading.Thread(target=self._worker_loop, name='image_policy-infer',
-                                        daemon=True)
-        self._worker.start()
+        self.worker.start()
 
     def on_deactivate(self) -> None:
-        self._stopping.set()
-        self._new_frame.set()
-        if self._worker is not None:
-            self._worker.join(1.0)
-            self._worker = None
+        self.worker.stop(1.0)
         self.get_logger().info(
             f'{self.inferences} actions from {self.frames_received} frames '
             f'({self.frames_dropped} dropped, {self.errors} errors)')
@@ -160,12 +149,7 @@ class ImagePolicy(Node):
     # -- callbacks ------------------------------------------------------------------------------
     def image_callback(self, msg) -> None:
         """Keep only the newest frame; never waits for the policy."""
-        with self._lock:
-            if self._latest is not None:
-                self.frames_replaced += 1
-            self._latest = msg
-            self.frames_delivered += 1
-        self._new_frame.set()
+        self.worker.offer(msg)
 
     def instruction_callback(self, msg) -> None:
         text = msg.data
@@ -173,6 +157,21 @@ class ImagePolicy(Node):
             self.get_logger().info(f'new instruction: {text!r}')
         self.instruction = text
         self.set_parameter('instruction', text)
+
+    @property
+    def frames_delivered(self) -> int:
+        """Frames the image callback got."""
+        return self.worker.delivered
+
+    @property
+    def frames_replaced(self) -> int:
+        """Frames replaced by a newer one before the policy took them."""
+        return self.worker.replaced
+
+    @property
+    def errors(self) -> int:
+        """Inferences that raised (logged by the worker, never fatal)."""
+        return self.worker.errors
 
     @property
     def frames_received(self) -> int:
@@ -186,33 +185,9 @@ class ImagePolicy(Node):
         return self.frames_replaced + self._queue_drops()
 
     def _queue_drops(self) -> int:
-        # The embedded runtime counts keep_last drops; rclpy does not tell.
-        return int(getattr(self.image_sub, 'dropped', 0) or 0)
+        return queue_drops(self.image_sub)
 
     # -- inference ------------------------------------------------------------------------------
-    def _worker_loop(self) -> None:
-        period = 1.0 / self.max_rate_hz if self.max_rate_hz > 0 else 0.0
-        next_slot = 0.0
-        while not self._stopping.is_set():
-            if not self._new_frame.wait(0.2):
-                continue
-            if period:
-                delay = next_slot - time.monotonic()
-                if delay > 0 and self._stopping.wait(delay):
-                    break
-            with self._lock:
-                msg, self._latest = self._latest, None
-                self._new_frame.clear()
-            if msg is None or self._stopping.is_set():
-                continue
-            next_slot = max(next_slot + period, time.monotonic()) if period else 0.0
-            try:
-                self.step(msg)
-            except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the policy
-                self.errors += 1
-                if self.errors == 1 or self.errors % 100 == 0:
-                    self.get_logger().error(f'inference failed ({self.errors} so far): {exc}')
-
     def step(self, msg) -> np.ndarray:
         """Run the policy on one sensor_msgs/Image and publish every output; returns the action."""
         from qail_ros.image import to_numpy

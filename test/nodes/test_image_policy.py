@@ -127,6 +127,30 @@ def test_latest_frame_policy_never_blocks_the_camera_and_counts_drops(rt):
     assert policy_io.timing_from_msg(harness.got['timing'][-1]).dropped_frames == 9
 
 
+def test_rate_limit_waits_a_full_period_after_the_first_frame(rt):
+    # max_rate_hz=4: the second inference may start no sooner than 0.25 s after the first
+    # (a bug once let it start at once after the first frame)
+    harness = Harness()
+    policy = make_policy('max_rate_hz:=4.0')
+    real_predict = policy.policy.predict_with_raw
+    starts = []
+
+    def timed_predict(frame, instruction):
+        starts.append(time.monotonic())
+        return real_predict(frame, instruction)
+
+    policy.policy.predict_with_raw = timed_predict
+    policy.on_activate()
+    try:
+        harness.image_pub.publish(harness.frame(0, 1_000))
+        assert rt.spin_until(lambda: len(harness.got['twist']) >= 1, 10.0)
+        harness.image_pub.publish(harness.frame(1, 2_000))
+        assert rt.spin_until(lambda: len(harness.got['twist']) >= 2, 10.0)
+    finally:
+        policy.on_deactivate()
+    assert starts[1] - starts[0] >= 0.25 * 0.95, starts
+
+
 def test_instruction_topic_changes_the_instruction_and_the_action(rt):
     harness = Harness()
     policy = make_policy('instruction:=pick up the red block')

@@ -214,3 +214,20 @@ def test_tiny_input_widths_are_exact(k):
     integer = quant.convert_to_integer(copy.deepcopy(fake))
     with torch.no_grad():
         assert torch.equal(fake(x), integer(x))
+
+
+@pytest.mark.parametrize('conv', [dict(kernel_size=1), dict(kernel_size=1, stride=2),
+                                  dict(kernel_size=3, padding=2, dilation=2),
+                                  dict(kernel_size=(3, 2), stride=(2, 1), padding=(1, 0)),
+                                  dict(kernel_size=3)])
+@pytest.mark.parametrize('cfg', [quant.W4A4LSQ(), quant.W8A8LSQ()])
+def test_int8_im2col_conv_is_bit_exact_for_every_geometry(conv, cfg):
+    # IntConv2d builds int8 channels-last columns from strided slices; every geometry and
+    # both the signed (4-bit) and offset (8-bit) codes must equal the fake-quant conv
+    torch.manual_seed(3)
+    x = torch.randn(2, 5, 9, 11)
+    fake = quant.quantize_(nn.Sequential(nn.Conv2d(5, 7, **conv)), cfg, calibration=x).eval()
+    integer = quant.convert_to_integer(copy.deepcopy(fake))
+    assert isinstance(integer[0], IntConv2d)
+    with torch.no_grad():
+        assert torch.equal(fake(x), integer(x))
