@@ -56,4 +56,3 @@ class IntEngine(Engine):
             outs = self.model(*args)
         outs = outs if isinstance(outs, (tuple, list)) else (outs,)
         return {n: o.numpy() for n, o in zip(self.manifest.outputs, outs)}
-

@@ -190,6 +190,7 @@ class _WeightOnlyBase(nn.Module):
         n, k = m.weight.shape
         groups = wq.scale.shape[1] if wq.granularity == 'group' else 1
         self.group_size = k // groups
+
         def per_group(t: Tensor) -> Tensor:  # () / (n, 1) / (n, G, 1) -> (n, G)
             t = t.detach()
             return (t.expand(n, groups) if t.dim() == 0 else t.reshape(n, groups)).contiguous()

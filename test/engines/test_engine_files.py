@@ -136,8 +136,8 @@ def test_failed_build_leaves_no_engine(tmp_path):
         path.write_bytes(b'half')
         raise RuntimeError('exporter crashed')
     with pytest.raises(RuntimeError, match='exporter crashed'):
-        EngineCache(tmp_path / 'c').get_or_build(source, 'm', backend='torch', precision='fp32',
-                                                  build_fn=failing, suffix='.eng')
+        EngineCache(tmp_path / 'c').get_or_build(
+            source, 'm', backend='torch', precision='fp32', build_fn=failing, suffix='.eng')
     assert list((tmp_path / 'c').iterdir()) == []
 
 

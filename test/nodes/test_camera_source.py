@@ -8,22 +8,9 @@ from qail_ros.bag import BagWriter
 from qail_ros.errors import ParameterError
 from qail_ros.nodes.camera_source import (IMAGE_QOS, CameraSource, SyntheticScene,
                                           open_frame_source)
-from qail_ros.runtime import Node, QoS, set_runtime
-from qail_ros.runtime.embedded import EmbeddedRuntime
+from qail_ros.runtime import Node, QoS
 
 IMAGE = 'sensor_msgs/msg/Image'
-
-
-@pytest.fixture
-def runtime(monkeypatch):
-    """A fresh in-process-only embedded runtime (no Zenoh)."""
-    monkeypatch.setenv('QAIL_ROS_TRANSPORT', 'none')
-    rt = EmbeddedRuntime()
-    set_runtime(rt)
-    rt.init([])
-    yield rt
-    rt.shutdown()
-    set_runtime(None)
 
 
 class FrameSink(Node):

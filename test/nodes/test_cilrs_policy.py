@@ -16,8 +16,7 @@ from qail_ros.cilrs.config import postprocess, select_branch  # noqa: E402
 from qail_ros.errors import ParameterError  # noqa: E402
 from qail_ros.image import from_numpy  # noqa: E402
 from qail_ros.nodes.cilrs_policy import CILRSPolicy  # noqa: E402
-from qail_ros.runtime import Node, set_runtime  # noqa: E402
-from qail_ros.runtime.embedded import EmbeddedRuntime  # noqa: E402
+from qail_ros.runtime import Node  # noqa: E402
 
 CAMERA = '/carla/ego_vehicle/rgb_front/image'
 CONTROL = '/carla/ego_vehicle/vehicle_control_cmd'
@@ -35,17 +34,6 @@ def engines(tmp_path_factory):
     source = save_checkpoint(model, root / 'cilrs_node.safetensors')
     return build_engines(source, root / 'engines', kinds=('fp32_ort', 'w8a8_ort'),
                          calibration=synthetic_calibration(model.config, 2))
-
-
-@pytest.fixture
-def rt(monkeypatch):
-    monkeypatch.setenv('QAIL_ROS_TRANSPORT', 'none')
-    runtime = EmbeddedRuntime()
-    set_runtime(runtime)
-    runtime.init([])
-    yield runtime
-    runtime.shutdown()
-    set_runtime(None)
 
 
 class Bridge(Node):

@@ -13,22 +13,10 @@ from qail_ros import messages  # noqa: E402
 from qail_ros.errors import ParameterError  # noqa: E402
 from qail_ros.image import to_numpy  # noqa: E402
 from qail_ros.nodes.env_bridge import EnvBridge  # noqa: E402
-from qail_ros.runtime import Node, set_runtime  # noqa: E402
-from qail_ros.runtime.embedded import EmbeddedRuntime  # noqa: E402
+from qail_ros.runtime import Node  # noqa: E402
 
 CAMERA = '/carla/ego_vehicle/rgb_front/image'
 CONTROL = '/carla/ego_vehicle/vehicle_control_cmd'
-
-
-@pytest.fixture
-def rt(monkeypatch):
-    monkeypatch.setenv('QAIL_ROS_TRANSPORT', 'none')
-    runtime = EmbeddedRuntime()
-    set_runtime(runtime)
-    runtime.init([])
-    yield runtime
-    runtime.shutdown()
-    set_runtime(None)
 
 
 class Driver(Node):

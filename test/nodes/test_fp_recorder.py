@@ -18,21 +18,9 @@ from qail_ros.errors import BagError, ParameterError
 from qail_ros.nodes.camera_source import CameraSource
 from qail_ros.nodes.fp_recorder import FpRecorder
 from qail_ros.recording import EPISODE_TOPIC, EpisodeInfo
-from qail_ros.runtime import Node, set_runtime
-from qail_ros.runtime.embedded import EmbeddedRuntime
+from qail_ros.runtime import Node
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def runtime(monkeypatch):
-    monkeypatch.setenv('QAIL_ROS_TRANSPORT', 'none')
-    rt = EmbeddedRuntime()
-    set_runtime(rt)
-    rt.init([])
-    yield rt
-    rt.shutdown()
-    set_runtime(None)
 
 
 class StampedPolicy(Node):
@@ -110,8 +98,8 @@ def test_record_episode_pairs_by_stamp_and_is_read_by_independent_readers(runtim
     rec = _recorder(tmp_path, task='pick the red block')
     policy = StampedPolicy()
     cam = _camera(40)
-    control = Node('test_control').create_publisher('std_msgs/msg/String',
-                                                     'fp_recorder/control', 10)
+    control = Node('test_control').create_publisher(
+        'std_msgs/msg/String', 'fp_recorder/control', 10)
     rec.on_activate()
     cam.on_activate()
     runtime.spin_until(lambda: cam.finished and policy.frames == 40, timeout_s=20)

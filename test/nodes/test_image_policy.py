@@ -12,20 +12,8 @@ from qail_ros import messages, policy_io  # noqa: E402
 from qail_ros.errors import ParameterError  # noqa: E402
 from qail_ros.image import from_numpy  # noqa: E402
 from qail_ros.nodes.image_policy import ACTION_LABELS, ImagePolicy  # noqa: E402
-from qail_ros.runtime import Node, set_runtime  # noqa: E402
-from qail_ros.runtime.embedded import EmbeddedRuntime  # noqa: E402
+from qail_ros.runtime import Node  # noqa: E402
 from qail_ros.runtime.node import check_node_parameters  # noqa: E402
-
-
-@pytest.fixture
-def rt(monkeypatch):
-    monkeypatch.setenv('QAIL_ROS_TRANSPORT', 'none')
-    runtime = EmbeddedRuntime()
-    set_runtime(runtime)
-    runtime.init([])
-    yield runtime
-    runtime.shutdown()
-    set_runtime(None)
 
 
 class Harness(Node):
@@ -35,8 +23,8 @@ class Harness(Node):
         super().__init__('harness', **kwargs)
         self.image_pub = self.create_publisher('sensor_msgs/msg/Image', 'image_raw', 10)
         self.instruction_pub = self.create_publisher('std_msgs/msg/String', 'instruction', 10)
-        self.got: dict[str, list] = {k: [] for k in ('action', 'twist', 'gripper', 'timing',
-                                                      'raw')}
+        self.got: dict[str, list] = {
+            k: [] for k in ('action', 'twist', 'gripper', 'timing', 'raw')}
         for key, mtype, topic in (
                 ('action', 'std_msgs/msg/Float32MultiArray', 'action'),
                 ('twist', 'geometry_msgs/msg/TwistStamped', 'cmd_twist'),

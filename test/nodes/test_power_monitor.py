@@ -12,23 +12,11 @@ from qail_ros import policy_io
 from qail_ros.errors import ParameterError
 from qail_ros.monitor.sources import LogReplay
 from qail_ros.nodes.power_monitor import PowerMonitor
-from qail_ros.runtime import Node, set_runtime
-from qail_ros.runtime.embedded import EmbeddedRuntime
+from qail_ros.runtime import Node
 
 DATA = os.path.join(os.path.dirname(__file__), '..', 'monitor', 'data')
 REPLAY = os.path.join(DATA, 'orin_nx_replay.log')
 TOPIC = '/policy_a/policy_timing'
-
-
-@pytest.fixture
-def rt(monkeypatch):
-    monkeypatch.setenv('QAIL_ROS_TRANSPORT', 'none')
-    runtime = EmbeddedRuntime()
-    set_runtime(runtime)
-    runtime.init([])
-    yield runtime
-    runtime.shutdown()
-    set_runtime(None)
 
 
 class Listener(Node):

@@ -14,8 +14,7 @@ from qail_ros import messages, policy_io  # noqa: E402
 from qail_ros.errors import ParameterError  # noqa: E402
 from qail_ros.image import from_numpy  # noqa: E402
 from qail_ros.nodes.vla_policy import ACTION_LABELS, VLAPolicy  # noqa: E402
-from qail_ros.runtime import Node, set_runtime  # noqa: E402
-from qail_ros.runtime.embedded import EmbeddedRuntime  # noqa: E402
+from qail_ros.runtime import Node  # noqa: E402
 from qail_ros.runtime.node import check_node_parameters  # noqa: E402
 from qail_ros.share import config_path  # noqa: E402
 
@@ -23,15 +22,10 @@ TINY = Path(__file__).resolve().parents[2] / 'models' / 'openvla-tiny'
 
 
 @pytest.fixture
-def rt(monkeypatch):
-    monkeypatch.setenv('QAIL_ROS_TRANSPORT', 'none')
+def rt(runtime, monkeypatch):
+    """The shared in-process runtime (test/conftest.py), with the hub offline."""
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
-    runtime = EmbeddedRuntime()
-    set_runtime(runtime)
-    runtime.init([])
-    yield runtime
-    runtime.shutdown()
-    set_runtime(None)
+    return runtime
 
 
 class Harness(Node):
