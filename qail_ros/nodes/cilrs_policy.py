@@ -42,7 +42,7 @@ import numpy as np
 
 from qail_ros import messages, policy_io
 from qail_ros.errors import ParameterError
-from qail_ros.nodes.latest_frame import LatestFrameWorker, queue_drops
+from qail_ros.nodes.latest_frame import LatestFrameWorker, TimingLog, queue_drops
 from qail_ros.runtime import Node, QoS, run_node
 
 __all__ = ['CILRSPolicy', 'main', 'DEFAULT_ENGINE', 'resolve_engine_path']
@@ -94,8 +94,7 @@ class CILRSPolicy(Node):
         self.speed_mps = 0.0
         self.command = int(self.default_command)
         self.last_control = None
-        self._window: list[float] = []
-        self._last_log = time.monotonic()
+        self.timing_log = TimingLog(max(self.log_period_s, 0.0))
         self.worker = LatestFrameWorker(self.step, name='cilrs_policy',
                                         max_rate_hz=float(self.max_rate_hz),
                                         logger=self.get_logger())
@@ -148,7 +147,7 @@ class CILRSPolicy(Node):
             f'{engine.load_s:.2f} s, warm-up {warm:.2f} s, {self.threads} thread(s)')
 
     def on_activate(self) -> None:
-        self._last_log = time.monotonic()
+        self.timing_log.reset()
         self.worker.start()
 
     def on_deactivate(self) -> None:
@@ -231,18 +230,12 @@ class CILRSPolicy(Node):
         return control
 
     def _log(self, control, timing: policy_io.InferenceTiming) -> None:
-        self._window.append(timing.latency_ms)
-        now = time.monotonic()
-        if self.log_period_s and now - self._last_log < self.log_period_s:
-            return
-        window, self._window = self._window, []
-        elapsed, self._last_log = now - self._last_log, now
-        rate = f', {len(window) / elapsed:.1f} Hz' if self.log_period_s else ''
-        self.get_logger().info(
-            f'throttle {control.throttle:.2f} steer {control.steer:+.2f} brake '
-            f'{control.brake:.2f} (command {self.command}, speed {self.speed_mps:.1f} m/s) | '
-            f'latency {np.mean(window):.1f} ms (max {np.max(window):.1f}){rate} | frames '
-            f'{self.frames_received}, dropped {self.frames_dropped}')
+        line = self.timing_log.add(timing)
+        if line:
+            self.get_logger().info(
+                f'throttle {control.throttle:.2f} steer {control.steer:+.2f} brake '
+                f'{control.brake:.2f} (command {self.command}, speed {self.speed_mps:.1f} m/s) '
+                f'| {line} | frames {self.frames_received}, dropped {self.frames_dropped}')
 
 
 def main(args=None) -> int:

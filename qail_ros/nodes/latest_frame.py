@@ -9,21 +9,59 @@
 counted in `replaced` (dropped by the latest-frame policy). The worker thread runs `step(msg)`
 on each newest message, at most `max_rate_hz` times a second (0 = as fast as messages come);
 an exception in `step` is counted and logged (first, then every 100th), never fatal.
-Shared by policy nodes (cilrs_policy; image_policy follows the same pattern).
+Shared by the policy nodes (image_policy, vla_policy, cilrs_policy), with `TimingLog`, which
+summarises their per-inference timing in one log line every `period_s`.
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from typing import Any, Callable
 
-__all__ = ['LatestFrameWorker', 'queue_drops']
+__all__ = ['LatestFrameWorker', 'TimingLog', 'queue_drops']
 
 
 def queue_drops(subscription: Any) -> int:
     """Messages a keep_last subscription queue dropped (the embedded runtime counts them;
     rclpy does not tell: 0)."""
     return int(getattr(subscription, 'dropped', 0) or 0)
+
+
+class TimingLog:
+    """Collects per-inference timing; every `period_s` returns a one-line summary to log.
+
+        line = self.timing_log.add(timing)       # a policy_io.InferenceTiming
+        if line:
+            self.get_logger().info(f'action ... | {line} | frames ...')
+
+    `period_s` 0 summarises every inference. `reset()` restarts the window (on activate).
+    """
+
+    def __init__(self, period_s: float):
+        if period_s < 0:
+            raise ValueError(f'log period must be >= 0 s, not {period_s}')
+        self.period_s = float(period_s)
+        self._window: list[tuple[float, float, float]] = []
+        self._last = time.monotonic()
+
+    def reset(self) -> None:
+        self._window, self._last = [], time.monotonic()
+
+    def add(self, timing) -> str | None:
+        self._window.append((timing.latency_ms, timing.inference_ms, timing.age_ms))
+        now = time.monotonic()
+        if self.period_s and now - self._last < self.period_s:
+            return None
+        window, self._window = self._window, []
+        elapsed, self._last = now - self._last, now
+        lat = [w[0] for w in window]
+        inf = [w[1] for w in window]
+        ages = [w[2] for w in window if math.isfinite(w[2])]
+        age = f', frame age {sum(ages) / len(ages):.1f} ms' if ages else ''
+        rate = f', {len(window) / elapsed:.1f} Hz' if self.period_s and elapsed > 0 else ''
+        return (f'latency {sum(lat) / len(lat):.1f} ms (max {max(lat):.1f}, inference '
+                f'{sum(inf) / len(inf):.1f}){age}{rate}')
 
 
 class LatestFrameWorker:

@@ -47,7 +47,7 @@ import numpy as np
 
 from qail_ros import messages, policy_io
 from qail_ros.errors import ParameterError
-from qail_ros.nodes.latest_frame import LatestFrameWorker, queue_drops
+from qail_ros.nodes.latest_frame import LatestFrameWorker, TimingLog, queue_drops
 from qail_ros.policies.instruction import ACTION_LABELS
 from qail_ros.runtime import Node, QoS, run_node
 
@@ -101,8 +101,7 @@ class VLAPolicy(Node):
         self.policy = None
         self.inferences = 0
         self.last_action: np.ndarray | None = None
-        self._window: list[tuple[float, float, float]] = []
-        self._last_log = time.monotonic()
+        self.timing_log = TimingLog(max(self.log_period_s, 0.0))
         self.worker = LatestFrameWorker(self.step, name='vla_policy',
                                         max_rate_hz=float(self.max_rate_hz),
                                         logger=self.get_logger())
@@ -167,7 +166,7 @@ class VLAPolicy(Node):
             f'instruction: {self.instruction!r}')
 
     def on_activate(self) -> None:
-        self._last_log = time.monotonic()
+        self.timing_log.reset()
         self.worker.start()
 
     def on_deactivate(self) -> None:
@@ -251,22 +250,11 @@ class VLAPolicy(Node):
                 messages.new('std_msgs/msg/Float32', data=min(max(a[-1], 0.0), 1.0)))
 
     def _log(self, action: np.ndarray, timing: policy_io.InferenceTiming) -> None:
-        self._window.append((timing.latency_ms, timing.inference_ms, timing.age_ms))
-        now = time.monotonic()
-        if self.log_period_s and now - self._last_log < self.log_period_s:
-            return
-        window, self._window = self._window, []
-        elapsed, self._last_log = now - self._last_log, now
-        lat = np.array([w[0] for w in window])
-        inf = np.array([w[1] for w in window])
-        ages = np.array([w[2] for w in window])
-        values = ' '.join(f'{k}={v:+.4f}' for k, v in zip(ACTION_LABELS, action))
-        rate = f', {len(window) / elapsed:.1f} Hz' if self.log_period_s else ''
-        age = f', frame age {np.nanmean(ages):.1f} ms' if np.isfinite(ages).any() else ''
-        self.get_logger().info(
-            f'action {values} | latency {lat.mean():.1f} ms (max {lat.max():.1f}, inference '
-            f'{inf.mean():.1f}){age}{rate} | frames {self.frames_received}, dropped '
-            f'{self.frames_dropped}')
+        line = self.timing_log.add(timing)
+        if line:
+            values = ' '.join(f'{k}={v:+.4f}' for k, v in zip(ACTION_LABELS, action))
+            self.get_logger().info(f'action {values} | {line} | frames '
+                                   f'{self.frames_received}, dropped {self.frames_dropped}')
 
 
 def main(args=None) -> int:

@@ -72,3 +72,23 @@ def test_rate_limit_and_validation():
     with pytest.raises(ValueError, match='max_rate_hz'):
         LatestFrameWorker(lambda m: None, max_rate_hz=-1)
     assert queue_drops(object()) == 0
+
+
+def test_timing_log_summarises_a_window_then_starts_a_new_one():
+    from qail_ros.nodes.latest_frame import TimingLog
+    from qail_ros.policy_io import InferenceTiming
+
+    def timing(latency_ms, age_ms=float('nan')):
+        return InferenceTiming(stamp_ns=1, start_s=0.0, end_s=latency_ms / 1e3,
+                               inference_ms=latency_ms / 2, age_ms=age_ms)
+
+    every = TimingLog(0.0)  # 0: a line for every inference, no rate
+    assert every.add(timing(10.0)) == 'latency 10.0 ms (max 10.0, inference 5.0)'
+    slow = TimingLog(3600.0)
+    assert slow.add(timing(10.0)) is None and slow.add(timing(30.0, age_ms=40.0)) is None
+    slow.period_s = 1e-9     # now due: the line covers both inferences of the window
+    line = slow.add(timing(20.0, age_ms=20.0))
+    assert line.startswith('latency 20.0 ms (max 30.0, inference 10.0), frame age 30.0 ms, ')
+    assert line.endswith(' Hz')
+    with pytest.raises(ValueError):
+        TimingLog(-1.0)
