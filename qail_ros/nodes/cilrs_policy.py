@@ -42,7 +42,7 @@ import numpy as np
 
 from qail_ros import messages, policy_io
 from qail_ros.errors import ParameterError
-from qail_ros.nodes.latest_frame import LatestFrameWorker, TimingLog, queue_drops
+from qail_ros.nodes.latest_frame import LatestFramePolicy, LatestFrameWorker, TimingLog
 from qail_ros.runtime import Node, QoS, run_node
 
 __all__ = ['CILRSPolicy', 'main', 'DEFAULT_ENGINE', 'resolve_engine_path']
@@ -65,8 +65,10 @@ def resolve_engine_path(engine: str) -> Path:
     return shared if shared.exists() else p
 
 
-class CILRSPolicy(Node):
+class CILRSPolicy(LatestFramePolicy, Node):
     """Runs a CILRS engine on the newest camera frame; see the module docstring."""
+
+    OUTPUTS = 'controls'
 
     def __init__(self, **kwargs):
         super().__init__('cilrs_policy', **kwargs)
@@ -146,38 +148,15 @@ class CILRSPolicy(Node):
             f'on {engine.backend} ({path.name}, {engine.file_size() / 1e6:.1f} MB), loaded in '
             f'{engine.load_s:.2f} s, warm-up {warm:.2f} s, {self.threads} thread(s)')
 
-    def on_activate(self) -> None:
-        self.timing_log.reset()
-        self.worker.start()
-
-    def on_deactivate(self) -> None:
-        self.worker.stop()
-        self.get_logger().info(
-            f'{self.worker.processed} controls from {self.frames_received} frames '
-            f'({self.frames_dropped} dropped, {self.worker.errors} errors)')
-
     def on_cleanup(self) -> None:
         self.engine = None
 
     # -- callbacks ------------------------------------------------------------------------------
-    def image_callback(self, msg) -> None:
-        """Keep only the newest frame; never waits for the policy."""
-        self.worker.offer(msg)
-
     def speed_callback(self, msg) -> None:
         self.speed_mps = float(msg.data)
 
     def command_callback(self, msg) -> None:
         self.command = int(msg.data)
-
-    @property
-    def frames_received(self) -> int:
-        return self.worker.delivered + queue_drops(self.image_sub)
-
-    @property
-    def frames_dropped(self) -> int:
-        """Frames that never reached the policy: replaced, or dropped by the queue."""
-        return self.worker.replaced + queue_drops(self.image_sub)
 
     # -- inference ------------------------------------------------------------------------------
     def preprocess(self, msg) -> dict[str, np.ndarray]:

@@ -38,7 +38,7 @@ import numpy as np
 
 from qail_ros import messages, policy_io
 from qail_ros.errors import ParameterError
-from qail_ros.nodes.latest_frame import LatestFrameWorker, TimingLog, queue_drops
+from qail_ros.nodes.latest_frame import LatestFramePolicy, LatestFrameWorker, TimingLog
 from qail_ros.policies.instruction import ACTION_LABELS
 from qail_ros.runtime import Node, QoS, run_node
 
@@ -48,7 +48,7 @@ __all__ = ['ImagePolicy', 'main', 'ACTION_LABELS', 'LATEST_FRAME']
 LATEST_FRAME = QoS(depth=1, reliability='best_effort')
 
 
-class ImagePolicy(Node):
+class ImagePolicy(LatestFramePolicy, Node):
     """Runs ConvActionRegressor on the newest camera frame; see the module docstring."""
 
     def __init__(self, **kwargs):
@@ -132,59 +132,16 @@ class ImagePolicy(Node):
             f'{policy.config.image_size}x{policy.config.image_size} input) ready in '
             f'{time.perf_counter() - start:.2f} s; instruction: {self.instruction!r}')
 
-    def on_activate(self) -> None:
-        self.timing_log.reset()
-        self.worker.start()
-
-    def on_deactivate(self) -> None:
-        self.worker.stop(1.0)
-        self.get_logger().info(
-            f'{self.inferences} actions from {self.frames_received} frames '
-            f'({self.frames_dropped} dropped, {self.errors} errors)')
-
     def on_cleanup(self) -> None:
         self.policy = None
 
     # -- callbacks ------------------------------------------------------------------------------
-    def image_callback(self, msg) -> None:
-        """Keep only the newest frame; never waits for the policy."""
-        self.worker.offer(msg)
-
     def instruction_callback(self, msg) -> None:
         text = msg.data
         if text != self.instruction:
             self.get_logger().info(f'new instruction: {text!r}')
         self.instruction = text
         self.set_parameter('instruction', text)
-
-    @property
-    def frames_delivered(self) -> int:
-        """Frames the image callback got."""
-        return self.worker.delivered
-
-    @property
-    def frames_replaced(self) -> int:
-        """Frames replaced by a newer one before the policy took them."""
-        return self.worker.replaced
-
-    @property
-    def errors(self) -> int:
-        """Inferences that raised (logged by the worker, never fatal)."""
-        return self.worker.errors
-
-    @property
-    def frames_received(self) -> int:
-        """Frames that reached this node (delivered, or dropped by the subscription queue)."""
-        return self.frames_delivered + self._queue_drops()
-
-    @property
-    def frames_dropped(self) -> int:
-        """Frames that never reached the policy: replaced here, or dropped by the queue
-        (e.g. while on_configure was loading the network)."""
-        return self.frames_replaced + self._queue_drops()
-
-    def _queue_drops(self) -> int:
-        return queue_drops(self.image_sub)
 
     # -- inference ------------------------------------------------------------------------------
     def step(self, msg) -> np.ndarray:

@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any, Callable
 
-__all__ = ['LatestFrameWorker', 'TimingLog', 'queue_drops']
+__all__ = ['LatestFramePolicy', 'LatestFrameWorker', 'TimingLog', 'queue_drops']
 
 
 def queue_drops(subscription: Any) -> int:
@@ -137,3 +137,44 @@ class LatestFrameWorker:
                 self.errors += 1
                 if self.logger is not None and (self.errors == 1 or self.errors % 100 == 0):
                     self.logger.error(f'inference failed ({self.errors} so far): {exc}')
+
+
+class LatestFramePolicy:
+    """Plumbing every latest-frame policy node shares; mix in before `Node`:
+
+        class CILRSPolicy(LatestFramePolicy, Node):
+            OUTPUTS = 'controls'
+            # __init__ sets self.worker (LatestFrameWorker), self.image_sub (the camera
+            # subscription, image_callback as its callback) and self.timing_log (TimingLog)
+
+    It starts/stops the worker with the node's lifecycle, hands camera frames to it, and
+    counts frames received and dropped (replaced here, or dropped by the subscription queue).
+    """
+
+    #: what one output of the policy is called in the shutdown summary
+    OUTPUTS = 'actions'
+
+    def on_activate(self) -> None:
+        self.timing_log.reset()
+        self.worker.start()
+
+    def on_deactivate(self) -> None:
+        self.worker.stop()
+        self.get_logger().info(
+            f'{self.worker.processed} {self.OUTPUTS} from {self.frames_received} frames '
+            f'({self.frames_dropped} dropped, {self.worker.errors} errors)')
+
+    def image_callback(self, msg) -> None:
+        """Keep only the newest frame; never waits for the policy."""
+        self.worker.offer(msg)
+
+    @property
+    def frames_received(self) -> int:
+        """Frames that reached this node (delivered, or dropped by the subscription queue)."""
+        return self.worker.delivered + queue_drops(self.image_sub)
+
+    @property
+    def frames_dropped(self) -> int:
+        """Frames that never reached the policy: replaced here, or dropped by the queue
+        (e.g. while on_configure was loading the model)."""
+        return self.worker.replaced + queue_drops(self.image_sub)

@@ -47,7 +47,7 @@ import numpy as np
 
 from qail_ros import messages, policy_io
 from qail_ros.errors import ParameterError
-from qail_ros.nodes.latest_frame import LatestFrameWorker, TimingLog, queue_drops
+from qail_ros.nodes.latest_frame import LatestFramePolicy, LatestFrameWorker, TimingLog
 from qail_ros.policies.instruction import ACTION_LABELS
 from qail_ros.runtime import Node, QoS, run_node
 
@@ -70,7 +70,7 @@ def resolve_model_path(model_path: str) -> Path:
     return shared if shared.exists() else p
 
 
-class VLAPolicy(Node):
+class VLAPolicy(LatestFramePolicy, Node):
     """Runs OpenVLA on the newest camera frame; see the module docstring."""
 
     def __init__(self, **kwargs):
@@ -165,39 +165,16 @@ class VLAPolicy(Node):
             f'unnorm_key {policy.unnorm_key!r}) ready in {time.perf_counter() - start:.2f} s; '
             f'instruction: {self.instruction!r}')
 
-    def on_activate(self) -> None:
-        self.timing_log.reset()
-        self.worker.start()
-
-    def on_deactivate(self) -> None:
-        self.worker.stop()
-        self.get_logger().info(
-            f'{self.inferences} actions from {self.frames_received} frames '
-            f'({self.frames_dropped} dropped, {self.worker.errors} errors)')
-
     def on_cleanup(self) -> None:
         self.policy = None
 
     # -- callbacks ------------------------------------------------------------------------------
-    def image_callback(self, msg) -> None:
-        """Keep only the newest frame; never waits for the policy."""
-        self.worker.offer(msg)
-
     def instruction_callback(self, msg) -> None:
         text = msg.data
         if text != self.instruction:
             self.get_logger().info(f'new instruction: {text!r}')
         self.instruction = text
         self.set_parameter('instruction', text)
-
-    @property
-    def frames_received(self) -> int:
-        return self.worker.delivered + queue_drops(self.image_sub)
-
-    @property
-    def frames_dropped(self) -> int:
-        """Frames that never reached the policy: replaced, or dropped by the queue."""
-        return self.worker.replaced + queue_drops(self.image_sub)
 
     # -- inference ------------------------------------------------------------------------------
     def step(self, msg) -> np.ndarray:
