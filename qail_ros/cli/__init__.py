@@ -55,7 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    # `name:=value` launch arguments after an option (`launch NAME --composed a:=b`): argparse
+    # does not resume a positional list after an option, so collect them here.
+    if extra and hasattr(args, 'launch_arguments') and all(':=' in e for e in extra):
+        args.launch_arguments = list(args.launch_arguments) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, '_main', None):
         parser.print_help()
         return 2

@@ -1,8 +1,14 @@
-"""`qail-ros train`: quantize a task's FP policy and fine-tune it with QAIL / QBC / wQBC / LPPD.
+"""`qail-ros train`: quantize an FP policy and fine-tune it with QAIL / QBC / wQBC / LPPD.
 
     qail-ros train --task walker-stand --method qail_qbc --bits w4a4 --steps 2000 -o runs/ws
+    qail-ros train --teacher FP_MODEL --data DATASET --config config/qail_physics.yaml -o OUT
 
-writes OUT/policy.safetensors (the student; `qail-ros eval --policy OUT`), OUT/train.yaml (the
+The first form makes D_QAIL in simulation (rollouts of the task's shipped expert and FP policy).
+The second is the pipeline of recorded data: DATASET (`qail-ros dataset build` of fp_recorder
+bags, the FP policy's rollouts) is D_FP, --expert-data adds recorded demonstrations as D_E, the
+teacher is FP_MODEL (an MLPPolicy file or the fp32 engine `qail-ros export` made of it), and the
+task (for on-policy QBC rollouts and the final evaluation) is --task or the data set's task.
+Both write OUT/policy.safetensors (the student; `qail-ros eval --policy OUT`), OUT/train.yaml (the
 TrainConfig, reusable with --config), OUT/history.jsonl (losses) and OUT/summary.json, then
 evaluates the student over --eval-episodes episodes.
 """
@@ -16,8 +22,18 @@ PHYSICS_DEFAULTS = {'steps': 2000, 'lr': 3e-4, 'batch_size': 256, 'onpolicy_ever
 
 
 def add_arguments(parser):
-    parser.add_argument('--task', required=True,
-                        help='physics task, e.g. cartpole-balance, walker-stand')
+    parser.add_argument('--task', default=None,
+                        help='physics task, e.g. cartpole-balance, walker-stand (default: the '
+                             "task of --data's recordings)")
+    parser.add_argument('--teacher', default=None,
+                        help="FP policy: MLPPolicy file or fp32 engine (default: the task's "
+                             'shipped FP policy)')
+    parser.add_argument('--data', default=None,
+                        help='data set of recorded FP rollouts (D_FP; qail-ros dataset build)')
+    parser.add_argument('--expert-data', default=None,
+                        help='data set of recorded expert demonstrations (D_E)')
+    parser.add_argument('--split', default='train', choices=('train', 'val', 'all'),
+                        help='episodes of --data / --expert-data to train on (default train)')
     parser.add_argument('--method', default=None,
                         help='ptq_rtn | qat (= qail) | qbc | qail_qbc | qail_wqbc | lppd '
                              '(default qail_qbc, or the --config value)')
@@ -35,8 +51,10 @@ def add_arguments(parser):
                         help='episodes per on-policy round (default 2)')
     parser.add_argument('--onpolicy-max-steps', type=int, default=None,
                         help='truncate on-policy episodes to N steps (default: full episodes)')
-    parser.add_argument('--expert-episodes', type=int, default=10, help='episodes of D_E')
-    parser.add_argument('--fp-episodes', type=int, default=10, help='episodes of D_FP')
+    parser.add_argument('--expert-episodes', type=int, default=None,
+                        help='simulated episodes of D_E (default 10; 0 with --data)')
+    parser.add_argument('--fp-episodes', type=int, default=None,
+                        help='simulated episodes of D_FP (default 10; 0 with --data)')
     parser.add_argument('--eval-episodes', type=int, default=10,
                         help='evaluation episodes after training (0 = skip)')
     parser.add_argument('--config', default=None,
@@ -46,6 +64,30 @@ def add_arguments(parser):
     parser.add_argument('--json', action='store_true',
                         help='print one JSON object with the results as the last line')
     parser.add_argument('-o', '--out', required=True, help='output directory')
+
+
+def _episodes(args) -> tuple[int, int]:
+    """(expert, fp) simulated episodes: 10 each, none by default when --data is given."""
+    default = 0 if args.data else 10
+    return (default if args.expert_episodes is None else args.expert_episodes,
+            default if args.fp_episodes is None else args.fp_episodes)
+
+
+def resolve_task(args) -> str | None:
+    """--task, else the task the data set was recorded on, else the teacher's."""
+    from qail_ros.errors import ParameterError
+    from qail_ros.physics.tasks import task_spec
+    if args.task:
+        task_spec(args.task)
+        return args.task
+    if args.data:
+        from qail_ros.qail.physics_tasks import dataset_task
+        task = dataset_task(args.data)
+        if task:
+            return task
+        return None
+    raise ParameterError('name the task (--task walker-stand) or give recorded data (--data '
+                         'DATASET)')
 
 
 def build_config(args):
@@ -61,8 +103,12 @@ def build_config(args):
     base.update({k: v for k, v in flags.items() if v is not None})
     base['progress'] = not args.no_progress
     extra = dict(base.get('extra') or {})
-    extra.update({'task': args.task, 'expert_episodes': args.expert_episodes,
-                  'fp_episodes': args.fp_episodes})
+    expert_episodes, fp_episodes = _episodes(args)
+    extra.update({'task': getattr(args, 'resolved_task', args.task),
+                  'expert_episodes': expert_episodes, 'fp_episodes': fp_episodes})
+    if args.data:
+        extra.update({'data': str(args.data), 'expert_data': args.expert_data,
+                      'split': args.split})
     base['extra'] = extra
     return TrainConfig.from_dict(base)
 
@@ -75,39 +121,71 @@ def main(args) -> int:
     import torch
 
     from qail_ros.bench.report import emit_json, table
-    from qail_ros.physics.tasks import task_spec
-    from qail_ros.qail.physics_tasks import (build_qail_data, evaluate_policy, save_trained,
+    from qail_ros.qail.data import ImitationData
+    from qail_ros.qail.physics_tasks import (build_qail_data, data_from_datasets,
+                                             evaluate_policy, load_teacher, save_trained,
                                              train_on_task)
 
-    task_spec(args.task)
+    task = args.resolved_task = resolve_task(args)
     torch.set_num_threads(max(1, args.threads))
     config = build_config(args)
+    if task is None and config.onpolicy_every > 0:
+        print('note: the data set names no physics task: on-policy QBC rollouts are off '
+              '(pass --task to enable them)')
+        config.onpolicy_every = 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from qail_ros.physics.models import load_fp_policy
-    teacher = load_fp_policy(args.task)
-    data = build_qail_data(args.task, expert_episodes=args.expert_episodes,
-                           fp_episodes=args.fp_episodes, seed=config.seed, teacher=teacher)
-    result = train_on_task(args.task, config, data=data, teacher=teacher)
-    save_trained(result, out / 'policy.safetensors', args.task, meta={'data': data.counts()})
+    if args.teacher:
+        teacher = load_teacher(args.teacher)
+    elif task:
+        from qail_ros.physics.models import load_fp_policy
+        teacher = load_fp_policy(task)
+    else:
+        from qail_ros.errors import ParameterError
+        raise ParameterError('no teacher: pass --teacher FP_MODEL (the data set names no '
+                             'physics task whose shipped FP policy could be used)')
+    expert_episodes, fp_episodes = _episodes(args)
+    parts = []
+    if args.data or args.expert_data:
+        parts.append(data_from_datasets(args.data, args.expert_data, split=args.split))
+    if expert_episodes or fp_episodes:
+        if not task:
+            from qail_ros.errors import ParameterError
+            raise ParameterError('--expert-episodes / --fp-episodes simulate the task: pass '
+                                 '--task')
+        parts.append(build_qail_data(task, expert_episodes=expert_episodes,
+                                     fp_episodes=fp_episodes, seed=config.seed,
+                                     teacher=teacher))
+    data = parts[0] if len(parts) == 1 else ImitationData.concat(parts)
+    data.ids = torch.arange(len(data), dtype=torch.int64)
+    result = train_on_task(task, config, data=data, teacher=teacher)
+    meta = {'data': data.counts()}
+    if args.data:
+        from qail_ros.physics.export import dataset_hash
+        meta.update(dataset=str(args.data), dataset_hash=dataset_hash(args.data),
+                    split=args.split)
+    if args.teacher:
+        meta['teacher'] = str(args.teacher)
+    save_trained(result, out / 'policy.safetensors', task or '', meta=meta)
     config.to_yaml(out / 'train.yaml')
     with (out / 'history.jsonl').open('w') as f:
         for rec in result.history:
             f.write(json.dumps(rec) + '\n')
-    summary = {'task': args.task, **result.summary(), 'data': data.counts(),
+    summary = {'task': task, **result.summary(), 'data': data.counts(),
                'policy': str(out / 'policy.safetensors')}
-    if args.eval_episodes > 0:
-        returns = evaluate_policy(result.student, args.task, args.eval_episodes)
+    if args.eval_episodes > 0 and task:
+        returns = evaluate_policy(result.student, task, args.eval_episodes)
         summary['eval'] = {'episodes': args.eval_episodes, 'mean': float(np.mean(returns)),
                            'std': float(np.std(returns)), 'returns': returns}
     (out / 'summary.json').write_text(json.dumps(summary, indent=2) + '\n')
     steps = config.steps if config.trains else 0
-    rows = [[args.task, config.canonical_method, config.bits, steps,
+    rows = [[task or '-', config.canonical_method, config.bits, steps, len(data),
              round(result.seconds, 1),
              summary.get('eval', {}).get('mean', float('nan')),
              summary.get('eval', {}).get('std', float('nan'))]]
-    table(f'qail-ros train -> {out}', ['task', 'method', 'bits', 'steps', 'train_s',
+    table(f'qail-ros train -> {out}', ['task', 'method', 'bits', 'steps', 'samples', 'train_s',
                                        'return_mean', 'return_std'], rows)
+    print(f'next: qail-ros export {out} -o DIR' + (f' --data {args.data}' if args.data else ''))
     if args.json:
         emit_json(summary)
     return 0

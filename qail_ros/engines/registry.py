@@ -25,6 +25,7 @@ BACKENDS: dict[str, str] = {
 #: architecture name -> 'module:function(config dict) -> torch.nn.Module' (FP model factory)
 ARCHITECTURES: dict[str, str] = {
     'cilrs': 'qail_ros.cilrs.model:build_model',
+    'mlp': 'qail_ros.physics.policy:build_mlp',
 }
 
 

@@ -51,6 +51,7 @@ class NodeSpec:
     remappings: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     arguments: list[str] = dataclasses.field(default_factory=list)
     ros_arguments: list[str] = dataclasses.field(default_factory=list)
+    shutdown_on_exit: bool = False       # on_exit=Shutdown(): the launch ends with this node
 
     @property
     def label(self) -> str:
@@ -228,7 +229,8 @@ def _node_spec(node: shim.Node, r: _Resolver) -> NodeSpec:
         parameters=parameters,
         remappings=remappings,
         arguments=[r.text(a, f'arguments of {label}') for a in node.arguments],
-        ros_arguments=[r.text(a, f'ros_arguments of {label}') for a in node.ros_arguments])
+        ros_arguments=[r.text(a, f'ros_arguments of {label}') for a in node.ros_arguments],
+        shutdown_on_exit=bool(getattr(node, 'shutdown_on_exit', False)))
 
 
 def load_launch_file(path: str | os.PathLike, arguments: dict[str, str] | list[str] | None = None

@@ -320,6 +320,8 @@ class ProcessLauncher:
                     child.reported = True
                     if rc == 0:
                         self.say(f'{child.label} finished (exit code 0)')
+                        if child.spec.shutdown_on_exit:
+                            self.request_stop(f'{child.label} exited (on_exit=Shutdown)')
                     else:
                         self.say(f'{child.label} failed ({_describe(rc)}); stopping the other '
                                  'nodes')

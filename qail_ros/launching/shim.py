@@ -5,15 +5,17 @@ without ROS 2.
 The subset, with the signatures of the real packages:
 
     from launch import LaunchDescription
-    from launch.actions import DeclareLaunchArgument
+    from launch.actions import DeclareLaunchArgument, Shutdown
     from launch.substitutions import LaunchConfiguration
     from launch_ros.actions import Node
     from ament_index_python.packages import get_package_share_directory
 
 `shim_modules()` builds fresh module objects for those names; `installed()` puts them into
 `sys.modules` only while a launch file is evaluated and restores whatever was there before (the
-real packages included), so the shim never leaks into the rest of the process. The objects only
-record what the launch file asked for; `qail_ros.launching.description` turns them into node
+real packages included), so the shim never leaks into the rest of the process.
+`Node(..., on_exit=Shutdown())` is understood: when that node exits, the whole launch stops (a
+simulator bridge that has run its episodes). The objects only record what the launch file
+asked for; `qail_ros.launching.description` turns them into node
 specs. Anything outside the subset fails with a `LaunchError` that names it, rather than being
 silently ignored: a launch file that needs more must grow the shim (and its tests) first.
 """
@@ -27,7 +29,7 @@ from typing import Any
 
 from qail_ros.errors import LaunchError
 
-__all__ = ['LaunchDescription', 'DeclareLaunchArgument', 'LaunchConfiguration', 'Node',
+__all__ = ['LaunchDescription', 'DeclareLaunchArgument', 'LaunchConfiguration', 'Node', 'Shutdown',
            'PackageNotFoundError', 'get_package_share_directory', 'shim_modules', 'installed',
            'SHIMMED_MODULES']
 
@@ -67,6 +69,17 @@ class DeclareLaunchArgument:
         return f'DeclareLaunchArgument({self.name!r}, default_value={self.default_value!r})'
 
 
+class Shutdown:
+    """`launch.actions.Shutdown`: as a Node's `on_exit`, end the launch when the node exits."""
+
+    def __init__(self, *, reason: Any = 'reason not given', **kwargs: Any):
+        _no_extra('Shutdown', kwargs)
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f'Shutdown(reason={self.reason!r})'
+
+
 class Node:
     """`launch_ros.actions.Node`: one node executable to start."""
 
@@ -77,7 +90,7 @@ class Node:
     def __init__(self, *, executable: Any, package: Any = None, name: Any = None,
                  namespace: Any = None, exec_name: Any = None, parameters: Any = None,
                  remappings: Any = None, ros_arguments: Any = None, arguments: Any = None,
-                 **kwargs: Any):
+                 on_exit: Any = None, **kwargs: Any):
         unsupported = sorted(set(kwargs) - self._ACCEPTED)
         if unsupported:
             raise LaunchError(
@@ -92,6 +105,12 @@ class Node:
         self.remappings = list(remappings) if remappings is not None else []
         self.ros_arguments = list(ros_arguments) if ros_arguments is not None else []
         self.arguments = list(arguments) if arguments is not None else []
+        exits = on_exit if isinstance(on_exit, (list, tuple)) else (
+            [] if on_exit is None else [on_exit])
+        if any(not isinstance(a, Shutdown) for a in exits):
+            raise LaunchError('on_exit of a launch_ros Node: only launch.actions.Shutdown() is '
+                              'supported by the qail_ros embedded launcher')
+        self.shutdown_on_exit = bool(exits)
         self.options = dict(kwargs)
 
     def __repr__(self) -> str:
@@ -165,6 +184,7 @@ def shim_modules() -> dict[str, types.ModuleType]:
             mod.__path__ = []  # a package, so `import launch.actions` works
     mods['launch'].LaunchDescription = LaunchDescription
     mods['launch.actions'].DeclareLaunchArgument = DeclareLaunchArgument
+    mods['launch.actions'].Shutdown = Shutdown
     mods['launch.substitutions'].LaunchConfiguration = LaunchConfiguration
     mods['launch_ros.actions'].Node = Node
     packages = mods['ament_index_python.packages']

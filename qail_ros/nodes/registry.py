@@ -18,4 +18,6 @@ NODES = {
     'cilrs_policy': 'qail_ros.nodes.cilrs_policy:main',
     'vla_policy': 'qail_ros.nodes.vla_policy:main',
     'env_bridge': 'qail_ros.nodes.env_bridge:main',
+    'physics_bridge': 'qail_ros.nodes.physics_bridge:main',
+    'state_policy': 'qail_ros.nodes.state_policy:main',
 }

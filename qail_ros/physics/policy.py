@@ -63,6 +63,11 @@ class MLPPolicy(nn.Module):
         return self.net(self.normalize(obs))
 
 
+def build_mlp(config: dict[str, Any]) -> MLPPolicy:
+    """The engines' 'mlp' architecture: an MLPPolicy from its `config` dict."""
+    return MLPPolicy(**{k: int(config[k]) for k in ('obs_dim', 'act_dim', 'hidden', 'layers')})
+
+
 def save_policy(policy: MLPPolicy, path: str | Path, meta: dict[str, Any] | None = None,
                 dtype: torch.dtype = torch.float32) -> Path:
     """Write a policy as safetensors; `meta` (JSON-able) is stored in the file's metadata.

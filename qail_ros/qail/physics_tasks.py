@@ -29,6 +29,7 @@ from qail_ros.qail.data import ImitationData
 from qail_ros.qail.trainer import QAILTrainer, TrainResult, make_student
 
 __all__ = ['STUDENT_FORMAT', 'PolicyFileError', 'obs_groups', 'build_qail_data',
+           'dataset_pairs', 'data_from_datasets', 'load_teacher', 'dataset_task',
            'make_collector', 'train_on_task', 'evaluate_policy', 'save_trained', 'load_trained',
            'load_any_policy', 'DATA_SEED_BASE', 'ONPOLICY_SEED_BASE']
 
@@ -74,6 +75,71 @@ def build_qail_data(task: str, *, expert_episodes: int = 10, fp_episodes: int = 
         r = rollout(fp, task, fp_episodes, base + 500, max_steps=max_steps)
         parts['fp'] = (r.obs, r.act)
     return ImitationData.from_sources(**parts)
+
+
+def dataset_pairs(root: str | Path, split: str = 'train') -> tuple[np.ndarray, np.ndarray]:
+    """(states, actions) of one split of a data set built by `qail-ros dataset build`."""
+    from qail_ros.dataset.reader import ShardedArrays
+    from qail_ros.errors import ParameterError
+    if split not in ('train', 'val', 'all'):
+        raise ParameterError(f"split must be 'train', 'val' or 'all', not '{split}'")
+    arrays = ShardedArrays(root)
+    if 'observation.state' not in arrays.keys:
+        raise ParameterError(f'data set {root} has no observation.state: a state policy trains '
+                             'on state topics (record them: state_topics of fp_recorder, or '
+                             '`state:` in the topic map)')
+    episodes = arrays.manifest['episodes']
+    rows = [np.arange(e['first_sample'], e['first_sample'] + e['frames']) for e in episodes
+            if split == 'all' or e['split'] == split]
+    index = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    if index.size == 0:
+        raise ParameterError(f"data set {root} has no samples in split '{split}' (episodes: "
+                             f"{len(episodes)}); use --split all or record more episodes")
+    states = arrays.column('observation.state')[index].astype(np.float32)
+    actions = arrays.column('action')[index].astype(np.float32)
+    return states, actions
+
+
+def data_from_datasets(fp: str | Path | None = None, expert: str | Path | None = None, *,
+                       split: str = 'train') -> ImitationData:
+    """D_QAIL from recorded data sets: FP-policy rollouts (D_FP) and/or demonstrations (D_E)."""
+    parts = {}
+    if fp is not None:
+        parts['fp'] = dataset_pairs(fp, split)
+    if expert is not None:
+        parts['expert'] = dataset_pairs(expert, split)
+    return ImitationData.from_sources(**parts)
+
+
+def dataset_task(root: str | Path) -> str | None:
+    """The physics task a data set was recorded on (its single task text), if it is one."""
+    from qail_ros.dataset.reader import load_manifest
+    from qail_ros.physics.tasks import TASKS
+    tasks = [t for t in load_manifest(root).get('tasks', []) if t]
+    return tasks[0] if len(tasks) == 1 and tasks[0] in TASKS else None
+
+
+def load_teacher(path: str | Path) -> nn.Module:
+    """The FP teacher: an MLPPolicy file, or an fp32 'mlp' engine written by qail-ros export."""
+    from qail_ros.engines.manifest import manifest_path, read_manifest
+    from qail_ros.physics.policy import build_mlp, load_policy
+    path = Path(path)
+    if manifest_path(path).is_file():
+        engine, manifest = read_manifest(path)
+        if manifest.architecture.get('name') != 'mlp' or manifest.precision != 'fp32':
+            raise PolicyFileError(f'teacher {path} is a {manifest.precision} '
+                                  f"{manifest.architecture.get('name')} engine: the teacher is "
+                                  'the full-precision MLP (an fp32 mlp engine or its '
+                                  'MLPPolicy file)')
+        from safetensors.torch import load_file
+        model = build_mlp(manifest.architecture['config'])
+        model.load_state_dict(load_file(str(engine)))
+        model.meta = {'task': manifest.details.get('task')}
+        return model.eval()
+    try:
+        return load_policy(path)
+    except Exception as exc:  # noqa: BLE001 - PolicyFormatError or a corrupt file
+        raise PolicyFileError(f'teacher {path}: {exc}') from None
 
 
 def make_collector(task: str, *, episodes: int = 2, max_steps: int | None = None,
@@ -171,8 +237,12 @@ def load_any_policy(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     if not path.is_file():
         raise PolicyFileError(f'no policy at {path}: pass a .safetensors file or a directory '
                               'written by qail-ros train')
-    with safe_open(str(path), framework='pt') as f:
-        fmt = (f.metadata() or {}).get('format')
+    try:
+        with safe_open(str(path), framework='pt') as f:
+            fmt = (f.metadata() or {}).get('format')
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own types
+        raise PolicyFileError(f'{path} is not a readable safetensors policy file ({exc}): '
+                              'pass a file written by qail-ros train or save_policy') from None
     if fmt == STUDENT_FORMAT:
         return load_trained(path)
     from qail_ros.physics.policy import FORMAT, load_policy

@@ -155,3 +155,8 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     def shutdown(self) -> None:
         ...
+
+    def request_shutdown(self) -> None:
+        """Ask `spin` to return soon (from a callback: a node whose work is done); the
+        caller of spin then cleans the nodes up as after Ctrl-C."""
+        raise NotImplementedError

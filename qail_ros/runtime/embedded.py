@@ -558,6 +558,9 @@ class EmbeddedRuntime(Runtime):
     def ok(self) -> bool:
         return self._initialized and not self.executor.stopped
 
+    def request_shutdown(self) -> None:
+        self.executor.stop()
+
     def shutdown(self) -> None:
         with self._lock:
             if not self._initialized:

@@ -144,6 +144,12 @@ class Node:
     def on_cleanup(self) -> None:
         """Free what on_configure loaded and close files (bags!)."""
 
+    def request_shutdown(self) -> None:
+        """End the process's spin (like rclpy.shutdown() from a callback): for a node whose
+        work is done, e.g. a simulator bridge after its last episode. Every node of the process
+        then gets on_deactivate / on_cleanup as after Ctrl-C, so bags are closed."""
+        self._runtime.request_shutdown()
+
     def destroy_node(self) -> None:
         for timer in self._timers:
             timer.cancel()

@@ -454,6 +454,10 @@ class RclpyRuntime(Runtime):
     def ok(self) -> bool:
         return self.context is not None and self.context.ok()
 
+    def request_shutdown(self) -> None:
+        if self.context is not None:
+            rclpy.try_shutdown(context=self.context)
+
     def shutdown(self) -> None:
         """Destroy what is left and shut the context down (safe to call twice)."""
         for handle in list(self._handles):

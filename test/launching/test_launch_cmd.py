@@ -1,4 +1,6 @@
 """`qail-ros launch` command line: errors, --show-args, --print (nothing is started)."""
+import pytest
+
 from qail_ros.cli import main
 
 
@@ -31,3 +33,13 @@ def test_print_shows_each_node_command_line(capsys):
     assert 'config/orin_vla.yaml' in camera and '-r image_raw:=/camera/image_raw' in camera
     assert '-m qail_ros.nodes.vla_policy' in policy
     assert "parameters {'instruction': 'stack the cups'}" in out
+
+
+def test_launch_arguments_may_follow_options(capsys):
+    """`qail-ros launch NAME --print a:=b`: argparse alone would refuse a:=b after an option."""
+    assert main(['launch', 'orin_vla', '--print', 'instruction:=wipe the table']) == 0
+    assert "parameters {'instruction': 'wipe the table'}" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:       # argparse's own usage error
+        main(['launch', 'orin_vla', '--print', 'stray'])
+    assert exc.value.code == 2
+    assert 'unrecognized arguments: stray' in capsys.readouterr().err

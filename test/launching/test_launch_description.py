@@ -326,3 +326,35 @@ def test_dict_parameters_are_written_as_wildcard_parameter_files(tmp_path):
     assert files[0] == CONFIG
     doc = yaml.safe_load(Path(files[1]).read_text())
     assert doc == {'/**': {'ros__parameters': {'instruction': 'pick up the red block'}}}
+
+
+def test_on_exit_shutdown_is_understood_and_other_actions_refused(tmp_path):
+    path = write_launch(tmp_path, '''\
+        from launch.actions import Shutdown
+
+        def generate_launch_description():
+            return LaunchDescription([
+                Node(package='qail_ros', executable='physics_bridge', name='b',
+                     on_exit=Shutdown(reason='done')),
+                Node(package='qail_ros', executable='state_policy', name='p'),
+            ])
+        ''')
+    spec = load_launch_file(path)
+    assert [n.shutdown_on_exit for n in spec.nodes] == [True, False]
+    bad = write_launch(tmp_path, '''\
+        def generate_launch_description():
+            return LaunchDescription([
+                Node(package='qail_ros', executable='state_policy', on_exit=[object()]),
+            ])
+        ''', name='bad.launch.py')
+    with pytest.raises(LaunchError, match='only launch.actions.Shutdown'):
+        load_launch_file(bad)
+
+
+@pytest.mark.parametrize('name', ['physics_record', 'physics_drive'])
+def test_physics_launch_files_end_with_the_bridge(name):
+    spec = load_launch_file(find_launch_file(name), ['engine:=/x/e.safetensors'])
+    bridge = spec.node('physics_bridge')
+    assert bridge.shutdown_on_exit
+    assert all(not n.shutdown_on_exit for n in spec.nodes if n is not bridge)
+    assert spec.node('state_policy').parameters[-1]['engine'] == '/x/e.safetensors'
