@@ -4,8 +4,9 @@ For each task with a shipped FP policy: the FP policy's return, then per trainin
 width a quantized student per method — PTQ-RTN (no training), QAIL alone, QAIL+QBC, QAIL+wQBC,
 and optionally QBC alone and LPPD — each evaluated closed-loop over the same environment seeds
 (0..episodes-1). Writes OUT/physics.{json,csv,md,png} and prints the table; `--json` prints the
-results object as the last line. `--merge` keeps the tasks / bit widths of an earlier
-OUT/physics.json that this run did not measure, so tasks can be run at different times.
+results object as the last line. `--merge` keeps the tasks, bit widths and methods of an
+earlier OUT/physics.json that this run did not measure, so tasks and methods can be run at
+different times (each result names its run, whose command and commit are listed).
 
     qail-ros bench physics --task walker-stand --bits w4a4 --seeds 3 --episodes 10
     qail-ros bench physics --quick          # one task, tiny budget: a smoke test (~1 min)
@@ -78,7 +79,8 @@ def add_arguments(parser):
     parser.add_argument('--out', default='bench-results/physics',
                         help='output directory for physics.{json,csv,md,png}')
     parser.add_argument('--merge', action='store_true',
-                        help='keep results of an earlier OUT/physics.json for other tasks/bits')
+                        help='keep results of an earlier OUT/physics.json for other tasks, bits '
+                             'and methods')
     parser.add_argument('--threads', type=int, default=1, help='torch threads (default 1)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bars')
 
@@ -390,11 +392,23 @@ def main(args) -> int:
                                     suptitle=f'{task}: mean state saliency per dimension '
                                              '(seed 0)')
             log(f'{task}: saliency maps -> {fig}')
-        merged = {k: v for k, v in result['results'].get(task, {}).items()
-                  if not (isinstance(v, dict) and v.get('bits') in bits_list)}
-        merged.update(measured)
+        # per method: a run of some methods keeps the earlier results of the others
+        run_key = f'{task} {",".join(bits_list)}'
+        if args.merge and result['runs'].get(run_key, {}).get('methods') not in (None, methods):
+            run_key += f' [{",".join(methods)}]'
+        for entry in measured.values():
+            if isinstance(entry, dict):
+                entry['run'] = run_key
+        merged = dict(result['results'].get(task, {}))
+        for key, entry in measured.items():
+            kept = merged.get(key)
+            # FP returns are deterministic (eval seeds 0..N-1): the longer evaluation stays
+            if (key == 'fp' and isinstance(kept, dict) and isinstance(entry, dict)
+                    and kept.get('episodes', 0) >= entry.get('episodes', 0)):
+                continue
+            merged[key] = entry
         result['results'][task] = merged
-        result['runs'][f'{task} {",".join(bits_list)}'] = {
+        result['runs'][run_key] = {
             'command': command, 'commit': commit,
             'date': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
             'seconds': round(time.perf_counter() - t0, 1),

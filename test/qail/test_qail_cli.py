@@ -62,3 +62,16 @@ def test_bench_physics_quick(tmp_path, capsys):
         assert (tmp_path / f'physics.{ext}').is_file()
     md = (tmp_path / 'physics.md').read_text()
     assert 'QAIL+QBC W4A4' in md and '652' in md  # ours beside the paper's Table 7
+
+
+def test_bench_physics_merge_keeps_the_methods_it_did_not_run(tmp_path, capsys):
+    base = ['bench', 'physics', '--quick', '--out', str(tmp_path), '--no-progress']
+    assert main(base + ['--methods', 'fp,ptq_rtn']) == 0
+    assert main(base + ['--methods', 'fp,qbc', '--merge']) == 0
+    data = json.loads((tmp_path / 'physics.json').read_text())
+    r = data['results'][TASK]
+    assert {'fp', 'ptq_rtn', 'qbc'} <= set(r)
+    assert r['ptq_rtn']['run'] != r['qbc']['run']
+    assert {r['ptq_rtn']['run'], r['qbc']['run']} <= set(data['runs'])
+    md = (tmp_path / 'physics.md').read_text()
+    assert '| QBC W4A4 |' in md and '[fp,qbc]' in md
