@@ -53,3 +53,34 @@ def test_walkthrough_end_to_end(tmp_path):
     returns = [float(r) for r in re.findall(r'episode \d \(seed \d+\): return ([\d.]+)', drive)]
     assert len(returns) == 2 and min(returns) > 90        # 100 steps, reward <= 1 each
     assert 'physics_bridge exited (on_exit=Shutdown)' in drive
+
+
+def test_lerobot_export_types_follow_lerobot_rules(tmp_path):
+    """LeRobot (its `datasets` features) reads a shape-[1] feature as a scalar and a longer one
+    as a fixed-length list; a list of length 1 made LeRobotDataset 0.4.4 fail to load the export
+    of a cartpole data set (1 action). Checked against lerobot itself by hand (docs/dataset.md)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from qail_ros.dataset import build_dataset, export_lerobot
+    from qail_ros.physics.export import export_policy
+    from qail_ros.physics.models import task_dir
+    engine, _ = export_policy(task_dir('cartpole-balance') / 'fp_policy.safetensors',
+                              tmp_path / 'engines', name='fp32')
+    bags = tmp_path / 'bags'
+    proc = subprocess.run(
+        [sys.executable, '-m', 'qail_ros.cli', 'launch', 'physics_record', '--composed',
+         f'engine:={engine}', 'episodes:=1', 'max_steps:=20', f'output_dir:={bags}'],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    build_dataset([bags], tmp_path / 'ds', val_fraction=0.0)
+    info = export_lerobot(tmp_path / 'ds', tmp_path / 'lr')
+    assert info['features']['action']['shape'] == [1]
+    assert info['features']['observation.state']['shape'] == [5]
+    table = pq.read_table(tmp_path / 'lr' / 'data' / 'chunk-000' / 'file-000.parquet')
+    assert table.schema.field('action').type == pa.float32()
+    assert table.schema.field('observation.state').type == pa.list_(pa.float32(), 5)
+    hf = json.loads(table.schema.metadata[b'huggingface'])['info']['features']
+    assert hf['action'] == {'dtype': 'float32', '_type': 'Value'}
+    assert hf['observation.state']['_type'] == 'Sequence'
+    assert table.num_rows == 20

@@ -116,14 +116,18 @@ def export_lerobot(dataset: str | Path, output: str | Path, fps: int | None = No
 
     image_struct = pa.struct([('bytes', pa.binary()), ('path', pa.string())])
     fields = [pa.field(k, image_struct) for k in image_keys]
-    fields += [pa.field(k, pa.list_(pa.float32(), features[k]['shape'][0]))
+    # LeRobot (datasets features) stores shape-[1] features as scalars, longer ones as lists
+    scalar = {k for k in vector_keys if features[k]['shape'][0] == 1}
+    fields += [pa.field(k, pa.float32() if k in scalar
+                        else pa.list_(pa.float32(), features[k]['shape'][0]))
                for k in vector_keys]
     fields += [pa.field('timestamp', pa.float32())] + [
         pa.field(k, pa.int64()) for k in ('frame_index', 'episode_index', 'index', 'task_index',
                                           'timestamp_ns')]
     hf_features = {k: {'_type': 'Image'} for k in image_keys}
-    hf_features.update({k: {'feature': {'dtype': 'float32', '_type': 'Value'},
-                            'length': features[k]['shape'][0], '_type': 'Sequence'}
+    hf_features.update({k: {'dtype': 'float32', '_type': 'Value'} if k in scalar else
+                        {'feature': {'dtype': 'float32', '_type': 'Value'},
+                         'length': features[k]['shape'][0], '_type': 'Sequence'}
                         for k in vector_keys})
     hf_features.update({k: {'dtype': features[k]['dtype'], '_type': 'Value'}
                         for k in ('timestamp', 'frame_index', 'episode_index', 'index',
@@ -173,7 +177,7 @@ def export_lerobot(dataset: str | Path, output: str | Path, fps: int | None = No
                 acc[4] += px.shape[0]
             for key in vector_keys:
                 v = np.asarray(s[key], np.float32).ravel()
-                cols[key].append(v.tolist())
+                cols[key].append(float(v[0]) if key in scalar else v.tolist())
                 ep_vectors[key].append(v)
                 file_bytes += v.nbytes
             cols['timestamp'].append(float(np.float32(j / fps)))
