@@ -156,6 +156,10 @@ def main(args) -> int:
         parts.append(build_qail_data(task, expert_episodes=expert_episodes,
                                      fp_episodes=fp_episodes, seed=config.seed,
                                      teacher=teacher))
+    if not parts:
+        from qail_ros.errors import ParameterError
+        raise ParameterError('no training data: give --data DATASET (recorded rollouts) or '
+                             'simulated episodes (--expert-episodes / --fp-episodes > 0)')
     data = parts[0] if len(parts) == 1 else ImitationData.concat(parts)
     data.ids = torch.arange(len(data), dtype=torch.int64)
     result = train_on_task(task, config, data=data, teacher=teacher)
