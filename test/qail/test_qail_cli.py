@@ -75,3 +75,14 @@ def test_bench_physics_merge_keeps_the_methods_it_did_not_run(tmp_path, capsys):
     assert {r['ptq_rtn']['run'], r['qbc']['run']} <= set(data['runs'])
     md = (tmp_path / 'physics.md').read_text()
     assert '| QBC W4A4 |' in md and '[fp,qbc]' in md
+
+
+def test_train_needs_data_and_a_task_or_data_set(tmp_path, capsys):
+    out = str(tmp_path / 'run')
+    assert main(['train', '--task', TASK, '--expert-episodes', '0', '--fp-episodes', '0',
+                 '-o', out]) == 2
+    assert 'no training data' in capsys.readouterr().err
+    assert main(['train', '-o', out]) == 2
+    assert '--task walker-stand' in capsys.readouterr().err
+    assert main(['train', '--data', str(tmp_path / 'nope'), '-o', out]) == 2
+    assert 'not a qail_ros data set' in capsys.readouterr().err
