@@ -27,11 +27,12 @@ a recorder in the launch closes its bags).
 
 Recording: with `recorder_control_topic` (e.g. /fp_recorder/control) the bridge tells the
 recorder where episodes end: 'episode_end success' when the return reached `success_return`
-(> 0), 'episode_failure' below it, plain 'episode_end' when no threshold is set.
+(> 0), 'episode_end failure' below it, plain 'episode_end' when no threshold is set.
 
 Parameters: task, seed, episodes, max_steps, rate_hz, synchronous, control_timeout_s, camera,
 image_width, image_height, view_m, state_topic, image_topic, action_topic,
-recorder_control_topic, success_return, shutdown_when_done.
+recorder_control_topic, success_return, shutdown_when_done, wait_for_subscribers (before the
+first step: subscribers of `state` to wait for, re-publishing the first state every second).
 """
 from __future__ import annotations
 
