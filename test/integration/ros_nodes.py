@@ -64,6 +64,7 @@ def _make_nodes():
             self.wait_for = self.declare_parameter('wait_for_subscribers', 1).value
             self.size = self.declare_parameter('size', [4, 3]).value
             self.best_effort = self.declare_parameter('best_effort', False).value
+            self.quit_when_done = self.declare_parameter('quit_when_done', False).value
             qos = SENSOR_DATA if self.best_effort else QoS(depth=50)
             self.pub = self.create_publisher('sensor_msgs/msg/Image', IMAGE_TOPIC, qos)
             self.sent = 0
@@ -84,6 +85,8 @@ def _make_nodes():
             self.sent += 1
             if self.sent == self.count:
                 emit('sent_all', count=self.sent)
+                if self.quit_when_done:
+                    self.request_shutdown()      # Node.request_shutdown: the spin ends
 
         def on_deactivate(self):
             emit('deactivate', sent=self.sent, context_ok=self.runtime.ok())

@@ -201,6 +201,17 @@ def test_signal_ends_node_cleanly(launch, sig):
     assert talker.of('cleanup')
 
 
+def test_node_can_end_its_own_process(launch):
+    """Node.request_shutdown (a simulator bridge after its last episode) on rclpy: the spin
+    returns, every lifecycle hook runs, the process exits 0 by itself."""
+    talker = launch('talker', '--ros-args', '-p', 'wait_for_subscribers:=0', '-p', 'count:=5',
+                    '-p', 'rate_hz:=50.0', '-p', 'quit_when_done:=true')
+    code = talker.proc.wait(timeout=30)
+    assert code == 0, talker.report()
+    assert talker.of('sent_all') and talker.of('deactivate') and talker.of('cleanup')
+    assert not talker.group_alive()
+
+
 def test_package_camera_source_node_on_rclpy(launch):
     """The package's own camera_source node, as `ros2 run` would start it, on rclpy."""
     camera_source = pytest.importorskip('qail_ros.nodes.camera_source')
