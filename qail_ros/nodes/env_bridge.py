@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 from qail_ros import messages
 from qail_ros.errors import ParameterError
+from qail_ros.nodes.sim_stepping import SynchronousStepping
 from qail_ros.runtime import Node, run_node
 
 __all__ = ['EnvBridge', 'main']
@@ -44,7 +44,7 @@ CONTROL_TYPE = 'carla_msgs/msg/CarlaEgoVehicleControl'
 FRAME_ID = 'ego_vehicle/rgb_front'
 
 
-class EnvBridge(Node):
+class EnvBridge(SynchronousStepping, Node):
     """Steps a driving env and bridges it to carla-ros-bridge topics; see the module docstring."""
 
     def __init__(self, **kwargs):
@@ -76,11 +76,7 @@ class EnvBridge(Node):
         self.control = (0.0, 0.0, 0.0)
         self.controls_received = 0
         self.steps = 0
-        self._frame_ns = 0
-        self._frame_wall = 0.0
-        self._answered = True
         self._episode = 0
-        self._timer = None
         self._expert = (0.0, 0.0, 0.0)
         self.image_pub = self.create_publisher('sensor_msgs/msg/Image', camera_topic, 10)
         self.speed_pub = self.create_publisher('std_msgs/msg/Float32', speed_topic, 10)
@@ -124,17 +120,6 @@ class EnvBridge(Node):
             f"{'synchronous' if self.synchronous else 'asynchronous'}"
             f"{', autopilot' if self.autopilot else ''}")
 
-    def on_activate(self) -> None:
-        self.publish_observation()
-        self._timer = self.create_timer(1.0 / float(self.rate_hz), self.timer_callback)
-
-    def on_deactivate(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self.results:
-            self.get_logger().info(f'{len(self.results)} episodes: {self.metrics()}')
-
     def on_cleanup(self) -> None:
         if self.env is not None:
             self.env.close()
@@ -146,14 +131,12 @@ class EnvBridge(Node):
         brake = 1.0 if msg.hand_brake else float(msg.brake)
         self.control = (float(msg.throttle), float(msg.steer), brake)
         self.controls_received += 1
-        if messages.ns_from_time(msg.header.stamp) >= self._frame_ns:
-            self._answered = True
+        self.answer_received(messages.ns_from_time(msg.header.stamp))
 
     def timer_callback(self) -> None:
         if self.env is None or (self.episodes and self._episode >= self.episodes):
             return
-        if (self.synchronous and not self.autopilot and not self._answered
-                and time.monotonic() - self._frame_wall < self.control_timeout_s):
+        if not self.autopilot and self.waiting_for_answer():
             return
         self.step()
 
@@ -202,7 +185,7 @@ class EnvBridge(Node):
         self._expert = expert
         self.expert_pub.publish(messages.new(CONTROL_TYPE, header=header, throttle=expert[0],
                                              steer=expert[1], brake=expert[2]))
-        self._frame_ns, self._frame_wall, self._answered = now_ns, time.monotonic(), False
+        self.observation_sent(now_ns)
         self.image_pub.publish(from_numpy(obs.image, 'rgb8', stamp=stamp, frame_id=FRAME_ID))
 
 

@@ -44,6 +44,7 @@ import numpy as np
 
 from qail_ros import messages, policy_io
 from qail_ros.errors import ParameterError
+from qail_ros.nodes.sim_stepping import SynchronousStepping
 from qail_ros.runtime import Node, run_node
 
 __all__ = ['PhysicsBridge', 'main']
@@ -52,7 +53,7 @@ FRAME_ID = 'camera'
 SHUTDOWN_GRACE_S = 0.5
 
 
-class PhysicsBridge(Node):
+class PhysicsBridge(SynchronousStepping, Node):
     """Steps a physics task and bridges it to state / image / action topics (module doc)."""
 
     def __init__(self, **kwargs):
@@ -93,10 +94,6 @@ class PhysicsBridge(Node):
         self._episode = 0
         self._episode_return = 0.0
         self._episode_steps = 0
-        self._state_ns = 0
-        self._state_wall = 0.0
-        self._answered = True
-        self._timer = None
         self._started = False
         self._shutdown_at = 0.0
         self._waiting_since = 0.0
@@ -141,17 +138,6 @@ class PhysicsBridge(Node):
             f'{self.image_width}x{self.image_height}, {self.rate_hz:g} Hz, '
             f"{'synchronous' if self.synchronous else 'asynchronous'}")
 
-    def on_activate(self) -> None:
-        self.publish_observation()
-        self._timer = self.create_timer(1.0 / float(self.rate_hz), self.timer_callback)
-
-    def on_deactivate(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self.results:
-            self.get_logger().info(f'{len(self.results)} episodes: {self.metrics()}')
-
     def on_cleanup(self) -> None:
         self.env = None
         self.cam = None
@@ -171,8 +157,7 @@ class PhysicsBridge(Node):
         self.action = values
         self.actions_received += 1
         stamped = offset == 2 and msg.layout.dim and msg.layout.dim[0].size == values.size
-        if not stamped or policy_io.raw_outputs_from_msg(msg)[0] >= self._state_ns:
-            self._answered = True
+        self.answer_received(policy_io.raw_outputs_from_msg(msg)[0] if stamped else None)
 
     def timer_callback(self) -> None:
         if self._shutdown_at and time.monotonic() >= self._shutdown_at:
@@ -183,8 +168,7 @@ class PhysicsBridge(Node):
             return
         if not self._started and not self._ready_to_start():
             return
-        if (self.synchronous and not self._answered
-                and time.monotonic() - self._state_wall < self.control_timeout_s):
+        if self.waiting_for_answer():
             return
         self.step()
 
@@ -196,12 +180,12 @@ class PhysicsBridge(Node):
         now = time.monotonic()
         subscribers = self.state_pub.get_subscription_count()
         if subscribers >= self.wait_for_subscribers and (
-                self._answered or not self.synchronous):
+                self.answered or not self.synchronous):
             self._started = True
             return True
         if not self._waiting_since:
             self._waiting_since = now
-        if now - self._state_wall >= 1.0:
+        if self.seconds_since_observation() >= 1.0:
             waited = now - self._waiting_since
             if waited >= 5.0 and int(waited) % 5 == 0:
                 what = (f'{subscribers}/{self.wait_for_subscribers} state subscribers'
@@ -266,7 +250,7 @@ class PhysicsBridge(Node):
         from qail_ros.image import from_numpy
         now_ns = self.now_ns()
         self.state_pub.publish(policy_io.raw_outputs_to_msg(now_ns, self._obs, name='state'))
-        self._state_ns, self._state_wall, self._answered = now_ns, time.monotonic(), False
+        self.observation_sent(now_ns)
         stamp = messages.time_from_ns(now_ns)
         self.image_pub.publish(from_numpy(self.cam.render(), 'rgb8', stamp=stamp,
                                           frame_id=FRAME_ID))
