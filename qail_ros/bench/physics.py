@@ -334,6 +334,28 @@ def write_outputs(result: dict[str, Any], out: Path) -> dict[str, str]:
     return {k: str(out / f'physics.{k}') for k in ('json', 'csv', 'md', 'png')}
 
 
+def _merge_task(result: dict[str, Any], task: str, measured: dict[str, Any],
+                run: dict[str, Any], merge: bool) -> None:
+    """Put one task's measured methods into `result`, keeping the others (per method)."""
+    bits_list, methods = run['bits'], run['methods']
+    run_key = f'{task} {",".join(bits_list)}'
+    if merge and result['runs'].get(run_key, {}).get('methods') not in (None, methods):
+        run_key += f' [{",".join(methods)}]'
+    for entry in measured.values():
+        if isinstance(entry, dict):
+            entry['run'] = run_key
+    merged = dict(result['results'].get(task, {}))
+    for key, entry in measured.items():
+        kept = merged.get(key)
+        # FP returns are deterministic (eval seeds 0..N-1): the longer evaluation stays
+        if (key == 'fp' and isinstance(kept, dict) and isinstance(entry, dict)
+                and kept.get('episodes', 0) >= entry.get('episodes', 0)):
+            continue
+        merged[key] = entry
+    result['results'][task] = merged
+    result['runs'][run_key] = run
+
+
 def main(args) -> int:
     import torch
 
@@ -379,6 +401,7 @@ def main(args) -> int:
         shlex.quote(a) for a in sys.argv[1:])
     commit = _commit()
     log = (lambda msg: print(msg, file=sys.stderr, flush=True))
+    done: list[tuple[str, dict, dict]] = []
     for task in tasks:
         t0 = time.perf_counter()
         maps: dict[str, Any] = {}
@@ -392,27 +415,18 @@ def main(args) -> int:
                                     suptitle=f'{task}: mean state saliency per dimension '
                                              '(seed 0)')
             log(f'{task}: saliency maps -> {fig}')
-        # per method: a run of some methods keeps the earlier results of the others
-        run_key = f'{task} {",".join(bits_list)}'
-        if args.merge and result['runs'].get(run_key, {}).get('methods') not in (None, methods):
-            run_key += f' [{",".join(methods)}]'
-        for entry in measured.values():
-            if isinstance(entry, dict):
-                entry['run'] = run_key
-        merged = dict(result['results'].get(task, {}))
-        for key, entry in measured.items():
-            kept = merged.get(key)
-            # FP returns are deterministic (eval seeds 0..N-1): the longer evaluation stays
-            if (key == 'fp' and isinstance(kept, dict) and isinstance(entry, dict)
-                    and kept.get('episodes', 0) >= entry.get('episodes', 0)):
-                continue
-            merged[key] = entry
-        result['results'][task] = merged
-        result['runs'][run_key] = {
+        done.append((task, measured, {
             'command': command, 'commit': commit,
             'date': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
             'seconds': round(time.perf_counter() - t0, 1),
-            'settings': dict(s), 'bits': bits_list, 'methods': methods}
+            'settings': dict(s), 'bits': bits_list, 'methods': methods}))
+    if args.merge and (out / 'physics.json').is_file():
+        # read again: another run may have written the file while this one trained
+        fresh = json.loads((out / 'physics.json').read_text())
+        result['results'] = fresh.get('results', {})
+        result['runs'] = fresh.get('runs', {})
+    for task, measured, run in done:
+        _merge_task(result, task, measured, run, args.merge)
     result['settings'] = s
     result['paper'] = {t: PAPER_TABLE7[t] for t in result['results'] if t in PAPER_TABLE7}
     result['command'] = command
