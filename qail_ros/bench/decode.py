@@ -1,6 +1,7 @@
 """Per-token decode latency of a Llama backbone in the OpenVLA layout: FP32 / BF16 / INT8 / INT4.
 
-    qail-ros bench decode [--small] [--threads N] [--tokens 7] [--repeats 3] [--json]
+    qail-ros bench decode [--small] [--threads N] [--tokens 7] [--repeats 3]
+                          [--cache dynamic|static] [--attention sdpa|gemv] [--json]
 
 One run builds a random-weight Llama (transformers LlamaForCausalLM, OpenVLA-7B's vocabulary
 of 32064 and SiLU-MLP layout, scaled down: default ~1B parameters, `--small` ~45 M for quick
@@ -11,8 +12,19 @@ runs) and times, per precision:
          torch._weight_int8pack_mm, float32 activations)
   int4   every linear weight-only int4, group 128 (qail_ros.quant WeightOnlyRTN group, torch's
          CPU int4 kernel `_weight_int4pack_mm_for_cpu`, bfloat16 activations)
+  int4_ort  the same int4 codes on onnxruntime's MatMulNBits (qail_ros.quant.ort_int4,
+         accuracy_level 4 = int8 activations per block, q/k/v fused, each MLP one session;
+         float32 elsewhere)
 a prefill of `--prompt` tokens (OpenVLA: 256 image patches + ~20 prompt tokens), then
 `--tokens` decode steps with the KV cache (OpenVLA decodes 7 action tokens), `--repeats` times.
+`--cache dynamic` (default) is transformers' DynamicCache, which grows by torch.cat: every step
+copies the whole cache of every layer (~13 ms/token at the ~1 B layout in float32, measured);
+`--cache static` preallocates prompt + tokens positions (StaticCache, written in place), which
+is what a runtime does and leaves the weights as the main memory traffic.
+`--attention sdpa` (default) is torch's scaled_dot_product_attention; `gemv` computes a
+single-query decode step as q.K^T (a batched GEMV) and sum(p * V) instead: torch 2.13's CPU SDPA
+reads a 300-token float32 cache at ~7 GB/s for one query (~11 ms/token over 16 layers at the
+~1 B layout) where the GEMV form runs at ~20 GB/s (prefill keeps SDPA).
 
 Bandwidth floor: decoding one token reads every linear weight once (and one embedding row), so
 ms_per_token >= weight bytes / memory bandwidth. The bandwidth is measured here, with the same
@@ -20,7 +32,12 @@ thread count (best of several reads of a buffer much larger than the caches). fr
 = floor / measured (1.0 = at the memory limit). action_ms = prefill + all decode steps. Memory
 per precision: model_mb = bytes the model holds (parameters, buffers, the kernels' packed
 weights and caches); rss_growth_mb = resident-set growth while it was built from the FP32
-model and run (includes transient copies and the KV cache).
+model and run (includes transient copies and the KV cache; for int4_ort also onnxruntime's
+own copies of the weights, which model_mb does not see: model_mb counts the bytes the
+MatMulNBits sessions were given).
+
+JSON: `int4_*` keys are the torch int4 path (as before), `int4_ort_*` the onnxruntime path,
+`int4_best_*` whichever of the two measured more tokens per second (`int4_best_path` names it).
 """
 from __future__ import annotations
 
@@ -31,10 +48,11 @@ import time
 
 HELP = 'decode latency per token of an OpenVLA-layout Llama: FP32/BF16/INT8/INT4 vs bandwidth'
 
-PRECISIONS = ('fp32', 'bf16', 'int8', 'int4')
+PRECISIONS = ('fp32', 'bf16', 'int8', 'int4', 'int4_ort')
 #: (hidden, intermediate, layers, heads): ~1.0 B parameters / ~45 M parameters
 LAYOUTS = {'default': (2048, 5504, 16, 16), 'small': (512, 1408, 4, 8)}
 VOCAB = 32064
+ATTENTIONS = ('sdpa', 'gemv')
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +66,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--repeats', type=int, default=3, help='actions timed per precision')
     parser.add_argument('--precisions', default=','.join(PRECISIONS),
                         help='comma-separated subset of %(default)s')
+    parser.add_argument('--cache', choices=('dynamic', 'static'), default='dynamic',
+                        help='KV cache: transformers DynamicCache (grows by concatenation) or '
+                        'a preallocated StaticCache (default %(default)s)')
+    parser.add_argument('--attention', choices=ATTENTIONS, default='sdpa',
+                        help='decode-step attention: torch SDPA or the GEMV form (default '
+                        '%(default)s)')
 
 
 def measure_bandwidth_gbps(mbytes: int = 512, repeats: int = 5) -> float:
@@ -68,13 +92,48 @@ def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def build_fp32(hidden: int, inter: int, layers: int, heads: int, seed: int = 0):
+def _gemv_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
+                    scaling: float | None = None, **kwargs):
+    """transformers attention function: one query (decode) as q.K^T and sum(p * V).
+
+    Same maths as SDPA (softmax in float32); anything else (prefill, grouped KV heads,
+    dropout) goes to transformers' SDPA function unchanged.
+    """
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    if query.shape[2] != 1 or getattr(module, 'num_key_value_groups', 1) != 1 or (
+            dropout and module.training):
+        return sdpa_attention_forward(module, query, key, value, attention_mask,
+                                      dropout=dropout, scaling=scaling, **kwargs)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    s = torch.matmul(key, query.transpose(-1, -2)).transpose(-1, -2) * scale   # (b, h, 1, L)
+    if attention_mask is not None:
+        m = attention_mask[..., :key.shape[-2]]
+        s = s.masked_fill(~m, float('-inf')) if m.dtype == torch.bool else s + m
+    p = torch.softmax(s, -1, dtype=torch.float32).to(value.dtype)
+    out = (value * p.transpose(-1, -2)).sum(-2, keepdim=True)                   # (b, h, 1, d)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _attn_implementation(attention: str) -> str:
+    """transformers' name for `attention`, registering the GEMV form on first use."""
+    if attention == 'sdpa':
+        return 'sdpa'
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    AttentionInterface.register('qail_gemv', _gemv_attention)
+    AttentionMaskInterface.register('qail_gemv', sdpa_mask)
+    return 'qail_gemv'
+
+
+def build_fp32(hidden: int, inter: int, layers: int, heads: int, seed: int = 0,
+               attention: str = 'sdpa'):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
     cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=inter,
                       num_hidden_layers=layers, num_attention_heads=heads,
                       num_key_value_heads=heads, max_position_embeddings=2048)
-    cfg._attn_implementation = 'sdpa'
+    cfg._attn_implementation = _attn_implementation(attention)
     torch.manual_seed(seed)
     with torch.no_grad():
         model = LlamaForCausalLM(cfg)
@@ -89,6 +148,9 @@ def linear_weight_bytes(model, precision: str) -> int:
     from torch import nn
     total = 0
     for m in model.modules():
+        if hasattr(m, 'weight_bytes'):             # onnxruntime MatMulNBits layers
+            total += m.weight_bytes
+            continue
         n, k = getattr(m, 'out_features', None), getattr(m, 'in_features', None)
         if n is None or not (isinstance(m, nn.Linear) or 'WeightOnly' in type(m).__name__):
             continue
@@ -98,6 +160,8 @@ def linear_weight_bytes(model, precision: str) -> int:
             total += n * k * 2
         elif precision == 'int8':
             total += n * k + n * 4
+        elif precision == 'int4_ort':              # a linear left in float32
+            total += n * k * 4
         else:
             total += n * k // 2 + n * (k // 128) * 2 * 2   # codes + bf16 scale & zero / group
     return total
@@ -116,6 +180,9 @@ def model_bytes(model) -> int:
     for t in list(model.parameters()) + list(model.buffers()):
         add(t)
     for m in model.modules():
+        wb = getattr(m, 'weight_bytes', None)      # weights handed to onnxruntime sessions
+        if wb is not None:
+            total += wb
         for attr in ('_packed', '_kscale'):
             add(getattr(m, attr, None))
         for cache in ('_sz', '_dequant'):
@@ -128,7 +195,7 @@ def model_bytes(model) -> int:
     return total
 
 
-def make_precision(fp32_model, precision: str):
+def make_precision(fp32_model, precision: str, threads: int = 1):
     import copy
 
     import torch
@@ -144,27 +211,41 @@ def make_precision(fp32_model, precision: str):
         quant.quantize_(model, quant.WeightOnlyRTN(bits=4, granularity='group', group_size=128))
         quant.convert_to_integer(model, int4_compute_dtype=torch.bfloat16)
         return model.to(torch.bfloat16), torch.bfloat16   # norms / embeddings in bf16 too
+    if precision == 'int4_ort':
+        from qail_ros.quant.ort_int4 import convert_to_ort_int4
+        quant.quantize_(model, quant.WeightOnlyRTN(bits=4, granularity='group', group_size=128))
+        convert_to_ort_int4(model, threads=threads, accuracy_level=4)
+        return model, torch.float32
     return model, torch.float32
 
 
-def time_actions(model, dtype, prompt: int, tokens: int, repeats: int) -> dict[str, float]:
+def time_actions(model, dtype, prompt: int, tokens: int, repeats: int,
+                 cache: str = 'dynamic') -> dict[str, float]:
     """Prefill `prompt` embeddings then `tokens` greedy decode steps; medians in ms."""
     import torch
     hidden = model.config.hidden_size
     g = torch.Generator().manual_seed(1)
     embeds = (torch.randn(1, prompt, hidden, generator=g) * 0.02).to(dtype)
-    prefill, per_token, action = [], [], []
+    static = None
+    if cache == 'static':
+        from transformers import StaticCache
+        static = StaticCache(config=model.config, max_cache_len=prompt + tokens)
+    prefill, per_token, action, cpu_token = [], [], [], []
     with torch.no_grad():
         for r in range(repeats + 1):             # the first action is warm-up
+            if static is not None:
+                static.reset()
             t0 = time.perf_counter()
-            out = model(inputs_embeds=embeds, use_cache=True)
+            out = model(inputs_embeds=embeds, past_key_values=static, use_cache=True)
             t1 = time.perf_counter()
             steps = []
             for _ in range(tokens):
                 tok = out.logits[:, -1].argmax(-1, keepdim=True)
-                s0 = time.perf_counter()
+                s0, c0 = time.perf_counter(), time.thread_time()
                 out = model(input_ids=tok, past_key_values=out.past_key_values, use_cache=True)
                 steps.append(time.perf_counter() - s0)
+                if r:
+                    cpu_token.append((time.thread_time() - c0) * 1e3)
             t2 = time.perf_counter()
             if r:
                 prefill.append((t1 - t0) * 1e3)
@@ -172,13 +253,16 @@ def time_actions(model, dtype, prompt: int, tokens: int, repeats: int) -> dict[s
                 action.append((t2 - t0) * 1e3)
     return {'prefill_ms': statistics.median(prefill),
             'ms_per_token': statistics.median(per_token),
-            'action_ms': statistics.median(action)}
+            'action_ms': statistics.median(action),
+            'cpu_ms_per_token': statistics.median(cpu_token)}
 
 
 def main(args: argparse.Namespace) -> int:
     import torch
     from qail_ros.bench.report import emit_json, environment, table
     torch.set_num_threads(int(args.threads))
+    cache = getattr(args, 'cache', 'dynamic')
+    attention = getattr(args, 'attention', 'sdpa')
     precisions = [p.strip() for p in args.precisions.split(',') if p.strip()]
     bad = [p for p in precisions if p not in PRECISIONS]
     if bad:
@@ -188,17 +272,18 @@ def main(args: argparse.Namespace) -> int:
     prompt = args.prompt or (64 if args.small else 276)
     bandwidth = measure_bandwidth_gbps(128 if args.small else 512)
     base_rss = _rss_mb()
-    fp32 = build_fp32(hidden, inter, layers, heads)
+    fp32 = build_fp32(hidden, inter, layers, heads, attention=attention)
     params = sum(p.numel() for p in fp32.parameters())
     print(f'Llama backbone (OpenVLA layout): {params / 1e6:.1f} M parameters, hidden {hidden}, '
           f'{layers} layers, vocab {VOCAB}; prefill {prompt} tokens, {args.tokens} decode '
-          f'steps; {args.threads} thread(s); read bandwidth {bandwidth:.2f} GB/s', flush=True)
+          f'steps; {args.threads} thread(s); {cache} KV cache, {attention} attention; read '
+          f'bandwidth {bandwidth:.2f} GB/s', flush=True)
     results: dict[str, dict[str, float]] = {}
     for precision in precisions:
         gc.collect()
         before = _rss_mb()
-        model, dtype = make_precision(fp32, precision)
-        timing = time_actions(model, dtype, prompt, args.tokens, args.repeats)
+        model, dtype = make_precision(fp32, precision, int(args.threads))
+        timing = time_actions(model, dtype, prompt, args.tokens, args.repeats, cache)
         wbytes = linear_weight_bytes(model, precision)
         floor_ms = wbytes / (bandwidth * 1e9) * 1e3
         timing.update(weight_mb=wbytes / 2**20, floor_ms=floor_ms,
@@ -210,22 +295,33 @@ def main(args: argparse.Namespace) -> int:
         gc.collect()
     fp = results.get('fp32', {}).get('ms_per_token')
     table('decode latency per token (median)',
-          ['precision', 'ms/token', 'floor ms', 'of floor', 'prefill ms', 'action ms',
-           'weights MB', 'model MB', 'vs fp32'],
-          [[p, r['ms_per_token'], r['floor_ms'], r['fraction_of_floor'], r['prefill_ms'],
+          ['precision', 'ms/token', 'cpu ms/token', 'floor ms', 'of floor', 'prefill ms',
+           'action ms', 'weights MB', 'model MB', 'vs fp32'],
+          [[p, r['ms_per_token'], r['cpu_ms_per_token'], r['floor_ms'], r['fraction_of_floor'],
+            r['prefill_ms'],
             r['action_ms'], r['weight_mb'], r['model_mb'],
             (fp / r['ms_per_token']) if fp else float('nan')] for p, r in results.items()])
     if args.json:
         out: dict = {'params': params, 'bandwidth_gbps': bandwidth, 'small': bool(args.small),
-                     'threads': args.threads, 'prompt_tokens': prompt,
-                     'decode_tokens': args.tokens}
+                     'threads': args.threads, 'prompt_tokens': prompt, 'cache': cache,
+                     'attention': attention, 'decode_tokens': args.tokens}
         for p, r in results.items():
             out[f'{p}_ms_per_token'] = r['ms_per_token']
-        if 'int4' in results:
-            out['int4_floor_ms'] = results['int4']['floor_ms']
-            out['int4_fraction_of_floor'] = results['int4']['fraction_of_floor']
+        for p in ('int4', 'int4_ort'):
+            if p in results:
+                out[f'{p}_floor_ms'] = results[p]['floor_ms']
+                out[f'{p}_fraction_of_floor'] = results[p]['fraction_of_floor']
+                if fp:
+                    out[f'{p}_speedup_vs_fp32'] = fp / results[p]['ms_per_token']
+        int4s = [p for p in ('int4', 'int4_ort') if p in results]
+        if int4s:
+            best = min(int4s, key=lambda p: results[p]['ms_per_token'])
+            out['int4_best_path'] = best
+            for key in ('ms_per_token', 'floor_ms', 'fraction_of_floor', 'prefill_ms',
+                        'action_ms'):
+                out[f'int4_best_{key}'] = results[best][key]
             if fp:
-                out['int4_speedup_vs_fp32'] = fp / results['int4']['ms_per_token']
+                out['int4_best_speedup_vs_fp32'] = fp / results[best]['ms_per_token']
         out['action_ms'] = {p: r['action_ms'] for p, r in results.items()}
         out['prefill_ms'] = {p: r['prefill_ms'] for p, r in results.items()}
         out['floor_ms'] = {p: r['floor_ms'] for p, r in results.items()}
@@ -233,6 +329,12 @@ def main(args: argparse.Namespace) -> int:
         out['model_mb'] = {p: r['model_mb'] for p, r in results.items()}
         out['rss_growth_mb'] = {p: r['rss_growth_mb'] for p, r in results.items()}
         out['weight_mb'] = {p: r['weight_mb'] for p, r in results.items()}
+        # CPU time of the calling thread per decode step (medians): unlike wall time it does not
+        # count time slices taken by other processes (memory-bandwidth contention still counts);
+        # it covers the calling thread only, i.e. all the work at --threads 1
+        out['cpu_ms_per_token'] = {p: r['cpu_ms_per_token'] for p, r in results.items()}
+        out['cpu_fraction_of_floor'] = {p: r['floor_ms'] / r['cpu_ms_per_token']
+                                        for p, r in results.items()}
         out['rss_before_models_mb'] = base_rss
         out['environment'] = environment()
         emit_json(out)

@@ -1,0 +1,413 @@
+"""INT4 weight-only linears on onnxruntime's `MatMulNBits` (com.microsoft) CPU kernel.
+
+    convert_to_ort_int4(model, threads=1, accuracy_level=4)   in place, after quantize_ with a
+                                                               <= 4-bit weight-only config
+
+Why: torch's CPU int4 kernel (`Int4WeightOnlyLinear`, bf16 activations) leaves decode at about
+half the memory-bandwidth floor; onnxruntime's MLAS kernel for `MatMulNBits` with
+accuracy_level 4 (activations quantized to int8 per block, int8 dot products, VNNI where the
+CPU has it) streams 4-bit weights much closer to the floor, at batch 1 and at prefill sizes.
+
+Each replacement layer owns one `onnxruntime.InferenceSession` built in memory with
+`onnx.helper`: input A float32 [M, K] -> MatMulNBits -> float32 [M, N]. The weights are the
+SAME codes as the qail_ros layer (`WeightOnlyRTN` / `Int4WeightOnlyAWQ`, group-wise or per
+channel, symmetric or asymmetric), so the dequantized weight is identical:
+    w = (q_u - z_u) * scale,   q_u = q + 8 (signed codes) or q (unsigned), z_u likewise
+stored as MatMulNBits wants it: B uint8 [N, K / block, block / 2] (element 2i of a block in
+the low nibble of byte i), scales float32 [N * K / block], zero_points uint8
+[N * ceil(blocks / 2)] packed the same way (omitted when every z_u is 8, MatMulNBits' default).
+A group larger than 128 (e.g. per channel) repeats its scale over blocks of 128.
+
+Call overhead: one session.run costs ~tens of microseconds from Python, so projections that
+read the same input are fused (`fuse=True`):
+  - q_proj / k_proj / v_proj (and gate_proj / up_proj when not in a fused MLP): one
+    MatMulNBits over the concatenated weights; each projection returns its column slice.
+    The fused output is cached against the input tensor (identity and version), so calling
+    them in any order, or on different inputs, stays correct.
+  - a gated-SiLU MLP (a module with gate_proj, up_proj, down_proj and a SiLU `act_fn`, as in
+    LLaMA / Mistral / Qwen2): one session computing down(silu(gate(x)) * up(x)).
+Numerics: accuracy_level 4 rounds each activation block of `block_size` values to int8
+(symmetric, per row), so outputs differ from the dequantized-weight float matmul by roughly
+1e-3 of the output scale; accuracy_level 1 computes in float32 (float rounding only, slower).
+Inference only: no gradients flow through these layers.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from qail_ros.errors import QailRosError
+
+__all__ = ['convert_to_ort_int4', 'OrtInt4Linear', 'OrtInt4Slice', 'OrtInt4GatedMLP',
+           'OrtInt4Error', 'ORT_MODULES', 'ort_available']
+
+log = logging.getLogger('qail_ros.quant')
+
+#: projection names fused into one MatMulNBits when they read the same input
+FUSE_GROUPS = (('q_proj', 'k_proj', 'v_proj'), ('gate_proj', 'up_proj'))
+_BLOCKS = (128, 64, 32, 16)
+
+
+class OrtInt4Error(QailRosError, ValueError):
+    """A layer or setting the onnxruntime INT4 path cannot take (the message says the fix)."""
+
+
+def ort_available() -> bool:
+    """True when onnxruntime and onnx are importable."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@dataclass
+class _Int4Weight:
+    """One weight in MatMulNBits terms: unsigned codes, per-block scales and zero points."""
+    codes: Tensor               # (n, k) uint8 in [0, 15]
+    scales: Tensor              # (n, blocks) float32
+    zeros: Tensor               # (n, blocks) uint8 in [0, 15]
+    block: int
+    bias: Tensor | None         # (n,) float32
+    input_scale: Tensor | None  # (k,) AWQ input scale, applied before the matmul
+
+    @property
+    def n(self) -> int:
+        return self.codes.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.codes.shape[1]
+
+
+def _extract(layer: nn.Module, name: str) -> _Int4Weight:
+    """Codes, scales and zero points of an Int4WeightOnlyLinear or weight-only QuantLinear."""
+    from qail_ros.quant.integer import Int4WeightOnlyLinear
+    from qail_ros.quant.modules import QuantLinear
+    if isinstance(layer, Int4WeightOnlyLinear):
+        codes, scale, zero = layer.codes(), layer.scale, layer.zero_point
+        signed, group, bits = layer.signed, layer.group_size, layer.bits
+        bias, input_scale = layer.bias, layer.input_scale
+    elif (isinstance(layer, QuantLinear) and layer.weight_quant is not None
+          and layer.input_quant is None):
+        wq = layer.weight_quant
+        n, k = layer.weight.shape
+        groups = wq.scale.shape[1] if wq.granularity == 'group' else 1
+        codes = wq.int_codes(layer.weight.detach())
+        scale, zero = (t.detach().expand(n, groups) if t.dim() == 0
+                       else t.detach().reshape(n, groups) for t in (wq.scale, wq.zero_point))
+        signed, group, bits = wq._signed, k // groups, wq.bits
+        bias, input_scale = layer.bias, layer.input_scale
+    else:
+        raise OrtInt4Error(f'layer {name} ({type(layer).__name__}) is not a weight-only '
+                           'quantized Linear: quantize_ it with WeightOnlyRTN(bits=4) or '
+                           'Int4WeightOnlyAWQ first')
+    if bits > 4:
+        raise OrtInt4Error(f'layer {name} has {bits}-bit weights: the onnxruntime path is '
+                           'INT4 only; quantize with bits <= 4 or keep convert_to_integer')
+    n, k = codes.shape
+    block = group if group <= _BLOCKS[0] else next((b for b in _BLOCKS if group % b == 0), 0)
+    if block < _BLOCKS[-1] or k % block:
+        raise OrtInt4Error(f'layer {name}: group size {group} over {k} inputs has no '
+                           'MatMulNBits block (16..128 dividing the group and the input size): '
+                           'quantize with group_size 16..128, or exclude the layer')
+    off = 8 if signed else 0
+    rep = group // block
+    zeros = (zero.detach().float() + off).repeat_interleave(rep, dim=1)
+    if bool((zeros != zeros.round()).any()) or float(zeros.min()) < 0 or float(zeros.max()) > 15:
+        raise OrtInt4Error(f'layer {name}: zero points outside the 4-bit code range: '
+                           're-quantize it with a 4-bit weight-only config')
+    return _Int4Weight(
+        codes=(codes.to(torch.int16) + off).to(torch.uint8),
+        scales=scale.detach().float().repeat_interleave(rep, dim=1).contiguous(),
+        zeros=zeros.to(torch.uint8), block=block,
+        bias=None if bias is None else bias.detach().float().clone(),
+        input_scale=None if input_scale is None else input_scale.detach().float().clone())
+
+
+def _concat(ws: list[_Int4Weight]) -> _Int4Weight:
+    """Weights stacked along the outputs (same inputs, block and input scale)."""
+    bias = None
+    if any(w.bias is not None for w in ws):
+        bias = torch.cat([w.bias if w.bias is not None else torch.zeros(w.n) for w in ws])
+    return _Int4Weight(torch.cat([w.codes for w in ws]), torch.cat([w.scales for w in ws]),
+                       torch.cat([w.zeros for w in ws]), ws[0].block, bias, ws[0].input_scale)
+
+
+def _pack_nibbles(u: np.ndarray) -> np.ndarray:
+    """uint8 values in [0, 15] along the last axis -> bytes, element 2i in the low nibble."""
+    if u.shape[-1] % 2:
+        u = np.concatenate([u, np.zeros((*u.shape[:-1], 1), np.uint8)], axis=-1)
+    return (u[..., 0::2] | (u[..., 1::2] << 4)).astype(np.uint8)
+
+
+class _Graph:
+    """A small ONNX graph under construction: float32 input 'x', MatMulNBits nodes."""
+
+    def __init__(self, k: int):
+        from onnx import TensorProto, helper
+        self._h, self._tp = helper, TensorProto
+        self.nodes: list = []
+        self.inits: list = []
+        self.inputs = [helper.make_tensor_value_info('x', TensorProto.FLOAT, ['M', k])]
+        self._count = 0
+
+    def _name(self, stem: str) -> str:
+        self._count += 1
+        return f'{stem}{self._count}'
+
+    def _init(self, stem: str, array: np.ndarray) -> str:
+        from onnx import numpy_helper
+        name = self._name(stem)
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def matmul_nbits(self, a: str, w: _Int4Weight, accuracy_level: int) -> str:
+        n, k, block = w.n, w.k, w.block
+        blocks = k // block
+        b = _pack_nibbles(w.codes.numpy().reshape(n, blocks, block))
+        ins = [a, self._init('B', b), self._init('scales', w.scales.numpy().reshape(-1))]
+        if bool((w.zeros != 8).any()):
+            ins.append(self._init('zp', _pack_nibbles(w.zeros.numpy()).reshape(-1)))
+        if w.bias is not None:
+            ins += [''] * (5 - len(ins)) + [self._init('bias', w.bias.numpy())]
+        out = self._name('y')
+        self.nodes.append(self._h.make_node(
+            'MatMulNBits', ins, [out], domain='com.microsoft', K=k, N=n, bits=4,
+            block_size=block, accuracy_level=accuracy_level))
+        return out
+
+    def op(self, op_type: str, ins: list[str]) -> str:
+        out = self._name(op_type.lower())
+        self.nodes.append(self._h.make_node(op_type, ins, [out]))
+        return out
+
+    def session(self, out: str, n: int, threads: int):
+        """An InferenceSession for this graph (initializers are constants: MLAS prepacks)."""
+        import onnxruntime as ort
+        h = self._h
+        self.nodes.append(h.make_node('Identity', [out], ['y']))
+        graph = h.make_graph(self.nodes, 'qail_ort_int4', self.inputs,
+                             [h.make_tensor_value_info('y', self._tp.FLOAT, ['M', n])],
+                             initializer=self.inits)
+        model = h.make_model(graph, opset_imports=[h.make_opsetid('', 17),
+                                                   h.make_opsetid('com.microsoft', 1)])
+        model.ir_version = 8
+        data = model.SerializeToString()
+        self.nodes, self.inits = [], []
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # no busy-waiting pool threads between calls: torch runs the rest of the model
+        opts.add_session_config_entry('session.intra_op.allow_spinning', '0')
+        return ort.InferenceSession(data, opts, providers=['CPUExecutionProvider'])
+
+
+def _weight_bytes(w: _Int4Weight) -> int:
+    """Bytes MatMulNBits reads per call: packed codes, float32 scales, packed zero points."""
+    blocks = w.k // w.block
+    zp = w.n * ((blocks + 1) // 2) if bool((w.zeros != 8).any()) else 0
+    return w.n * w.k // 2 + w.n * blocks * 4 + zp
+
+
+class _OrtRunner:
+    """One session with float32 input 'x' [M, K] and output 'y' [M, N]; torch in and out."""
+
+    def __init__(self, session, k: int, n: int, input_scale: Tensor | None):
+        self.session, self.k, self.n = session, k, n
+        self.input_scale = input_scale
+        self._out = ['y']
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """(..., K) tensor -> (M, N) tensor in x's dtype; few torch ops (they cost ~1 us each)."""
+        if self.input_scale is not None:
+            x = x / self.input_scale.to(x.dtype)
+        xf = x if x.dtype is torch.float32 else x.to(torch.float32)
+        a = np.ascontiguousarray(xf.detach().numpy().reshape(-1, self.k))
+        y = torch.from_numpy(self.session.run(self._out, {'x': a})[0])
+        return y if x.dtype is torch.float32 else y.to(x.dtype)
+
+
+class OrtInt4Linear(nn.Module):
+    """Drop-in for one INT4 weight-only Linear: a single MatMulNBits session."""
+
+    def __init__(self, layer: nn.Module, *, threads: int = 1, accuracy_level: int = 4,
+                 name: str = ''):
+        super().__init__()
+        w = _extract(layer, name or type(layer).__name__)
+        self.in_features, self.out_features, self.block_size = w.k, w.n, w.block
+        self.accuracy_level = accuracy_level
+        self.weight_bytes = _weight_bytes(w)
+        g = _Graph(w.k)
+        y = g.matmul_nbits('x', w, accuracy_level)
+        self._run = _OrtRunner(g.session(y, w.n, threads), w.k, w.n, w.input_scale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._run(x).reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f'in_features={self.in_features}, out_features={self.out_features}, '
+                f'onnxruntime MatMulNBits block {self.block_size} '
+                f'accuracy_level {self.accuracy_level}')
+
+
+class _FusedOutput:
+    """The concatenated output of fused projections, cached per input tensor."""
+
+    def __init__(self, runner: _OrtRunner, members: int):
+        self.run, self.members = runner, members
+        self._x: Tensor | None = None
+        self._version = -1
+        self._y: Tensor | None = None
+        self._left = 0
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self._x is not x or x._version != self._version or self._y is None:
+            self._y = self.run(x)
+            self._x, self._version, self._left = x, x._version, self.members
+        y = self._y
+        self._left -= 1
+        if self._left <= 0:               # every member served: drop the references
+            self._x = self._y = None
+        return y
+
+
+class OrtInt4Slice(nn.Module):
+    """One projection of a fused group: its columns of the shared MatMulNBits output."""
+
+    def __init__(self, fused: _FusedOutput, start: int, stop: int, in_features: int,
+                 weight_bytes: int, block_size: int):
+        super().__init__()
+        self.fused = fused
+        self.start, self.stop = start, stop
+        self.in_features, self.out_features = in_features, stop - start
+        self.weight_bytes = weight_bytes
+        self.block_size = block_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.fused(x)[:, self.start:self.stop]
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f'in_features={self.in_features}, out_features={self.out_features}, '
+                f'columns {self.start}:{self.stop} of a fused onnxruntime MatMulNBits')
+
+
+class OrtInt4GatedMLP(nn.Module):
+    """down(silu(gate(x)) * up(x)) as one onnxruntime session (three MatMulNBits)."""
+
+    def __init__(self, mlp: nn.Module, *, threads: int = 1, accuracy_level: int = 4,
+                 name: str = ''):
+        super().__init__()
+        gate, up, down = (_extract(getattr(mlp, p), f'{name}.{p}')
+                          for p in ('gate_proj', 'up_proj', 'down_proj'))
+        if gate.input_scale is not None or up.input_scale is not None or (
+                down.input_scale is not None):
+            raise OrtInt4Error(f'{name}: input scales (AWQ) inside a fused MLP; pass '
+                               'fuse=False to convert_to_ort_int4')
+        self.in_features, self.out_features = gate.k, down.n
+        self.weight_bytes = sum(_weight_bytes(w) for w in (gate, up, down))
+        g = _Graph(gate.k)
+        a = g.matmul_nbits('x', gate, accuracy_level)
+        b = g.matmul_nbits('x', up, accuracy_level)
+        h = g.op('Mul', [g.op('Mul', [a, g.op('Sigmoid', [a])]), b])
+        y = g.matmul_nbits(h, down, accuracy_level)
+        self._run = _OrtRunner(g.session(y, down.n, threads), gate.k, down.n, None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._run(x).reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f'in_features={self.in_features}, out_features={self.out_features}, '
+                'down(silu(gate(x)) * up(x)) in one onnxruntime session')
+
+
+ORT_MODULES = (OrtInt4Linear, OrtInt4Slice, OrtInt4GatedMLP)
+
+
+def _is_int4(m: nn.Module | None) -> bool:
+    from qail_ros.quant.integer import Int4WeightOnlyLinear
+    from qail_ros.quant.modules import QuantLinear
+    if isinstance(m, Int4WeightOnlyLinear):
+        return True
+    return (isinstance(m, QuantLinear) and m.weight_quant is not None
+            and m.input_quant is None and m.weight_quant.bits <= 4)
+
+
+def _is_silu(act) -> bool:
+    return isinstance(act, nn.SiLU) or type(act).__name__ in ('SiLUActivation', 'SiLU')
+
+
+def _fusable(ws: list[_Int4Weight]) -> bool:
+    first = ws[0]
+    return all(w.k == first.k and w.block == first.block
+               and (w.input_scale is None) == (first.input_scale is None)
+               and (w.input_scale is None or torch.equal(w.input_scale, first.input_scale))
+               for w in ws)
+
+
+@torch.no_grad()
+def convert_to_ort_int4(model: nn.Module, *, threads: int = 1, accuracy_level: int = 4,
+                        fuse: bool = True) -> nn.Module:
+    """Swap INT4 weight-only layers for onnxruntime MatMulNBits layers, in place; return model.
+
+    Takes the layers `quantize_` made (weight-only QuantLinear, <= 4 bits) or
+    `convert_to_integer` made (`Int4WeightOnlyLinear`). threads: onnxruntime intra-op threads
+    per session. accuracy_level: MatMulNBits compute type (4 = int8 activations, fastest;
+    1 = float32). fuse: fuse q/k/v and gate/up projections and gated-SiLU MLPs (see the module
+    docstring). The rest of the model (norms, attention, embeddings) is untouched: keep it in
+    float32 (the sessions take float32; other dtypes are cast at the boundary).
+    """
+    if not ort_available():
+        raise OrtInt4Error('onnxruntime / onnx are not installed: pip install onnxruntime onnx')
+    if accuracy_level not in (0, 1, 2, 3, 4):
+        raise OrtInt4Error(f'accuracy_level={accuracy_level!r}: use 4 (int8 compute) or 1 '
+                           '(float32)')
+    from qail_ros.quant.api import _set_module
+    targets = [(n, m) for n, m in model.named_modules() if n and _is_int4(m)]
+    if not targets:
+        raise OrtInt4Error(f'{type(model).__name__} has no INT4 weight-only layers: run '
+                           'quantize_(model, WeightOnlyRTN(bits=4, granularity="group")) first')
+    done: set[str] = set()
+    kw = dict(threads=threads, accuracy_level=accuracy_level)
+    if fuse:
+        for name, parent in list(model.named_modules()):
+            prefix = f'{name}.' if name else ''
+            kids = {p: getattr(parent, p, None) for p in ('gate_proj', 'up_proj', 'down_proj')}
+            if all(_is_int4(m) for m in kids.values()) and _is_silu(getattr(parent, 'act_fn',
+                                                                            None)):
+                if not name:
+                    raise OrtInt4Error('the model itself is a gated MLP: wrap it in '
+                                       'nn.Sequential, or pass fuse=False')
+                _set_module(model, name, OrtInt4GatedMLP(parent, name=name, **kw))
+                done.update(prefix + p for p in kids)
+                continue
+            for group in FUSE_GROUPS:
+                mods = [getattr(parent, p, None) for p in group]
+                if not all(_is_int4(m) for m in mods) or any(prefix + p in done for p in group):
+                    continue
+                ws = [_extract(m, prefix + p) for m, p in zip(mods, group)]
+                if not _fusable(ws):
+                    continue
+                fused = _concat(ws)
+                g = _Graph(fused.k)
+                y = g.matmul_nbits('x', fused, accuracy_level)
+                out = _FusedOutput(_OrtRunner(g.session(y, fused.n, threads), fused.k,
+                                              fused.n, fused.input_scale), len(group))
+                start = 0
+                for p, w in zip(group, ws):
+                    setattr(parent, p, OrtInt4Slice(out, start, start + w.n, w.k,
+                                                    _weight_bytes(w), w.block))
+                    start += w.n
+                    done.add(prefix + p)
+    for name, m in targets:
+        if name not in done:
+            _set_module(model, name, OrtInt4Linear(m, name=name, **kw))
+    return model.eval()
