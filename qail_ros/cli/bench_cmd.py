@@ -14,6 +14,7 @@ BENCHES = {
     'recorder': 'qail_ros.bench.recorder',
     'physics': 'qail_ros.bench.physics',
     'cilrs': 'qail_ros.bench.cilrs',
+    'driving': 'qail_ros.bench.driving',
     'decode': 'qail_ros.bench.decode',
     'monitor': 'qail_ros.bench.monitor',
     'quant': 'qail_ros.quant.bench',

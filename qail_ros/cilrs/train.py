@@ -1,0 +1,169 @@
+"""Behaviour cloning of a full-precision CILRS from driving demonstrations (CIL-style).
+
+    demos = driving.collect_demonstrations(driving.ExpertPolicy(), 'regular', 'highway', 20,
+                                           seed=1000, image_size=(128, 56))
+    model, history = train_bc(demos, small_config(128, 56), steps=2000)
+    policy = CILRSPolicy(model)             # a qail_ros.driving policy (batch dict -> actions)
+    driving.evaluate(policy, 'dense', routes=20, town='merge', image_size=(128, 56))
+
+The loss is the CILRS one with a deterministic head: L1 between the demonstrated (accel, steer)
+and the output of the branch of the sample's navigation command only (the other branches get
+no gradient from that sample), plus `speed_weight` times the L1 error of the speed prediction
+from the image features (CILRS's regulariser against the inertia problem). `small_config`
+gives the CPU-sized network the driving benchmark trains here (ResNet-18, 16 stem channels);
+checkpoints are `qail_ros.cilrs.model.save_checkpoint` files (safetensors, config in the header).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from qail_ros.cilrs.config import CILRSConfig
+from qail_ros.cilrs.model import CILRS, build_model
+
+__all__ = ['small_config', 'normalise', 'branch_index', 'select_actions', 'bc_loss', 'train_bc',
+           'CILRSPolicy']
+
+
+def small_config(width: int = 128, height: int = 56, base_width: int = 16,
+                 resnet: int = 18) -> CILRSConfig:
+    """A CILRS that trains on one CPU core in minutes: ResNet-18, `base_width` stem channels,
+    smaller MLPs (measurement 64-64, join 256-256, speed head 128, branches 128), a
+    deterministic (accel, steer) head."""
+    return CILRSConfig(resnet=resnet, height=height, width=width, base_width=base_width,
+                       measurement=(64, 64), join=(256, 256), speed_head=(128,), branch=(128,),
+                       head='deterministic')
+
+
+def normalise(image: Tensor | np.ndarray, speed: Tensor | np.ndarray,
+              config: CILRSConfig) -> tuple[Tensor, Tensor]:
+    """(B, H, W, 3) RGB 0..255 (uint8 or float) and (B,) m/s -> the network inputs
+    ((B, 3, H, W) ImageNet-normalised, (B, 1) speed / speed_scale)."""
+    img = torch.as_tensor(image).float()
+    if img.dim() != 4 or img.shape[-1] != 3:
+        raise ValueError(f'images must be (B, H, W, 3), got {tuple(img.shape)}')
+    if tuple(img.shape[1:3]) != (config.height, config.width):
+        raise ValueError(f'images are {img.shape[2]}x{img.shape[1]} but the CILRS config wants '
+                         f'{config.width}x{config.height}: render with image_size=(width, '
+                         'height) of the config')
+    mean = torch.tensor(config.mean, dtype=img.dtype, device=img.device).reshape(1, 3, 1, 1)
+    std = torch.tensor(config.std, dtype=img.dtype, device=img.device).reshape(1, 3, 1, 1)
+    img = (img.permute(0, 3, 1, 2) / 255.0 - mean) / std
+    spd = torch.as_tensor(speed).float().reshape(-1, 1).to(img.device) / config.speed_scale
+    return img.contiguous(), spd
+
+
+def branch_index(command: Tensor | np.ndarray, num_branches: int) -> Tensor:
+    """RoadOption values (B,) -> branch indices (B,) (VOID / unknown -> LANEFOLLOW), as
+    qail_ros.cilrs.config.command_index does for one value."""
+    c = torch.as_tensor(command).long()
+    lanefollow = min(3, num_branches - 1)
+    valid = (c >= 1) & (c <= num_branches)
+    return torch.where(valid, c - 1, torch.full_like(c, lanefollow))
+
+
+def select_actions(branches: Tensor, command: Tensor | np.ndarray) -> Tensor:
+    """(B, num_branches, O) outputs and (B,) commands -> (B, O): each sample's own branch."""
+    idx = branch_index(command, branches.shape[1]).to(branches.device)
+    return branches[torch.arange(len(branches), device=branches.device), idx]
+
+
+def bc_loss(model: CILRS, image: Tensor, speed: Tensor, command: Tensor, action: Tensor,
+            speed_weight: float = 0.05) -> tuple[Tensor, dict[str, float]]:
+    """Branched L1 action loss + speed_weight * L1 speed-prediction loss on normalised inputs."""
+    branches, speed_pred = model(image, speed)
+    act = select_actions(branches, command)
+    l_act = F.l1_loss(act, action.to(act.dtype))
+    l_speed = F.l1_loss(speed_pred, speed)
+    loss = l_act + speed_weight * l_speed
+    return loss, {'loss': float(loss.detach()), 'action': float(l_act.detach()),
+                  'speed': float(l_speed.detach())}
+
+
+def train_bc(demos: dict[str, Any], config: CILRSConfig, *, steps: int = 2000,
+             batch_size: int = 64, lr: float = 3e-4, speed_weight: float = 0.05,
+             seed: int = 0, log_every: int = 100, progress: bool = False,
+             log: Callable[[str], None] | None = None) -> tuple[CILRS, list[dict[str, float]]]:
+    """Train a CILRS (seeded init) by behaviour cloning on `demos` (the dict of
+    qail_ros.driving.collect_demonstrations: image, speed, command, act). Adam with a cosine
+    learning-rate decay; returns (the model in eval mode, loss history)."""
+    image = torch.as_tensor(demos['image'])
+    speed = torch.as_tensor(demos['speed']).float()
+    command = torch.as_tensor(demos['command']).long()
+    action = torch.as_tensor(demos['act']).float()
+    n = len(image)
+    if n == 0 or not (len(speed) == len(command) == len(action) == n):
+        raise ValueError(f'demonstrations need equally many images, speeds, commands and '
+                         f'actions (got {n}, {len(speed)}, {len(command)}, {len(action)})')
+    model = build_model(config, seed=seed)
+    # build_model randomises BN statistics (for fusion tests); a trained net starts clean
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_parameters()
+            m.reset_running_stats()
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps), eta_min=lr * 0.05)
+    gen = torch.Generator().manual_seed(seed)
+    bs = min(batch_size, n)
+    history: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=steps, desc='CILRS BC', unit='step', leave=False)
+    perm, pos = torch.randperm(n, generator=gen), 0
+    for step in range(1, steps + 1):
+        if pos + bs > n:
+            perm, pos = torch.randperm(n, generator=gen), 0
+        idx = perm[pos:pos + bs]
+        pos += bs
+        img, spd = normalise(image[idx], speed[idx], config)
+        loss, rec = bc_loss(model, img, spd, command[idx], action[idx], speed_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        sched.step()
+        if step % log_every == 0 or step == steps or step == 1:
+            rec['step'] = step
+            history.append(rec)
+            if log is not None:
+                log(f'BC step {step}/{steps}: loss {rec["loss"]:.4f} (action {rec["action"]:.4f},'
+                    f' speed {rec["speed"]:.4f}), {time.perf_counter() - t0:.0f}s')
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return model.eval(), history
+
+
+class CILRSPolicy:
+    """A qail_ros.driving policy from a CILRS model: normalises the batch, runs the network and
+    returns each sample's command branch as (accel, steer), clipped to [-1, 1]. The head must be
+    'deterministic' or 'beta' (then 2 * mode - 1)."""
+
+    def __init__(self, model: CILRS):
+        self.model = model.eval()
+        self.config = model.config
+
+    def eval(self) -> CILRSPolicy:
+        self.model.eval()
+        return self
+
+    def __call__(self, batch: dict[str, Any]) -> Tensor:
+        img, spd = normalise(batch['image'], batch['speed'], self.config)
+        with torch.no_grad():
+            branches, _ = self.model(img, spd)
+        act = select_actions(branches, batch['command'])
+        if self.config.head == 'beta':
+            a = act.shape[1] // 2
+            alpha, beta = act[:, :a], act[:, a:]
+            act = 2.0 * (alpha - 1.0) / (alpha + beta - 2.0).clamp_min(1e-6) - 1.0
+        return act.clamp(-1.0, 1.0)
