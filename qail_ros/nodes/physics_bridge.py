@@ -51,6 +51,7 @@ __all__ = ['PhysicsBridge', 'main']
 
 FRAME_ID = 'camera'
 SHUTDOWN_GRACE_S = 0.5
+REPUBLISH_MATCHED_S = 5.0
 
 
 class PhysicsBridge(SynchronousStepping, Node):
@@ -95,6 +96,7 @@ class PhysicsBridge(SynchronousStepping, Node):
         self._episode_return = 0.0
         self._episode_steps = 0
         self._started = False
+        self._all_matched = False
         self._shutdown_at = 0.0
         self._waiting_since = 0.0
         self.state_pub = self.create_publisher('std_msgs/msg/Float64MultiArray', state_topic, 10)
@@ -174,22 +176,30 @@ class PhysicsBridge(SynchronousStepping, Node):
 
     def _ready_to_start(self) -> bool:
         """Before the first step: wait for `wait_for_subscribers` subscribers of the state
-        topic and (synchronous) for the first action, re-publishing the initial state every
-        second with a fresh stamp, since late subscribers miss what was published before
-        they matched."""
+        topic and (synchronous) for the first action. Late subscribers miss what was published
+        before they matched, so the initial state is re-published with a fresh stamp: every
+        second while subscribers are missing, once when the last one matches, then every
+        REPUBLISH_MATCHED_S while no action comes (a publish right after matching can be lost
+        while discovery settles). A policy that was slow to start may still answer an earlier
+        copy: that is a real state-action pair and a recorder keeps it (one extra sample at
+        the start of the first episode)."""
         now = time.monotonic()
         subscribers = self.state_pub.get_subscription_count()
-        if subscribers >= self.wait_for_subscribers and (
-                self.answered or not self.synchronous):
+        matched = subscribers >= self.wait_for_subscribers
+        if matched and (self.answered or not self.synchronous):
             self._started = True
             return True
         if not self._waiting_since:
             self._waiting_since = now
-        if self.seconds_since_observation() >= 1.0:
+        if matched and not self._all_matched:
+            self._all_matched = True
+            self.publish_observation()
+            return False
+        if self.seconds_since_observation() >= (REPUBLISH_MATCHED_S if matched else 1.0):
             waited = now - self._waiting_since
-            if waited >= 5.0 and int(waited) % 5 == 0:
+            if waited >= 5.0:
                 what = (f'{subscribers}/{self.wait_for_subscribers} state subscribers'
-                        if subscribers < self.wait_for_subscribers else 'no action yet')
+                        if not matched else 'no action yet')
                 self.get_logger().info(f'waiting to start ({what}, {waited:.0f} s): is the '
                                        f'policy running and reading {self.state_pub.topic}?')
             self.publish_observation()

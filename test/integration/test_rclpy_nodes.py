@@ -158,8 +158,8 @@ def test_parameters_from_ros2_yaml_and_launch_style_arguments(launch, tmp_path):
     _assert_real_rclpy(talker)
     (got,) = talker.of('params')
     assert got == {'event': 'params', 'node': '/robot1/cam_talker', 'best_effort': False,
-                   'count': 8, 'frame_prefix': 'yaml', 'rate_hz': 50.0, 'size': [2, 2],
-                   'wait_for_subscribers': 99}
+                   'count': 8, 'frame_prefix': 'yaml', 'quit_when_done': False,
+                   'rate_hz': 50.0, 'size': [2, 2], 'wait_for_subscribers': 99}
     talker.wait_event('active')
     assert talker.of('active')[0]['topic'] == '/robot1/image'
     _assert_stopped_cleanly(talker)
