@@ -96,7 +96,7 @@ class PhysicsBridge(SynchronousStepping, Node):
         self._episode_return = 0.0
         self._episode_steps = 0
         self._started = False
-        self._all_matched = False
+        self._subscribers_at_publish = 0
         self._shutdown_at = 0.0
         self._waiting_since = 0.0
         self.state_pub = self.create_publisher('std_msgs/msg/Float64MultiArray', state_topic, 10)
@@ -178,7 +178,8 @@ class PhysicsBridge(SynchronousStepping, Node):
         """Before the first step: wait for `wait_for_subscribers` subscribers of the state
         topic and (synchronous) for the first action. Late subscribers miss what was published
         before they matched, so the initial state is re-published with a fresh stamp: every
-        second while subscribers are missing, once when the last one matches, then every
+        second while subscribers are missing, once when the last one matches (if the last copy went
+out before it did), then every
         REPUBLISH_MATCHED_S while no action comes (a publish right after matching can be lost
         while discovery settles). A policy that was slow to start may still answer an earlier
         copy: that is a real state-action pair and a recorder keeps it (one extra sample at
@@ -191,9 +192,8 @@ class PhysicsBridge(SynchronousStepping, Node):
             return True
         if not self._waiting_since:
             self._waiting_since = now
-        if matched and not self._all_matched:
-            self._all_matched = True
-            self.publish_observation()
+        if matched and self._subscribers_at_publish < self.wait_for_subscribers:
+            self.publish_observation()           # the last copy missed a subscriber
             return False
         if self.seconds_since_observation() >= (REPUBLISH_MATCHED_S if matched else 1.0):
             waited = now - self._waiting_since
@@ -259,6 +259,7 @@ class PhysicsBridge(SynchronousStepping, Node):
         """State, then the camera frame of the current simulation state, one stamp."""
         from qail_ros.image import from_numpy
         now_ns = self.now_ns()
+        self._subscribers_at_publish = self.state_pub.get_subscription_count()
         self.state_pub.publish(policy_io.raw_outputs_to_msg(now_ns, self._obs, name='state'))
         self.observation_sent(now_ns)
         stamp = messages.time_from_ns(now_ns)
