@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from qail_ros.bench.report import csv_list
+
 HELP = ('closed-loop CILRS driving (highway-env): FP vs PTQ-RTN vs QAIL vs QAIL+QBC success, '
         'collision and route completion of W4A4 students')
 
@@ -55,13 +57,6 @@ QUICK = {'seeds': 1, 'routes': 2, 'width': 128, 'height': 56, 'view_m': 50.0, 'b
 #: settings that change the FP model (the cache is reused only when these match).
 BC_KEYS = ('width', 'height', 'view_m', 'base_width', 'demo_densities', 'demo_episodes',
            'noise_episodes', 'noise', 'bc_steps', 'bc_batch', 'bc_lr')
-
-
-def _csv_list(values: list[str] | None) -> list[str]:
-    out: list[str] = []
-    for v in values or []:
-        out += [x.strip() for x in v.split(',') if x.strip()]
-    return out
 
 
 def add_arguments(parser):
@@ -104,11 +99,11 @@ def settings_from(args) -> dict[str, Any]:
         if v is not None:
             s[key] = v
     s['first_seed'] = getattr(args, 'first_seed', 0) or 0
-    s['towns'] = _csv_list(args.town) or ['merge']
-    s['densities'] = _csv_list(args.densities) or (['regular'] if args.quick
-                                                   else ['empty', 'regular', 'dense'])
-    s['bits'] = [b.lower() for b in _csv_list(args.bits)] or ['w4a4']
-    s['methods'] = _csv_list(args.methods) or list(ALL_METHODS)
+    s['towns'] = csv_list(args.town) or ['merge']
+    s['densities'] = csv_list(args.densities) or (['regular'] if args.quick
+                                                  else ['empty', 'regular', 'dense'])
+    s['bits'] = [b.lower() for b in csv_list(args.bits)] or ['w4a4']
+    s['methods'] = csv_list(args.methods) or list(ALL_METHODS)
     return s
 
 

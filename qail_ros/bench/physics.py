@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from qail_ros.bench.report import csv_list
+
 HELP = ('QAIL on DeepMind Control (Table 7): FP vs PTQ-RTN vs QAIL vs QAIL+QBC (+wQBC) returns '
         'of W4A4 MLP policies')
 
@@ -47,13 +49,6 @@ FULL = {'seeds': 3, 'episodes': 10, 'steps': 2000, 'expert_episodes': 10, 'fp_ep
         'onpolicy_every': 250, 'onpolicy_episodes': 2, 'onpolicy_max_steps': None}
 QUICK = {'seeds': 1, 'episodes': 2, 'steps': 60, 'expert_episodes': 1, 'fp_episodes': 1,
          'onpolicy_every': 30, 'onpolicy_episodes': 1, 'onpolicy_max_steps': 200}
-
-
-def _csv_list(values: list[str] | None) -> list[str]:
-    out: list[str] = []
-    for v in values or []:
-        out += [x.strip() for x in v.split(',') if x.strip()]
-    return out
 
 
 def add_arguments(parser):
@@ -367,17 +362,17 @@ def main(args) -> int:
 
     torch.set_num_threads(max(1, args.threads))
     s = settings_from(args)
-    tasks = _csv_list(args.task)
+    tasks = csv_list(args.task)
     if not tasks:
         tasks = ['cartpole-balance'] if args.quick else shipped_tasks()
     if args.quick:
         tasks = tasks[:1]
     for t in tasks:
         task_spec(t)
-    bits_list = [b.lower() for b in _csv_list(args.bits)] or ['w4a4']
+    bits_list = [b.lower() for b in csv_list(args.bits)] or ['w4a4']
     for b in bits_list:
         parse_bits(b)
-    methods = _csv_list(args.methods) or list(DEFAULT_METHODS)
+    methods = csv_list(args.methods) or list(DEFAULT_METHODS)
     bad = [m for m in methods if m not in ALL_METHODS]
     if bad:
         raise ParameterError(f'unknown methods {bad}: use {", ".join(ALL_METHODS)}')

@@ -40,3 +40,11 @@ def environment() -> dict[str, Any]:
 def emit_json(result: dict[str, Any]) -> None:
     """The last line of a --json run."""
     print(json.dumps(result, sort_keys=False, default=float), flush=True)
+
+
+def csv_list(values: Sequence[str] | None) -> list[str]:
+    """Values of a repeatable, comma-separated option: ['a,b', 'c'] -> ['a', 'b', 'c']."""
+    out: list[str] = []
+    for v in values or []:
+        out += [x.strip() for x in v.split(',') if x.strip()]
+    return out
