@@ -211,6 +211,7 @@ out before it did), then every
 
     def step(self) -> None:
         """One simulation step with the newest action (zeros before the first), then publish."""
+        from qail_ros.physics.tasks import make_env
         env = self.env
         action = self.action if self.action is not None else np.zeros(env.act_dim)
         self._obs, reward, done = env.step(action)
@@ -224,10 +225,9 @@ out before it did), then every
                     # messages still have to reach the recorder (another process, maybe)
                     self._shutdown_at = time.monotonic() + SHUTDOWN_GRACE_S
                 return
-            self.env = env = _reseed(env, int(self.seed) + self._episode)
-            self._obs = env.reset()
-            if hasattr(self.cam, 'env'):
-                self.cam.env = env
+            # dm_control fixes the initial-state seed at load time: a new env per episode
+            self.env = self.cam.env = make_env(self.task, int(self.seed) + self._episode)
+            self._obs = self.env.reset()
             self.action = None
         self.publish_observation()
 
@@ -265,12 +265,6 @@ out before it did), then every
         stamp = messages.time_from_ns(now_ns)
         self.image_pub.publish(from_numpy(self.cam.render(), 'rgb8', stamp=stamp,
                                           frame_id=FRAME_ID))
-
-
-def _reseed(env, seed: int):
-    """The same task with a new initial-state seed (dm_control fixes it at load time)."""
-    from qail_ros.physics.tasks import make_env
-    return make_env(env.task, seed)
 
 
 def main(args=None) -> int:

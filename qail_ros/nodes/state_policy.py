@@ -112,7 +112,7 @@ class StatePolicy(Node):
         action_msg = policy_io.raw_outputs_to_msg(stamp_ns, action, 'action')
         t3 = time.perf_counter()
         self.action_pub.publish(action_msg)
-        self.raw_pub.publish(policy_io.raw_outputs_to_msg(stamp_ns, action, 'action'))
+        self.raw_pub.publish(action_msg)     # the MLP's raw output is its action
         age_ms = (self.now_ns() - stamp_ns) / 1e6 if stamped else float('nan')
         timing = policy_io.InferenceTiming(
             stamp_ns=stamp_ns, start_s=start_s, end_s=start_s + (t3 - t0),
