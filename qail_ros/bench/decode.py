@@ -1,7 +1,8 @@
 """Per-token decode latency of a Llama backbone in the OpenVLA layout: FP32 / BF16 / INT8 / INT4.
 
     qail-ros bench decode [--small] [--threads N] [--tokens 7] [--repeats 3]
-                          [--cache dynamic|static] [--attention sdpa|gemv] [--json]
+                          [--cache dynamic|static] [--attention sdpa|gemv]
+                          [--policy [PATH] [--unnorm-key KEY]] [--json]
 
 One run builds a random-weight Llama (transformers LlamaForCausalLM, OpenVLA-7B's vocabulary
 of 32064 and SiLU-MLP layout, scaled down: default ~1B parameters, `--small` ~45 M for quick
@@ -38,6 +39,15 @@ MatMulNBits sessions were given).
 
 JSON: `int4_*` keys are the torch int4 path (as before), `int4_ort_*` the onnxruntime path,
 `int4_best_*` whichever of the two measured more tokens per second (`int4_best_path` names it).
+
+`--policy [PATH]` also times whole actions through the node's code path,
+`OpenVLAPolicy.predict` on an OpenVLA checkpoint (default: the shipped tiny random model): a
+640x480 frame resized for the towers, towers + projector, prefill, `action_dim` greedy decode
+steps (DynamicCache, SDPA: what the policy runs), un-normalisation; for each requested
+precision the policy has (fp32, bf16, int4, int4_ort; RTN group 128 for the INT4 ones). JSON
+key `policy`: {path, parameters, action_ms {precision: median ms}, inference_ms, load_s}.
+On the tiny model these times are Python overhead, not kernels; point PATH at a real
+checkpoint for the real cost.
 """
 from __future__ import annotations
 
@@ -49,6 +59,9 @@ import time
 HELP = 'decode latency per token of an OpenVLA-layout Llama: FP32/BF16/INT8/INT4 vs bandwidth'
 
 PRECISIONS = ('fp32', 'bf16', 'int8', 'int4', 'int4_ort')
+#: the precisions OpenVLAPolicy has (--policy)
+POLICY_PRECISIONS = ('fp32', 'bf16', 'int4', 'int4_ort')
+POLICY_INSTRUCTION = 'pick up the red block'
 #: (hidden, intermediate, layers, heads): ~1.0 B parameters / ~45 M parameters
 LAYOUTS = {'default': (2048, 5504, 16, 16), 'small': (512, 1408, 4, 8)}
 VOCAB = 32064
@@ -72,6 +85,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--attention', choices=ATTENTIONS, default='sdpa',
                         help='decode-step attention: torch SDPA or the GEMV form (default '
                         '%(default)s)')
+    parser.add_argument('--policy', nargs='?', const='models/openvla-tiny', default=None,
+                        metavar='PATH',
+                        help='also time whole actions through OpenVLAPolicy.predict on this '
+                        'OpenVLA checkpoint (default when given without PATH: the shipped '
+                        'tiny model)')
+    parser.add_argument('--unnorm-key', default=None,
+                        help="--policy: the data set key (default: the checkpoint's first)")
 
 
 def measure_bandwidth_gbps(mbytes: int = 512, repeats: int = 5) -> float:
@@ -257,6 +277,34 @@ def time_actions(model, dtype, prompt: int, tokens: int, repeats: int,
             'cpu_ms_per_token': statistics.median(cpu_token)}
 
 
+def time_policy(path: str, precision: str, repeats: int, threads: int = 1,
+                unnorm_key: str | None = None) -> dict:
+    """Load an OpenVLA checkpoint at `precision` (INT4: RTN, group 128) and time
+    OpenVLAPolicy.predict on a 640x480 frame; medians in ms over `repeats` after a warm-up."""
+    import numpy as np
+    from qail_ros.nodes.vla_policy import resolve_model_path
+    from qail_ros.openvla.config import read_config
+    from qail_ros.openvla.policy import OpenVLAPolicy
+    resolved = resolve_model_path(path)
+    key = unnorm_key or next(iter(read_config(resolved).norm_stats))
+    t0 = time.perf_counter()
+    policy = OpenVLAPolicy.from_pretrained(resolved, precision=precision, unnorm_key=key,
+                                           ort_threads=threads)
+    load_s = time.perf_counter() - t0
+    frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), np.uint8)
+    policy.predict(frame, POLICY_INSTRUCTION)                 # warm-up: first calls allocate
+    action, inference = [], []
+    for _ in range(max(int(repeats), 1)):
+        t = time.perf_counter()
+        r = policy.predict(frame, POLICY_INSTRUCTION)
+        action.append((time.perf_counter() - t) * 1e3)
+        inference.append(r.timing_ms['inference_ms'])
+    return {'action_ms': statistics.median(action),
+            'inference_ms': statistics.median(inference), 'load_s': load_s,
+            'parameters': policy.num_parameters(), 'path': str(resolved),
+            'precision': policy.precision}
+
+
 def main(args: argparse.Namespace) -> int:
     import torch
     from qail_ros.bench.report import emit_json, environment, table
@@ -293,6 +341,13 @@ def main(args: argparse.Namespace) -> int:
         results[precision] = timing
         del model
         gc.collect()
+    policy_path = getattr(args, 'policy', None)
+    policy: dict[str, dict] = {}
+    if policy_path:
+        for precision in (p for p in precisions if p in POLICY_PRECISIONS):
+            gc.collect()
+            policy[precision] = time_policy(policy_path, precision, args.repeats,
+                                            int(args.threads), getattr(args, 'unnorm_key', None))
     fp = results.get('fp32', {}).get('ms_per_token')
     table('decode latency per token (median)',
           ['precision', 'ms/token', 'cpu ms/token', 'floor ms', 'of floor', 'prefill ms',
@@ -301,6 +356,16 @@ def main(args: argparse.Namespace) -> int:
             r['prefill_ms'],
             r['action_ms'], r['weight_mb'], r['model_mb'],
             (fp / r['ms_per_token']) if fp else float('nan')] for p, r in results.items()])
+    if policy:
+        first = next(iter(policy.values()))
+        n_params = max(r['parameters'] for r in policy.values())   # float: all still torch's
+        fp_action = policy.get('fp32', {}).get('action_ms')
+        table(f'whole action through OpenVLAPolicy.predict ({first["path"]}, '
+              f'{n_params / 1e6:.2f} M parameters; median)',
+              ['precision', 'action ms', 'inference ms', 'load s', 'vs fp32'],
+              [[p, r['action_ms'], r['inference_ms'], r['load_s'],
+                (fp_action / r['action_ms']) if fp_action else float('nan')]
+               for p, r in policy.items()])
     if args.json:
         out: dict = {'params': params, 'bandwidth_gbps': bandwidth, 'small': bool(args.small),
                      'threads': args.threads, 'prompt_tokens': prompt, 'cache': cache,
@@ -335,6 +400,13 @@ def main(args: argparse.Namespace) -> int:
         out['cpu_ms_per_token'] = {p: r['cpu_ms_per_token'] for p, r in results.items()}
         out['cpu_fraction_of_floor'] = {p: r['floor_ms'] / r['cpu_ms_per_token']
                                         for p, r in results.items()}
+        if policy:
+            first = next(iter(policy.values()))
+            out['policy'] = {'path': first['path'],
+                             'parameters': max(r['parameters'] for r in policy.values()),
+                             'instruction': POLICY_INSTRUCTION,
+                             **{k: {p: r[k] for p, r in policy.items()}
+                                for k in ('action_ms', 'inference_ms', 'load_s')}}
         out['rss_before_models_mb'] = base_rss
         out['environment'] = environment()
         emit_json(out)

@@ -19,6 +19,7 @@ COMMANDS = {
     'bag': 'qail_ros.cli.bag_cmd',
     'bench': 'qail_ros.cli.bench_cmd',
     'train': 'qail_ros.cli.train_cmd',
+    'train-vla': 'qail_ros.cli.train_vla_cmd',
     'eval': 'qail_ros.cli.eval_cmd',
     'dataset': 'qail_ros.cli.dataset_cmd',
     'export': 'qail_ros.cli.export_cmd',

@@ -16,6 +16,7 @@ BENCHES = {
     'cilrs': 'qail_ros.bench.cilrs',
     'driving': 'qail_ros.bench.driving',
     'decode': 'qail_ros.bench.decode',
+    'manipulation': 'qail_ros.bench.manipulation',
     'monitor': 'qail_ros.bench.monitor',
     'quant': 'qail_ros.quant.bench',
 }

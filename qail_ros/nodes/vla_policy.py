@@ -3,8 +3,10 @@
 Runs an OpenVLA checkpoint (qail_ros.openvla: our own architecture code, no remote code, no
 timm) loaded in on_configure from `model_path` (a Hugging Face OpenVLA directory: the shipped
 tiny random model `models/openvla-tiny` by default, or the real openvla-7b directory), in
-fp32, bf16, or with the Llama backbone INT4 weight-only (qail_ros.quant, torch's CPU int4
-kernel). Latest-frame policy on a worker thread (qail_ros.nodes.latest_frame).
+fp32, bf16, or with the Llama backbone INT4 weight-only (qail_ros.quant): `int4` on torch's
+CPU int4 kernel, `int4_ort` (the fastest CPU path) on onnxruntime's MatMulNBits kernel with
+the same codes (qail_ros.quant.ort_int4). Latest-frame policy on a worker thread
+(qail_ros.nodes.latest_frame).
 
 Subscribes
   image_raw      sensor_msgs/Image (best effort, depth 1; any encoding qail_ros.image reads,
@@ -33,9 +35,11 @@ Publishes (one message each per inference; every header / stamp prefix is the ca
 
 Parameters: model_path (default: the shipped tiny model), unnorm_key (default 'bridge_orig',
 a key of OpenVLA-7B's norm_stats; '' = the checkpoint's only data set), precision
-(fp32 | bf16 | int4), int4_scheme (rtn | awq),
+(fp32 | bf16 | int4 | int4_ort), int4_scheme (rtn | awq),
 int4_group_size, int4_weights (a backbone saved by OpenVLAPolicy.save_int4; empty = quantize at
-start), instruction, max_rate_hz, num_threads, frame_id, control_period_s, log_period_s.
+start), lora_weights (QLoRA adapters over int4_weights, from `qail-ros train-vla`),
+instruction, max_rate_hz, num_threads (torch threads, and onnxruntime threads per session for
+int4_ort), frame_id, control_period_s, log_period_s.
 """
 from __future__ import annotations
 
@@ -81,17 +85,21 @@ class VLAPolicy(LatestFramePolicy, Node):
         self.unnorm_key = p('unnorm_key', 'bridge_orig', 'data set whose action statistics '
                             "un-normalise the actions ('' = the checkpoint's only one)").value
         self.precision = p('precision', 'fp32', 'fp32 | bf16 | int4 (INT4 weight-only Llama '
-                           'backbone)').value
+                           "backbone, torch's kernel) | int4_ort (same codes on onnxruntime "
+                           'MatMulNBits: the fastest CPU path)').value
         self.int4_scheme = p('int4_scheme', 'rtn', 'rtn | awq (when quantizing at start)').value
         self.int4_group_size = p('int4_group_size', 128, 'INT4 group size (halved until it '
                                  'divides every layer)').value
         self.int4_weights = p('int4_weights', '', 'backbone saved by OpenVLAPolicy.save_int4; '
                               "'' = quantize at start").value
+        self.lora_weights = p('lora_weights', '', 'QLoRA adapters over int4_weights '
+                              "(qail-ros train-vla; precision int4); '' = none").value
         self.instruction = p('instruction', '',
                              'language instruction (the instruction topic replaces it)').value
         self.max_rate_hz = p('max_rate_hz', 0.0,
                              'most inferences per second; 0 = one per new frame').value
-        self.num_threads = p('num_threads', 1, 'torch CPU threads').value
+        self.num_threads = p('num_threads', 1, 'torch CPU threads (and onnxruntime threads '
+                             'per session for int4_ort)').value
         self.frame_id = p('frame_id', 'base_link', 'frame of cmd_twist').value
         self.control_period_s = p('control_period_s', 0.2, 'seconds one action step spans '
                                   '(cmd_twist = delta / period); 0.2 = Bridge V2 at 5 Hz').value
@@ -123,6 +131,12 @@ class VLAPolicy(LatestFramePolicy, Node):
         if self.precision not in PRECISIONS:
             problems.append(f'precision must be one of {list(PRECISIONS)}, not '
                             f'{self.precision!r}')
+        elif self.precision == 'int4_ort':
+            from qail_ros.quant.ort_int4 import ort_available
+            if not ort_available():
+                problems.append("precision 'int4_ort' needs onnxruntime and onnx, which are not "
+                                "importable: pip install onnxruntime onnx, or set precision "
+                                "'int4' (torch's int4 kernel)")
         if self.int4_scheme not in INT4_SCHEMES:
             problems.append(f'int4_scheme must be one of {list(INT4_SCHEMES)}, not '
                             f'{self.int4_scheme!r}')
@@ -153,7 +167,8 @@ class VLAPolicy(LatestFramePolicy, Node):
             policy = OpenVLAPolicy.from_pretrained(
                 path, precision=self.precision, unnorm_key=self.unnorm_key or None,
                 int4_scheme=self.int4_scheme, int4_group_size=int(self.int4_group_size),
-                int4_weights=self.int4_weights or None)
+                int4_weights=self.int4_weights or None, ort_threads=int(self.num_threads),
+                lora_weights=self.lora_weights or None)
         except OpenVLAError as exc:
             raise ParameterError(f"node '{self.get_name()}': model_path: {exc}") from None
         policy.warmup(1, self.instruction)   # the first forward allocates: not on a frame

@@ -15,7 +15,13 @@ action tokenizer and un-normalisation with `unnorm_key`'s statistics.
 
 Precisions: 'fp32'; 'bf16' (everything bfloat16); 'int4': the Llama decoder's linear layers
 (lm_head excluded) quantized by qail_ros.quant (group-wise INT4 weight-only, RTN or AWQ) and
-run on torch's CPU int4 kernel (bf16 compute), vision towers and projector in fp32.
+run on torch's CPU int4 kernel (bf16 compute), vision towers and projector in fp32;
+'int4_ort': the same INT4 codes on onnxruntime's MatMulNBits kernel (qail_ros.quant.ort_int4:
+accuracy_level 4 = int8 activations per block, q/k/v fused, each gated MLP one session, AWQ
+input scales inside the sessions), for prefill and every decode step; the rest of the model
+(embeddings, norms, attention, lm_head, towers, projector) in fp32. The fastest CPU path:
+decode is memory-bound and MatMulNBits streams the 4-bit weights closest to the bandwidth
+floor (docs/results/decode.md). Needs onnxruntime and onnx (imported only for this precision).
 """
 from __future__ import annotations
 
@@ -30,11 +36,13 @@ import numpy as np
 from qail_ros.openvla.action_tokenizer import ActionTokenizer, select_stats, unnormalize
 from qail_ros.openvla.config import PROMPT_TEMPLATE, OpenVLAConfig, OpenVLAError, read_config
 
-__all__ = ['OpenVLAPolicy', 'ActionResult', 'PRECISIONS', 'INT4_SCHEMES', 'load_tokenizer',
-           'auto_group_size']
+__all__ = ['OpenVLAPolicy', 'ActionResult', 'PRECISIONS', 'INT4_SCHEMES', 'INT4_BACKENDS',
+           'load_tokenizer', 'auto_group_size']
 
-PRECISIONS = ('fp32', 'bf16', 'int4')
+PRECISIONS = ('fp32', 'bf16', 'int4', 'int4_ort')
 INT4_SCHEMES = ('rtn', 'awq')
+#: INT4 precision -> the back end convert_int4 puts the quantized backbone on
+INT4_BACKENDS = {'int4': 'torch', 'int4_ort': 'ort'}
 EMPTY_PIECE = '\u2581'
 
 
@@ -84,7 +92,8 @@ class OpenVLAPolicy:
         self.action_tokenizer = ActionTokenizer(config.vocab_size, config.n_action_bins)
         self.precision = precision
         self.dtype = torch.bfloat16 if precision == 'bf16' else torch.float32
-        self.int4_state = 'none'          # 'none' | 'fake' (quantize_ done) | 'kernel'
+        # 'none' | 'fake' (quantize_ done) | 'kernel' (torch int4) | 'ort' (MatMulNBits)
+        self.int4_state = 'none'
         self.int4_details: dict[str, Any] = {}
         empty = tokenizer.convert_tokens_to_ids(EMPTY_PIECE)
         self.empty_token_id = None if empty in (None, tokenizer.unk_token_id) else int(empty)
@@ -95,25 +104,45 @@ class OpenVLAPolicy:
     @classmethod
     def from_pretrained(cls, path: str | Path, *, precision: str = 'fp32',
                         unnorm_key: str | None = None, int4_scheme: str = 'rtn',
-                        int4_group_size: int = 128, int4_weights: str | Path | None = None
-                        ) -> OpenVLAPolicy:
+                        int4_group_size: int = 128, int4_weights: str | Path | None = None,
+                        ort_threads: int | None = None,
+                        lora_weights: str | Path | None = None) -> OpenVLAPolicy:
+        """Load a checkpoint directory; INT4 precisions quantize the backbone (or load
+        `int4_weights`) and convert it. ort_threads: onnxruntime threads for 'int4_ort'
+        (default: torch's thread count). lora_weights: QLoRA adapters trained over that INT4
+        backbone (`qail-ros train-vla`), run in float beside torch's int4 kernel (precision
+        'int4' only: the onnxruntime sessions fuse the layers the adapters attach to)."""
         import torch
         from qail_ros.openvla.checkpoint import load_model
         if precision not in PRECISIONS:
             raise OpenVLAError(f'precision {precision!r}: choose one of {list(PRECISIONS)}')
+        if precision == 'int4_ort':
+            _require_ort()                                # before the (slow) weights
+        if lora_weights:
+            if precision != 'int4':
+                raise OpenVLAError(f'lora_weights need precision int4 (torch kernel), not '
+                                   f'{precision!r}: QLoRA adapters sit on the INT4 backbone')
+            if not int4_weights:
+                raise OpenVLAError('lora_weights need the int4_weights they were trained '
+                                   'over (train-vla writes both: int4_backbone.safetensors '
+                                   'and adapters.safetensors)')
+            if not Path(lora_weights).is_file():
+                raise OpenVLAError(f'lora_weights {str(lora_weights)!r} do not exist')
         path = Path(path)
         config = read_config(path)
         select_stats(config.norm_stats, unnorm_key)      # a bad key fails before the weights
         model = load_model(path, dtype=torch.bfloat16 if precision == 'bf16' else
                            torch.float32, config=config)
         policy = cls(model, load_tokenizer(path), config, unnorm_key=unnorm_key,
-                     precision='fp32' if precision == 'int4' else precision, path=path)
-        if precision == 'int4':
+                     precision='fp32' if precision in INT4_BACKENDS else precision, path=path)
+        if precision in INT4_BACKENDS:
             if int4_weights:
                 policy.load_int4(int4_weights)
             else:
                 policy.quantize_int4(int4_scheme, int4_group_size)
-            policy.convert_int4()
+            if lora_weights:
+                policy.load_lora(lora_weights)
+            policy.convert_int4(INT4_BACKENDS[precision], threads=ort_threads)
         return policy
 
     # -- INT4 weight-only backbone ----------------------------------------------------------
@@ -178,13 +207,51 @@ class OpenVLAPolicy:
                              'group_size': cfg.get('group_size'), 'file': str(path)}
         self.precision = 'int4'
 
-    def convert_int4(self) -> None:
-        """Swap the fake-quantized layers for packed int4 layers on torch's CPU kernel."""
+    def load_lora(self, path: str | Path) -> None:
+        """Wrap the fake-quantized backbone's linear layers in the saved QLoRA adapters."""
+        from safetensors import safe_open
+        from qail_ros.quant.lora import add_lora, load_lora
+        if self.int4_state != 'fake':
+            raise OpenVLAError('load_lora needs the INT4 backbone first (load_int4)')
+        with safe_open(str(path), 'pt') as f:
+            meta = f.metadata() or {}
+        try:
+            rank, alpha = int(meta['rank']), float(meta['alpha'])
+        except (KeyError, ValueError):
+            raise OpenVLAError(f'{path}: not a LoRA adapter file (no rank / alpha metadata); '
+                               'make it with qail-ros train-vla') from None
+        add_lora(self.model.language_model, rank=rank, alpha=alpha)
+        try:
+            load_lora(self.model.language_model, path)
+        except ValueError as exc:
+            raise OpenVLAError(str(exc)) from None
+        self.int4_details['lora'] = {'file': str(path), 'rank': rank, 'alpha': alpha}
+
+    def convert_int4(self, backend: str = 'torch', *, threads: int | None = None,
+                     accuracy_level: int = 4) -> None:
+        """Swap the fake-quantized layers for real INT4 layers, same codes: backend 'torch'
+        (torch's CPU int4 kernel, bf16 compute; precision 'int4') or 'ort' (onnxruntime
+        MatMulNBits, `threads` intra-op threads per session, default torch's count;
+        accuracy_level 4 = int8 activations, 1 = float32; precision 'int4_ort')."""
+        import torch
         from qail_ros import quant
         if self.int4_state != 'fake':
             raise OpenVLAError('convert_int4 needs quantize_int4() or load_int4() first')
-        quant.convert_to_integer(self.model.language_model)
-        self.int4_state = 'kernel'
+        if backend == 'torch':
+            quant.convert_to_integer(self.model.language_model)
+            self.int4_state = 'kernel'
+            self.int4_details['backend'] = 'torch'
+            return
+        if backend != 'ort':
+            raise OpenVLAError(f"int4 backend {backend!r}: choose 'torch' or 'ort'")
+        _require_ort()
+        from qail_ros.quant.ort_int4 import convert_to_ort_int4
+        n = int(threads) if threads else torch.get_num_threads()
+        convert_to_ort_int4(self.model.language_model, threads=n, accuracy_level=accuracy_level)
+        self.int4_state = 'ort'
+        self.precision = 'int4_ort'
+        self.int4_details.update(backend='onnxruntime', accuracy_level=accuracy_level,
+                                 threads=n)
 
     # -- inference --------------------------------------------------------------------------
     def prompt(self, instruction: str) -> str:
@@ -252,9 +319,18 @@ class OpenVLAPolicy:
 
     def describe(self) -> dict[str, Any]:
         return {'architecture': 'openvla', 'path': str(self.path), 'precision': self.precision,
-                'int4': self.int4_details if self.precision == 'int4' else None,
+                'int4': self.int4_details if self.precision in INT4_BACKENDS else None,
                 'int4_state': self.int4_state, 'unnorm_key': self.unnorm_key,
                 'action_dim': self.action_dim, 'parameters': self.num_parameters(),
                 'vision': [s.to_dict() for s in self.config.vit_specs],
                 'llm': {k: self.config.text_config.get(k) for k in
                         ('hidden_size', 'num_hidden_layers', 'vocab_size')}}
+
+
+def _require_ort() -> None:
+    """Raise a clear error when onnxruntime / onnx (precision 'int4_ort') are missing."""
+    from qail_ros.quant.ort_int4 import ort_available
+    if not ort_available():
+        raise OpenVLAError("precision 'int4_ort' needs onnxruntime and onnx, which are not "
+                           "importable: pip install onnxruntime onnx, or use precision 'int4' "
+                           "(torch's int4 kernel)")

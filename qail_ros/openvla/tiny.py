@@ -39,17 +39,22 @@ TINY_NORM_STATS = {
 SPECIAL = ['<unk>', '<s>', '</s>', '\u2581']
 
 
-def tiny_config(tokenizer_vocab: int = 448, image_size: int = 56) -> OpenVLAConfig:
-    """An OpenVLA config of a few hundred thousand parameters (< 2 MB in float32)."""
-    dino = ViTSpec(image_size=image_size, patch_size=14, embed_dim=64, depth=3, num_heads=2,
-                   mlp_dim=128, class_token=True, reg_tokens=4, no_embed_class=True,
-                   layer_scale=True, act='gelu')
-    siglip = ViTSpec(image_size=image_size, patch_size=14, embed_dim=48, depth=3,
+def tiny_config(tokenizer_vocab: int = 448, image_size: int = 56, *, patch_size: int = 14,
+                llm_hidden: int = 64, llm_layers: int = 2, llm_heads: int = 4,
+                max_positions: int = 256) -> OpenVLAConfig:
+    """An OpenVLA config of a few hundred thousand parameters (< 2 MB in float32) by default;
+    the keyword sizes make the small trainable VLA of the manipulation benchmark."""
+    dino = ViTSpec(image_size=image_size, patch_size=patch_size, embed_dim=64, depth=3,
+                   num_heads=2, mlp_dim=128, class_token=True, reg_tokens=4,
+                   no_embed_class=True, layer_scale=True, act='gelu')
+    siglip = ViTSpec(image_size=image_size, patch_size=patch_size, embed_dim=48, depth=3,
                      num_heads=2, mlp_dim=96, act='gelu_tanh', attn_pool=True,
                      mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    text = {'model_type': 'llama', 'vocab_size': tokenizer_vocab + 64, 'hidden_size': 64,
-            'intermediate_size': 128, 'num_hidden_layers': 2, 'num_attention_heads': 4,
-            'num_key_value_heads': 4, 'max_position_embeddings': 256, 'rms_norm_eps': 1e-6,
+    text = {'model_type': 'llama', 'vocab_size': tokenizer_vocab + 64,
+            'hidden_size': llm_hidden, 'intermediate_size': 2 * llm_hidden,
+            'num_hidden_layers': llm_layers, 'num_attention_heads': llm_heads,
+            'num_key_value_heads': llm_heads, 'max_position_embeddings': max_positions,
+            'rms_norm_eps': 1e-6,
             'pad_token_id': tokenizer_vocab, 'torch_dtype': 'float32'}
     raw = {'architectures': ['OpenVLAForActionPrediction'], 'model_type': 'openvla',
            'vision_backbone_id': 'dinosiglip-vit-so-224px', 'llm_backbone_id': 'llama2-7b-pure',

@@ -21,11 +21,15 @@ A group larger than 128 (e.g. per channel) repeats its scale over blocks of 128.
 Call overhead: one session.run costs ~tens of microseconds from Python, so projections that
 read the same input are fused (`fuse=True`):
   - q_proj / k_proj / v_proj (and gate_proj / up_proj when not in a fused MLP): one
-    MatMulNBits over the concatenated weights; each projection returns its column slice.
+    MatMulNBits over the concatenated weights (one MatMulNBits each, concatenated, in one
+    session when their blocks or AWQ input scales differ); each projection returns its
+    column slice.
     The fused output is cached against the input tensor (identity and version), so calling
     them in any order, or on different inputs, stays correct.
   - a gated-SiLU MLP (a module with gate_proj, up_proj, down_proj and a SiLU `act_fn`, as in
     LLaMA / Mistral / Qwen2): one session computing down(silu(gate(x)) * up(x)).
+AWQ input scales (`input_scale` s: the layer computes (x / s) @ Q(W * s)^T) are a Div node
+in front of the layer's MatMulNBits, inside the same session.
 Numerics: accuracy_level 4 rounds each activation block of `block_size` values to int8
 (symmetric, per row), so outputs differ from the dequantized-weight float matmul by roughly
 1e-3 of the output scale; accuracy_level 1 computes in float32 (float rounding only, slower).
@@ -170,6 +174,8 @@ class _Graph:
     def matmul_nbits(self, a: str, w: _Int4Weight, accuracy_level: int) -> str:
         n, k, block = w.n, w.k, w.block
         blocks = k // block
+        if w.input_scale is not None:            # AWQ: (x / s) @ Q(W * s)^T
+            a = self.op('Div', [a, self._init('s', w.input_scale.numpy())])
         b = _pack_nibbles(w.codes.numpy().reshape(n, blocks, block))
         ins = [a, self._init('B', b), self._init('scales', w.scales.numpy().reshape(-1))]
         if bool((w.zeros != 8).any()):
@@ -182,9 +188,9 @@ class _Graph:
             block_size=block, accuracy_level=accuracy_level))
         return out
 
-    def op(self, op_type: str, ins: list[str]) -> str:
+    def op(self, op_type: str, ins: list[str], **attrs) -> str:
         out = self._name(op_type.lower())
-        self.nodes.append(self._h.make_node(op_type, ins, [out]))
+        self.nodes.append(self._h.make_node(op_type, ins, [out], **attrs))
         return out
 
     def session(self, out: str, n: int, threads: int):
@@ -220,15 +226,12 @@ def _weight_bytes(w: _Int4Weight) -> int:
 class _OrtRunner:
     """One session with float32 input 'x' [M, K] and output 'y' [M, N]; torch in and out."""
 
-    def __init__(self, session, k: int, n: int, input_scale: Tensor | None):
+    def __init__(self, session, k: int, n: int):
         self.session, self.k, self.n = session, k, n
-        self.input_scale = input_scale
         self._out = ['y']
 
     def __call__(self, x: Tensor) -> Tensor:
         """(..., K) tensor -> (M, N) tensor in x's dtype; few torch ops (they cost ~1 us each)."""
-        if self.input_scale is not None:
-            x = x / self.input_scale.to(x.dtype)
         xf = x if x.dtype is torch.float32 else x.to(torch.float32)
         a = np.ascontiguousarray(xf.detach().numpy().reshape(-1, self.k))
         y = torch.from_numpy(self.session.run(self._out, {'x': a})[0])
@@ -247,7 +250,7 @@ class OrtInt4Linear(nn.Module):
         self.weight_bytes = _weight_bytes(w)
         g = _Graph(w.k)
         y = g.matmul_nbits('x', w, accuracy_level)
-        self._run = _OrtRunner(g.session(y, w.n, threads), w.k, w.n, w.input_scale)
+        self._run = _OrtRunner(g.session(y, w.n, threads), w.k, w.n)
 
     def forward(self, x: Tensor) -> Tensor:
         return self._run(x).reshape(*x.shape[:-1], self.out_features)
@@ -308,10 +311,6 @@ class OrtInt4GatedMLP(nn.Module):
         super().__init__()
         gate, up, down = (_extract(getattr(mlp, p), f'{name}.{p}')
                           for p in ('gate_proj', 'up_proj', 'down_proj'))
-        if gate.input_scale is not None or up.input_scale is not None or (
-                down.input_scale is not None):
-            raise OrtInt4Error(f'{name}: input scales (AWQ) inside a fused MLP; pass '
-                               'fuse=False to convert_to_ort_int4')
         self.in_features, self.out_features = gate.k, down.n
         self.weight_bytes = sum(_weight_bytes(w) for w in (gate, up, down))
         g = _Graph(gate.k)
@@ -319,7 +318,7 @@ class OrtInt4GatedMLP(nn.Module):
         b = g.matmul_nbits('x', up, accuracy_level)
         h = g.op('Mul', [g.op('Mul', [a, g.op('Sigmoid', [a])]), b])
         y = g.matmul_nbits(h, down, accuracy_level)
-        self._run = _OrtRunner(g.session(y, down.n, threads), gate.k, down.n, None)
+        self._run = _OrtRunner(g.session(y, down.n, threads), gate.k, down.n)
 
     def forward(self, x: Tensor) -> Tensor:
         return self._run(x).reshape(*x.shape[:-1], self.out_features)
@@ -346,6 +345,7 @@ def _is_silu(act) -> bool:
 
 
 def _fusable(ws: list[_Int4Weight]) -> bool:
+    """Whether weights can be concatenated into one MatMulNBits (same K, block, input scale)."""
     first = ws[0]
     return all(w.k == first.k and w.block == first.block
                and (w.input_scale is None) == (first.input_scale is None)
@@ -394,13 +394,16 @@ def convert_to_ort_int4(model: nn.Module, *, threads: int = 1, accuracy_level: i
                 if not all(_is_int4(m) for m in mods) or any(prefix + p in done for p in group):
                     continue
                 ws = [_extract(m, prefix + p) for m, p in zip(mods, group)]
-                if not _fusable(ws):
+                k, n = ws[0].k, sum(w.n for w in ws)
+                if any(w.k != k for w in ws):
                     continue
-                fused = _concat(ws)
-                g = _Graph(fused.k)
-                y = g.matmul_nbits('x', fused, accuracy_level)
-                out = _FusedOutput(_OrtRunner(g.session(y, fused.n, threads), fused.k,
-                                              fused.n, fused.input_scale), len(group))
+                g = _Graph(k)
+                if _fusable(ws):        # one MatMulNBits over the concatenated weights
+                    y = g.matmul_nbits('x', _concat(ws), accuracy_level)
+                else:                   # e.g. AWQ's scale per projection: one each, concatenated
+                    y = g.op('Concat', [g.matmul_nbits('x', w, accuracy_level) for w in ws],
+                             axis=1)
+                out = _FusedOutput(_OrtRunner(g.session(y, n, threads), k, n), len(group))
                 start = 0
                 for p, w in zip(group, ws):
                     setattr(parent, p, OrtInt4Slice(out, start, start + w.n, w.k,

@@ -137,6 +137,31 @@ def test_int4_precision_runs_on_int4_kernels(rt):
     assert action.shape == (7,) and np.all(np.isfinite(action))
 
 
+def test_int4_ort_precision_runs_on_onnxruntime(rt):
+    """precision int4_ort from the parameters: the backbone on MatMulNBits sessions with
+    num_threads threads each, AWQ from int4_scheme, the node's action = the library's."""
+    ort_int4 = pytest.importorskip('qail_ros.quant.ort_int4')
+    if not ort_int4.ort_available():
+        pytest.skip('onnxruntime / onnx not installed')
+    policy = make_policy('precision:=int4_ort', 'int4_scheme:=awq', 'num_threads:=1',
+                         'instruction:=stack the cups')
+    p = policy.policy
+    assert p.precision == 'int4_ort' and p.int4_state == 'ort'
+    assert p.int4_details['scheme'] == 'awq' and p.int4_details['threads'] == 1
+    assert any(isinstance(m, ort_int4.OrtInt4GatedMLP) for m in p.model.modules())
+    harness = Harness()
+    action = policy.step(harness.frame(1, 7))
+    frame = np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(action, p.predict(frame, 'stack the cups').action)
+
+
+def test_int4_ort_without_onnxruntime_is_a_parameter_error(rt, monkeypatch):
+    ort_int4 = pytest.importorskip('qail_ros.quant.ort_int4')
+    monkeypatch.setattr(ort_int4, 'ort_available', lambda: False)
+    with pytest.raises(ParameterError, match=r"int4_ort' needs onnxruntime.*pip install"):
+        VLAPolicy(cli_args=['--ros-args', '-p', 'precision:=int4_ort'])
+
+
 def test_wrong_model_directory_and_parameters_are_clear_errors(rt, tmp_path):
     with pytest.raises(ParameterError, match='no config.json'):
         make_policy(f'model_path:={tmp_path}')
@@ -153,7 +178,7 @@ def test_orin_vla_config_sets_only_declared_parameters(rt):
     node = VLAPolicy(cli_args=args)
     check_node_parameters(node, args)  # raises on a parameter the node does not declare
     assert node.model_path == 'models/openvla-tiny' and node.unnorm_key == 'bridge_orig'
-    assert node.max_rate_hz > 0 and node.precision in ('fp32', 'bf16', 'int4')
+    assert node.max_rate_hz > 0 and node.precision == 'int4_ort'   # the fastest CPU path
 
 
 def test_defaults_run_the_shipped_tiny_model(rt):

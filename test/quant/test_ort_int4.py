@@ -142,6 +142,33 @@ def test_fused_projections_and_mlp_equal_separate_layers():
             torch.testing.assert_close(model(x, other), ref, rtol=1e-4, atol=1e-4)
 
 
+def test_awq_input_scales_inside_fused_sessions():
+    """AWQ gives every projection its own input scale: q/k/v become one session of three
+    MatMulNBits (concatenated), the gated MLP one session with a Div per projection; both
+    equal torch's int4 layers (float compute) and the fake-quant model."""
+    torch.manual_seed(1)
+    block = _Block()
+    calib = [torch.randn(2, 7, 128) * torch.linspace(0.1, 4.0, 128) for _ in range(2)]
+    quant.quantize_(block, quant.Int4WeightOnlyAWQ(group_size=64), calibration=calib)
+    scales = [getattr(block, p).input_scale for p in ('q_proj', 'k_proj', 'v_proj')]
+    assert all(s is not None for s in scales)
+    assert not torch.equal(scales[0], scales[2])            # distinct scales: not one matmul
+    ref_model = copy.deepcopy(block)
+    quant.convert_to_integer(ref_model, int4_compute_dtype=None)
+    fused = convert_to_ort_int4(copy.deepcopy(block), accuracy_level=1)
+    assert isinstance(fused.q_proj, OrtInt4Slice) and fused.q_proj.fused is fused.k_proj.fused
+    assert isinstance(fused.mlp, OrtInt4GatedMLP)
+    x, other = torch.randn(1, 5, 128) * 2, torch.randn(1, 5, 128)
+    with torch.no_grad():
+        ref, fake = ref_model(x, other), block(x, other)
+        torch.testing.assert_close(fused(x, other), ref, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(fused(x, other), fake, rtol=1e-4, atol=1e-4)
+        # int8 activations: the same within their rounding
+        fast = convert_to_ort_int4(copy.deepcopy(block))(x, other)
+    err = float((fast - ref).abs().max() / ref.abs().max())
+    assert err < 3e-2, err
+
+
 def test_llama_logits_match_the_torch_int4_path():
     """--small decode-bench layout scaled down: fake-quant float, torch int4 and MatMulNBits
     logits over a prompt and two cached decode steps."""

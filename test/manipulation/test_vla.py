@@ -1,0 +1,96 @@
+"""The small VLA: checkpoint compatibility with OpenVLAPolicy, batched decoding, QLoRA students."""
+import numpy as np
+import pytest
+import torch
+
+from qail_ros.manipulation.tasks import TabletopEnv
+from qail_ros.manipulation.vla import SmallVLA, rollouts
+
+pytest.importorskip('mujoco')
+
+
+@pytest.fixture(scope='module')
+def small():
+    torch.manual_seed(0)
+    vla = SmallVLA.create(0, llm_hidden=64, llm_layers=2)
+    with torch.no_grad():               # bigger weights: tokens that depend on the inputs
+        for p in vla.model.language_model.parameters():
+            if p.dim() > 1:
+                p.mul_(5.0)
+    return vla
+
+
+@pytest.fixture(scope='module')
+def states():
+    s, _ = rollouts('place', [0, 1, 2], None, label='expert')
+    return s
+
+
+def test_teacher_forced_logits_match_greedy_decode(small, states):
+    """The training forward (one pass, right-padded, mixed prompt lengths) gives the logits
+    the KV-cached greedy decode saw: the index arithmetic of both is right."""
+    lift, _ = rollouts('lift', [3], None, label='expert')
+    images = np.concatenate([states.images[:3], lift.images[:2]])
+    instr = states.instructions[:3] + lift.instructions[:2]
+    assert len({len(small.prompt_ids(s)) for s in instr}) == 2
+    tokens, logits = small.generate(images, instr)
+    with torch.no_grad():
+        forced = small.teacher_forced_logits(images, instr, torch.as_tensor(tokens))
+    np.testing.assert_allclose(forced.numpy(), logits, atol=2e-4)
+    assert len({tuple(t) for t in tokens}) > 1       # depends on the inputs
+
+
+def test_saved_directory_loads_in_openvla_policy(small, states, tmp_path):
+    from qail_ros.openvla.policy import OpenVLAPolicy
+    from qail_ros.manipulation.vla import UNNORM_KEY
+    path = small.save(tmp_path / 'vla')
+    policy = OpenVLAPolicy.from_pretrained(path, unnorm_key=UNNORM_KEY)
+    again = SmallVLA.load(path)
+    tokens, _ = small.generate(states.images[:4], states.instructions[:4])
+    assert np.array_equal(again.generate(states.images[:4], states.instructions[:4])[0], tokens)
+    for i in range(4):
+        result = policy.predict(states.images[i], states.instructions[i])
+        assert np.array_equal(result.tokens, tokens[i])
+        np.testing.assert_allclose(result.action, small.tokens_to_actions(tokens[i:i + 1])[0])
+
+
+def test_action_tokens_round_trip(small):
+    actions = np.array([[1.0, -1.0, 0.3, 0, 0, 0, 1.0], [-0.5, 0.0, -1.0, 0, 0, 0, -1.0]])
+    back = small.tokens_to_actions(small.action_tokens(actions).numpy())
+    np.testing.assert_allclose(back, actions, atol=2 / 255)
+
+
+def test_qlora_student_trains_adapters_only_and_deploys_on_int4_kernel(small, states):
+    from qail_ros.manipulation.qail_vla import deploy, quantize_awq, train_qlora
+    from qail_ros.quant.lora import LoRALinear, lora_state_dict
+    student = quantize_awq(small, states, n_calibration=8)
+    frozen = {n: p.detach().clone() for n, p in student.model.named_parameters()}
+    before = student.generate(states.images[:6], states.instructions[:6])
+    info = train_qlora(student, small, states, steps=3, qbc_lambda=1.0, tasks=('lift',),
+                       onpolicy_rounds=1, onpolicy_episodes=2, rank=4)
+    assert info['onpolicy_states'] > 0 and info['final_qbc'] is not None
+    adapters = lora_state_dict(student.model.language_model)
+    assert adapters and any(t.abs().sum() > 0 for n, t in adapters.items()
+                            if n.endswith('lora_b'))
+    after_names = dict(student.model.named_parameters())
+    for name, value in frozen.items():      # base weights untouched (now under .base.)
+        moved = name.replace('_proj.weight', '_proj.base.weight')
+        cur = after_names.get(name, after_names.get(moved))
+        assert cur is not None and torch.equal(cur, value), name
+    images, instr = states.images[:6], states.instructions[:6]
+    tokens = torch.as_tensor(before[0])
+    with torch.no_grad():
+        fake = student.teacher_forced_logits(images, instr, tokens)
+    deploy(student)
+    layers = [m for m in student.model.language_model.modules() if isinstance(m, LoRALinear)]
+    assert layers and all(type(m.base).__name__ == 'Int4WeightOnlyLinear' for m in layers)
+    with torch.no_grad():
+        kernel = student.teacher_forced_logits(images, instr, tokens)
+    # bf16 compute in the kernel: logits close to the fake-quant reference (same prefixes)
+    assert (kernel - fake).abs().max() < 0.05 * fake.abs().max()
+
+
+def test_env_images_feed_the_model(small):
+    env = TabletopEnv('lift', 0)
+    obs = env.observe()
+    assert small.pixel_values(obs.image[None]).shape == (1, 6, 48, 48)
