@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ['CILRSConfig', 'COMMAND_NAMES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'command_index',
-           'select_branch', 'postprocess', 'beta_mode']
+           'select_branch', 'postprocess', 'beta_mode', 'preprocess_frame']
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -99,6 +99,28 @@ class CILRSConfig:
         return {'image': 'rgb / 255, then (x - mean) / std per channel', 'mean': list(self.mean),
                 'std': list(self.std), 'speed': 'm/s / speed_scale',
                 'speed_scale': self.speed_scale}
+
+
+def preprocess_frame(frame: np.ndarray, speed_mps: float,
+                     config: CILRSConfig) -> dict[str, np.ndarray]:
+    """(H, W, 3) uint8 RGB camera frame + speed in m/s -> an engine's normalised batch-1 inputs.
+
+    The one preprocessing of the cilrs_policy node and of closed-loop engine evaluation
+    (qail_ros.driving.engine_policy), so both feed an engine the same bytes. A frame of another
+    size is resized (nearest neighbour) to the engine's input size.
+    """
+    c = config
+    h, w = frame.shape[:2]
+    if (h, w) != (c.height, c.width):
+        rows = (np.arange(c.height) * h // c.height)
+        cols = (np.arange(c.width) * w // c.width)
+        frame = frame[rows[:, None], cols[None, :]]
+    mean = np.asarray(c.mean, np.float32).reshape(3, 1, 1)
+    inv_std = (1.0 / np.asarray(c.std, np.float32)).reshape(3, 1, 1)
+    chw = frame.transpose(2, 0, 1).astype(np.float32) * np.float32(1.0 / 255.0)
+    image = ((chw - mean) * inv_std)[None]
+    speed = np.asarray([[speed_mps / c.speed_scale]], np.float32)
+    return {'image': np.ascontiguousarray(image, np.float32), 'speed': speed}
 
 
 def command_index(command: int, num_branches: int = 6) -> int:

@@ -113,27 +113,37 @@ class _Reader:
         pass
 
 
-def _build_w8a8(onnx_fp32: Path, out: Path, calibration: Sequence[Batch]) -> dict[str, Any]:
+def _build_w8a8(onnx_fp32: Path, out: Path, calibration: Sequence[Batch],
+                op_types: Sequence[str] | None = None) -> dict[str, Any]:
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
+    extra = {'op_types_to_quantize': list(op_types)} if op_types else {}
     quantize_static(str(onnx_fp32), str(out), _Reader(calibration),
                     quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax)
+                    calibrate_method=CalibrationMethod.MinMax, **extra)
     return {'activations': 'uint8 asymmetric per-tensor (static, MinMax)',
             'weights': 'int8 symmetric per-output-channel', 'format': 'QDQ',
-            'calibration_batches': len(calibration)}
+            'calibration_batches': len(calibration),
+            'quantized_ops': list(op_types) if op_types else 'every op onnxruntime quantizes'}
 
 
 def build_engines(source: str | Path, out_dir: str | Path,
                   kinds: Sequence[str] = tuple(ENGINE_KINDS), *,
                   calibration: Sequence[Batch] | None = None,
                   w4a4_student: str | Path | None = None, name: str | None = None,
-                  cache: EngineCache | None = None) -> dict[str, Path]:
+                  cache: EngineCache | None = None, details: dict[str, Any] | None = None,
+                  calibration_note: str | None = None,
+                  w8a8_op_types: Sequence[str] | None = None) -> dict[str, Path]:
     """Build (or reuse from the cache) every engine kind for a CILRS checkpoint.
 
     source: save_checkpoint's safetensors (the FP model). w4a4_student: a quant.save_quantized
     file of a W4A4 student of that model (e.g. QAIL-trained); None = LSQ-initialise one.
+    details: extra manifest facts (e.g. what the model was trained on); every manifest also
+    gets `source_model_sha256`, the hash of `source` (the w4a4 engine's source_hash is the
+    student file's). calibration_note: where the calibration batches come from (manifest).
+    w8a8_op_types: ONNX op types w8a8_ort quantizes (None: all onnxruntime supports; ('Conv',)
+    keeps the small MLP heads in float, see models/cilrs-highway/README.md).
     Returns {kind: engine path}; each engine has its manifest next to it.
     """
     import tempfile
@@ -150,6 +160,9 @@ def build_engines(source: str | Path, out_dir: str | Path,
     cache = cache or EngineCache(out_dir)
     name = name or source.stem
     src_hash = sha256_file(source)
+    extra = {**(details or {}), 'source_model_sha256': src_hash}
+    if calibration_note:
+        extra['calibration'] = calibration_note
     paths: dict[str, Path] = {}
     with tempfile.TemporaryDirectory(prefix='cilrs-export-') as tmp:
         onnx_fp32 = Path(tmp) / 'fp32.onnx'
@@ -179,7 +192,8 @@ def build_engines(source: str | Path, out_dir: str | Path,
                                                   'opset 17, BatchNorm folded'})
             elif kind == 'w8a8_ort':
                 def build(p):
-                    return _fields(fused_config, _build_w8a8(fused_onnx(), p, calibration))
+                    return _fields(fused_config, _build_w8a8(fused_onnx(), p, calibration,
+                                                             w8a8_op_types))
             else:
                 def build(p):
                     from qail_ros import quant
@@ -200,8 +214,20 @@ def build_engines(source: str | Path, out_dir: str | Path,
             key_source = w4_hash or src_hash
             if kind in ('w8a8_ort', 'w4a4_int8') and w4_hash is None:
                 key_source = f'{src_hash}+calib{_calib_hash(calibration)}'
+                if kind == 'w8a8_ort' and w8a8_op_types:
+                    key_source += '+ops' + ','.join(w8a8_op_types)
+
+            calibrated = kind == 'w8a8_ort' or (kind == 'w4a4_int8' and w4a4_student is None)
+
+            def build_with_extra(p, _build=build, _calibrated=calibrated):
+                fields = _build(p)
+                fields['details'] = {**{k: v for k, v in extra.items()
+                                        if k != 'calibration' or _calibrated},
+                                     **fields['details']}
+                return fields
+
             paths[kind], _ = cache.get_or_build(source, f'{name}_{kind}', backend=backend,
-                                                precision=precision, build_fn=build,
+                                                precision=precision, build_fn=build_with_extra,
                                                 suffix=suffix, source_hash=key_source)
     return paths
 

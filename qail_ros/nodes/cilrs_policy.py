@@ -48,7 +48,7 @@ from qail_ros.runtime import Node, QoS, run_node
 __all__ = ['CILRSPolicy', 'main', 'DEFAULT_ENGINE', 'resolve_engine_path']
 
 LATEST_FRAME = QoS(depth=1, reliability='best_effort')
-DEFAULT_ENGINE = 'models/cilrs/cilrs_r18_w8a8_ort.onnx'
+DEFAULT_ENGINE = 'models/cilrs-highway/cilrs_highway_w8a8_ort.onnx'  # shipped, trained
 CONTROL_TYPE = 'carla_msgs/msg/CarlaEgoVehicleControl'
 
 
@@ -140,8 +140,6 @@ class CILRSPolicy(LatestFramePolicy, Node):
             raise ParameterError(f"node '{self.get_name()}': engine: {exc}") from None
         warm = engine.warmup(2)
         self.engine = engine
-        self._mean = np.asarray(self.config.mean, np.float32).reshape(3, 1, 1)
-        self._inv_std = (1.0 / np.asarray(self.config.std, np.float32)).reshape(3, 1, 1)
         c = self.config
         self.get_logger().info(
             f'CILRS ResNet-{c.resnet} {c.width}x{c.height}, {c.head} head: {engine.precision} '
@@ -161,18 +159,9 @@ class CILRSPolicy(LatestFramePolicy, Node):
     # -- inference ------------------------------------------------------------------------------
     def preprocess(self, msg) -> dict[str, np.ndarray]:
         """Image message + latest speed -> the engine's normalised inputs."""
+        from qail_ros.cilrs.config import preprocess_frame
         from qail_ros.image import to_numpy
-        frame = to_numpy(msg, desired='rgb8')
-        c = self.config
-        h, w = frame.shape[:2]
-        if (h, w) != (c.height, c.width):  # nearest neighbour to the engine's input size
-            rows = (np.arange(c.height) * h // c.height)
-            cols = (np.arange(c.width) * w // c.width)
-            frame = frame[rows[:, None], cols[None, :]]
-        chw = frame.transpose(2, 0, 1).astype(np.float32) * (1.0 / 255.0)
-        image = ((chw - self._mean) * self._inv_std)[None]
-        speed = np.asarray([[self.speed_mps / c.speed_scale]], np.float32)
-        return {'image': image, 'speed': speed}
+        return preprocess_frame(to_numpy(msg, desired='rgb8'), self.speed_mps, self.config)
 
     def step(self, msg):
         """Run the engine on one camera frame and publish control, raw outputs and timing."""

@@ -23,15 +23,19 @@ Stepping: a timer at `rate_hz`. With `synchronous` (CARLA's synchronous mode) a 
 the control that answers the last frame (header.stamp equal to the frame's or newer), at most
 `control_timeout_s`, then goes on with the last control. With `autopilot` the expert drives and
 control messages are ignored (recording demonstrations through the recorder). Episodes follow
-each other with seeds seed, seed+1, ...; `episodes` > 0 stops stepping after that many.
+each other with seeds seed, seed+1, ...; `episodes` > 0 stops stepping after that many and,
+with `shutdown_when_done`, ends the process's spin (the episode metrics are logged; a launch
+with on_exit=Shutdown then ends).
 
 Parameters: town, density, seed, image_width, image_height, view_m, rate_hz, synchronous,
-control_timeout_s, autopilot, episodes, camera_topic, speed_topic, command_topic, control_topic.
+control_timeout_s, autopilot, episodes, shutdown_when_done, camera_topic, speed_topic,
+command_topic, control_topic.
 """
 from __future__ import annotations
 
 import json
 import sys
+import time
 
 from qail_ros import messages
 from qail_ros.errors import ParameterError
@@ -42,6 +46,9 @@ __all__ = ['EnvBridge', 'main']
 
 CONTROL_TYPE = 'carla_msgs/msg/CarlaEgoVehicleControl'
 FRAME_ID = 'ego_vehicle/rgb_front'
+#: after the last episode, wait this long before ending the spin (the last ~/episode message
+#: still has to reach subscribers in other processes)
+SHUTDOWN_GRACE_S = 0.5
 
 
 class EnvBridge(SynchronousStepping, Node):
@@ -66,6 +73,8 @@ class EnvBridge(SynchronousStepping, Node):
                                    'synchronous mode').value
         self.autopilot = p('autopilot', False, 'the privileged expert drives').value
         self.episodes = p('episodes', 0, 'episodes to run; 0 = until stopped').value
+        self.shutdown_when_done = p('shutdown_when_done', False, 'end the spin after the last '
+                                    'of `episodes`').value
         camera_topic = p('camera_topic', '/carla/ego_vehicle/rgb_front/image').value
         speed_topic = p('speed_topic', '/carla/ego_vehicle/speedometer').value
         command_topic = p('command_topic', '/carla/ego_vehicle/navigation_command').value
@@ -78,6 +87,7 @@ class EnvBridge(SynchronousStepping, Node):
         self.steps = 0
         self._episode = 0
         self._expert = (0.0, 0.0, 0.0)
+        self._shutdown_at = 0.0
         self.image_pub = self.create_publisher('sensor_msgs/msg/Image', camera_topic, 10)
         self.speed_pub = self.create_publisher('std_msgs/msg/Float32', speed_topic, 10)
         self.command_pub = self.create_publisher('std_msgs/msg/Int8', command_topic, 10)
@@ -134,6 +144,10 @@ class EnvBridge(SynchronousStepping, Node):
         self.answer_received(messages.ns_from_time(msg.header.stamp))
 
     def timer_callback(self) -> None:
+        if self._shutdown_at and time.monotonic() >= self._shutdown_at:
+            self._shutdown_at = 0.0
+            self.get_logger().info(f'{self.episodes} episodes done; shutting down')
+            self.request_shutdown()
         if self.env is None or (self.episodes and self._episode >= self.episodes):
             return
         if not self.autopilot and self.waiting_for_answer():
@@ -149,6 +163,8 @@ class EnvBridge(SynchronousStepping, Node):
         if done:
             self._finish_episode(info)
             if self.episodes and self._episode >= self.episodes:
+                if self.shutdown_when_done:
+                    self._shutdown_at = time.monotonic() + SHUTDOWN_GRACE_S
                 return
             self._obs = env.reset(int(self.seed) + self._episode)
             self.control = (0.0, 0.0, 0.0)

@@ -93,6 +93,22 @@ def test_autopilot_runs_episodes_and_reports_them(rt):
     assert {1, 2, 3} & set(driver.commands), 'no roundabout turn command was published'
 
 
+def test_shutdown_when_done_ends_the_spin_after_the_episodes(rt):
+    import time
+    driver = Driver()
+    bridge = make_bridge('autopilot:=true', 'episodes:=1', 'shutdown_when_done:=true')
+    bridge.on_activate()
+    t0 = time.monotonic()
+    try:
+        rt.spin(duration_s=60.0)   # returns when the bridge requests the shutdown
+    finally:
+        bridge.on_deactivate()
+        bridge.on_cleanup()
+    assert time.monotonic() - t0 < 50.0
+    assert len(bridge.results) == 1 and bridge.results[0]['success'] is True
+    assert len(driver.episodes) == 1   # the last episode message went out before the end
+
+
 def test_bad_parameters_are_named(rt):
     with pytest.raises(ParameterError, match="town must be one of highway, merge, roundabout"):
         make_bridge('town:=Town01')
