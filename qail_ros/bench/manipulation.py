@@ -35,18 +35,21 @@ HELP = ('table-top manipulation with a small VLA: FP vs AWQ-INT4 vs QLoRA QAIL v
 ALL_METHODS = ('fp', 'rtn_int4', 'awq_int4', 'qail_int4', 'qail_qbc_int4')
 LABELS = {'fp': 'FP32', 'rtn_int4': 'RTN INT4', 'awq_int4': 'AWQ INT4',
           'qail_int4': 'QAIL INT4 (QLoRA)', 'qail_qbc_int4': 'QAIL+QBC INT4 (QLoRA)'}
-FULL = {'tasks': ['lift', 'place'], 'demo_episodes': 150, 'noisy_episodes': 150,
-        'dart_noise': 0.3, 'fp_episodes': 100, 'bc_steps': 3000, 'bc_lr': 5e-4,
+FULL = {'tasks': ['lift', 'place'], 'demo_episodes': 300, 'noisy_episodes': 300,
+        'dart_noise': 0.3, 'fp_episodes': 100, 'bc_steps': 5000, 'bc_lr': 1e-3,
+        'dagger_rounds': 4, 'dagger_episodes': 100,
         'qlora_steps': 1200, 'qlora_lr': 5e-4, 'rank': 8, 'onpolicy_rounds': 2,
         'onpolicy_episodes': 40, 'eval_episodes': 50, 'seeds': 1, 'batch': 32,
         'llm_hidden': 128, 'llm_layers': 3}
 QUICK = dict(FULL, demo_episodes=4, noisy_episodes=2, fp_episodes=2, bc_steps=10,
+             dagger_rounds=1, dagger_episodes=2,
              qlora_steps=4, onpolicy_rounds=1, onpolicy_episodes=2, eval_episodes=3, batch=8,
              llm_hidden=64, llm_layers=2)
 #: settings that determine the FP model (its cache key)
 FP_KEYS = ('tasks', 'demo_episodes', 'noisy_episodes', 'dart_noise', 'bc_steps', 'bc_lr',
-           'batch', 'llm_hidden', 'llm_layers')
+           'batch', 'llm_hidden', 'llm_layers', 'dagger_rounds', 'dagger_episodes')
 EVAL_SEED0 = 100_000          # evaluation seeds: never used for training
+DAGGER_SEED0 = 200_000        # the FP policy's DAgger rollouts
 FP_SEED0 = 20_000             # D_FP rollout seeds
 ANALYSIS_MARKER = '## Analysis'
 
@@ -64,6 +67,8 @@ def add_arguments(parser):
                         help='training seeds of the QLoRA students (1)')
     parser.add_argument('--bc-steps', type=int, default=None, help='FP BC steps (3000)')
     parser.add_argument('--qlora-steps', type=int, default=None, help='QLoRA steps (1200)')
+    parser.add_argument('--dagger-rounds', type=int, default=None,
+                        help='DAgger rounds while the FP trains (4; 0 = plain BC)')
     parser.add_argument('--rank', type=int, default=None,
                         help='LoRA rank (8 for this 128-wide backbone; the paper: 32 at 4096)')
     parser.add_argument('--retrain', action='store_true',
@@ -80,7 +85,7 @@ def settings_from(args) -> dict[str, Any]:
     s = dict(QUICK if args.quick else FULL)
     for key, arg in (('eval_episodes', 'episodes'), ('seeds', 'seeds'),
                      ('bc_steps', 'bc_steps'), ('qlora_steps', 'qlora_steps'),
-                     ('rank', 'rank')):
+                     ('rank', 'rank'), ('dagger_rounds', 'dagger_rounds')):
         v = getattr(args, arg, None)
         if v is not None:
             s[key] = v
@@ -138,11 +143,30 @@ def fp_model(s: dict[str, Any], out: Path, demos, retrain: bool, log):
     vla = SmallVLA.create(0, stats=stats_from(demos.actions), llm_hidden=s['llm_hidden'],
                           llm_layers=s['llm_layers'])
     t0 = time.perf_counter()
+    progress = []
+
+    def dagger(step: int):
+        """The policy's own rollouts, labelled by the expert (DAgger), joining the data;
+        their success is the training progress."""
+        from qail_ros.manipulation.vla import Samples, rollouts
+        got, rates = [], {}
+        for k, task in enumerate(s['tasks']):
+            seeds = [DAGGER_SEED0 + 100_000 * k + 1000 * step + i
+                     for i in range(s['dagger_episodes'])]
+            samples, res = rollouts(task, seeds, vla.act, label='expert')
+            got.append(samples)
+            rates[task] = _rate(res)
+        progress.append({'step': step, **rates})
+        log(f'FP BC step {step}: policy success {rates} on its DAgger rollouts')
+        return Samples.concat(got)
+
     losses = bc_train(vla, demos, steps=s['bc_steps'], batch=s['batch'], lr=s['bc_lr'],
-                      log=log)
+                      log=log, every=(max(s['bc_steps'] // (s['dagger_rounds'] + 1), 1),
+                                      dagger) if s['dagger_rounds'] else None)
     info = {'settings': key, 'seconds': time.perf_counter() - t0,
             'final_loss': float(sum(losses[-100:]) / len(losses[-100:])),
-            'parameters': sum(p.numel() for p in vla.model.parameters())}
+            'parameters': sum(p.numel() for p in vla.model.parameters()),
+            'progress': progress}
     vla.save(out / 'fp')
     meta.write_text(json.dumps(info, indent=1) + '\n')
     return vla, info
@@ -257,7 +281,11 @@ def markdown(result: dict[str, Any]) -> str:
               f'{result.get("expert_success")}.',
               f'- FP VLA: {fp_info.get("parameters", 0) / 1e6:.2f} M parameters (two ViT towers '
               f'+ projector + a {s["llm_layers"]}-layer {s["llm_hidden"]}-wide Llama), '
-              f'{s["bc_steps"]} BC steps, final loss {fp_info.get("final_loss", 0):.3f}.',
+              f'{s["bc_steps"]} BC steps (lr {s["bc_lr"]}, batch {s["batch"]}, auxiliary '
+              f'state heads), {s["dagger_rounds"]} DAgger rounds of {s["dagger_episodes"]} '
+              'episodes per task (the policy acts, the expert labels), final loss '
+              f'{fp_info.get("final_loss", 0):.3f}; policy success during training: '
+              f'{fp_info.get("progress")}.',
               f'- Data: D_E {d.get("d_e")} samples, D_FP {d.get("d_fp")}, D_QAIL '
               f'{d.get("d_qail")}.',
               '- INT4: the Llama linear layers per output channel, AWQ (or RTN) initialised, '

@@ -22,11 +22,12 @@ Tasks (instructions are templated from the episode's target block and plate):
 - 'place': "put the {color} block on the {plate} plate"; success when it rests on that plate,
   released (centre within PLATE_R of the plate's centre).
 
-The camera (no OpenGL here: `render_topdown`) is an oblique top-down view drawn with numpy:
-every object is shifted up the image by its height (HEIGHT_SHIFT pixels per metre) over its
-own shadow, so the height of the gripper and of a lifted block is visible, as it is to a real
-wrist-less overhead camera looking down at an angle. The gripper's fingers are drawn apart
-when open and together when closed.
+The camera (no OpenGL here: `render_topdown`) is an eye-in-hand camera drawn with numpy: a
+pinhole CAMERA_ABOVE metres over the fingertips looking straight down, so the view is centred
+on the gripper (the direction to an object is where it lies in the image) and its scale tells
+the height (the table and the blocks grow as the gripper descends). The fingertips are drawn
+in the image centre, apart when open and together when closed; a held block sits between
+them.
 """
 from __future__ import annotations
 
@@ -54,16 +55,16 @@ LIFT_Z = 0.05               # 'lift' success: block bottom this high
 WORKSPACE = 0.13            # objects are placed in [-W, W]^2; the gripper moves in +-0.16
 GRIP_LIMITS = ((-0.16, 0.16), (-0.16, 0.16), (0.0, 0.16))
 MAX_STEPS = {'lift': 45, 'place': 80}
-STATE_DIM = 3 + 1 + 3 * 3 + 2 * 2
+SCENE_DIM = 3 + 1 + 3 * 3 + 2 * 2
+STATE_DIM = SCENE_DIM + 3 + 2
 
 _RGB = {'red': (210, 40, 40), 'green': (40, 170, 60), 'blue': (40, 80, 220),
         'yellow': (230, 200, 40), 'purple': (150, 60, 170)}
 _TABLE = np.array([150, 130, 110], np.uint8)
-_SHADOW = np.array([70, 55, 45], np.uint8)
 _GRIPPER = np.array([245, 245, 245], np.uint8)
 IMAGE_SIZE = 48
-VIEW_M = 0.36               # metres across the image
-HEIGHT_SHIFT = 70.0         # image pixels per metre of height at 64 px (oblique view)
+CAMERA_ABOVE = 0.08         # the wrist camera's height over the fingertips (m)
+FOCAL = 0.3                 # focal length in image widths: 0.57 m across at hover height
 
 _XML = """
 <mujoco model="qail_tabletop">
@@ -117,13 +118,18 @@ class TabletopEnv:
         return self.data.qpos[a:a + 3].copy()
 
     def state(self) -> np.ndarray:
-        """Privileged scene state (STATE_DIM,), in decimetres: gripper xyz, gripper closed,
-        each block's xyz, each plate's xy (an auxiliary training target; policies see only the
-        image and the instruction)."""
-        parts = [self.gripper * 10, [float(self.closed)]]
+        """Privileged state (STATE_DIM,), in decimetres, an auxiliary training target only
+        (policies see the image and the instruction): the scene (SCENE_DIM: gripper xyz,
+        gripper closed, each block's xyz, each plate's xy), then the instruction's targets
+        relative to the gripper (the named block's top xyz, the named plate's xy)."""
+        g = self.gripper
+        p = self.block_pos(self.target)
+        q = self.plates[self.plate]
+        parts = [g * 10, [float(self.closed)]]
         parts += [self.block_pos(c) * 10 for c in COLORS]
-        parts += [self.plates[p] * 10 for p in PLATES]
-        return np.concatenate([np.asarray(p, np.float64).ravel() for p in parts])
+        parts += [self.plates[name] * 10 for name in PLATES]
+        parts += [(p + (0.0, 0.0, HALF) - g) * 10, (q - g[:2]) * 10]
+        return np.concatenate([np.asarray(x, np.float64).ravel() for x in parts])
 
     def reset(self, seed: int | None = None) -> Observation:
         if seed is not None:
@@ -256,41 +262,42 @@ def expert_action(env: TabletopEnv) -> np.ndarray:
 
 # -- the camera -------------------------------------------------------------------------------
 def render_topdown(env: TabletopEnv, size: int = IMAGE_SIZE) -> np.ndarray:
-    """The oblique top-down image (see the module doc): table, plates, shadows, blocks by
-    height, the gripper (fingers apart when open) on top."""
+    """The gripper-mounted camera (see the module doc): a pinhole looking straight down from
+    CAMERA_ABOVE over the fingertips, drawn with numpy. Objects are drawn farthest first; the
+    scale of each follows its depth below the camera, so the table grows as the gripper
+    descends; the fingers (apart when open) sit at the bottom centre of the image."""
     img = np.empty((size, size, 3), np.uint8)
     img[:] = _TABLE
-    scale = size / VIEW_M
+    g = env.gripper
+    cam_z = g[2] + CAMERA_ABOVE
+    focal = size * FOCAL
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
 
-    def to_px(x, y, z=0.0):
-        return (size / 2 + x * scale, size / 2 - y * scale - z * HEIGHT_SHIFT * size / 64)
-
-    def disc(x, y, z, r_m, color):
-        u, v = to_px(x, y, z)
-        mask = (xx - u) ** 2 + (yy - v) ** 2 <= (r_m * scale) ** 2
-        img[mask] = color
+    def project(x, y, z):
+        depth = max(cam_z - z, 0.01)
+        k = focal / depth
+        return size / 2 + (x - g[0]) * k, size / 2 - (y - g[1]) * k, k
 
     def square(x, y, z, half_m, color):
-        u, v = to_px(x, y, z)
-        h = half_m * scale
+        u, v, k = project(x, y, z)
+        h = max(half_m * k, 0.6)
         mask = (np.abs(xx - u) <= h) & (np.abs(yy - v) <= h)
+        img[mask] = color
+
+    def disc(x, y, z, r_m, color):
+        u, v, k = project(x, y, z)
+        mask = (xx - u) ** 2 + (yy - v) ** 2 <= max(r_m * k, 0.6) ** 2
         img[mask] = color
 
     for name, q in env.plates.items():
         disc(q[0], q[1], 0.0, PLATE_R, _RGB[name])
-    blocks = sorted(COLORS, key=lambda c: env.block_pos(c)[2])
-    for c in blocks:                                  # shadows of lifted blocks
+    for c in sorted(COLORS, key=lambda c: env.block_pos(c)[2]):
         p = env.block_pos(c)
-        if p[2] > HALF + 0.004:
-            square(p[0], p[1], 0.0, HALF * 0.9, _SHADOW)
-    g = env.gripper
-    disc(g[0], g[1], 0.0, 0.016, _SHADOW)             # the gripper's shadow
-    for c in blocks:
-        p = env.block_pos(c)
-        square(p[0], p[1], p[2] - HALF, HALF, _RGB[c])
-    spread = 0.012 if env.closed else 0.028
-    for side in (-1, 1):
-        square(g[0] + side * spread, g[1], g[2], 0.008, _GRIPPER)
-    square(g[0], g[1], g[2] + 0.012, 0.01, _GRIPPER)
+        square(p[0], p[1], p[2] + HALF, HALF, _RGB[c])      # the top face
+    spread = 0.008 if env.closed else 0.022
+    for side in (-1, 1):                                     # the fingertips
+        u = size / 2 + side * spread * focal / CAMERA_ABOVE
+        h = 0.005 * focal / CAMERA_ABOVE
+        mask = (np.abs(xx - u) <= h) & (np.abs(yy - size / 2) <= 2 * h)
+        img[mask] = _GRIPPER
     return img

@@ -96,3 +96,14 @@ def test_bad_inputs_are_refused():
         env.step(np.zeros(3))
     with pytest.raises(ParameterError, match='finite'):
         env.step(np.full(ACTION_DIM, np.nan))
+
+
+def test_state_has_scene_and_instruction_relative_targets():
+    from qail_ros.manipulation.tasks import SCENE_DIM, STATE_DIM
+    env = TabletopEnv('place', 7)
+    s = env.state()
+    assert s.shape == (STATE_DIM,)
+    rel_block = s[SCENE_DIM:SCENE_DIM + 3] / 10
+    expected = env.block_pos(env.target) + (0, 0, HALF) - env.gripper
+    np.testing.assert_allclose(rel_block, expected, atol=1e-9)
+    np.testing.assert_allclose(s[SCENE_DIM + 3:] / 10, env.plates[env.plate] - env.gripper[:2])
