@@ -146,8 +146,8 @@ def fp_model(s: dict[str, Any], out: Path, demos, retrain: bool, log):
     progress = []
 
     def dagger(step: int):
-        """The policy's own rollouts, labelled by the expert (DAgger), joining the data;
-        their success is the training progress."""
+        """The policy's own rollouts, labelled by the expert: their success is the training
+        progress; with dagger_rounds > 0 they join the data (DAgger)."""
         from qail_ros.manipulation.vla import Samples, rollouts
         got, rates = [], {}
         for k, task in enumerate(s['tasks']):
@@ -157,12 +157,13 @@ def fp_model(s: dict[str, Any], out: Path, demos, retrain: bool, log):
             got.append(samples)
             rates[task] = _rate(res)
         progress.append({'step': step, **rates})
-        log(f'FP BC step {step}: policy success {rates} on its DAgger rollouts')
-        return Samples.concat(got)
+        log(f'FP BC step {step}: policy success {rates} on {s["dagger_episodes"]} rollouts '
+            'per task')
+        return Samples.concat(got) if s['dagger_rounds'] else None
 
+    checks = s['dagger_rounds'] or 4
     losses = bc_train(vla, demos, steps=s['bc_steps'], batch=s['batch'], lr=s['bc_lr'],
-                      log=log, every=(max(s['bc_steps'] // (s['dagger_rounds'] + 1), 1),
-                                      dagger) if s['dagger_rounds'] else None)
+                      log=log, every=(max(s['bc_steps'] // (checks + 1), 1), dagger))
     info = {'settings': key, 'seconds': time.perf_counter() - t0,
             'final_loss': float(sum(losses[-100:]) / len(losses[-100:])),
             'parameters': sum(p.numel() for p in vla.model.parameters()),
@@ -253,8 +254,9 @@ def markdown(result: dict[str, Any]) -> str:
     lines = ['# Manipulation benchmark: small VLA, INT4 weight-only backbone', '',
              f'Command: `{result["command"]}`  ', f'Commit: `{result["commit"]}`  ',
              f'Date: {result["date"]}; {result["elapsed_s"] / 60:.0f} min on this machine '
-             '(2 x86 cores, no GPU, shared with other jobs).', '',
-             'Tasks (qail_ros.manipulation, MuJoCo 3.17 physics, 48x48 oblique top-down camera '
+             '(2 x86 cores, no GPU, shared with other jobs; an FP checkpoint reused from '
+             '--out does not count).', '',
+             'Tasks (qail_ros.manipulation, MuJoCo 3.17 physics, 48x48 eye-in-hand camera '
              'drawn on CPU): `lift` ("pick up the {color} block") and `place` ("put the '
              '{color} block on the {plate} plate"), three blocks and two plates at random '
              f'places. Evaluation: {s["eval_episodes"]} held-out episodes per task and method, '
