@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qail_ros.bench.report import csv_list
+from qail_ros.bench.report import csv_list, write_markdown
 
 HELP = ('closed-loop CILRS driving (highway-env): FP vs PTQ-RTN vs QAIL vs QAIL+QBC success, '
         'collision and route completion of W4A4 students')
@@ -41,7 +41,6 @@ LABELS = {'fp': 'FP32', 'ptq_rtn': 'PTQ-RTN', 'qail': 'QAIL', 'qail_qbc': 'QAIL+
 METRICS = ('success_rate', 'collision_rate', 'route_completion')
 #: The CILRS paper's network (ResNet-34, 900x256 camera... ) costs ~14.5 GFLOPs per frame.
 PAPER_GFLOPS = 14.5
-ANALYSIS_MARKER = '<!-- analysis: kept when the benchmark rewrites this file -->'
 FULL = {'seeds': 3, 'routes': 20, 'width': 160, 'height': 72, 'view_m': 50.0,
         'base_width': 16,
         'demo_densities': ['empty', 'regular', 'dense'], 'demo_episodes': 16,
@@ -350,13 +349,7 @@ def markdown(result: dict[str, Any]) -> str:
 def write_outputs(result: dict[str, Any], out: Path) -> dict[str, str]:
     out.mkdir(parents=True, exist_ok=True)
     (out / 'driving.json').write_text(json.dumps(result, indent=1) + '\n')
-    md_path = out / 'driving.md'
-    kept = ''
-    if md_path.is_file():
-        old = md_path.read_text()
-        if ANALYSIS_MARKER in old:
-            kept = '\n' + old[old.index(ANALYSIS_MARKER):]
-    md_path.write_text(markdown(result) + kept)
+    write_markdown(out / 'driving.md', markdown(result))
     return {k: str(out / f'driving.{k}') for k in ('json', 'md')}
 
 

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qail_ros.bench.report import csv_list
+from qail_ros.bench.report import csv_list, write_markdown
 from qail_ros.errors import ParameterError
 
 HELP = ('table-top manipulation with a small VLA: FP vs AWQ-INT4 vs QLoRA QAIL vs QAIL+QBC '
@@ -51,7 +51,6 @@ FP_KEYS = ('tasks', 'demo_episodes', 'noisy_episodes', 'dart_noise', 'bc_steps',
 EVAL_SEED0 = 100_000          # evaluation seeds: never used for training
 DAGGER_SEED0 = 200_000        # the FP policy's DAgger rollouts
 FP_SEED0 = 20_000             # D_FP rollout seeds
-ANALYSIS_MARKER = '## Analysis'
 
 
 def add_arguments(parser):
@@ -302,13 +301,7 @@ def markdown(result: dict[str, Any]) -> str:
 def write_outputs(result: dict[str, Any], directory: Path) -> dict[str, str]:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / 'manipulation.json').write_text(json.dumps(result, indent=1) + '\n')
-    md_path = directory / 'manipulation.md'
-    kept = ''
-    if md_path.is_file():
-        old = md_path.read_text()
-        if ANALYSIS_MARKER in old:
-            kept = '\n' + old[old.index(ANALYSIS_MARKER):]
-    md_path.write_text(markdown(result) + kept)
+    write_markdown(directory / 'manipulation.md', markdown(result))
     return {k: str(directory / f'manipulation.{k}') for k in ('json', 'md')}
 
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qail_ros.bench.report import csv_list
+from qail_ros.bench.report import csv_list, write_markdown
 
 HELP = ('QAIL on DeepMind Control (Table 7): FP vs PTQ-RTN vs QAIL vs QAIL+QBC (+wQBC) returns '
         'of W4A4 MLP policies')
@@ -44,7 +44,6 @@ PAPER_TABLE7 = {
     'humanoid-walk': {'fp': 550, 'lppd': 205, 'qail_qbc': 535},
 }
 #: physics.md keeps everything from this line on when the benchmark rewrites the file.
-ANALYSIS_MARKER = '<!-- analysis: kept when the benchmark rewrites this file -->'
 FULL = {'seeds': 3, 'episodes': 10, 'steps': 2000, 'expert_episodes': 10, 'fp_episodes': 10,
         'onpolicy_every': 250, 'onpolicy_episodes': 2, 'onpolicy_max_steps': None}
 QUICK = {'seeds': 1, 'episodes': 2, 'steps': 60, 'expert_episodes': 1, 'fp_episodes': 1,
@@ -318,13 +317,7 @@ def write_outputs(result: dict[str, Any], out: Path) -> dict[str, str]:
                     f.write(f'{task},{e["method"]},{e["bits"]},{e["mean"]:.2f},{e["std"]:.2f},'
                             f'{e["seed_std"]:.2f},{e["episodes"]},{e["seeds"]},'
                             f'{e.get("retention", 1.0):.4f},{e.get("train_seconds", 0):.1f}\n')
-    md_path = out / 'physics.md'
-    kept = ''
-    if md_path.is_file():  # hand-written analysis below the marker survives a re-run
-        old = md_path.read_text()
-        if ANALYSIS_MARKER in old:
-            kept = '\n' + old[old.index(ANALYSIS_MARKER):]
-    md_path.write_text(markdown(result) + kept)
+    write_markdown(out / 'physics.md', markdown(result))
     plot(result, out / 'physics.png')
     return {k: str(out / f'physics.{k}') for k in ('json', 'csv', 'md', 'png')}
 

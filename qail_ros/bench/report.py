@@ -42,6 +42,23 @@ def emit_json(result: dict[str, Any]) -> None:
     print(json.dumps(result, sort_keys=False, default=float), flush=True)
 
 
+#: a results markdown file keeps everything from this line on when its benchmark rewrites it
+ANALYSIS_MARKER = '<!-- analysis: kept when the benchmark rewrites this file -->'
+
+
+def write_markdown(path, text: str) -> None:
+    """Write a benchmark's generated markdown, keeping the hand-written analysis that follows
+    ANALYSIS_MARKER in the existing file (a re-run must not erase it)."""
+    from pathlib import Path
+    path = Path(path)
+    kept = ''
+    if path.is_file():
+        old = path.read_text()
+        if ANALYSIS_MARKER in old:
+            kept = '\n' + old[old.index(ANALYSIS_MARKER):]
+    path.write_text(text + kept)
+
+
 def csv_list(values: Sequence[str] | None) -> list[str]:
     """Values of a repeatable, comma-separated option: ['a,b', 'c'] -> ['a', 'b', 'c']."""
     out: list[str] = []

@@ -25,7 +25,6 @@ from typing import Callable, Iterable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from qail_ros.manipulation.tasks import ACTION_DIM, TabletopEnv, expert_action
 
@@ -141,16 +140,9 @@ class SmallVLA:
 
     def pixel_values(self, images: np.ndarray) -> torch.Tensor:
         """(B, H, W, 3) uint8 -> (B, 6, S, S): each tower's normalisation, stacked."""
+        from qail_ros.openvla.policy import tower_inputs
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
-        parts = []
-        for spec in self.config.vit_specs:
-            s = spec.image_size
-            y = x if x.shape[-2:] == (s, s) else F.interpolate(
-                x, size=(s, s), mode='bicubic', align_corners=False, antialias=True)
-            mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-            std = torch.tensor(spec.std).view(1, 3, 1, 1)
-            parts.append((y - mean) / std)
-        return torch.cat(parts, dim=1)
+        return tower_inputs(x, self.config.vit_specs)
 
     def action_tokens(self, actions: np.ndarray) -> torch.Tensor:
         from qail_ros.openvla.action_tokenizer import normalize
@@ -204,24 +196,11 @@ class SmallVLA:
             groups.setdefault(s, []).append(i)
         for instruction, idx in groups.items():
             ids = torch.as_tensor([self.prompt_ids(instruction)] * len(idx))
-            emb = model.multimodal_embeddings(self.pixel_values(images[idx]), ids)
-            lm = model.language_model
-            out = lm(inputs_embeds=emb, use_cache=True)
-            steps = []
-            toks = []
-            for j in range(ACTION_DIM):
-                step = out.logits[:, -1].float()
-                tok = step.argmax(-1)
-                steps.append(step)
-                toks.append(tok)
-                if j + 1 < ACTION_DIM:
-                    out = lm(input_ids=tok[:, None], past_key_values=out.past_key_values,
-                             use_cache=True)
-            lg = torch.stack(steps, 1).numpy()
+            toks, lg = model.generate_actions(self.pixel_values(images[idx]), ids, ACTION_DIM)
             if logits_out is None:
-                logits_out = np.zeros((b,) + lg.shape[1:], np.float32)
-            logits_out[idx] = lg
-            tokens[idx] = torch.stack(toks, 1).numpy()
+                logits_out = np.zeros((b,) + tuple(lg.shape[1:]), np.float32)
+            logits_out[idx] = lg.numpy()
+            tokens[idx] = toks.numpy()
         return tokens, logits_out
 
     def act(self, images: np.ndarray, instructions: list[str], model=None) -> np.ndarray:

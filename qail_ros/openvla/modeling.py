@@ -209,8 +209,9 @@ class OpenVLAModel(nn.Module):
     def generate_actions(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                          n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Greedy decode of `n_tokens` tokens (argmax over the whole vocabulary, as
-        predict_action's generate(do_sample=False)); returns (token ids (n,), logits (n, V))
-        of batch element 0, with a KV cache: one prefill, then one token per step."""
+        predict_action's generate(do_sample=False)) with a KV cache: one prefill, then one token
+        per step. Every prompt of the batch has the same length (no padding). Returns token ids
+        (B, n) and their logits (B, n, V)."""
         lm = self.language_model
         embeds = self.multimodal_embeddings(pixel_values, input_ids)
         out = lm(inputs_embeds=embeds, use_cache=True)
@@ -223,4 +224,4 @@ class OpenVLAModel(nn.Module):
             if i + 1 < n_tokens:
                 out = lm(input_ids=tok[:, None], past_key_values=out.past_key_values,
                          use_cache=True)
-        return torch.stack(tokens, 1)[0], torch.stack(logits, 1)[0]
+        return torch.stack(tokens, 1), torch.stack(logits, 1)

@@ -71,6 +71,22 @@ def load_tokenizer(path: Path):
                            'tokenizer_config.json) from the same checkpoint') from None
 
 
+def tower_inputs(x, specs):
+    """(B, 3, H, W) RGB in [0, 1] -> (B, 3 x towers, S, S): each tower's resize (bicubic,
+    antialiased: Prismatic's 'resize-naive', in torch) and mean/std, stacked on channels."""
+    import torch
+    import torch.nn.functional as F
+    parts = []
+    for spec in specs:
+        s = spec.image_size
+        y = x if x.shape[-2:] == (s, s) else F.interpolate(
+            x, size=(s, s), mode='bicubic', align_corners=False, antialias=True)
+        mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
+        std = torch.tensor(spec.std).view(1, 3, 1, 1)
+        parts.append((y - mean) / std)
+    return torch.cat(parts, dim=1)
+
+
 def auto_group_size(in_features: list[int], group_size: int) -> int:
     """The largest power-of-two fraction of `group_size` dividing every layer's input size."""
     g = int(group_size)
@@ -271,22 +287,13 @@ class OpenVLAPolicy:
     def pixel_values(self, frame: np.ndarray):
         """uint8 (H, W, 3) RGB -> (1, 3 x towers, S, S) float, each tower's normalisation."""
         import torch
-        import torch.nn.functional as F
         if frame.ndim != 3 or frame.shape[2] != 3:
             raise OpenVLAError(f'expected an (H, W, 3) RGB frame, got shape {frame.shape}')
         arr = np.ascontiguousarray(frame)
         if not arr.flags.writeable:      # e.g. a view of a received message's bytes
             arr = arr.copy()
         x = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255
-        parts = []
-        for spec in self.config.vit_specs:
-            s = spec.image_size
-            y = x if x.shape[-2:] == (s, s) else F.interpolate(
-                x, size=(s, s), mode='bicubic', align_corners=False, antialias=True)
-            mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-            std = torch.tensor(spec.std).view(1, 3, 1, 1)
-            parts.append((y - mean) / std)
-        return torch.cat(parts, dim=1).to(self.dtype)
+        return tower_inputs(x, self.config.vit_specs).to(self.dtype)
 
     def predict(self, frame: np.ndarray, instruction: str) -> ActionResult:
         t0 = time.perf_counter()
@@ -294,6 +301,7 @@ class OpenVLAPolicy:
         ids = self.prompt_ids(instruction)
         t1 = time.perf_counter()
         tokens, logits = self.model.generate_actions(pixels, ids, self.action_dim)
+        tokens, logits = tokens[0], logits[0]
         t2 = time.perf_counter()
         tokens_np = tokens.numpy()
         normalized = self.action_tokenizer.decode(tokens_np)

@@ -98,7 +98,7 @@ def _full_logits(policy, frame, text) -> np.ndarray:
     with torch.no_grad():
         _, logits = policy.model.generate_actions(policy.pixel_values(frame),
                                                   policy.prompt_ids(text), policy.action_dim)
-    return logits.numpy()
+    return logits[0].numpy()
 
 
 def test_from_pretrained_int4_ort_swaps_only_the_backbone_linears(tmp_path, frames):

@@ -1,7 +1,8 @@
 """The physics benchmark's output files, from a made-up result (no training, no simulator)."""
 import json
 
-from qail_ros.bench.physics import ANALYSIS_MARKER, _entry, write_outputs
+from qail_ros.bench.physics import _entry, write_outputs
+from qail_ros.bench.report import ANALYSIS_MARKER
 
 
 def fake_result():
