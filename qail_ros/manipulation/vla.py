@@ -27,12 +27,12 @@ import numpy as np
 import torch
 
 from qail_ros.manipulation.tasks import ACTION_DIM, TabletopEnv, expert_action
+from qail_ros.openvla.config import PROMPT_TEMPLATE
 
 __all__ = ['UNNORM_KEY', 'SmallVLA', 'Samples', 'rollouts', 'bc_train', 'evaluate',
            'samples_from_dataset', 'stats_from', 'build_word_tokenizer']
 
 UNNORM_KEY = 'qail_tabletop'
-_PROMPT = 'In: What action should the robot take to {instruction}?\nOut:'
 
 
 @dataclasses.dataclass
@@ -131,7 +131,7 @@ class SmallVLA:
         """<BOS> + the prompt + the empty piece, as OpenVLAPolicy.prompt_ids."""
         ids = self._ids.get(instruction)
         if ids is None:
-            ids = list(self.tokenizer.encode(_PROMPT.format(instruction=instruction)).ids)
+            ids = list(self.tokenizer.encode(PROMPT_TEMPLATE.format(instruction=instruction)).ids)
             empty = self.tokenizer.token_to_id('\u2581')
             if empty is not None and ids[-1] != empty:
                 ids.append(empty)
@@ -235,7 +235,7 @@ def build_word_tokenizer(vocab_size: int):
     from qail_ros.manipulation.tasks import COLORS, PLATES, TASKS, instruction_for
     from qail_ros.openvla.tiny import SPECIAL
     words: list[str] = []
-    texts = [_PROMPT.format(instruction=instruction_for(t, c, p)) for t in TASKS
+    texts = [PROMPT_TEMPLATE.format(instruction=instruction_for(t, c, p)) for t in TASKS
              for c in COLORS for p in PLATES]
     for text in texts:
         for w, _ in pre_tokenizers.Whitespace().pre_tokenize_str(text):
@@ -309,12 +309,14 @@ def stats_from(actions: np.ndarray) -> dict:
 Policy = Callable[[np.ndarray, list[str]], np.ndarray]
 
 
-def rollouts(task: str, seeds: list[int], policy: Policy | None, *, label: Policy | None = None,
+def rollouts(task: str, seeds: list[int], policy: Policy | None, *,
+             label: Policy | str | None = None,
              noise: float = 0.0, rng_seed: int = 0, record: bool = True,
              progress: Callable[[int], None] | None = None) -> tuple[Samples, list[dict]]:
     """Run one episode per seed, all in lock-step (batched policy calls). `policy` None =
-    the scripted expert acts. Recorded labels: `label` (e.g. the expert relabelling the
-    learner's states, or the FP policy relabelling the student's), else the action taken.
+    the scripted expert acts. Recorded labels: label='expert' (the expert relabelling the
+    learner's states), a policy (e.g. the FP teacher relabelling a student's), else (None)
+    the action taken.
     `noise`: Gaussian noise added to the executed xyz (DART-style demonstrations; the label
     stays clean). Returns the samples and one result dict per episode."""
     rng = np.random.default_rng(rng_seed)
