@@ -13,7 +13,7 @@ Pipeline, each step measured in the same run:
 5. Every policy is evaluated closed loop on the same held-out seeds (default 50 per task),
    INT4 students on torch's packed int4 kernel with their float adapters.
 
-    qail-ros bench manipulation                       # full run (~1 h on 2 cores)
+    qail-ros bench manipulation                       # full run (~1 h on one core)
     qail-ros bench manipulation --quick --json        # smoke test (~1 min)
     qail-ros bench manipulation --write docs/results  # also manipulation.md / .json there
 """
@@ -36,8 +36,8 @@ ALL_METHODS = ('fp', 'rtn_int4', 'awq_int4', 'qail_int4', 'qail_qbc_int4')
 LABELS = {'fp': 'FP32', 'rtn_int4': 'RTN INT4', 'awq_int4': 'AWQ INT4',
           'qail_int4': 'QAIL INT4 (QLoRA)', 'qail_qbc_int4': 'QAIL+QBC INT4 (QLoRA)'}
 FULL = {'tasks': ['lift', 'place'], 'demo_episodes': 300, 'noisy_episodes': 300,
-        'dart_noise': 0.3, 'fp_episodes': 100, 'bc_steps': 5000, 'bc_lr': 1e-3,
-        'dagger_rounds': 4, 'dagger_episodes': 100,
+        'dart_noise': 0.3, 'fp_episodes': 100, 'bc_steps': 12000, 'bc_lr': 1e-3,
+        'dagger_rounds': 0, 'dagger_episodes': 100,
         'qlora_steps': 1200, 'qlora_lr': 5e-4, 'rank': 8, 'onpolicy_rounds': 2,
         'onpolicy_episodes': 40, 'eval_episodes': 50, 'seeds': 1, 'batch': 32,
         'llm_hidden': 128, 'llm_layers': 3}
@@ -64,10 +64,11 @@ def add_arguments(parser):
                         help='evaluation episodes per task and method (50)')
     parser.add_argument('--seeds', type=int, default=None,
                         help='training seeds of the QLoRA students (1)')
-    parser.add_argument('--bc-steps', type=int, default=None, help='FP BC steps (3000)')
+    parser.add_argument('--bc-steps', type=int, default=None, help='FP BC steps (12000)')
     parser.add_argument('--qlora-steps', type=int, default=None, help='QLoRA steps (1200)')
     parser.add_argument('--dagger-rounds', type=int, default=None,
-                        help='DAgger rounds while the FP trains (4; 0 = plain BC)')
+                        help='DAgger rounds while the FP trains (default 0 = plain BC; '
+                             'measured: 4 rounds hurt)')
     parser.add_argument('--rank', type=int, default=None,
                         help='LoRA rank (8 for this 128-wide backbone; the paper: 32 at 4096)')
     parser.add_argument('--retrain', action='store_true',
