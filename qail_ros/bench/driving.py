@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qail_ros.bench.report import csv_list, write_markdown
+from qail_ros.bench.report import csv_list, write_results
 
 HELP = ('closed-loop CILRS driving (highway-env): FP vs PTQ-RTN vs QAIL vs QAIL+QBC success, '
         'collision and route completion of W4A4 students')
@@ -347,10 +347,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def write_outputs(result: dict[str, Any], out: Path) -> dict[str, str]:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / 'driving.json').write_text(json.dumps(result, indent=1) + '\n')
-    write_markdown(out / 'driving.md', markdown(result))
-    return {k: str(out / f'driving.{k}') for k in ('json', 'md')}
+    return write_results(out, 'driving', result, markdown(result))
 
 
 def main(args) -> int:

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qail_ros.bench.report import csv_list, write_markdown
+from qail_ros.bench.report import csv_list, write_results
 from qail_ros.errors import ParameterError
 
 HELP = ('table-top manipulation with a small VLA: FP vs AWQ-INT4 vs QLoRA QAIL vs QAIL+QBC '
@@ -300,10 +300,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def write_outputs(result: dict[str, Any], directory: Path) -> dict[str, str]:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / 'manipulation.json').write_text(json.dumps(result, indent=1) + '\n')
-    write_markdown(directory / 'manipulation.md', markdown(result))
-    return {k: str(directory / f'manipulation.{k}') for k in ('json', 'md')}
+    return write_results(directory, 'manipulation', result, markdown(result))
 
 
 def main(args) -> int:

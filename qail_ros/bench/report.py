@@ -59,6 +59,16 @@ def write_markdown(path, text: str) -> None:
     path.write_text(text + kept)
 
 
+def write_results(directory, name: str, result: dict[str, Any], markdown: str) -> dict[str, str]:
+    """DIR/NAME.json (the whole result) and DIR/NAME.md (write_markdown); returns both paths."""
+    from pathlib import Path
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f'{name}.json').write_text(json.dumps(result, indent=1) + '\n')
+    write_markdown(directory / f'{name}.md', markdown)
+    return {k: str(directory / f'{name}.{k}') for k in ('json', 'md')}
+
+
 def csv_list(values: Sequence[str] | None) -> list[str]:
     """Values of a repeatable, comma-separated option: ['a,b', 'c'] -> ['a', 'b', 'c']."""
     out: list[str] = []

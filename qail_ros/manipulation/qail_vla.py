@@ -27,7 +27,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from qail_ros.manipulation.vla import Samples, SmallVLA, rollouts, warmup_cosine
+from qail_ros.manipulation.vla import (Samples, SmallVLA, optimizer_step, rollouts,
+                                       warmup_cosine)
 
 __all__ = ['quantize_awq', 'train_qlora', 'deploy', 'teacher_tokens']
 
@@ -157,11 +158,7 @@ def train_qlora(student: SmallVLA, teacher: SmallVLA, data: Samples, *, steps: i
             l_qail = qail_loss(s_lab, labels[idx], head='tokens')
             loss = l_qail
         stats['qail'].append(float(l_qail.detach()))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(loss, opt, sched, params)
         if log and (step + 1) % max(steps // 5, 1) == 0:
             msg = f'qlora step {step + 1}/{steps} qail {np.mean(stats["qail"][-50:]):.4f}'
             if use_qbc:

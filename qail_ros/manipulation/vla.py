@@ -382,6 +382,15 @@ def warmup_cosine(opt, steps: int, warmup: float = 0.05):
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def optimizer_step(loss: torch.Tensor, opt, sched, params, clip: float = 1.0) -> None:
+    """Backward, clip the gradient norm, step the optimizer and its schedule."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, clip)
+    opt.step()
+    sched.step()
+
+
 def bc_train(vla: SmallVLA, data: Samples, *, steps: int, batch: int = 32, lr: float = 3e-4,
              seed: int = 0, aux_weight: float = 1.0,
              log: Callable[[str], None] | None = None,
@@ -434,11 +443,7 @@ def bc_train(vla: SmallVLA, data: Samples, *, steps: int, batch: int = 32, lr: f
                                                        t[:, SCENE_DIM:]))
             aux_losses.append(float(aux_loss.detach()))
             loss = loss + aux_weight * aux_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(loss, opt, sched, params)
         if log and (step + 1) % max(steps // 10, 1) == 0:
             msg = f'bc step {step + 1}/{steps} loss {np.mean(losses[-50:]):.4f}'
             if aux_losses:

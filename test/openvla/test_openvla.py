@@ -18,13 +18,6 @@ pytest.importorskip('transformers', reason='the Llama backbone needs transformer
 INSTRUCTION = 'pick up the red block'
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
-    monkeypatch.setenv('TRANSFORMERS_OFFLINE', '1')
-    torch.set_num_threads(1)
-
-
 @pytest.fixture(scope='module')
 def frame():
     return np.random.default_rng(3).integers(0, 256, (120, 160, 3), np.uint8)

@@ -23,13 +23,6 @@ INSTRUCTIONS = ['pick up the red block', 'open the drawer', 'put the carrot on t
 TOL = 0.12
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
-    monkeypatch.setenv('TRANSFORMERS_OFFLINE', '1')
-    torch.set_num_threads(1)
-
-
 @pytest.fixture(scope='module')
 def frames():
     rng = np.random.default_rng(11)
