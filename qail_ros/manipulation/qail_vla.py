@@ -35,17 +35,13 @@ __all__ = ['quantize_awq', 'train_qlora', 'deploy', 'teacher_tokens']
 
 def _calibration(fp: SmallVLA, samples: Samples, n: int = 64, seed: int = 0) -> list[dict]:
     idx = np.random.default_rng(seed).choice(len(samples), min(n, len(samples)), replace=False)
+    tokens = fp.action_tokens(samples.actions[idx])
     out = []
-    with torch.no_grad():
-        for k in range(0, len(idx), 32):
-            part = idx[k:k + 32]
-            tokens = fp.action_tokens(samples.actions[part])
-            seqs = [fp.prompt_ids(samples.instructions[i]) + tokens[j].tolist()
-                    for j, i in enumerate(part)]
-            for j, i in enumerate(part):
-                ids = torch.as_tensor([seqs[j]])
-                out.append({'inputs_embeds': fp.model.multimodal_embeddings(
-                    fp.pixel_values(samples.images[i:i + 1]), ids)})
+    with torch.no_grad():       # one training-like sequence per sample: prompt + its action
+        for i, action in zip(idx, tokens):
+            ids = torch.as_tensor([fp.prompt_ids(samples.instructions[i]) + action.tolist()])
+            out.append({'inputs_embeds': fp.model.multimodal_embeddings(
+                fp.pixel_values(samples.images[i:i + 1]), ids)})
     return out
 
 
