@@ -13,9 +13,14 @@ runs) and times, per precision:
          torch._weight_int8pack_mm, float32 activations)
   int4   every linear weight-only int4, group 128 (qail_ros.quant WeightOnlyRTN group, torch's
          CPU int4 kernel `_weight_int4pack_mm_for_cpu`, bfloat16 activations)
-  int4_ort  the same int4 codes on onnxruntime's MatMulNBits (qail_ros.quant.ort_int4,
-         accuracy_level 4 = int8 activations per block, q/k/v fused, each MLP one session;
-         float32 elsewhere)
+  int4_ort  the same int4 codes, the whole decoder (layers, final norm, lm_head) as ONE
+         onnxruntime graph: MatMulNBits (accuracy_level 4 = int8 activations per block),
+         GroupQueryAttention with rotary and an in-place float32 KV cache, one
+         run_with_iobinding per step (qail_ros.quant.ort_llama.OrtLlamaDecoder: what the
+         policy's int4_ort precision runs; --cache / --attention do not apply)
+  int4_ort_layers  the same codes with one MatMulNBits session per linear (q/k/v fused, each
+         MLP one session) inside transformers' forward (qail_ros.quant.ort_int4; float32
+         elsewhere; the int4_ort of results before 2026-11-30); not in the default list
 a prefill of `--prompt` tokens (OpenVLA: 256 image patches + ~20 prompt tokens), then
 `--tokens` decode steps with the KV cache (OpenVLA decodes 7 action tokens), `--repeats` times.
 `--cache dynamic` (default) is transformers' DynamicCache, which grows by torch.cat: every step
@@ -29,7 +34,9 @@ reads a 300-token float32 cache at ~7 GB/s for one query (~11 ms/token over 16 l
 
 Bandwidth floor: decoding one token reads every linear weight once (and one embedding row), so
 ms_per_token >= weight bytes / memory bandwidth. The bandwidth is measured here, with the same
-thread count (best of several reads of a buffer much larger than the caches). fraction_of_floor
+thread count: the best of several reads (torch sum and amax) of a buffer much larger than the
+caches, before the models are built and again after they ran; the larger reading is used (the
+stricter floor; both are in the JSON). fraction_of_floor
 = floor / measured (1.0 = at the memory limit). action_ms = prefill + all decode steps. Memory
 per precision: model_mb = bytes the model holds (parameters, buffers, the kernels' packed
 weights and caches); rss_growth_mb = resident-set growth while it was built from the FP32
@@ -37,8 +44,8 @@ model and run (includes transient copies and the KV cache; for int4_ort also onn
 own copies of the weights, which model_mb does not see: model_mb counts the bytes the
 MatMulNBits sessions were given).
 
-JSON: `int4_*` keys are the torch int4 path (as before), `int4_ort_*` the onnxruntime path,
-`int4_best_*` whichever of the two measured more tokens per second (`int4_best_path` names it).
+JSON: `int4_*` keys are the torch int4 path (as before), `int4_ort_*` the onnxruntime graph,
+`int4_best_*` whichever INT4 path measured more tokens per second (`int4_best_path` names it).
 
 `--policy [PATH]` also times whole actions through the node's code path,
 `OpenVLAPolicy.predict` on an OpenVLA checkpoint (default: the shipped tiny random model): a
@@ -58,7 +65,9 @@ import time
 
 HELP = 'decode latency per token of an OpenVLA-layout Llama: FP32/BF16/INT8/INT4 vs bandwidth'
 
-PRECISIONS = ('fp32', 'bf16', 'int8', 'int4', 'int4_ort')
+PRECISIONS = ('fp32', 'bf16', 'int8', 'int4', 'int4_ort', 'int4_ort_layers')
+DEFAULT_PRECISIONS = PRECISIONS[:5]
+INT4_PATHS = ('int4', 'int4_ort', 'int4_ort_layers')
 #: the precisions OpenVLAPolicy has (--policy)
 POLICY_PRECISIONS = ('fp32', 'bf16', 'int4', 'int4_ort')
 POLICY_INSTRUCTION = 'pick up the red block'
@@ -77,8 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--prompt', type=int, default=0,
                         help='prefill tokens (default: 276 = 256 patches + 20; --small: 64)')
     parser.add_argument('--repeats', type=int, default=3, help='actions timed per precision')
-    parser.add_argument('--precisions', default=','.join(PRECISIONS),
-                        help='comma-separated subset of %(default)s')
+    parser.add_argument('--precisions', default=','.join(DEFAULT_PRECISIONS),
+                        help=f'comma-separated subset of {",".join(PRECISIONS)} (default '
+                        '%(default)s)')
     parser.add_argument('--cache', choices=('dynamic', 'static'), default='dynamic',
                         help='KV cache: transformers DynamicCache (grows by concatenation) or '
                         'a preallocated StaticCache (default %(default)s)')
@@ -95,15 +105,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def measure_bandwidth_gbps(mbytes: int = 512, repeats: int = 5) -> float:
-    """Read bandwidth: best of `repeats` sums over a float32 buffer of `mbytes` MB."""
+    """Read bandwidth: the best of `repeats` reductions (sum and amax, torch's threads) over
+    a float32 buffer of `mbytes` MB."""
     import torch
     x = torch.ones(mbytes * (1 << 20) // 4, dtype=torch.float32)
-    x.sum()
     best = float('inf')
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        x.sum()
-        best = min(best, time.perf_counter() - t0)
+    for reduce in (torch.sum, torch.amax):
+        reduce(x)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            reduce(x)
+            best = min(best, time.perf_counter() - t0)
     return x.numel() * 4 / best / 1e9
 
 
@@ -166,6 +178,8 @@ def build_fp32(hidden: int, inter: int, layers: int, heads: int, seed: int = 0,
 def linear_weight_bytes(model, precision: str) -> int:
     """Bytes of linear weights (+ scales) read per decoded token, by precision."""
     from torch import nn
+    if _is_decoder(model):
+        return model.weight_bytes
     total = 0
     for m in model.modules():
         if hasattr(m, 'weight_bytes'):             # onnxruntime MatMulNBits layers
@@ -180,16 +194,23 @@ def linear_weight_bytes(model, precision: str) -> int:
             total += n * k * 2
         elif precision == 'int8':
             total += n * k + n * 4
-        elif precision == 'int4_ort':              # a linear left in float32
+        elif precision == 'int4_ort_layers':       # a linear left in float32
             total += n * k * 4
         else:
             total += n * k // 2 + n * (k // 128) * 2 * 2   # codes + bf16 scale & zero / group
     return total
 
 
+def _is_decoder(model) -> bool:
+    return type(model).__name__ == 'OrtLlamaDecoder'
+
+
 def model_bytes(model) -> int:
     """Bytes held by the model: parameters, buffers and the int kernels' packed copies."""
     import torch
+    if _is_decoder(model):      # the weights handed to onnxruntime + embeddings + KV cache
+        emb = model.embed_tokens.weight
+        return model.weight_bytes + emb.numel() * emb.element_size() + model.cache_bytes
     seen, total = set(), 0
 
     def add(t):
@@ -215,7 +236,9 @@ def model_bytes(model) -> int:
     return total
 
 
-def make_precision(fp32_model, precision: str, threads: int = 1):
+def make_precision(fp32_model, precision: str, threads: int = 1, capacity: int = 320):
+    """(model, activation dtype) at `precision`, from a deep copy of `fp32_model`;
+    'int4_ort' gives an OrtLlamaDecoder (KV cache for `capacity` positions)."""
     import copy
 
     import torch
@@ -232,6 +255,15 @@ def make_precision(fp32_model, precision: str, threads: int = 1):
         quant.convert_to_integer(model, int4_compute_dtype=torch.bfloat16)
         return model.to(torch.bfloat16), torch.bfloat16   # norms / embeddings in bf16 too
     if precision == 'int4_ort':
+        from torch import nn
+
+        from qail_ros.quant.ort_llama import OrtLlamaDecoder
+        quant.quantize_(model, quant.WeightOnlyRTN(bits=4, granularity='group', group_size=128))
+        decoder = OrtLlamaDecoder(model, threads=threads, accuracy_level=4, capacity=capacity)
+        model.model.layers = nn.ModuleList()    # as the policy does: the graph owns them
+        model.lm_head = nn.Identity()
+        return decoder, torch.float32
+    if precision == 'int4_ort_layers':
         from qail_ros.quant.ort_int4 import convert_to_ort_int4
         quant.quantize_(model, quant.WeightOnlyRTN(bits=4, granularity='group', group_size=128))
         convert_to_ort_int4(model, threads=threads, accuracy_level=4)
@@ -243,6 +275,8 @@ def time_actions(model, dtype, prompt: int, tokens: int, repeats: int,
                  cache: str = 'dynamic') -> dict[str, float]:
     """Prefill `prompt` embeddings then `tokens` greedy decode steps; medians in ms."""
     import torch
+    if _is_decoder(model):
+        return time_decoder(model, prompt, tokens, repeats)
     hidden = model.config.hidden_size
     g = torch.Generator().manual_seed(1)
     embeds = (torch.randn(1, prompt, hidden, generator=g) * 0.02).to(dtype)
@@ -271,6 +305,37 @@ def time_actions(model, dtype, prompt: int, tokens: int, repeats: int,
                 prefill.append((t1 - t0) * 1e3)
                 per_token += [s * 1e3 for s in steps]
                 action.append((t2 - t0) * 1e3)
+    return {'prefill_ms': statistics.median(prefill),
+            'ms_per_token': statistics.median(per_token),
+            'action_ms': statistics.median(action),
+            'cpu_ms_per_token': statistics.median(cpu_token)}
+
+
+def time_decoder(decoder, prompt: int, tokens: int, repeats: int) -> dict[str, float]:
+    """time_actions for an OrtLlamaDecoder: the same embeddings, prefill and greedy steps
+    (each step: embedding lookup + one graph run + argmax)."""
+    import torch
+    g = torch.Generator().manual_seed(1)
+    embeds = torch.randn(1, prompt, decoder.hidden, generator=g) * 0.02
+    prefill, per_token, action, cpu_token = [], [], [], []
+    for r in range(repeats + 1):                 # the first action is warm-up
+        decoder.reset()
+        t0 = time.perf_counter()
+        logits = decoder.step(embeds)
+        t1 = time.perf_counter()
+        steps = []
+        for _ in range(tokens):
+            tok = logits[0].argmax(-1)
+            s0, c0 = time.perf_counter(), time.thread_time()
+            logits = decoder.step(decoder.embed(tok))
+            steps.append(time.perf_counter() - s0)
+            if r:
+                cpu_token.append((time.thread_time() - c0) * 1e3)
+        t2 = time.perf_counter()
+        if r:
+            prefill.append((t1 - t0) * 1e3)
+            per_token += [s * 1e3 for s in steps]
+            action.append((t2 - t0) * 1e3)
     return {'prefill_ms': statistics.median(prefill),
             'ms_per_token': statistics.median(per_token),
             'action_ms': statistics.median(action),
@@ -318,29 +383,38 @@ def main(args: argparse.Namespace) -> int:
         return 2
     hidden, inter, layers, heads = LAYOUTS['small' if args.small else 'default']
     prompt = args.prompt or (64 if args.small else 276)
-    bandwidth = measure_bandwidth_gbps(128 if args.small else 512)
+    bandwidth_before = measure_bandwidth_gbps(128 if args.small else 512)
     base_rss = _rss_mb()
     fp32 = build_fp32(hidden, inter, layers, heads, attention=attention)
     params = sum(p.numel() for p in fp32.parameters())
     print(f'Llama backbone (OpenVLA layout): {params / 1e6:.1f} M parameters, hidden {hidden}, '
           f'{layers} layers, vocab {VOCAB}; prefill {prompt} tokens, {args.tokens} decode '
-          f'steps; {args.threads} thread(s); {cache} KV cache, {attention} attention; read '
-          f'bandwidth {bandwidth:.2f} GB/s', flush=True)
+          f'steps; {args.threads} thread(s); {cache} KV cache, {attention} attention (torch '
+          f'paths); read bandwidth {bandwidth_before:.2f} GB/s', flush=True)
     results: dict[str, dict[str, float]] = {}
     for precision in precisions:
         gc.collect()
         before = _rss_mb()
-        model, dtype = make_precision(fp32, precision, int(args.threads))
+        model, dtype = make_precision(fp32, precision, int(args.threads),
+                                      capacity=prompt + args.tokens)
         timing = time_actions(model, dtype, prompt, args.tokens, args.repeats, cache)
-        wbytes = linear_weight_bytes(model, precision)
-        floor_ms = wbytes / (bandwidth * 1e9) * 1e3
-        timing.update(weight_mb=wbytes / 2**20, floor_ms=floor_ms,
-                      fraction_of_floor=floor_ms / timing['ms_per_token'],
+        timing.update(weight_bytes=linear_weight_bytes(model, precision),
                       model_mb=model_bytes(model) / 2**20,
                       rss_growth_mb=max(_rss_mb() - before, 0.0))
         results[precision] = timing
         del model
         gc.collect()
+    del fp32
+    gc.collect()
+    bandwidth_after = measure_bandwidth_gbps(128 if args.small else 512)
+    bandwidth = max(bandwidth_before, bandwidth_after)
+    for timing in results.values():
+        wbytes = timing.pop('weight_bytes')
+        floor_ms = wbytes / (bandwidth * 1e9) * 1e3
+        timing.update(weight_mb=wbytes / 2**20, floor_ms=floor_ms,
+                      fraction_of_floor=floor_ms / timing['ms_per_token'])
+    print(f'read bandwidth before / after the models: {bandwidth_before:.2f} / '
+          f'{bandwidth_after:.2f} GB/s: the floor uses {bandwidth:.2f}', flush=True)
     policy_path = getattr(args, 'policy', None)
     policy: dict[str, dict] = {}
     if policy_path:
@@ -367,18 +441,20 @@ def main(args: argparse.Namespace) -> int:
                 (fp_action / r['action_ms']) if fp_action else float('nan')]
                for p, r in policy.items()])
     if args.json:
-        out: dict = {'params': params, 'bandwidth_gbps': bandwidth, 'small': bool(args.small),
+        out: dict = {'params': params, 'bandwidth_gbps': bandwidth,
+                     'bandwidth_gbps_before_after': [bandwidth_before, bandwidth_after],
+                     'small': bool(args.small),
                      'threads': args.threads, 'prompt_tokens': prompt, 'cache': cache,
                      'attention': attention, 'decode_tokens': args.tokens}
         for p, r in results.items():
             out[f'{p}_ms_per_token'] = r['ms_per_token']
-        for p in ('int4', 'int4_ort'):
+        for p in INT4_PATHS:
             if p in results:
                 out[f'{p}_floor_ms'] = results[p]['floor_ms']
                 out[f'{p}_fraction_of_floor'] = results[p]['fraction_of_floor']
                 if fp:
                     out[f'{p}_speedup_vs_fp32'] = fp / results[p]['ms_per_token']
-        int4s = [p for p in ('int4', 'int4_ort') if p in results]
+        int4s = [p for p in INT4_PATHS if p in results]
         if int4s:
             best = min(int4s, key=lambda p: results[p]['ms_per_token'])
             out['int4_best_path'] = best

@@ -182,6 +182,8 @@ class OpenVLAModel(nn.Module):
         self.projector = Projector(config.use_fused_vision_backbone, config.vision_dim,
                                    llama_cfg.hidden_size)
         self.language_model = LlamaForCausalLM(llama_cfg)
+        #: an OrtLlamaDecoder running language_model's decoder (precision int4_ort), or None
+        self.decoder = None
 
     def init_random(self, seed: int = 0, std: float = 0.02) -> OpenVLAModel:
         """Seeded random weights (the tiny test checkpoint): normal(0, std) matrices, zero
@@ -214,6 +216,8 @@ class OpenVLAModel(nn.Module):
         (B, n) and their logits (B, n, V)."""
         lm = self.language_model
         embeds = self.multimodal_embeddings(pixel_values, input_ids)
+        if self.decoder is not None:
+            return self._generate_on_decoder(embeds, n_tokens)
         out = lm(inputs_embeds=embeds, use_cache=True)
         tokens, logits = [], []
         for i in range(n_tokens):
@@ -225,3 +229,22 @@ class OpenVLAModel(nn.Module):
                 out = lm(input_ids=tok[:, None], past_key_values=out.past_key_values,
                          use_cache=True)
         return torch.stack(tokens, 1), torch.stack(logits, 1)
+
+    def _generate_on_decoder(self, embeds: torch.Tensor,
+                             n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """generate_actions on the onnxruntime decoder graph (batch 1 at a time)."""
+        dec = self.decoder
+        tokens, logits = [], []
+        for b in range(embeds.shape[0]):
+            dec.reset()
+            step_logits = dec.step(embeds[b:b + 1])
+            toks, lgts = [], []
+            for i in range(n_tokens):
+                tok = step_logits[0].argmax(-1)
+                toks.append(tok)
+                lgts.append(step_logits[0])
+                if i + 1 < n_tokens:
+                    step_logits = dec.step(dec.embed(tok))
+            tokens.append(torch.stack(toks))
+            logits.append(torch.stack(lgts))
+        return torch.stack(tokens), torch.stack(logits)

@@ -122,12 +122,15 @@ class OpenVLAPolicy:
                         unnorm_key: str | None = None, int4_scheme: str = 'rtn',
                         int4_group_size: int = 128, int4_weights: str | Path | None = None,
                         ort_threads: int | None = None,
-                        lora_weights: str | Path | None = None) -> OpenVLAPolicy:
+                        lora_weights: str | Path | None = None,
+                        ort_graph: bool = True) -> OpenVLAPolicy:
         """Load a checkpoint directory; INT4 precisions quantize the backbone (or load
         `int4_weights`) and convert it. ort_threads: onnxruntime threads for 'int4_ort'
-        (default: torch's thread count). lora_weights: QLoRA adapters trained over that INT4
-        backbone (`qail-ros train-vla`), run in float beside torch's int4 kernel (precision
-        'int4' only: the onnxruntime sessions fuse the layers the adapters attach to)."""
+        (default: torch's thread count); ort_graph: the whole decoder as one onnxruntime graph
+        (default) or one session per linear (convert_int4's `graph`). lora_weights: QLoRA
+        adapters trained over that INT4 backbone (`qail-ros train-vla`), run in float beside
+        torch's int4 kernel (precision 'int4' only: onnxruntime fuses the layers the adapters
+        attach to)."""
         import torch
         from qail_ros.openvla.checkpoint import load_model
         if precision not in PRECISIONS:
@@ -158,7 +161,7 @@ class OpenVLAPolicy:
                 policy.quantize_int4(int4_scheme, int4_group_size)
             if lora_weights:
                 policy.load_lora(lora_weights)
-            policy.convert_int4(INT4_BACKENDS[precision], threads=ort_threads)
+            policy.convert_int4(INT4_BACKENDS[precision], threads=ort_threads, graph=ort_graph)
         return policy
 
     # -- INT4 weight-only backbone ----------------------------------------------------------
@@ -244,12 +247,17 @@ class OpenVLAPolicy:
         self.int4_details['lora'] = {'file': str(path), 'rank': rank, 'alpha': alpha}
 
     def convert_int4(self, backend: str = 'torch', *, threads: int | None = None,
-                     accuracy_level: int = 4) -> None:
+                     accuracy_level: int = 4, graph: bool = True) -> None:
         """Swap the fake-quantized layers for real INT4 layers, same codes: backend 'torch'
         (torch's CPU int4 kernel, bf16 compute; precision 'int4') or 'ort' (onnxruntime
-        MatMulNBits, `threads` intra-op threads per session, default torch's count;
-        accuracy_level 4 = int8 activations, 1 = float32; precision 'int4_ort')."""
+        MatMulNBits, `threads` intra-op threads, default torch's count; accuracy_level 4 = int8
+        activations, 1 = float32; precision 'int4_ort'). With 'ort', graph=True (default) runs
+        the whole decoder, final norm and lm_head as one onnxruntime graph with an in-place KV
+        cache (qail_ros.quant.ort_llama; the torch decoder layers are freed); graph=False puts
+        each linear layer on its own session inside transformers' forward (slower per token;
+        kept for models the graph does not take)."""
         import torch
+        from torch import nn
         from qail_ros import quant
         if self.int4_state != 'fake':
             raise OpenVLAError('convert_int4 needs quantize_int4() or load_int4() first')
@@ -261,13 +269,22 @@ class OpenVLAPolicy:
         if backend != 'ort':
             raise OpenVLAError(f"int4 backend {backend!r}: choose 'torch' or 'ort'")
         _require_ort()
-        from qail_ros.quant.ort_int4 import convert_to_ort_int4
         n = int(threads) if threads else torch.get_num_threads()
-        convert_to_ort_int4(self.model.language_model, threads=n, accuracy_level=accuracy_level)
+        lm = self.model.language_model
+        if graph:
+            from qail_ros.quant.ort_llama import OrtLlamaDecoder
+            patches = self.config.vit_specs[0].num_patches
+            self.model.decoder = OrtLlamaDecoder(lm, threads=n, accuracy_level=accuracy_level,
+                                                 capacity=patches + 64)
+            lm.model.layers = nn.ModuleList()     # the graph owns the decoder's weights now
+            lm.lm_head = nn.Identity()
+        else:
+            from qail_ros.quant.ort_int4 import convert_to_ort_int4
+            convert_to_ort_int4(lm, threads=n, accuracy_level=accuracy_level)
         self.int4_state = 'ort'
         self.precision = 'int4_ort'
         self.int4_details.update(backend='onnxruntime', accuracy_level=accuracy_level,
-                                 threads=n)
+                                 threads=n, engine='graph' if graph else 'layers')
 
     # -- inference --------------------------------------------------------------------------
     def prompt(self, instruction: str) -> str:

@@ -138,8 +138,9 @@ def test_int4_precision_runs_on_int4_kernels(rt):
 
 
 def test_int4_ort_precision_runs_on_onnxruntime(rt):
-    """precision int4_ort from the parameters: the backbone on MatMulNBits sessions with
-    num_threads threads each, AWQ from int4_scheme, the node's action = the library's."""
+    """precision int4_ort from the parameters: the decoder as one onnxruntime graph
+    (MatMulNBits) with num_threads threads, AWQ from int4_scheme, the node's action = the
+    library's."""
     ort_int4 = pytest.importorskip('qail_ros.quant.ort_int4')
     if not ort_int4.ort_available():
         pytest.skip('onnxruntime / onnx not installed')
@@ -148,7 +149,8 @@ def test_int4_ort_precision_runs_on_onnxruntime(rt):
     p = policy.policy
     assert p.precision == 'int4_ort' and p.int4_state == 'ort'
     assert p.int4_details['scheme'] == 'awq' and p.int4_details['threads'] == 1
-    assert any(isinstance(m, ort_int4.OrtInt4GatedMLP) for m in p.model.modules())
+    from qail_ros.quant.ort_llama import OrtLlamaDecoder
+    assert isinstance(p.model.decoder, OrtLlamaDecoder) and p.model.decoder.threads == 1
     harness = Harness()
     action = policy.step(harness.frame(1, 7))
     frame = np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8)

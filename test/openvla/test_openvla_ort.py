@@ -94,29 +94,53 @@ def _full_logits(policy, frame, text) -> np.ndarray:
     return logits[0].numpy()
 
 
-def test_from_pretrained_int4_ort_swaps_only_the_backbone_linears(tmp_path, frames):
+def test_from_pretrained_int4_ort_runs_the_decoder_as_one_graph(frames):
+    """The default engine: decoder layers + norm + lm_head in one onnxruntime graph; the torch
+    decoder layers are freed, the towers, projector and embeddings stay torch."""
     from qail_ros.openvla.policy import OpenVLAPolicy
-    from qail_ros.quant.ort_int4 import ORT_MODULES, OrtInt4GatedMLP, OrtInt4Slice
+    from qail_ros.quant.ort_int4 import ORT_MODULES
+    from qail_ros.quant.ort_llama import OrtLlamaDecoder
     p = OpenVLAPolicy.from_pretrained(TINY, unnorm_key='bridge_orig', precision='int4_ort',
                                       int4_scheme='awq', ort_threads=1)
     assert p.precision == 'int4_ort' and p.int4_state == 'ort'
     assert p.dtype == torch.float32
-    d = p.describe()
-    assert d['int4'] == {'scheme': 'awq', 'group_size': 64, 'backend': 'onnxruntime',
-                         'accuracy_level': 4, 'threads': 1}
+    assert p.describe()['int4'] == {'scheme': 'awq', 'group_size': 64,
+                                    'backend': 'onnxruntime', 'accuracy_level': 4,
+                                    'threads': 1, 'engine': 'graph'}
+    dec = p.model.decoder
+    assert isinstance(dec, OrtLlamaDecoder) and dec.layers == p.config.llama_config(
+    ).num_hidden_layers
+    lm = p.model.language_model
+    assert len(lm.model.layers) == 0 and isinstance(lm.lm_head, torch.nn.Identity)
+    assert isinstance(lm.model.embed_tokens, torch.nn.Embedding)
+    assert not any(isinstance(m, ORT_MODULES) for m in p.model.modules())
+    r = p.predict(frames[0], INSTRUCTIONS[0])
+    assert r.action.shape == (7,) and np.all(np.isfinite(r.bin_logits))
+    # the cache is reset per action: a second prediction is identical
+    assert np.array_equal(p.predict(frames[0], INSTRUCTIONS[0]).bin_logits, r.bin_logits)
+
+
+def test_per_layer_engine_swaps_only_the_backbone_linears(fake, frames):
+    """graph=False: each linear (fused q/k/v, each gated MLP) is its own session inside
+    transformers' forward; same tokens as the graph engine at float32 compute."""
+    from qail_ros.quant.ort_int4 import ORT_MODULES, OrtInt4GatedMLP, OrtInt4Slice
+    p = _converted(fake, graph=False, threads=1)
+    assert p.int4_details['engine'] == 'layers' and p.model.decoder is None
     lm = p.model.language_model
     layers = lm.model.layers
     assert all(isinstance(layer.mlp, OrtInt4GatedMLP) for layer in layers)
-    # AWQ: a scale per projection, so q/k/v are separate MatMulNBits in one shared session
     attn = layers[0].self_attn
     assert isinstance(attn.q_proj, OrtInt4Slice) and attn.q_proj.fused is attn.v_proj.fused
     assert not isinstance(attn.o_proj, torch.nn.Linear)
     assert type(lm.lm_head) is torch.nn.Linear               # lm_head stays float
     assert not any(isinstance(m, ORT_MODULES) for m in p.model.vision_backbone.modules())
     assert not any(isinstance(m, ORT_MODULES) for m in p.model.projector.modules())
-    r = p.predict(frames[0], INSTRUCTIONS[0])
-    assert r.action.shape == (7,) and np.all(np.isfinite(r.bin_logits))
-    assert np.array_equal(p.predict(frames[0], INSTRUCTIONS[0]).bin_logits, r.bin_logits)
+    layered = _converted(fake, graph=False, accuracy_level=1)
+    graph = _converted(fake, accuracy_level=1)
+    for text in INSTRUCTIONS:
+        a, b = layered.predict(frames[0], text), graph.predict(frames[0], text)
+        assert np.array_equal(a.tokens, b.tokens)
+        assert np.abs(a.bin_logits - b.bin_logits).max() < 1e-4
 
 
 def test_saved_int4_backbone_loads_onto_onnxruntime(tmp_path, frames):

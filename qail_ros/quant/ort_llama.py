@@ -1,0 +1,299 @@
+"""A whole INT4 Llama decoder as ONE onnxruntime graph, with its KV cache kept in place.
+
+    decoder = OrtLlamaDecoder(llama_for_causal_lm, threads=1, accuracy_level=4)
+    logits = decoder.step(inputs_embeds)     # (1, S, hidden) -> last position's logits (1, V)
+    logits = decoder.step(decoder.embed(token_id))   # next token: the cache grows by one
+    decoder.reset()                                   # a new sequence
+
+Why: with one onnxruntime session per linear (qail_ros.quant.ort_int4) the 4-bit kernels run
+close to the bandwidth floor, but every decode step still pays transformers' Python forward,
+torch's attention over the KV cache, norms, rotary and ~50 session calls: about a third of the
+step at the ~1 B layout (docs/results/decode.md). Here the decoder layers, the final norm and
+lm_head are one graph, so a decode step is one `run_with_iobinding` call:
+
+    per layer:  SimplifiedLayerNormalization -> MatMulNBits q|k|v (fused) ->
+                GroupQueryAttention (com.microsoft: rotary inside, causal, KV cache read and
+                appended in place) -> MatMulNBits o_proj -> + residual ->
+                SimplifiedLayerNormalization -> MatMulNBits gate|up -> SiLU * up ->
+                MatMulNBits down_proj -> + residual
+    then:       final norm on the last position only -> lm_head (MatMulNBits when it is INT4,
+                else a float32 MatMul)
+
+The KV cache: one float32 OrtValue per layer for K and one for V, shaped
+(1, kv_heads, capacity, head_dim), bound both as the layer's past and its present output:
+GroupQueryAttention then writes the new positions into the same buffer (its
+past_present_share_buffer mode) instead of concatenating. The capacity grows (by copying,
+rounded up to 64 positions) only when a sequence gets longer than any before it.
+
+The weights are the same codes as the qail_ros layers (ort_int4's extraction: RTN or AWQ,
+group-wise or per channel, AWQ input scales as a Div in front of their MatMulNBits). Rotary
+cos/sin come from the model's own rotary module (so any static RoPE scaling it applies is
+kept); a model whose rope depends on the sequence (dynamic scaling) is refused. Batch 1 (a
+robot's policy), float32 activations; accuracy_level 4 quantizes activations per block to
+int8 (outputs within ~1e-3 of the output scale of the float reference), 1 computes in float32.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from qail_ros.quant.ort_int4 import (OrtInt4Error, _concat, _extract, _fusable, _Graph,
+                                     _is_int4, _is_silu, _weight_bytes, ort_available)
+
+__all__ = ['OrtLlamaDecoder', 'llama_parts']
+
+log = logging.getLogger('qail_ros.quant')
+
+#: the KV cache's capacity grows in steps of this many positions
+CAPACITY_STEP = 64
+_STATIC_ROPE = ('default', 'linear', 'llama3', None)
+
+
+def llama_parts(model: nn.Module) -> tuple[nn.Module, nn.Module, object]:
+    """(the LlamaModel with .layers / .norm / .embed_tokens / .rotary_emb, lm_head, config)
+    of a transformers LlamaForCausalLM-like model; a clear error for anything else."""
+    inner = getattr(model, 'model', None)
+    head = getattr(model, 'lm_head', None)
+    cfg = getattr(model, 'config', None)
+    need = ('layers', 'norm', 'embed_tokens', 'rotary_emb')
+    if inner is None or head is None or cfg is None or not all(hasattr(inner, n) for n in need):
+        raise OrtInt4Error(f'{type(model).__name__} is not a Llama causal LM (model.layers, '
+                           'model.norm, model.embed_tokens, model.rotary_emb, lm_head): pass '
+                           'a transformers LlamaForCausalLM, e.g. OpenVLAModel.language_model')
+    return inner, head, cfg
+
+
+class OrtLlamaDecoder:
+    """The decoder layers + final norm + lm_head of a Llama as one onnxruntime session with
+    an in-place KV cache (see the module docstring). Inference only, batch 1."""
+
+    #: initializer bytes above which the graph is handed over as a file with external data
+    EXTERNAL_DATA_BYTES = 1 << 30
+
+    def __init__(self, model: nn.Module, *, threads: int = 1, accuracy_level: int = 4,
+                 capacity: int = 320):
+        if not ort_available():
+            raise OrtInt4Error('onnxruntime / onnx are not installed: pip install onnxruntime '
+                               'onnx')
+        inner, head, cfg = llama_parts(model)
+        rope_cfg = (getattr(cfg, 'rope_parameters', None) or getattr(cfg, 'rope_scaling', None)
+                    or {})
+        rope = rope_cfg.get('rope_type', rope_cfg.get('type'))
+        if rope not in _STATIC_ROPE:
+            raise OrtInt4Error(f'rope scaling {rope!r} depends on the sequence length: the '
+                               'whole-graph decoder supports default / linear / llama3 RoPE; '
+                               'use convert_to_ort_int4 (per-layer sessions) for this model')
+        if getattr(cfg, 'attention_bias', False) or getattr(cfg, 'mlp_bias', False):
+            log.info('Llama with biases: they are added inside MatMulNBits')
+        self.hidden = int(cfg.hidden_size)
+        self.heads = int(cfg.num_attention_heads)
+        self.kv_heads = int(getattr(cfg, 'num_key_value_heads', None) or self.heads)
+        self.head_dim = int(getattr(cfg, 'head_dim', None) or self.hidden // self.heads)
+        self.layers = len(inner.layers)
+        self.vocab = int(head.out_features)
+        self.max_positions = int(getattr(cfg, 'max_position_embeddings', 4096))
+        self.accuracy_level = accuracy_level
+        self.threads = int(threads)
+        self.embed_tokens = inner.embed_tokens
+        self.weight_bytes = 0
+        self.session = self._session(self._build(inner, head, float(cfg.rms_norm_eps)))
+        self._io = self.session.io_binding()
+        self._capacity = 0
+        self._kv: list = []
+        self.position = 0
+        self._ensure_capacity(min(int(capacity), self.max_positions))
+
+    # -- graph ------------------------------------------------------------------------------
+    def _rotary_cache(self, inner: nn.Module) -> tuple[np.ndarray, np.ndarray]:
+        """cos, sin (max_positions, head_dim / 2) from the model's rotary module."""
+        pos = torch.arange(self.max_positions)[None]
+        probe = torch.zeros(1, 1, self.head_dim)
+        with torch.no_grad():
+            cos, sin = inner.rotary_emb(probe, pos)
+        half = self.head_dim // 2
+        return (cos[0, :, :half].float().numpy().copy(),
+                sin[0, :, :half].float().numpy().copy())
+
+    def _linear(self, g: _Graph, x: str, mods: list[nn.Module], names: list[str]) -> str:
+        """MatMulNBits over one or more INT4 projections of the same input (outputs
+        concatenated on the last axis)."""
+        for m, name in zip(mods, names):
+            if not _is_int4(m):
+                raise OrtInt4Error(f'{name} ({type(m).__name__}) is not INT4 weight-only: '
+                                   'quantize_ the decoder with WeightOnlyRTN(bits=4) or '
+                                   'Int4WeightOnlyAWQ first')
+        ws = [_extract(m, name) for m, name in zip(mods, names)]
+        self.weight_bytes += sum(_weight_bytes(w) for w in ws)
+        if len(ws) == 1:
+            return g.matmul_nbits(x, ws[0], self.accuracy_level)
+        if _fusable(ws):
+            return g.matmul_nbits(x, _concat(ws), self.accuracy_level)
+        return g.op('Concat', [g.matmul_nbits(x, w, self.accuracy_level) for w in ws], axis=-1)
+
+    def _norm(self, g: _Graph, x: str, norm: nn.Module, eps: float) -> str:
+        w = g._init('norm', norm.weight.detach().float().numpy())
+        return g.op('SimplifiedLayerNormalization', [x, w], axis=-1, epsilon=eps,
+                    stash_type=1)
+
+    def _build(self, inner: nn.Module, head: nn.Module, eps: float) -> bytes:
+        from onnx import TensorProto
+        from onnx import helper as h
+        g = _Graph(self.hidden)
+        f32, i32 = TensorProto.FLOAT, TensorProto.INT32
+        kv_shape = [1, self.kv_heads, 'capacity', self.head_dim]
+        g.inputs = [h.make_tensor_value_info('inputs_embeds', f32, [1, 'S', self.hidden]),
+                    h.make_tensor_value_info('seqlens_k', i32, [1]),
+                    h.make_tensor_value_info('total_sequence_length', i32, [])]
+        outputs = []
+        cos, sin = self._rotary_cache(inner)
+        cos_name, sin_name = g._init('cos', cos), g._init('sin', sin)
+        x = 'inputs_embeds'
+        for i, layer in enumerate(inner.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            p = f'model.layers.{i}'
+            for kind in ('key', 'value'):
+                g.inputs.append(h.make_tensor_value_info(f'past_{kind}_{i}', f32, kv_shape))
+                outputs.append(h.make_tensor_value_info(f'present_{kind}_{i}', f32, kv_shape))
+            hs = self._norm(g, x, layer.input_layernorm, eps)
+            qkv = self._linear(g, hs, [attn.q_proj, attn.k_proj, attn.v_proj],
+                               [f'{p}.self_attn.{n}' for n in ('q_proj', 'k_proj', 'v_proj')])
+            att = g._name('attn')
+            g.nodes.append(h.make_node(
+                'GroupQueryAttention',
+                [qkv, '', '', f'past_key_{i}', f'past_value_{i}', 'seqlens_k',
+                 'total_sequence_length', cos_name, sin_name],
+                [att, f'present_key_{i}', f'present_value_{i}'], domain='com.microsoft',
+                num_heads=self.heads, kv_num_heads=self.kv_heads, do_rotary=1,
+                rotary_interleaved=0, scale=float(self.head_dim ** -0.5)))
+            o = self._linear(g, att, [attn.o_proj], [f'{p}.self_attn.o_proj'])
+            x = g.op('Add', [x, o])
+            hs = self._norm(g, x, layer.post_attention_layernorm, eps)
+            if not _is_silu(getattr(mlp, 'act_fn', None)):
+                raise OrtInt4Error(f'{p}.mlp: activation {type(mlp.act_fn).__name__} is not '
+                                   'SiLU: the graph implements LLaMA\'s gated-SiLU MLP only')
+            inter = mlp.gate_proj.out_features
+            gu = self._linear(g, hs, [mlp.gate_proj, mlp.up_proj],
+                              [f'{p}.mlp.gate_proj', f'{p}.mlp.up_proj'])
+            split = g._init('split', np.array([inter, inter], np.int64))
+            gate, up = g._name('gate'), g._name('up')
+            g.nodes.append(h.make_node('Split', [gu, split], [gate, up], axis=-1))
+            act = g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up])
+            down = self._linear(g, act, [mlp.down_proj], [f'{p}.mlp.down_proj'])
+            x = g.op('Add', [x, down])
+        # the last position only: OpenVLA's greedy decode reads nothing else
+        last = g.op('Slice', [x, g._init('start', np.array([-1], np.int64)),
+                              g._init('end', np.array([np.iinfo(np.int64).max], np.int64)),
+                              g._init('axis', np.array([1], np.int64))])
+        hs = self._norm(g, last, inner.norm, eps)
+        if _is_int4(head):
+            logits = self._linear(g, hs, [head], ['lm_head'])
+        else:
+            w = head.weight.detach().float()
+            self.weight_bytes += w.numel() * 4
+            logits = g.op('MatMul', [hs, g._init('lm_head', w.t().contiguous().numpy())])
+            if getattr(head, 'bias', None) is not None:
+                logits = g.op('Add', [logits, g._init('lm_bias',
+                                                      head.bias.detach().float().numpy())])
+        g.nodes.append(h.make_node('Reshape', [logits, g._init(
+            'shape', np.array([1, self.vocab], np.int64))], ['logits']))
+        outputs.insert(0, h.make_tensor_value_info('logits', f32, [1, self.vocab]))
+        graph = h.make_graph(g.nodes, 'qail_ort_llama', g.inputs, outputs,
+                             initializer=g.inits)
+        model = h.make_model(graph, opset_imports=[h.make_opsetid('', 17),
+                                                   h.make_opsetid('com.microsoft', 1)])
+        model.ir_version = 8
+        return model
+
+    def _session(self, model):
+        """The InferenceSession; graphs over EXTERNAL_DATA_BYTES of weights (protobuf stops
+        at 2 GiB: a 7B backbone is ~3.5 GB in INT4) go through a temporary .onnx + external
+        data file, which is unlinked once the session holds the weights."""
+        import onnxruntime as ort
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = ['CPUExecutionProvider']
+        if sum(len(t.raw_data) for t in model.graph.initializer) < self.EXTERNAL_DATA_BYTES:
+            return ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
+        import tempfile
+
+        import onnx
+        with tempfile.TemporaryDirectory(prefix='qail_ort_llama_') as tmp:
+            path = f'{tmp}/decoder.onnx'
+            onnx.save_model(model, path, save_as_external_data=True,
+                            all_tensors_to_one_file=True, location='decoder.onnx.data',
+                            size_threshold=1024)
+            return ort.InferenceSession(path, opts, providers=providers)
+
+    # -- cache ------------------------------------------------------------------------------
+    def _ensure_capacity(self, needed: int) -> None:
+        import onnxruntime as ort
+        if needed <= self._capacity:
+            return
+        if needed > self.max_positions:
+            raise OrtInt4Error(f'sequence of {needed} positions is longer than the model\'s '
+                               f'max_position_embeddings {self.max_positions}: shorten the '
+                               'prompt')
+        cap = min(-(-needed // CAPACITY_STEP) * CAPACITY_STEP, self.max_positions)
+        shape = (1, self.kv_heads, cap, self.head_dim)
+        new = []
+        for old in self._kv or [None] * (2 * self.layers):
+            buf = np.zeros(shape, np.float32)
+            if old is not None and self.position:
+                buf[:, :, :self.position] = old.numpy()[:, :, :self.position]
+            new.append(ort.OrtValue.ortvalue_from_numpy(buf))
+        self._kv, self._capacity = new, cap     # OrtValues keep their numpy buffers alive
+        io = self.session.io_binding()
+        io.bind_output('logits', 'cpu')            # first: output 0 of get_outputs()
+        for i in range(self.layers):
+            for j, kind in enumerate(('key', 'value')):
+                v = self._kv[2 * i + j]
+                io.bind_ortvalue_input(f'past_{kind}_{i}', v)
+                io.bind_ortvalue_output(f'present_{kind}_{i}', v)
+        self._io = io
+
+    @property
+    def capacity(self) -> int:
+        """Positions the KV cache holds now (it grows on demand)."""
+        return self._capacity
+
+    @property
+    def cache_bytes(self) -> int:
+        return 2 * self.layers * self.kv_heads * self._capacity * self.head_dim * 4
+
+    def reset(self) -> None:
+        """Start a new sequence (the cache is overwritten, not cleared)."""
+        self.position = 0
+
+    # -- inference --------------------------------------------------------------------------
+    def embed(self, token_ids) -> Tensor:
+        """Token ids (n,) -> (1, n, hidden) float32 embeddings (the model's embed_tokens)."""
+        ids = torch.as_tensor(token_ids, dtype=torch.long).reshape(1, -1)
+        with torch.no_grad():
+            return self.embed_tokens(ids).float()
+
+    def step(self, inputs_embeds: Tensor) -> Tensor:
+        """Append (1, S, hidden) embeddings to the sequence; the last position's logits
+        (1, vocab) float32."""
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[0] != 1 or (
+                inputs_embeds.shape[2] != self.hidden):
+            raise OrtInt4Error(f'inputs_embeds of shape {tuple(inputs_embeds.shape)}: the '
+                               f'decoder takes (1, S, {self.hidden}) (batch 1)')
+        s = int(inputs_embeds.shape[1])
+        total = self.position + s
+        self._ensure_capacity(total)
+        x = inputs_embeds.detach()
+        x = x if x.dtype is torch.float32 else x.float()
+        io = self._io
+        io.bind_cpu_input('inputs_embeds', np.ascontiguousarray(x.numpy()))
+        io.bind_cpu_input('seqlens_k', np.array([total - 1], np.int32))
+        io.bind_cpu_input('total_sequence_length', np.array(total, np.int32))
+        self.session.run_with_iobinding(io)
+        self.position = total
+        # a copy: onnxruntime reuses the output buffer on the next step
+        return torch.from_numpy(np.array(io.get_outputs()[0].numpy(), copy=True))
