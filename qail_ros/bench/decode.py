@@ -10,7 +10,9 @@ runs) and times, per precision:
   fp32   float32 weights and activations
   bf16   bfloat16 weights and activations
   int8   every linear weight-only int8 per channel (qail_ros.quant WeightOnlyRTN(bits=8),
-         torch._weight_int8pack_mm, float32 activations)
+         torch._weight_int8pack_mm, float32 activations; slow on CPU, not in the default list)
+  int8_ort  every linear weight-only int8, group 128, on the int4_ort graph below with
+         MatMulNBits' 8-bit storage (int8 activations per block)
   int4   every linear weight-only int4, group 128 (qail_ros.quant WeightOnlyRTN group, torch's
          CPU int4 kernel `_weight_int4pack_mm_for_cpu`, bfloat16 activations)
   int4_ort  the same int4 codes, the whole decoder (layers, final norm, lm_head) as ONE
@@ -45,7 +47,9 @@ own copies of the weights, which model_mb does not see: model_mb counts the byte
 MatMulNBits sessions were given).
 
 JSON: `int4_*` keys are the torch int4 path (as before), `int4_ort_*` the onnxruntime graph,
-`int4_best_*` whichever INT4 path measured more tokens per second (`int4_best_path` names it).
+`int4_best_*` whichever INT4 path measured more tokens per second (`int4_best_path` names it);
+likewise `int8_best_*`. `int8_ms_per_token` is torch's int8 when it ran, else int8_ort's
+(`int8_path` says which).
 
 `--policy [PATH]` also times whole actions through the node's code path,
 `OpenVLAPolicy.predict` on an OpenVLA checkpoint (default: the shipped tiny random model): a
@@ -65,9 +69,10 @@ import time
 
 HELP = 'decode latency per token of an OpenVLA-layout Llama: FP32/BF16/INT8/INT4 vs bandwidth'
 
-PRECISIONS = ('fp32', 'bf16', 'int8', 'int4', 'int4_ort', 'int4_ort_layers')
-DEFAULT_PRECISIONS = PRECISIONS[:5]
+PRECISIONS = ('fp32', 'bf16', 'int8', 'int8_ort', 'int4', 'int4_ort', 'int4_ort_layers')
+DEFAULT_PRECISIONS = ('fp32', 'bf16', 'int8_ort', 'int4', 'int4_ort')
 INT4_PATHS = ('int4', 'int4_ort', 'int4_ort_layers')
+INT8_PATHS = ('int8', 'int8_ort')
 #: the precisions OpenVLAPolicy has (--policy)
 POLICY_PRECISIONS = ('fp32', 'bf16', 'int4', 'int4_ort')
 POLICY_INSTRUCTION = 'pick up the red block'
@@ -254,11 +259,13 @@ def make_precision(fp32_model, precision: str, threads: int = 1, capacity: int =
         quant.quantize_(model, quant.WeightOnlyRTN(bits=4, granularity='group', group_size=128))
         quant.convert_to_integer(model, int4_compute_dtype=torch.bfloat16)
         return model.to(torch.bfloat16), torch.bfloat16   # norms / embeddings in bf16 too
-    if precision == 'int4_ort':
+    if precision in ('int4_ort', 'int8_ort'):
         from torch import nn
 
         from qail_ros.quant.ort_llama import OrtLlamaDecoder
-        quant.quantize_(model, quant.WeightOnlyRTN(bits=4, granularity='group', group_size=128))
+        bits = 8 if precision == 'int8_ort' else 4
+        quant.quantize_(model, quant.WeightOnlyRTN(bits=bits, granularity='group',
+                                                   group_size=128))
         decoder = OrtLlamaDecoder(model, threads=threads, accuracy_level=4, capacity=capacity)
         model.model.layers = nn.ModuleList()    # as the policy does: the graph owns them
         model.lm_head = nn.Identity()
@@ -448,21 +455,26 @@ def main(args: argparse.Namespace) -> int:
                      'attention': attention, 'decode_tokens': args.tokens}
         for p, r in results.items():
             out[f'{p}_ms_per_token'] = r['ms_per_token']
-        for p in INT4_PATHS:
+        for p in INT4_PATHS + INT8_PATHS:
             if p in results:
                 out[f'{p}_floor_ms'] = results[p]['floor_ms']
                 out[f'{p}_fraction_of_floor'] = results[p]['fraction_of_floor']
                 if fp:
                     out[f'{p}_speedup_vs_fp32'] = fp / results[p]['ms_per_token']
-        int4s = [p for p in INT4_PATHS if p in results]
-        if int4s:
-            best = min(int4s, key=lambda p: results[p]['ms_per_token'])
-            out['int4_best_path'] = best
+        for bits, paths in (('int4', INT4_PATHS), ('int8', INT8_PATHS)):
+            measured = [p for p in paths if p in results]
+            if not measured:
+                continue
+            best = min(measured, key=lambda p: results[p]['ms_per_token'])
+            out[f'{bits}_best_path'] = best
             for key in ('ms_per_token', 'floor_ms', 'fraction_of_floor', 'prefill_ms',
                         'action_ms'):
-                out[f'int4_best_{key}'] = results[best][key]
+                out[f'{bits}_best_{key}'] = results[best][key]
             if fp:
-                out['int4_best_speedup_vs_fp32'] = fp / results[best]['ms_per_token']
+                out[f'{bits}_best_speedup_vs_fp32'] = fp / results[best]['ms_per_token']
+        if 'int8_ms_per_token' in out or 'int8_ort_ms_per_token' in out:
+            out['int8_path'] = 'int8' if 'int8' in results else 'int8_ort'
+            out.setdefault('int8_ms_per_token', out.get('int8_ort_ms_per_token'))
         out['action_ms'] = {p: r['action_ms'] for p, r in results.items()}
         out['prefill_ms'] = {p: r['prefill_ms'] for p, r in results.items()}
         out['floor_ms'] = {p: r['floor_ms'] for p, r in results.items()}

@@ -4,9 +4,9 @@ Runs an OpenVLA checkpoint (qail_ros.openvla: our own architecture code, no remo
 timm) loaded in on_configure from `model_path` (a Hugging Face OpenVLA directory: the shipped
 tiny random model `models/openvla-tiny` by default, or the real openvla-7b directory), in
 fp32, bf16, or with the Llama backbone INT4 weight-only (qail_ros.quant): `int4` on torch's
-CPU int4 kernel, `int4_ort` (the fastest CPU path) on onnxruntime's MatMulNBits kernel with
-the same codes (qail_ros.quant.ort_int4). Latest-frame policy on a worker thread
-(qail_ros.nodes.latest_frame).
+CPU int4 kernel, `int4_ort` (the fastest CPU path): the same codes, the whole decoder as one
+onnxruntime graph (MatMulNBits kernels, in-place KV cache; qail_ros.quant.ort_llama).
+Latest-frame policy on a worker thread (qail_ros.nodes.latest_frame).
 
 Subscribes
   image_raw      sensor_msgs/Image (best effort, depth 1; any encoding qail_ros.image reads,
@@ -85,8 +85,8 @@ class VLAPolicy(LatestFramePolicy, Node):
         self.unnorm_key = p('unnorm_key', 'bridge_orig', 'data set whose action statistics '
                             "un-normalise the actions ('' = the checkpoint's only one)").value
         self.precision = p('precision', 'fp32', 'fp32 | bf16 | int4 (INT4 weight-only Llama '
-                           "backbone, torch's kernel) | int4_ort (same codes on onnxruntime "
-                           'MatMulNBits: the fastest CPU path)').value
+                           "backbone, torch's kernel) | int4_ort (same codes, the decoder as one "
+                           'onnxruntime graph: the fastest CPU path)').value
         self.int4_scheme = p('int4_scheme', 'rtn', 'rtn | awq (when quantizing at start)').value
         self.int4_group_size = p('int4_group_size', 128, 'INT4 group size (halved until it '
                                  'divides every layer)').value
@@ -98,8 +98,8 @@ class VLAPolicy(LatestFramePolicy, Node):
                              'language instruction (the instruction topic replaces it)').value
         self.max_rate_hz = p('max_rate_hz', 0.0,
                              'most inferences per second; 0 = one per new frame').value
-        self.num_threads = p('num_threads', 1, 'torch CPU threads (and onnxruntime threads '
-                             'per session for int4_ort)').value
+        self.num_threads = p('num_threads', 1, 'torch CPU threads (and the onnxruntime '
+                             "decoder's threads for int4_ort)").value
         self.frame_id = p('frame_id', 'base_link', 'frame of cmd_twist').value
         self.control_period_s = p('control_period_s', 0.2, 'seconds one action step spans '
                                   '(cmd_twist = delta / period); 0.2 = Bridge V2 at 5 Hz').value

@@ -16,12 +16,15 @@ action tokenizer and un-normalisation with `unnorm_key`'s statistics.
 Precisions: 'fp32'; 'bf16' (everything bfloat16); 'int4': the Llama decoder's linear layers
 (lm_head excluded) quantized by qail_ros.quant (group-wise INT4 weight-only, RTN or AWQ) and
 run on torch's CPU int4 kernel (bf16 compute), vision towers and projector in fp32;
-'int4_ort': the same INT4 codes on onnxruntime's MatMulNBits kernel (qail_ros.quant.ort_int4:
-accuracy_level 4 = int8 activations per block, q/k/v fused, each gated MLP one session, AWQ
-input scales inside the sessions), for prefill and every decode step; the rest of the model
-(embeddings, norms, attention, lm_head, towers, projector) in fp32. The fastest CPU path:
-decode is memory-bound and MatMulNBits streams the 4-bit weights closest to the bandwidth
-floor (docs/results/decode.md). Needs onnxruntime and onnx (imported only for this precision).
+'int4_ort': the same INT4 codes with the whole Llama decoder (layers, final norm, lm_head) as
+ONE onnxruntime graph (qail_ros.quant.ort_llama.OrtLlamaDecoder: MatMulNBits at
+accuracy_level 4 = int8 activations per block, AWQ input scales inside, GroupQueryAttention
+with rotary and an in-place KV cache), one graph run for the prefill and one per decode step;
+towers, projector and token embeddings stay torch fp32, lm_head fp32 inside the graph. The
+fastest CPU path: decode is memory-bound and MatMulNBits streams the 4-bit weights close to
+the bandwidth floor (docs/results/decode.md). `ort_graph=False` puts each linear on its own
+session inside transformers' forward instead (qail_ros.quant.ort_int4; slower per token).
+Needs onnxruntime and onnx (imported only for this precision).
 """
 from __future__ import annotations
 

@@ -72,13 +72,15 @@ def ort_available() -> bool:
 
 @dataclass
 class _Int4Weight:
-    """One weight in MatMulNBits terms: unsigned codes, per-block scales and zero points."""
-    codes: Tensor               # (n, k) uint8 in [0, 15]
+    """One weight in MatMulNBits terms: unsigned codes, per-block scales and zero points
+    (4-bit storage; 8-bit for layers of 5..8 bits, which only the whole-graph decoder takes)."""
+    codes: Tensor               # (n, k) uint8 in [0, 2^bits - 1]
     scales: Tensor              # (n, blocks) float32
-    zeros: Tensor               # (n, blocks) uint8 in [0, 15]
+    zeros: Tensor               # (n, blocks) uint8 in [0, 2^bits - 1]
     block: int
     bias: Tensor | None         # (n,) float32
     input_scale: Tensor | None  # (k,) AWQ input scale, applied before the matmul
+    bits: int = 4               # MatMulNBits storage bits: 4 or 8
 
     @property
     def n(self) -> int:
@@ -89,8 +91,9 @@ class _Int4Weight:
         return self.codes.shape[1]
 
 
-def _extract(layer: nn.Module, name: str) -> _Int4Weight:
-    """Codes, scales and zero points of an Int4WeightOnlyLinear or weight-only QuantLinear."""
+def _extract(layer: nn.Module, name: str, max_bits: int = 4) -> _Int4Weight:
+    """Codes, scales and zero points of an Int4WeightOnlyLinear or weight-only QuantLinear
+    (up to `max_bits`: 4, or 8 for the whole-graph decoder's 8-bit MatMulNBits)."""
     from qail_ros.quant.integer import Int4WeightOnlyLinear
     from qail_ros.quant.modules import QuantLinear
     if isinstance(layer, Int4WeightOnlyLinear):
@@ -111,27 +114,32 @@ def _extract(layer: nn.Module, name: str) -> _Int4Weight:
         raise OrtInt4Error(f'layer {name} ({type(layer).__name__}) is not a weight-only '
                            'quantized Linear: quantize_ it with WeightOnlyRTN(bits=4) or '
                            'Int4WeightOnlyAWQ first')
-    if bits > 4:
-        raise OrtInt4Error(f'layer {name} has {bits}-bit weights: the onnxruntime path is '
-                           'INT4 only; quantize with bits <= 4 or keep convert_to_integer')
+    if bits > max_bits:
+        raise OrtInt4Error(f'layer {name} has {bits}-bit weights: this onnxruntime path takes '
+                           f'up to {max_bits} bits; quantize with bits <= {max_bits} or keep '
+                           'convert_to_integer')
+    storage = 4 if bits <= 4 else 8
     n, k = codes.shape
     block = group if group <= _BLOCKS[0] else next((b for b in _BLOCKS if group % b == 0), 0)
     if block < _BLOCKS[-1] or k % block:
         raise OrtInt4Error(f'layer {name}: group size {group} over {k} inputs has no '
                            'MatMulNBits block (16..128 dividing the group and the input size): '
                            'quantize with group_size 16..128, or exclude the layer')
-    off = 8 if signed else 0
+    off = 2 ** (storage - 1) if signed else 0
     rep = group // block
     zeros = (zero.detach().float() + off).repeat_interleave(rep, dim=1)
-    if bool((zeros != zeros.round()).any()) or float(zeros.min()) < 0 or float(zeros.max()) > 15:
-        raise OrtInt4Error(f'layer {name}: zero points outside the 4-bit code range: '
-                           're-quantize it with a 4-bit weight-only config')
+    top = 2 ** storage - 1
+    if bool((zeros != zeros.round()).any()) or float(zeros.min()) < 0 or float(
+            zeros.max()) > top:
+        raise OrtInt4Error(f'layer {name}: zero points outside the {storage}-bit code range: '
+                           f're-quantize it with a {storage}-bit weight-only config')
     return _Int4Weight(
         codes=(codes.to(torch.int16) + off).to(torch.uint8),
         scales=scale.detach().float().repeat_interleave(rep, dim=1).contiguous(),
         zeros=zeros.to(torch.uint8), block=block,
         bias=None if bias is None else bias.detach().float().clone(),
-        input_scale=None if input_scale is None else input_scale.detach().float().clone())
+        input_scale=None if input_scale is None else input_scale.detach().float().clone(),
+        bits=storage)
 
 
 def _concat(ws: list[_Int4Weight]) -> _Int4Weight:
@@ -140,7 +148,8 @@ def _concat(ws: list[_Int4Weight]) -> _Int4Weight:
     if any(w.bias is not None for w in ws):
         bias = torch.cat([w.bias if w.bias is not None else torch.zeros(w.n) for w in ws])
     return _Int4Weight(torch.cat([w.codes for w in ws]), torch.cat([w.scales for w in ws]),
-                       torch.cat([w.zeros for w in ws]), ws[0].block, bias, ws[0].input_scale)
+                       torch.cat([w.zeros for w in ws]), ws[0].block, bias, ws[0].input_scale,
+                       ws[0].bits)
 
 
 def _pack_nibbles(u: np.ndarray) -> np.ndarray:
@@ -176,15 +185,16 @@ class _Graph:
         blocks = k // block
         if w.input_scale is not None:            # AWQ: (x / s) @ Q(W * s)^T
             a = self.op('Div', [a, self._init('s', w.input_scale.numpy())])
-        b = _pack_nibbles(w.codes.numpy().reshape(n, blocks, block))
+        packed = _pack_nibbles if w.bits == 4 else np.asarray
+        b = packed(w.codes.numpy().reshape(n, blocks, block))
         ins = [a, self._init('B', b), self._init('scales', w.scales.numpy().reshape(-1))]
-        if bool((w.zeros != 8).any()):
-            ins.append(self._init('zp', _pack_nibbles(w.zeros.numpy()).reshape(-1)))
+        if bool((w.zeros != 2 ** (w.bits - 1)).any()):      # else the op's default
+            ins.append(self._init('zp', packed(w.zeros.numpy()).reshape(-1)))
         if w.bias is not None:
             ins += [''] * (5 - len(ins)) + [self._init('bias', w.bias.numpy())]
         out = self._name('y')
         self.nodes.append(self._h.make_node(
-            'MatMulNBits', ins, [out], domain='com.microsoft', K=k, N=n, bits=4,
+            'MatMulNBits', ins, [out], domain='com.microsoft', K=k, N=n, bits=w.bits,
             block_size=block, accuracy_level=accuracy_level))
         return out
 
@@ -219,8 +229,9 @@ class _Graph:
 def _weight_bytes(w: _Int4Weight) -> int:
     """Bytes MatMulNBits reads per call: packed codes, float32 scales, packed zero points."""
     blocks = w.k // w.block
-    zp = w.n * ((blocks + 1) // 2) if bool((w.zeros != 8).any()) else 0
-    return w.n * w.k // 2 + w.n * blocks * 4 + zp
+    zp_row = (blocks + 1) // 2 if w.bits == 4 else blocks
+    zp = w.n * zp_row if bool((w.zeros != 2 ** (w.bits - 1)).any()) else 0
+    return w.n * w.k * w.bits // 8 + w.n * blocks * 4 + zp
 
 
 class _OrtRunner:
@@ -331,13 +342,14 @@ class OrtInt4GatedMLP(nn.Module):
 ORT_MODULES = (OrtInt4Linear, OrtInt4Slice, OrtInt4GatedMLP)
 
 
-def _is_int4(m: nn.Module | None) -> bool:
+def _is_int4(m: nn.Module | None, max_bits: int = 4) -> bool:
+    """A weight-only quantized linear of at most `max_bits` bits."""
     from qail_ros.quant.integer import Int4WeightOnlyLinear
     from qail_ros.quant.modules import QuantLinear
     if isinstance(m, Int4WeightOnlyLinear):
         return True
     return (isinstance(m, QuantLinear) and m.weight_quant is not None
-            and m.input_quant is None and m.weight_quant.bits <= 4)
+            and m.input_quant is None and m.weight_quant.bits <= max_bits)
 
 
 def _is_silu(act) -> bool:
@@ -347,7 +359,7 @@ def _is_silu(act) -> bool:
 def _fusable(ws: list[_Int4Weight]) -> bool:
     """Whether weights can be concatenated into one MatMulNBits (same K, block, input scale)."""
     first = ws[0]
-    return all(w.k == first.k and w.block == first.block
+    return all(w.k == first.k and w.block == first.block and w.bits == first.bits
                and (w.input_scale is None) == (first.input_scale is None)
                and (w.input_scale is None or torch.equal(w.input_scale, first.input_scale))
                for w in ws)

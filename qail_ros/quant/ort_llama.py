@@ -26,7 +26,9 @@ past_present_share_buffer mode) instead of concatenating. The capacity grows (by
 rounded up to 64 positions) only when a sequence gets longer than any before it.
 
 The weights are the same codes as the qail_ros layers (ort_int4's extraction: RTN or AWQ,
-group-wise or per channel, AWQ input scales as a Div in front of their MatMulNBits). Rotary
+group-wise or per channel, AWQ input scales as a Div in front of their MatMulNBits); layers of
+5..8 bits (e.g. WeightOnlyRTN(bits=8)) run on MatMulNBits' 8-bit storage, so the same graph
+is also an INT8 weight-only decoder. Rotary
 cos/sin come from the model's own rotary module (so any static RoPE scaling it applies is
 kept); a model whose rope depends on the sequence (dynamic scaling) is refused. Batch 1 (a
 robot's policy), float32 activations; accuracy_level 4 quantizes activations per block to
@@ -121,11 +123,11 @@ class OrtLlamaDecoder:
         """MatMulNBits over one or more INT4 projections of the same input (outputs
         concatenated on the last axis)."""
         for m, name in zip(mods, names):
-            if not _is_int4(m):
-                raise OrtInt4Error(f'{name} ({type(m).__name__}) is not INT4 weight-only: '
-                                   'quantize_ the decoder with WeightOnlyRTN(bits=4) or '
-                                   'Int4WeightOnlyAWQ first')
-        ws = [_extract(m, name) for m, name in zip(mods, names)]
+            if not _is_int4(m, max_bits=8):
+                raise OrtInt4Error(f'{name} ({type(m).__name__}) is not INT4 / INT8 '
+                                   'weight-only: quantize_ the decoder with WeightOnlyRTN('
+                                   'bits=4 or 8) or Int4WeightOnlyAWQ first')
+        ws = [_extract(m, name, max_bits=8) for m, name in zip(mods, names)]
         self.weight_bytes += sum(_weight_bytes(w) for w in ws)
         if len(ws) == 1:
             return g.matmul_nbits(x, ws[0], self.accuracy_level)
@@ -188,7 +190,7 @@ class OrtLlamaDecoder:
                               g._init('end', np.array([np.iinfo(np.int64).max], np.int64)),
                               g._init('axis', np.array([1], np.int64))])
         hs = self._norm(g, last, inner.norm, eps)
-        if _is_int4(head):
+        if _is_int4(head, max_bits=8):
             logits = self._linear(g, hs, [head], ['lm_head'])
         else:
             w = head.weight.detach().float()

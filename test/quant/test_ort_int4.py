@@ -87,7 +87,7 @@ def test_bfloat16_input_is_cast_at_the_boundary():
 
 def test_unsupported_layers_are_refused_with_the_fix():
     int8 = _quantized_linear(128, 32, quant.WeightOnlyRTN(bits=8, granularity='per_channel'))
-    with pytest.raises(OrtInt4Error, match='INT4 only'):
+    with pytest.raises(OrtInt4Error, match='up to 4 bits'):
         OrtInt4Linear(int8[0])
     small_group = _quantized_linear(64, 32, quant.WeightOnlyRTN(bits=4, granularity='group',
                                                                 group_size=8))
@@ -180,7 +180,7 @@ def test_llama_logits_match_the_torch_int4_path():
     quant.quantize_(fake, quant.WeightOnlyRTN(bits=4, granularity='group', group_size=128))
     exact = convert_to_ort_int4(copy.deepcopy(fake), accuracy_level=1)
     torch_int4, _ = make_precision(fp32, 'int4')
-    ort, dtype = make_precision(fp32, 'int4_ort')
+    ort, dtype = make_precision(fp32, 'int4_ort_layers')
     assert dtype == torch.float32
     assert sum(isinstance(m, OrtInt4GatedMLP) for m in ort.modules()) == 2
     ids = torch.randint(0, 32064, (1, 6), generator=torch.Generator().manual_seed(0))
@@ -214,17 +214,25 @@ def test_decode_bench_reports_both_int4_paths(monkeypatch, capsys, cache):
     monkeypatch.setitem(decode.LAYOUTS, 'small', (128, 256, 1, 2))
     monkeypatch.setattr(decode, 'measure_bandwidth_gbps', lambda mbytes=0, repeats=0: 5.0)
     args = argparse.Namespace(small=True, threads=1, tokens=2, prompt=8, repeats=1,
-                              precisions='fp32,int4,int4_ort', json=True, cache=cache)
+                              precisions='fp32,int8_ort,int4,int4_ort,int4_ort_layers',
+                              json=True, cache=cache)
     assert decode.main(args) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out['cache'] == cache
-    for p in ('int4', 'int4_ort', 'int4_best'):
+    for p in ('int4', 'int4_ort', 'int4_ort_layers', 'int4_best', 'int8_ort', 'int8_best'):
         for key in ('ms_per_token', 'floor_ms', 'fraction_of_floor', 'speedup_vs_fp32'):
             assert f'{p}_{key}' in out, (p, key)
-    assert out['int4_best_path'] in ('int4', 'int4_ort')
-    assert set(out['cpu_ms_per_token']) == {'fp32', 'int4', 'int4_ort'}
+    assert out['int4_best_path'] in ('int4', 'int4_ort', 'int4_ort_layers')
+    assert set(out['cpu_ms_per_token']) == {'fp32', 'int8_ort', 'int4', 'int4_ort',
+                                            'int4_ort_layers'}
     assert all(v > 0 for v in out['cpu_ms_per_token'].values())
-    assert out['int4_best_ms_per_token'] == min(out['int4_ms_per_token'],
-                                                out['int4_ort_ms_per_token'])
+    assert out['int4_best_ms_per_token'] == min(out[f'{p}_ms_per_token'] for p in (
+        'int4', 'int4_ort', 'int4_ort_layers'))
+    # torch's int8 did not run: the int8 key is the onnxruntime INT8 graph's
+    assert out['int8_path'] == 'int8_ort'
+    assert out['int8_ms_per_token'] == out['int8_ort_ms_per_token']
     # same codes: the same weight bytes (bf16 scale + zero vs float32 scale per group)
-    assert out['weight_mb']['int4_ort'] == pytest.approx(out['weight_mb']['int4'])
+    for p in ('int4_ort', 'int4_ort_layers'):
+        assert out['weight_mb'][p] == pytest.approx(out['weight_mb']['int4'])
+    # a byte per INT8 weight: about twice the INT4 graph's
+    assert 1.7 < out['weight_mb']['int8_ort'] / out['weight_mb']['int4_ort'] < 2.0

@@ -121,6 +121,24 @@ def test_an_int4_lm_head_runs_on_matmulnbits():
         float_head.weight_bytes)
 
 
+def test_int8_weights_run_on_8_bit_matmulnbits():
+    """WeightOnlyRTN(bits=8): 8-bit MatMulNBits storage (a byte per weight), reference logits
+    at float compute, ~half the INT4 graph's bytes per weight."""
+    model = _llama()
+    quant.quantize_(model, quant.WeightOnlyRTN(bits=8, granularity='group', group_size=64,
+                                               exclude=['lm_head']))
+    dec = OrtLlamaDecoder(model, accuracy_level=1)
+    embeds = torch.randn(1, 10, HIDDEN, generator=torch.Generator().manual_seed(6))
+    ref = _greedy_reference(model, embeds, 4)
+    assert float((_greedy_decoder(dec, embeds, 4) - ref).abs().max()) < 1e-4
+    int4 = OrtLlamaDecoder(_rtn(_llama()), accuracy_level=1)
+    head = 512 * HIDDEN * 4
+    assert 1.7 < (dec.weight_bytes - head) / (int4.weight_bytes - head) < 2.0
+    fast = OrtLlamaDecoder(model)                        # int8 activations too
+    got = _greedy_decoder(fast, embeds, 1)[0]
+    assert float((got - ref[0]).abs().max()) < 0.02 * float(ref[0].abs().max())
+
+
 def test_large_graphs_go_through_external_data(monkeypatch):
     """Over EXTERNAL_DATA_BYTES the graph is written with external data (a 7B backbone is over
     protobuf's 2 GiB): same logits as the in-memory graph."""
