@@ -93,7 +93,7 @@ class VLAPolicy(LatestFramePolicy, Node):
         self.int4_weights = p('int4_weights', '', 'backbone saved by OpenVLAPolicy.save_int4; '
                               "'' = quantize at start").value
         self.lora_weights = p('lora_weights', '', 'QLoRA adapters over int4_weights '
-                              "(qail-ros train-vla; precision int4); '' = none").value
+                              "(qail-ros train-vla; precision int4 or int4_ort); '' = none").value
         self.instruction = p('instruction', '',
                              'language instruction (the instruction topic replaces it)').value
         self.max_rate_hz = p('max_rate_hz', 0.0,

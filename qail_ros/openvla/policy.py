@@ -131,9 +131,8 @@ class OpenVLAPolicy:
         `int4_weights`) and convert it. ort_threads: onnxruntime threads for 'int4_ort'
         (default: torch's thread count); ort_graph: the whole decoder as one onnxruntime graph
         (default) or one session per linear (convert_int4's `graph`). lora_weights: QLoRA
-        adapters trained over that INT4 backbone (`qail-ros train-vla`), run in float beside
-        torch's int4 kernel (precision 'int4' only: onnxruntime fuses the layers the adapters
-        attach to)."""
+        adapters trained over that INT4 backbone (`qail-ros train-vla`), run in float32 beside
+        the INT4 kernels (torch's for 'int4', inside the onnxruntime graph for 'int4_ort')."""
         import torch
         from qail_ros.openvla.checkpoint import load_model
         if precision not in PRECISIONS:
@@ -141,9 +140,13 @@ class OpenVLAPolicy:
         if precision == 'int4_ort':
             _require_ort()                                # before the (slow) weights
         if lora_weights:
-            if precision != 'int4':
-                raise OpenVLAError(f'lora_weights need precision int4 (torch kernel), not '
+            if precision not in INT4_BACKENDS:
+                raise OpenVLAError(f'lora_weights need precision int4 or int4_ort, not '
                                    f'{precision!r}: QLoRA adapters sit on the INT4 backbone')
+            if precision == 'int4_ort' and not ort_graph:
+                raise OpenVLAError('lora_weights with int4_ort need the graph engine '
+                                   '(ort_graph=True): the per-layer sessions fuse the layers '
+                                   'the adapters attach to')
             if not int4_weights:
                 raise OpenVLAError('lora_weights need the int4_weights they were trained '
                                    'over (train-vla writes both: int4_backbone.safetensors '
@@ -271,6 +274,9 @@ class OpenVLAPolicy:
             return
         if backend != 'ort':
             raise OpenVLAError(f"int4 backend {backend!r}: choose 'torch' or 'ort'")
+        if 'lora' in self.int4_details and not graph:
+            raise OpenVLAError('QLoRA adapters on onnxruntime need graph=True: the per-layer '
+                               'sessions fuse the layers the adapters attach to')
         _require_ort()
         n = int(threads) if threads else torch.get_num_threads()
         lm = self.model.language_model

@@ -30,9 +30,11 @@ group-wise or per channel, AWQ input scales as a Div in front of their MatMulNBi
 5..8 bits (e.g. WeightOnlyRTN(bits=8)) run on MatMulNBits' 8-bit storage, so the same graph
 is also an INT8 weight-only decoder. Rotary
 cos/sin come from the model's own rotary module (so any static RoPE scaling it applies is
-kept); a model whose rope depends on the sequence (dynamic scaling) is refused. Batch 1 (a
-robot's policy), float32 activations; accuracy_level 4 quantizes activations per block to
-int8 (outputs within ~1e-3 of the output scale of the float reference), 1 computes in float32.
+kept); a model whose rope depends on the sequence (dynamic scaling) is refused. QLoRA adapters
+(qail_ros.quant.lora.LoRALinear around a layer) become two float32 MatMuls added to their
+projection's output. Batch 1 (a robot's policy), float32 activations; accuracy_level 4
+quantizes activations per block to int8 (outputs within ~1e-3 of the output scale of the
+float reference), 1 computes in float32.
 """
 from __future__ import annotations
 
@@ -121,7 +123,37 @@ class OrtLlamaDecoder:
 
     def _linear(self, g: _Graph, x: str, mods: list[nn.Module], names: list[str]) -> str:
         """MatMulNBits over one or more INT4 projections of the same input (outputs
-        concatenated on the last axis)."""
+        concatenated on the last axis), plus their LoRA adapters when they have them."""
+        from qail_ros.quant.lora import LoRALinear
+        adapters = [m if isinstance(m, LoRALinear) else None for m in mods]
+        mods = [m.base if a is not None else m for m, a in zip(mods, adapters)]
+        y = self._base_linear(g, x, mods, names)
+        if not any(a is not None for a in adapters):
+            return y
+        return g.op('Add', [y, self._lora(g, x, mods, adapters)])
+
+    def _lora(self, g: _Graph, x: str, mods: list[nn.Module], adapters: list) -> str:
+        """sum_i scaling_i B_i A_i x for the projections' adapters, as two float32 MatMuls:
+        A stacked (sum of ranks x in), B block-diagonal (sum of ranks x outputs, zero columns
+        for projections without one); in float32 beside the INT4 base, as LoRALinear."""
+        a_rows, blocks = [], []
+        ranks = sum(a.rank for a in adapters if a is not None)
+        col = 0
+        for m, a in zip(mods, adapters):
+            n = int(m.out_features)
+            b = np.zeros((ranks, n), np.float32)
+            if a is not None:
+                a_rows.append(a.lora_a.detach().float().numpy())
+                b[col:col + a.rank] = (a.scaling * a.lora_b.detach().float()).numpy().T
+                col += a.rank
+            blocks.append(b)
+        a_t = np.concatenate(a_rows).T.copy()                 # (in, ranks)
+        b_t = np.concatenate(blocks, axis=1)                  # (ranks, outputs)
+        self.weight_bytes += (a_t.size + b_t.size) * 4
+        low = g.op('MatMul', [x, g._init('lora_a', a_t)])
+        return g.op('MatMul', [low, g._init('lora_b', b_t)])
+
+    def _base_linear(self, g: _Graph, x: str, mods: list[nn.Module], names: list[str]) -> str:
         for m, name in zip(mods, names):
             if not _is_int4(m, max_bits=8):
                 raise OrtInt4Error(f'{name} ({type(m).__name__}) is not INT4 / INT8 '
@@ -176,7 +208,7 @@ class OrtLlamaDecoder:
             if not _is_silu(getattr(mlp, 'act_fn', None)):
                 raise OrtInt4Error(f'{p}.mlp: activation {type(mlp.act_fn).__name__} is not '
                                    'SiLU: the graph implements LLaMA\'s gated-SiLU MLP only')
-            inter = mlp.gate_proj.out_features
+            inter = int(mlp.gate_proj.out_features)
             gu = self._linear(g, hs, [mlp.gate_proj, mlp.up_proj],
                               [f'{p}.mlp.gate_proj', f'{p}.mlp.up_proj'])
             split = g._init('split', np.array([inter, inter], np.int64))

@@ -113,14 +113,28 @@ def test_policy_with_adapters_acts_as_the_trained_student(recorded):
         base = plain.predict(samples.images[i], samples.instructions[i])
         moved = max(moved, float(np.abs(base.bin_logits - r.bin_logits).max()))
     assert moved > 1e-3          # the adapters really act
+    # the same adapters inside the onnxruntime graph (float32 compute: no bf16 rounding)
+    graph = OpenVLAPolicy.from_pretrained(tmp / 'fp', precision='int4_ort',
+                                          unnorm_key=UNNORM_KEY,
+                                          int4_weights=tmp / 'b.safetensors',
+                                          lora_weights=tmp / 'a.safetensors', ort_threads=1)
+    assert graph.int4_details['engine'] == 'graph' and graph.int4_details['lora']['rank'] == 4
+    for i in range(5):
+        r = graph.predict(samples.images[i], samples.instructions[i])
+        np.testing.assert_allclose(r.bin_logits, logits[i][:, policy._bin_ids.numpy()],
+                                   atol=3e-2)
 
 
 def test_bad_inputs_name_the_fix(recorded, tmp_path):
     from qail_ros.openvla.config import OpenVLAError
     from qail_ros.openvla.policy import OpenVLAPolicy
     tmp, _ = recorded
-    with pytest.raises(OpenVLAError, match='precision int4'):
+    with pytest.raises(OpenVLAError, match='precision int4 or int4_ort'):
         OpenVLAPolicy.from_pretrained(tmp / 'fp', precision='fp32',
+                                      lora_weights=tmp / 'a.safetensors')
+    with pytest.raises(OpenVLAError, match='graph engine'):
+        OpenVLAPolicy.from_pretrained(tmp / 'fp', precision='int4_ort', ort_graph=False,
+                                      int4_weights=tmp / 'b.safetensors',
                                       lora_weights=tmp / 'a.safetensors')
     with pytest.raises(OpenVLAError, match='int4_weights'):
         OpenVLAPolicy.from_pretrained(tmp / 'fp', precision='int4',

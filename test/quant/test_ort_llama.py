@@ -180,3 +180,23 @@ def test_weight_bytes_is_what_a_decode_step_reads():
     assert codes + scales + head <= dec.weight_bytes <= codes + scales * 5 // 4 + head
     assert dec.cache_bytes == 2 * 2 * 4 * dec.capacity * 32 * 4
     assert np.isfinite(dec.step(dec.embed([1, 2, 3])).numpy()).all()
+
+
+def test_lora_adapters_run_inside_the_graph():
+    """QLoRA adapters (LoRALinear over the INT4 layers; here on q and v only, so the fused
+    q|k|v gets a block-diagonal B with zero columns for k) = transformers' forward."""
+    from qail_ros.quant.lora import LoRALinear, add_lora
+    model = _rtn(_llama())
+    add_lora(model, rank=4, alpha=8, targets=r'.*\.(q_proj|v_proj|down_proj)')
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, LoRALinear):
+                m.lora_b.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(7))
+    assert not isinstance(model.model.layers[0].self_attn.k_proj, LoRALinear)
+    dec = OrtLlamaDecoder(model, accuracy_level=1)
+    embeds = torch.randn(1, 10, HIDDEN, generator=torch.Generator().manual_seed(8))
+    ref = _greedy_reference(model, embeds, 4)
+    assert float((_greedy_decoder(dec, embeds, 4) - ref).abs().max()) < 1e-4
+    # the adapters matter: without them the logits move
+    plain = OrtLlamaDecoder(_rtn(_llama()), accuracy_level=1)
+    assert float((_greedy_decoder(plain, embeds, 1)[0] - ref[0]).abs().max()) > 1e-2
