@@ -234,5 +234,8 @@ def test_decode_bench_reports_both_int4_paths(monkeypatch, capsys, cache):
     # same codes: the same weight bytes (bf16 scale + zero vs float32 scale per group)
     for p in ('int4_ort', 'int4_ort_layers'):
         assert out['weight_mb'][p] == pytest.approx(out['weight_mb']['int4'])
+    # the fastest weight stream bounds every fraction_of_peak by 1
+    assert out['peak_observed_gbps'] >= max(out['effective_gbps'].values())
+    assert max(out['fraction_of_peak'].values()) <= 1.0
     # a byte per INT8 weight: about twice the INT4 graph's
     assert 1.7 < out['weight_mb']['int8_ort'] / out['weight_mb']['int4_ort'] < 2.0
