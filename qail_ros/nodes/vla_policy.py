@@ -38,7 +38,10 @@ a key of OpenVLA-7B's norm_stats; '' = the checkpoint's only data set), precisio
 (fp32 | bf16 | int4 | int4_ort), int4_scheme (rtn | awq),
 int4_group_size, int4_weights (a backbone saved by OpenVLAPolicy.save_int4; empty = quantize at
 start), lora_weights (QLoRA adapters over int4_weights, from `qail-ros train-vla`),
-instruction, max_rate_hz, num_threads (torch threads, and onnxruntime threads per session for
+device (cpu | cuda: where the int4_ort decoder graph runs; cuda needs onnxruntime-gpu),
+vision_engine (an engine of the towers + projector, e.g. a TensorRT fp16 plan built by
+`python -m qail_ros.openvla.vision_engine`; '' = the torch towers),
+instruction, max_rate_hz, num_threads (torch threads, and the onnxruntime threads for
 int4_ort), frame_id, control_period_s, log_period_s.
 """
 from __future__ import annotations
@@ -94,6 +97,11 @@ class VLAPolicy(LatestFramePolicy, Node):
                               "'' = quantize at start").value
         self.lora_weights = p('lora_weights', '', 'QLoRA adapters over int4_weights '
                               "(qail-ros train-vla; precision int4 or int4_ort); '' = none").value
+        self.device = p('device', 'cpu', 'cpu | cuda: where the int4_ort decoder graph runs '
+                        '(cuda: onnxruntime-gpu)').value
+        self.vision_engine = p('vision_engine', '', 'engine of the vision towers + projector '
+                               '(python -m qail_ros.openvla.vision_engine); '
+                               "'' = the torch towers").value
         self.instruction = p('instruction', '',
                              'language instruction (the instruction topic replaces it)').value
         self.max_rate_hz = p('max_rate_hz', 0.0,
@@ -137,6 +145,11 @@ class VLAPolicy(LatestFramePolicy, Node):
                 problems.append("precision 'int4_ort' needs onnxruntime and onnx, which are not "
                                 "importable: pip install onnxruntime onnx, or set precision "
                                 "'int4' (torch's int4 kernel)")
+        if self.device not in ('cpu', 'cuda'):
+            problems.append(f"device must be 'cpu' or 'cuda', not {self.device!r}")
+        elif self.device == 'cuda' and self.precision != 'int4_ort':
+            problems.append("device 'cuda' is for precision int4_ort (the onnxruntime decoder "
+                            'graph on onnxruntime-gpu)')
         if self.int4_scheme not in INT4_SCHEMES:
             problems.append(f'int4_scheme must be one of {list(INT4_SCHEMES)}, not '
                             f'{self.int4_scheme!r}')
@@ -168,9 +181,10 @@ class VLAPolicy(LatestFramePolicy, Node):
                 path, precision=self.precision, unnorm_key=self.unnorm_key or None,
                 int4_scheme=self.int4_scheme, int4_group_size=int(self.int4_group_size),
                 int4_weights=self.int4_weights or None, ort_threads=int(self.num_threads),
-                lora_weights=self.lora_weights or None)
+                lora_weights=self.lora_weights or None, ort_device=self.device,
+                vision_engine=self.vision_engine or None)
         except OpenVLAError as exc:
-            raise ParameterError(f"node '{self.get_name()}': model_path: {exc}") from None
+            raise ParameterError(f"node '{self.get_name()}': loading {path}: {exc}") from None
         policy.warmup(1, self.instruction)   # the first forward allocates: not on a frame
         self.policy = policy
         d = policy.describe()

@@ -184,6 +184,8 @@ class OpenVLAModel(nn.Module):
         self.language_model = LlamaForCausalLM(llama_cfg)
         #: an OrtLlamaDecoder running language_model's decoder (precision int4_ort), or None
         self.decoder = None
+        #: an engine (qail_ros.openvla.vision_engine) running the towers + projector, or None
+        self.vision_engine = None
 
     def init_random(self, seed: int = 0, std: float = 0.02) -> OpenVLAModel:
         """Seeded random weights (the tiny test checkpoint): normal(0, std) matrices, zero
@@ -203,9 +205,20 @@ class OpenVLAModel(nn.Module):
     def multimodal_embeddings(self, pixel_values: torch.Tensor,
                               input_ids: torch.Tensor) -> torch.Tensor:
         """[emb(<BOS>), projected patches, emb(rest of the prompt)] (B, L, hidden)."""
-        patches = self.projector(self.vision_backbone(pixel_values))
+        if self.vision_engine is not None:     # batch-1 engine: one call per image
+            patches = torch.cat([torch.from_numpy(self.vision_engine.infer(
+                {'pixel_values': pixel_values[b:b + 1].float().numpy()})['patches'])
+                for b in range(pixel_values.shape[0])])
+        else:
+            patches = self.projector(self.vision_backbone(pixel_values))
         emb = self.language_model.get_input_embeddings()(input_ids)
         return torch.cat([emb[:, :1], patches.to(emb.dtype), emb[:, 1:]], dim=1)
+
+    def use_vision_engine(self, engine) -> None:
+        """Run the towers + projector on `engine` from now on and free the torch towers."""
+        self.vision_engine = engine
+        self.vision_backbone = None
+        self.projector = None
 
     @torch.no_grad()
     def generate_actions(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,

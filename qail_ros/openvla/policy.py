@@ -126,13 +126,17 @@ class OpenVLAPolicy:
                         int4_group_size: int = 128, int4_weights: str | Path | None = None,
                         ort_threads: int | None = None,
                         lora_weights: str | Path | None = None,
-                        ort_graph: bool = True) -> OpenVLAPolicy:
+                        ort_graph: bool = True, ort_device: str = 'cpu',
+                        vision_engine: str | Path | None = None) -> OpenVLAPolicy:
         """Load a checkpoint directory; INT4 precisions quantize the backbone (or load
         `int4_weights`) and convert it. ort_threads: onnxruntime threads for 'int4_ort'
         (default: torch's thread count); ort_graph: the whole decoder as one onnxruntime graph
         (default) or one session per linear (convert_int4's `graph`). lora_weights: QLoRA
         adapters trained over that INT4 backbone (`qail-ros train-vla`), run in float32 beside
-        the INT4 kernels (torch's for 'int4', inside the onnxruntime graph for 'int4_ort')."""
+        the INT4 kernels (torch's for 'int4', inside the onnxruntime graph for 'int4_ort').
+        ort_device: 'cpu' or 'cuda' (onnxruntime-gpu) for the int4_ort graph. vision_engine:
+        an engine of the towers + projector (qail_ros.openvla.vision_engine: onnxruntime, or a
+        TensorRT plan on a GPU) run instead of the torch towers, which are then freed."""
         import torch
         from qail_ros.openvla.checkpoint import load_model
         if precision not in PRECISIONS:
@@ -158,6 +162,13 @@ class OpenVLAPolicy:
         select_stats(config.norm_stats, unnorm_key)      # a bad key fails before the weights
         model = load_model(path, dtype=torch.bfloat16 if precision == 'bf16' else
                            torch.float32, config=config)
+        if vision_engine:
+            from qail_ros.openvla.vision_engine import load_vision_engine
+            if precision == 'bf16':
+                raise OpenVLAError('vision_engine runs with precision fp32 / int4 / int4_ort '
+                                   '(the engine outputs float32 patches), not bf16')
+            model.use_vision_engine(load_vision_engine(
+                vision_engine, config, threads=ort_threads or torch.get_num_threads()))
         policy = cls(model, load_tokenizer(path), config, unnorm_key=unnorm_key,
                      precision='fp32' if precision in INT4_BACKENDS else precision, path=path)
         if precision in INT4_BACKENDS:
@@ -167,7 +178,8 @@ class OpenVLAPolicy:
                 policy.quantize_int4(int4_scheme, int4_group_size)
             if lora_weights:
                 policy.load_lora(lora_weights)
-            policy.convert_int4(INT4_BACKENDS[precision], threads=ort_threads, graph=ort_graph)
+            policy.convert_int4(INT4_BACKENDS[precision], threads=ort_threads, graph=ort_graph,
+                                device=ort_device)
         return policy
 
     # -- INT4 weight-only backbone ----------------------------------------------------------
@@ -253,7 +265,7 @@ class OpenVLAPolicy:
         self.int4_details['lora'] = {'file': str(path), 'rank': rank, 'alpha': alpha}
 
     def convert_int4(self, backend: str = 'torch', *, threads: int | None = None,
-                     accuracy_level: int = 4, graph: bool = True) -> None:
+                     accuracy_level: int = 4, graph: bool = True, device: str = 'cpu') -> None:
         """Swap the fake-quantized layers for real INT4 layers, same codes: backend 'torch'
         (torch's CPU int4 kernel, bf16 compute; precision 'int4') or 'ort' (onnxruntime
         MatMulNBits, `threads` intra-op threads, default torch's count; accuracy_level 4 = int8
@@ -261,7 +273,8 @@ class OpenVLAPolicy:
         the whole decoder, final norm and lm_head as one onnxruntime graph with an in-place KV
         cache (qail_ros.quant.ort_llama; the torch decoder layers are freed); graph=False puts
         each linear layer on its own session inside transformers' forward (slower per token;
-        kept for models the graph does not take)."""
+        kept for models the graph does not take). device: 'cpu', or 'cuda' for the graph on
+        onnxruntime-gpu (float16 attention and KV cache)."""
         import torch
         from torch import nn
         from qail_ros import quant
@@ -274,6 +287,8 @@ class OpenVLAPolicy:
             return
         if backend != 'ort':
             raise OpenVLAError(f"int4 backend {backend!r}: choose 'torch' or 'ort'")
+        if device != 'cpu' and not graph:
+            raise OpenVLAError(f"device {device!r} needs the graph engine (graph=True)")
         if 'lora' in self.int4_details and not graph:
             raise OpenVLAError('QLoRA adapters on onnxruntime need graph=True: the per-layer '
                                'sessions fuse the layers the adapters attach to')
@@ -283,8 +298,13 @@ class OpenVLAPolicy:
         if graph:
             from qail_ros.quant.ort_llama import OrtLlamaDecoder
             patches = self.config.vit_specs[0].num_patches
-            self.model.decoder = OrtLlamaDecoder(lm, threads=n, accuracy_level=accuracy_level,
-                                                 capacity=patches + 64)
+            from qail_ros.quant.ort_int4 import OrtInt4Error
+            try:
+                self.model.decoder = OrtLlamaDecoder(lm, threads=n,
+                                                     accuracy_level=accuracy_level,
+                                                     capacity=patches + 64, device=device)
+            except OrtInt4Error as exc:
+                raise OpenVLAError(str(exc)) from None
             lm.model.layers = nn.ModuleList()     # the graph owns the decoder's weights now
             lm.lm_head = nn.Identity()
         else:
@@ -294,6 +314,8 @@ class OpenVLAPolicy:
         self.precision = 'int4_ort'
         self.int4_details.update(backend='onnxruntime', accuracy_level=accuracy_level,
                                  threads=n, engine='graph' if graph else 'layers')
+        if device != 'cpu':
+            self.int4_details['device'] = device
 
     # -- inference --------------------------------------------------------------------------
     def prompt(self, instruction: str) -> str:
@@ -355,6 +377,8 @@ class OpenVLAPolicy:
         return {'architecture': 'openvla', 'path': str(self.path), 'precision': self.precision,
                 'int4': self.int4_details if self.precision in INT4_BACKENDS else None,
                 'int4_state': self.int4_state, 'unnorm_key': self.unnorm_key,
+                'vision_engine': (None if self.model.vision_engine is None
+                                  else self.model.vision_engine.describe()),
                 'action_dim': self.action_dim, 'parameters': self.num_parameters(),
                 'vision': [s.to_dict() for s in self.config.vit_specs],
                 'llm': {k: self.config.text_config.get(k) for k in

@@ -164,6 +164,15 @@ def test_int4_ort_without_onnxruntime_is_a_parameter_error(rt, monkeypatch):
         VLAPolicy(cli_args=['--ros-args', '-p', 'precision:=int4_ort'])
 
 
+def test_device_and_vision_engine_parameters(rt, tmp_path):
+    with pytest.raises(ParameterError, match="device 'cuda' is for precision int4_ort"):
+        VLAPolicy(cli_args=['--ros-args', '-p', 'device:=cuda'])
+    with pytest.raises(ParameterError, match="device must be 'cpu' or 'cuda'"):
+        VLAPolicy(cli_args=['--ros-args', '-p', 'device:=npu'])
+    with pytest.raises(ParameterError, match='vision engine .* not found'):
+        make_policy(f'vision_engine:={tmp_path / "nope.onnx"}')
+
+
 def test_wrong_model_directory_and_parameters_are_clear_errors(rt, tmp_path):
     with pytest.raises(ParameterError, match='no config.json'):
         make_policy(f'model_path:={tmp_path}')

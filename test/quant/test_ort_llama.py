@@ -200,3 +200,37 @@ def test_lora_adapters_run_inside_the_graph():
     # the adapters matter: without them the logits move
     plain = OrtLlamaDecoder(_rtn(_llama()), accuracy_level=1)
     assert float((_greedy_decoder(plain, embeds, 1)[0] - ref[0]).abs().max()) > 1e-2
+
+
+def test_float16_kv_cache_is_the_graph_cuda_runs():
+    """kv_dtype float16 (what device 'cuda' uses: onnxruntime's CUDA GroupQueryAttention is
+    half precision) on the CPU: the same greedy tokens, logits within float16 rounding, half
+    the cache bytes."""
+    model = _rtn(_llama())
+    embeds = torch.randn(1, 40, HIDDEN, generator=torch.Generator().manual_seed(9))
+    ref = _greedy_reference(model, embeds, 12)
+    half = OrtLlamaDecoder(model, accuracy_level=1, kv_dtype='float16', capacity=16)
+    got = _greedy_decoder(half, embeds, 12)
+    assert torch.equal(got.argmax(-1), ref.argmax(-1))
+    assert float((got - ref).abs().max()) < 2e-3 * float(ref.abs().max()) + 1e-3
+    full = OrtLlamaDecoder(model, accuracy_level=1, capacity=16)
+    assert half.cache_bytes * 2 == full.cache_bytes
+
+
+def test_cuda_device_needs_onnxruntime_gpu():
+    from qail_ros.quant.ort_llama import cuda_available
+    model = _rtn(_llama())
+    with pytest.raises(OrtInt4Error, match="kv_dtype 'float16'"):
+        OrtLlamaDecoder(model, device='cuda', kv_dtype='float32')
+    with pytest.raises(OrtInt4Error, match="choose one of \\['cpu', 'cuda'\\]"):
+        OrtLlamaDecoder(model, device='tpu')
+    if cuda_available():
+        dec = OrtLlamaDecoder(model, device='cuda', accuracy_level=4)
+        embeds = torch.randn(1, 12, HIDDEN, generator=torch.Generator().manual_seed(10))
+        with torch.no_grad():
+            ref = model(inputs_embeds=embeds).logits[0, -1]
+        got = dec.step(embeds)[0]
+        assert float((got - ref).abs().max()) < 0.05 * float(ref.abs().max())
+    else:
+        with pytest.raises(OrtInt4Error, match='install onnxruntime-gpu'):
+            OrtLlamaDecoder(model, device='cuda')

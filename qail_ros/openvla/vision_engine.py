@@ -1,0 +1,172 @@
+"""OpenVLA's vision towers + projector as an engine file: onnxruntime here, TensorRT on a GPU.
+
+    python -m qail_ros.openvla.vision_engine --model models/openvla-tiny --out engines/vla \\
+        [--backend onnxruntime|tensorrt] [--precision fp32|fp16]
+    OpenVLAPolicy.from_pretrained(path, vision_engine='engines/vla/openvla_vision_fp16.plan')
+
+The paper runs the ViT in TensorRT FP16 on the Orin and the INT4 Llama in its LLM runtime;
+this is the first half. The towers and projector (pixel_values (1, 3 x towers, S, S) ->
+projected patch tokens (1, patches, llm hidden)) are exported once to ONNX (opset 17, fixed
+batch-1 shapes, the TorchScript exporter, as the CILRS export) and become an engine of the
+engine registry with its manifest (architecture 'openvla-vision', the model's source hash):
+  onnxruntime  the ONNX graph itself, fp32 (CPU; equal to the torch towers to ~1e-5)
+  tensorrt     a serialized plan built from that graph (fp16 or fp32), tied to the GPU and
+               the TensorRT version like every plan (qail_ros.engines.tensorrt_engine;
+               imported only when used, needs the tensorrt package and an NVIDIA GPU)
+The policy then feeds the engine's patch tokens to the backbone instead of running the torch
+towers (`OpenVLAModel.vision_engine`).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from qail_ros.openvla.config import OpenVLAError
+
+__all__ = ['ARCHITECTURE', 'build_vision_engine', 'load_vision_engine', 'vision_contract',
+           'main']
+
+ARCHITECTURE = 'openvla-vision'
+BACKENDS = {'onnxruntime': ('fp32',), 'tensorrt': ('fp16', 'fp32')}
+
+
+def vision_contract(config) -> dict[str, Any]:
+    """Input / output specs and the config facts an engine must match for this checkpoint."""
+    spec = config.vit_specs[0]
+    towers = len(config.vit_specs)
+    hidden = int(config.llama_config().hidden_size)
+    return {'inputs': {'pixel_values': {'shape': [1, 3 * towers, spec.image_size,
+                                                  spec.image_size], 'dtype': 'float32'}},
+            'outputs': {'patches': {'shape': [1, spec.num_patches, hidden],
+                                    'dtype': 'float32'}},
+            'config': {'image_size': spec.image_size, 'towers': towers,
+                       'patches': spec.num_patches, 'llm_hidden': hidden,
+                       'vision_backbone_id': getattr(config, 'vision_backbone_id', None)}}
+
+
+def _source_hash(path: Path) -> str:
+    """sha256 over the checkpoint's safetensors shards and config (sorted by name)."""
+    h = hashlib.sha256()
+    files = sorted(path.glob('*.safetensors')) + [path / 'config.json']
+    for f in files:
+        if f.is_file():
+            h.update(f.name.encode())
+            with open(f, 'rb') as fh:
+                while block := fh.read(1 << 20):
+                    h.update(block)
+    return h.hexdigest()
+
+
+def _export_onnx(model, contract: dict, out: Path) -> Path:
+    import warnings
+
+    import torch
+    from torch import nn
+
+    class Towers(nn.Module):
+        def __init__(self, vla):
+            super().__init__()
+            self.vision_backbone, self.projector = vla.vision_backbone, vla.projector
+
+        def forward(self, pixel_values):
+            return self.projector(self.vision_backbone(pixel_values))
+
+    shape = contract['inputs']['pixel_values']['shape']
+    example = torch.zeros(shape, dtype=torch.float32)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter('ignore', DeprecationWarning)
+        torch.onnx.export(Towers(model).eval().float(), (example,), str(out), dynamo=False,
+                          input_names=['pixel_values'], output_names=['patches'],
+                          opset_version=17, do_constant_folding=True)
+    return out
+
+
+def build_vision_engine(model_path: str | Path, out_dir: str | Path, *,
+                        backend: str = 'onnxruntime', precision: str | None = None) -> Path:
+    """Export the towers + projector of the checkpoint at `model_path` and build an engine
+    (file + manifest) in `out_dir`; returns the engine file's path."""
+    from qail_ros.engines.base import device_id
+    from qail_ros.engines.manifest import Manifest, cache_key, sha256_file, write_manifest
+    from qail_ros.engines.registry import backend_class
+    from qail_ros.openvla.checkpoint import load_model
+    from qail_ros.openvla.config import read_config
+    if backend not in BACKENDS:
+        raise OpenVLAError(f'vision engine back end {backend!r}: choose one of '
+                           f'{sorted(BACKENDS)}')
+    if backend == 'tensorrt':
+        from qail_ros.engines.tensorrt_engine import tensorrt_available
+        if not tensorrt_available():
+            raise OpenVLAError('backend tensorrt needs the tensorrt Python package and an NVIDIA '
+                               'GPU (JetPack on Jetson): build it there, or use backend '
+                               'onnxruntime here')
+    precision = precision or BACKENDS[backend][0]
+    if precision not in BACKENDS[backend]:
+        raise OpenVLAError(f'back end {backend} builds {list(BACKENDS[backend])}, not '
+                           f'{precision!r}')
+    model_path, out_dir = Path(model_path), Path(out_dir)
+    config = read_config(model_path)
+    contract = vision_contract(config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = out_dir / 'openvla_vision_fp32.onnx'
+    _export_onnx(load_model(model_path, config=config), contract, onnx_path)
+    engine_path = onnx_path
+    device = 'cpu'
+    if backend == 'tensorrt':
+        from qail_ros.engines.tensorrt_engine import build_plan
+        engine_path = build_plan(onnx_path, out_dir / f'openvla_vision_{precision}.plan',
+                                 precision)
+        device = 'cuda'
+    cls = backend_class(backend)
+    source = _source_hash(model_path)
+    version, dev = cls.backend_version(), device_id(device)
+    manifest = Manifest(
+        engine_file=engine_path.name, engine_sha256=sha256_file(engine_path),
+        architecture={'name': ARCHITECTURE, 'config': contract['config']},
+        precision=precision, backend=backend, backend_version=version, device=dev,
+        inputs=contract['inputs'], outputs=contract['outputs'], source_hash=source,
+        normalisation={'note': 'pixel_values as OpenVLAPolicy.pixel_values makes them (each '
+                               "tower's resize and mean / std, channels stacked)"},
+        cache_key=cache_key(source, backend, version, dev, precision),
+        details={'source': str(model_path), 'onnx': onnx_path.name})
+    write_manifest(manifest, out_dir)
+    return engine_path
+
+
+def load_vision_engine(path: str | Path, config, *, threads: int = 1):
+    """Load a vision engine and check it answers this checkpoint's contract (shapes, towers,
+    hidden size); a clear error otherwise."""
+    from qail_ros.engines.base import EngineError
+    from qail_ros.engines.registry import load_engine
+    contract = vision_contract(config)
+    device = 'cuda' if str(path).endswith('.plan') else 'cpu'
+    try:
+        return load_engine(path, threads=threads, device=device,
+                           expect={'architecture': ARCHITECTURE, 'inputs': contract['inputs'],
+                                   'outputs': contract['outputs'],
+                                   'config': contract['config']})
+    except EngineError as exc:
+        raise OpenVLAError(f'vision engine {path}: {exc}') from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog='python -m qail_ros.openvla.vision_engine',
+        description="build an engine of an OpenVLA checkpoint's vision towers + projector")
+    parser.add_argument('--model', required=True, help='OpenVLA checkpoint directory')
+    parser.add_argument('--out', required=True, help='output directory (engine + manifest)')
+    parser.add_argument('--backend', choices=sorted(BACKENDS), default='onnxruntime')
+    parser.add_argument('--precision', default=None,
+                        help='fp32 (onnxruntime) | fp16 or fp32 (tensorrt; default fp16)')
+    args = parser.parse_args(argv)
+    path = build_vision_engine(args.model, args.out, backend=args.backend,
+                               precision=args.precision)
+    print(json.dumps({'engine': str(path), 'manifest': str(path) + '.json',
+                      'bytes': path.stat().st_size}))
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
