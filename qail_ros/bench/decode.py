@@ -273,6 +273,7 @@ def make_precision(fp32_model, precision: str, threads: int = 1, capacity: int =
                                                    group_size=128))
         decoder = OrtLlamaDecoder(model, threads=threads, accuracy_level=4, capacity=capacity)
         model.model.layers = nn.ModuleList()    # as the policy does: the graph owns them
+        model.model.norm = nn.Identity()
         model.lm_head = nn.Identity()
         return decoder, torch.float32
     if precision == 'int4_ort_layers':

@@ -306,6 +306,7 @@ class OpenVLAPolicy:
             except OrtInt4Error as exc:
                 raise OpenVLAError(str(exc)) from None
             lm.model.layers = nn.ModuleList()     # the graph owns the decoder's weights now
+            lm.model.norm = nn.Identity()
             lm.lm_head = nn.Identity()
         else:
             from qail_ros.quant.ort_int4 import convert_to_ort_int4
@@ -371,7 +372,14 @@ class OpenVLAPolicy:
         return time.perf_counter() - start
 
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+        """Weights of the model however they are held: torch parameters, the integer
+        kernels' packed weights (counted as in x out each) and the onnxruntime decoder's."""
+        from qail_ros.quant.integer import _WeightOnlyBase
+        n = sum(p.numel() for p in self.model.parameters())
+        n += sum(m.in_features * m.out_features for m in self.model.modules()
+                 if isinstance(m, _WeightOnlyBase))
+        dec = self.model.decoder
+        return n + (dec.parameters if dec is not None else 0)
 
     def describe(self) -> dict[str, Any]:
         return {'architecture': 'openvla', 'path': str(self.path), 'precision': self.precision,

@@ -138,6 +138,8 @@ class OrtLlamaDecoder:
         self.threads = int(threads)
         self.embed_tokens = inner.embed_tokens
         self.weight_bytes = 0
+        #: weights the graph holds (linears in x out, adapters, norm vectors)
+        self.parameters = 0
         self.session = self._session(self._build(inner, head, float(cfg.rms_norm_eps)))
         self._io = self.session.io_binding()
         self._capacity = 0
@@ -185,6 +187,8 @@ class OrtLlamaDecoder:
         a_t = np.concatenate(a_rows).T.copy()                 # (in, ranks)
         b_t = np.concatenate(blocks, axis=1)                  # (ranks, outputs)
         self.weight_bytes += (a_t.size + b_t.size) * 4
+        self.parameters += sum(a.lora_a.numel() + a.lora_b.numel() for a in adapters
+                               if a is not None)
         low = g.op('MatMul', [x, g._init('lora_a', a_t)])
         return g.op('MatMul', [low, g._init('lora_b', b_t)])
 
@@ -196,6 +200,7 @@ class OrtLlamaDecoder:
                                    'bits=4 or 8) or Int4WeightOnlyAWQ first')
         ws = [_extract(m, name, max_bits=8) for m, name in zip(mods, names)]
         self.weight_bytes += sum(_weight_bytes(w) for w in ws)
+        self.parameters += sum(w.n * w.k + (0 if w.bias is None else w.n) for w in ws)
         if len(ws) == 1:
             return g.matmul_nbits(x, ws[0], self.accuracy_level)
         if _fusable(ws):
@@ -203,6 +208,7 @@ class OrtLlamaDecoder:
         return g.op('Concat', [g.matmul_nbits(x, w, self.accuracy_level) for w in ws], axis=-1)
 
     def _norm(self, g: _Graph, x: str, norm: nn.Module, eps: float) -> str:
+        self.parameters += norm.weight.numel()
         w = g._init('norm', norm.weight.detach().float().numpy())
         return g.op('SimplifiedLayerNormalization', [x, w], axis=-1, epsilon=eps,
                     stash_type=1)
@@ -269,6 +275,7 @@ class OrtLlamaDecoder:
         else:
             w = head.weight.detach().float()
             self.weight_bytes += w.numel() * 4
+            self.parameters += w.numel()
             logits = g.op('MatMul', [hs, g._init('lm_head', w.t().contiguous().numpy())])
             if getattr(head, 'bias', None) is not None:
                 logits = g.op('Add', [logits, g._init('lm_bias',

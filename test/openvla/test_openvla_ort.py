@@ -174,3 +174,15 @@ def test_conversion_errors_name_the_fix(monkeypatch):
     with pytest.raises(OpenVLAError, match="precision 'int4'"):
         policy_mod.OpenVLAPolicy.from_pretrained(TINY, unnorm_key='bridge_orig',
                                                  precision='int4_ort')
+
+
+def test_parameter_count_is_the_same_on_every_engine():
+    """num_parameters counts the weights wherever they live (torch, int kernels, the graph):
+    the node logs it, so it must not shrink when the decoder moves to onnxruntime."""
+    from qail_ros.openvla.policy import OpenVLAPolicy
+    counts = {}
+    for precision in ('fp32', 'int4', 'int4_ort'):
+        p = OpenVLAPolicy.from_pretrained(TINY, unnorm_key='bridge_orig', precision=precision,
+                                          ort_threads=1)
+        counts[precision] = p.num_parameters()
+    assert counts['int4'] == counts['fp32'] == counts['int4_ort'], counts
