@@ -13,9 +13,14 @@ Pipeline, each step measured in the same run:
 5. Every policy is evaluated closed loop on the same held-out seeds (default 50 per task),
    INT4 students on torch's packed int4 kernel with their float adapters.
 
+--bits 3 / --bits 2 make every student INT3 / INT2 instead (same methods, same kernel: the
+narrower codes are a subset of its 4-bit range); the method keys stay `*_int4` for stable JSON,
+the table labels say INT3 / INT2, and --write names the files manipulation_int3.md / .json.
+
     qail-ros bench manipulation                       # full run (~1 h on one core)
     qail-ros bench manipulation --quick --json        # smoke test (~1 min)
     qail-ros bench manipulation --write docs/results  # also manipulation.md / .json there
+    qail-ros bench manipulation --bits 3 --out bench-results/manip-int3   # INT3 students
 """
 from __future__ import annotations
 
@@ -40,7 +45,7 @@ FULL = {'tasks': ['lift', 'place'], 'demo_episodes': 300, 'noisy_episodes': 300,
         'dagger_rounds': 0, 'dagger_episodes': 100,
         'qlora_steps': 1200, 'qlora_lr': 5e-4, 'rank': 8, 'onpolicy_rounds': 2,
         'onpolicy_episodes': 40, 'eval_episodes': 50, 'seeds': 1, 'batch': 32,
-        'llm_hidden': 128, 'llm_layers': 3}
+        'llm_hidden': 128, 'llm_layers': 3, 'bits': 4, 'group_size': 0}
 QUICK = dict(FULL, demo_episodes=4, noisy_episodes=2, fp_episodes=2, bc_steps=10,
              dagger_rounds=1, dagger_episodes=2,
              qlora_steps=4, onpolicy_rounds=1, onpolicy_episodes=2, eval_episodes=3, batch=8,
@@ -49,6 +54,7 @@ QUICK = dict(FULL, demo_episodes=4, noisy_episodes=2, fp_episodes=2, bc_steps=10
 FP_KEYS = ('tasks', 'demo_episodes', 'noisy_episodes', 'dart_noise', 'bc_steps', 'bc_lr',
            'batch', 'llm_hidden', 'llm_layers', 'dagger_rounds', 'dagger_episodes')
 EVAL_SEED0 = 100_000          # evaluation seeds: never used for training
+BITS = (2, 3, 4)              # student weight widths (all run on the int4 kernel)
 DAGGER_SEED0 = 200_000        # the FP policy's DAgger rollouts
 FP_SEED0 = 20_000             # D_FP rollout seeds
 
@@ -69,6 +75,12 @@ def add_arguments(parser):
     parser.add_argument('--dagger-rounds', type=int, default=None,
                         help='DAgger rounds while the FP trains (default 0 = plain BC; '
                              'measured: 4 rounds hurt)')
+    parser.add_argument('--bits', type=int, choices=BITS, default=None,
+                        help='weight bits of the RTN / AWQ / QAIL students (default 4; 3 and 2 '
+                             'are the harsher settings where PTQ loses accuracy)')
+    parser.add_argument('--group-size', type=int, default=None,
+                        help='quantization group of input channels (default 0 = one scale per '
+                             'output channel; e.g. 32 to soften INT2)')
     parser.add_argument('--rank', type=int, default=None,
                         help='LoRA rank (8 for this 128-wide backbone; the paper: 32 at 4096)')
     parser.add_argument('--retrain', action='store_true',
@@ -85,7 +97,8 @@ def settings_from(args) -> dict[str, Any]:
     s = dict(QUICK if args.quick else FULL)
     for key, arg in (('eval_episodes', 'episodes'), ('seeds', 'seeds'),
                      ('bc_steps', 'bc_steps'), ('qlora_steps', 'qlora_steps'),
-                     ('rank', 'rank'), ('dagger_rounds', 'dagger_rounds')):
+                     ('rank', 'rank'), ('dagger_rounds', 'dagger_rounds'),
+                     ('bits', 'bits'), ('group_size', 'group_size')):
         v = getattr(args, arg, None)
         if v is not None:
             s[key] = v
@@ -100,8 +113,31 @@ def settings_from(args) -> dict[str, Any]:
         raise ParameterError(f'--methods {bad}: choose among {",".join(ALL_METHODS)}')
     if s['eval_episodes'] < 1 or s['seeds'] < 1:
         raise ParameterError('--episodes and --seeds must be >= 1')
+    if s['bits'] not in BITS:
+        raise ParameterError(f'--bits {s["bits"]}: choose among {",".join(map(str, BITS))}')
+    g = s['group_size']
+    if g < 0 or (g and s['llm_hidden'] % g):
+        raise ParameterError(f'--group-size {g}: use 0 (per output channel) or a divisor of '
+                             f'the {s["llm_hidden"]}-wide backbone, e.g. 32')
     s['tasks'], s['methods'] = tasks, methods
     return s
+
+
+def label(method: str, bits: int = 4) -> str:
+    """The table label of a method at a weight width: 'RTN INT3' for rtn_int4 at 3 bits."""
+    return LABELS[method].replace('INT4', f'INT{bits}')
+
+
+def results_name(s: dict[str, Any]) -> str:
+    """File stem for --write: manipulation (INT4, the committed table) or manipulation_int3."""
+    return 'manipulation' if s.get('bits', 4) == 4 else f'manipulation_int{s["bits"]}'
+
+
+def quant_kwargs(s: dict[str, Any]) -> dict[str, Any]:
+    """quantize_awq's width and granularity for these settings."""
+    g = s.get('group_size', 0)
+    return {'bits': s.get('bits', 4), 'granularity': 'group' if g else 'per_channel',
+            'group_size': g or 128}
 
 
 def _commit() -> str:
@@ -214,7 +250,8 @@ def run(s: dict[str, Any], out: Path, retrain: bool, log) -> dict[str, Any]:
         seeds = range(s['seeds']) if method.startswith('qail') else range(1)
         for seed in seeds:
             torch.manual_seed(seed)
-            student = quantize_awq(fp, d_qail, scheme='rtn' if method == 'rtn_int4' else 'awq')
+            student = quantize_awq(fp, d_qail, scheme='rtn' if method == 'rtn_int4' else 'awq',
+                                   **quant_kwargs(s))
             if method.startswith('qail'):
                 info = train_qlora(
                     student, fp, d_qail, steps=s['qlora_steps'], lr=s['qlora_lr'],
@@ -251,7 +288,10 @@ def summarize(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def markdown(result: dict[str, Any]) -> str:
     s = result['settings']
-    lines = ['# Manipulation benchmark: small VLA, INT4 weight-only backbone', '',
+    bits = s.get('bits', 4)
+    gran = (f'groups of {s["group_size"]} input channels' if s.get('group_size')
+            else 'per output channel')
+    lines = [f'# Manipulation benchmark: small VLA, INT{bits} weight-only backbone', '',
              f'Command: `{result["command"]}`  ', f'Commit: `{result["commit"]}`  ',
              f'Date: {result["date"]}; {result["elapsed_s"] / 60:.0f} min on this machine '
              '(2 x86 cores, no GPU, shared with other jobs; an FP checkpoint reused from '
@@ -275,7 +315,8 @@ def markdown(result: dict[str, Any]) -> str:
                 cell += ' (' + ' / '.join(f'{100 * v:.0f}' for v in r['per_seed']) + ')'
             cells.append(cell)
         mean = sum(per_task[t]['success'] for t in s['tasks']) / len(s['tasks'])
-        lines.append(f'| {LABELS[method]} | ' + ' | '.join(cells) + f' | {100 * mean:.1f} % |')
+        lines.append(f'| {label(method, bits)} | ' + ' | '.join(cells)
+                     + f' | {100 * mean:.1f} % |')
     fp_info = result.get('fp_training', {})
     d = result.get('data', {})
     lines += ['', '## Setup', '',
@@ -290,8 +331,11 @@ def markdown(result: dict[str, Any]) -> str:
               f'{fp_info.get("progress")}.',
               f'- Data: D_E {d.get("d_e")} samples, D_FP {d.get("d_fp")}, D_QAIL '
               f'{d.get("d_qail")}.',
-              '- INT4: the Llama linear layers per output channel, AWQ (or RTN) initialised, '
-              "lm_head and vision towers float; inference on torch's packed int4 CPU kernel.",
+              f'- INT{bits}: the Llama linear layers {gran}, asymmetric (zero point), AWQ '
+              '(or RTN) initialised, lm_head and vision towers float; inference on torch\'s '
+              'packed int4 CPU kernel'
+              + ('.' if bits == 4 else f' ({bits}-bit codes are a subset of its 4-bit range: '
+                 'the kernel computes the same weights as the fake-quant training forward).'),
               f'- QLoRA: rank {s["rank"]} adapters on every Llama linear layer, lr '
               f'{s["qlora_lr"]}, {s["qlora_steps"]} steps, batch {s["batch"]}; QBC: lambda 1, '
               f'{s["onpolicy_rounds"]} on-policy rounds of {s["onpolicy_episodes"]} student '
@@ -300,7 +344,8 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def write_outputs(result: dict[str, Any], directory: Path) -> dict[str, str]:
-    return write_results(directory, 'manipulation', result, markdown(result))
+    return write_results(directory, results_name(result['settings']), result,
+                         markdown(result))
 
 
 def main(args) -> int:
@@ -328,7 +373,7 @@ def main(args) -> int:
     result['files'] = files
     table('manipulation benchmark (closed loop, success rate)',
           ['method', 'task', 'seeds', 'episodes', 'success', 'vs FP'],
-          [[LABELS[r['method']], r['task'], r['seeds'], r['episodes'], r['success'],
+          [[label(r['method'], s['bits']), r['task'], r['seeds'], r['episodes'], r['success'],
             '' if r['vs_fp'] is None else f'{100 * r["vs_fp"]:+.0f} pt'] for r in
            result['summary']])
     if args.json:

@@ -6,7 +6,8 @@
 
 The Llama backbone's linear layers (lm_head excluded, as OpenVLA's INT4 deployments keep it)
 are quantized to INT4 per output channel with AWQ (the paper's setting), frozen, and wrapped in
-LoRA adapters (qail_ros.quant.lora). Training updates the adapters only:
+LoRA adapters (qail_ros.quant.lora). `bits=3` / `bits=2` give harsher INT3 / INT2 students
+(same asymmetric scheme, 8 / 4 levels per channel or group). Training updates the adapters only:
 
 - L_QAIL: cross-entropy of the student's 7 action tokens against D_QAIL's labels
   (D_E: the scripted expert's actions; D_FP: the FP policy's own actions on its rollouts).
@@ -47,18 +48,25 @@ def _calibration(fp: SmallVLA, samples: Samples, n: int = 64, seed: int = 0) -> 
 
 def quantize_awq(fp: SmallVLA, calibration: Samples, *, scheme: str = 'awq',
                  granularity: str = 'per_channel', group_size: int = 128,
-                 n_calibration: int = 64) -> SmallVLA:
-    """A copy of `fp` whose Llama linear layers are INT4 weight-only (AWQ or RTN), frozen."""
+                 n_calibration: int = 64, bits: int = 4) -> SmallVLA:
+    """A copy of `fp` whose Llama linear layers are `bits`-bit weight-only (AWQ or RTN, both
+    asymmetric with a zero point), frozen. bits 4 is the paper's INT4; 3 and 2 are the harsher
+    settings where PTQ starts to lose accuracy (all <= 4-bit widths deploy on the int4 kernel)."""
     from qail_ros import quant
+    from qail_ros.errors import ParameterError
+    if isinstance(bits, bool) or bits not in (2, 3, 4):
+        raise ParameterError(f'bits={bits!r}: the VLA students take 2, 3 or 4-bit weights '
+                             '(the int4 kernel deploys them); choose one of those')
     student = SmallVLA(copy.deepcopy(fp.model), fp.tokenizer, fp.stats)
-    kw = {'granularity': granularity, 'group_size': group_size, 'exclude': ['lm_head']}
+    kw = {'bits': bits, 'granularity': granularity, 'group_size': group_size,
+          'exclude': ['lm_head']}
     if scheme == 'awq':
         cfg = quant.Int4WeightOnlyAWQ(**kw)
         calib = _calibration(fp, calibration, n_calibration)
     elif scheme == 'rtn':
-        cfg, calib = quant.WeightOnlyRTN(bits=4, symmetric=False, **kw), None
+        cfg, calib = quant.WeightOnlyRTN(symmetric=False, **kw), None
     else:
-        raise ValueError(f'INT4 scheme {scheme!r}: use awq or rtn')
+        raise ParameterError(f'weight-only scheme {scheme!r}: use awq or rtn')
     quant.quantize_(student.model.language_model, cfg, calibration=calib)
     for p in student.model.parameters():
         p.requires_grad_(False)
@@ -171,8 +179,12 @@ def train_qlora(student: SmallVLA, teacher: SmallVLA, data: Samples, *, steps: i
 
 
 def deploy(student: SmallVLA) -> SmallVLA:
-    """Swap the fake-quantized INT4 layers for torch's packed int4 CPU kernel (bf16 compute);
-    LoRA adapters, if any, stay float beside them. In place; returns the student."""
+    """Swap the fake-quantized layers for torch's packed int4 CPU kernel (bf16 compute);
+    LoRA adapters, if any, stay float beside them. In place; returns the student.
+
+    INT3 / INT2 students run on the same kernel: their asymmetric codes [0, 7] / [0, 3] are a
+    subset of the kernel's [0, 15], and the zero point is folded into its (scale, zero) pairs,
+    so the kernel computes exactly the fake-quant weights (to bf16 rounding)."""
     from qail_ros import quant
     quant.convert_to_integer(student.model.language_model)
     return student

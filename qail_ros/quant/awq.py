@@ -33,7 +33,7 @@ def _make_quantizer(config: Int4WeightOnlyAWQ, weight: Tensor, name: str) -> Fak
                                f'of layer {name}: choose a group size that divides it, or '
                                'exclude the layer')
     groups = k // config.group_size if config.granularity == 'group' else 1
-    return FakeQuantizer(4, signed=config.symmetric, symmetric=config.symmetric,
+    return FakeQuantizer(config.bits, signed=config.symmetric, symmetric=config.symmetric,
                          granularity=config.granularity, group_size=config.group_size,
                          channels=weight.shape[0], groups=groups).to(weight.device)
 

@@ -151,6 +151,9 @@ class WeightActivationRTN(QuantConfig):
 class Int4WeightOnlyAWQ(QuantConfig):
     """Activation-aware weight quantization (AWQ, Lin et al. 2024), INT4 weights, float inputs.
 
+    `bits` (default 4; 2..8) sets the weight code width: the name keeps the usual INT4 setting,
+    harsher widths (INT3 / INT2) use the same search with fewer levels.
+
     Per input channel j a scale s_j = mean|x_j|^alpha (normalised), alpha chosen per layer on a
     grid of `alpha_grid` points in [0, 1] to minimise || x W^T - (x / s) Q(W s)^T ||^2 on the
     calibration inputs (required). W s and x / s give the same product before quantization; the
@@ -158,6 +161,7 @@ class Int4WeightOnlyAWQ(QuantConfig):
     """
 
     scheme: ClassVar[str] = 'int4_weight_only_awq'
+    bits: int = 4
     granularity: str = 'group'
     group_size: int = 128
     symmetric: bool = False
@@ -166,6 +170,7 @@ class Int4WeightOnlyAWQ(QuantConfig):
     max_samples: int = 4096
 
     def validate(self) -> None:
+        _check_bits('bits', self.bits)
         _check_granularity('granularity', self.granularity, self.group_size,
                            ('per_channel', 'group'))
         if isinstance(self.alpha_grid, bool) or not isinstance(self.alpha_grid, int) \
@@ -174,10 +179,6 @@ class Int4WeightOnlyAWQ(QuantConfig):
         if isinstance(self.max_samples, bool) or not isinstance(self.max_samples, int) \
                 or self.max_samples < 1:
             raise QuantConfigError(f'max_samples={self.max_samples!r}: need >= 1')
-
-    @property
-    def bits(self) -> int:
-        return 4
 
 
 @dataclass(kw_only=True)
