@@ -51,10 +51,13 @@ model and run (includes transient copies and the KV cache; for int4_ort also onn
 own copies of the weights, which model_mb does not see: model_mb counts the bytes the
 MatMulNBits sessions were given).
 
-JSON: `int4_*` keys are the torch int4 path (as before), `int4_ort_*` the onnxruntime graph,
-`int4_best_*` whichever INT4 path measured more tokens per second (`int4_best_path` names it);
-likewise `int8_best_*`. `int8_ms_per_token` is torch's int8 when it ran, else int8_ort's
-(`int8_path` says which).
+JSON: `int4_ms_per_token`, `int4_floor_ms`, `int4_fraction_of_floor`, `int4_speedup_vs_fp32`,
+`int4_prefill_ms`, `int4_action_ms` are the fastest INT4 path of the run (`int4_path` names
+it: int4_ort, the graph, in every run so far); likewise `int8_*`. Per path: `int4_ort_*`,
+`int4_ort_layers_*`, `int8_ort_*`, and `int4_torch_*` / `int8_torch_*` for torch's kernels
+(precisions `int4` / `int8` in the table; the per-precision dicts such as `action_ms` use the
+table's names). Runs before 2026-11-30 wrote torch's path as `int4_*` and the fastest as
+`int4_best_*`.
 
 `--policy [PATH]` also times whole actions through the node's code path,
 `OpenVLAPolicy.predict` on an OpenVLA checkpoint (default: the shipped tiny random model): a
@@ -78,6 +81,8 @@ PRECISIONS = ('fp32', 'bf16', 'int8', 'int8_ort', 'int4', 'int4_ort', 'int4_ort_
 DEFAULT_PRECISIONS = ('fp32', 'bf16', 'int8_ort', 'int4', 'int4_ort')
 INT4_PATHS = ('int4', 'int4_ort', 'int4_ort_layers')
 INT8_PATHS = ('int8', 'int8_ort')
+#: JSON names of the torch kernels' per-path keys: `int4_*` / `int8_*` are the fastest path
+JSON_NAMES = {'int4': 'int4_torch', 'int8': 'int8_torch'}
 #: the precisions OpenVLAPolicy has (--policy)
 POLICY_PRECISIONS = ('fp32', 'bf16', 'int4', 'int4_ort')
 POLICY_INSTRUCTION = 'pick up the red block'
@@ -467,27 +472,26 @@ def main(args: argparse.Namespace) -> int:
                      'threads': args.threads, 'prompt_tokens': prompt, 'cache': cache,
                      'attention': attention, 'decode_tokens': args.tokens}
         for p, r in results.items():
-            out[f'{p}_ms_per_token'] = r['ms_per_token']
+            out[f'{JSON_NAMES.get(p, p)}_ms_per_token'] = r['ms_per_token']
         for p in INT4_PATHS + INT8_PATHS:
             if p in results:
-                out[f'{p}_floor_ms'] = results[p]['floor_ms']
-                out[f'{p}_fraction_of_floor'] = results[p]['fraction_of_floor']
+                key = JSON_NAMES.get(p, p)
+                out[f'{key}_floor_ms'] = results[p]['floor_ms']
+                out[f'{key}_fraction_of_floor'] = results[p]['fraction_of_floor']
                 if fp:
-                    out[f'{p}_speedup_vs_fp32'] = fp / results[p]['ms_per_token']
+                    out[f'{key}_speedup_vs_fp32'] = fp / results[p]['ms_per_token']
+        # the issue's int4_* / int8_* keys: the fastest path of that width measured in this run
         for bits, paths in (('int4', INT4_PATHS), ('int8', INT8_PATHS)):
             measured = [p for p in paths if p in results]
             if not measured:
                 continue
             best = min(measured, key=lambda p: results[p]['ms_per_token'])
-            out[f'{bits}_best_path'] = best
+            out[f'{bits}_path'] = best
             for key in ('ms_per_token', 'floor_ms', 'fraction_of_floor', 'prefill_ms',
                         'action_ms'):
-                out[f'{bits}_best_{key}'] = results[best][key]
+                out[f'{bits}_{key}'] = results[best][key]
             if fp:
-                out[f'{bits}_best_speedup_vs_fp32'] = fp / results[best]['ms_per_token']
-        if 'int8_ms_per_token' in out or 'int8_ort_ms_per_token' in out:
-            out['int8_path'] = 'int8' if 'int8' in results else 'int8_ort'
-            out.setdefault('int8_ms_per_token', out.get('int8_ort_ms_per_token'))
+                out[f'{bits}_speedup_vs_fp32'] = fp / results[best]['ms_per_token']
         out['action_ms'] = {p: r['action_ms'] for p, r in results.items()}
         out['prefill_ms'] = {p: r['prefill_ms'] for p, r in results.items()}
         out['floor_ms'] = {p: r['floor_ms'] for p, r in results.items()}

@@ -219,17 +219,19 @@ def test_decode_bench_reports_both_int4_paths(monkeypatch, capsys, cache):
     assert decode.main(args) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out['cache'] == cache
-    for p in ('int4', 'int4_ort', 'int4_ort_layers', 'int4_best', 'int8_ort', 'int8_best'):
+    for p in ('int4', 'int4_torch', 'int4_ort', 'int4_ort_layers', 'int8_ort', 'int8'):
         for key in ('ms_per_token', 'floor_ms', 'fraction_of_floor', 'speedup_vs_fp32'):
             assert f'{p}_{key}' in out, (p, key)
-    assert out['int4_best_path'] in ('int4', 'int4_ort', 'int4_ort_layers')
+    # the int4_* keys are the fastest INT4 path, named by int4_path
+    assert out['int4_path'] in ('int4', 'int4_ort', 'int4_ort_layers')
+    assert out['int4_ms_per_token'] == min(out['int4_torch_ms_per_token'],
+                                           out['int4_ort_ms_per_token'],
+                                           out['int4_ort_layers_ms_per_token'])
     assert set(out['cpu_ms_per_token']) == {'fp32', 'int8_ort', 'int4', 'int4_ort',
                                             'int4_ort_layers'}
     assert all(v > 0 for v in out['cpu_ms_per_token'].values())
-    assert out['int4_best_ms_per_token'] == min(out[f'{p}_ms_per_token'] for p in (
-        'int4', 'int4_ort', 'int4_ort_layers'))
-    # torch's int8 did not run: the int8 key is the onnxruntime INT8 graph's
-    assert out['int8_path'] == 'int8_ort'
+    # torch's int8 did not run: the int8 keys are the onnxruntime INT8 graph's
+    assert out['int8_path'] == 'int8_ort' and 'int8_torch_ms_per_token' not in out
     assert out['int8_ms_per_token'] == out['int8_ort_ms_per_token']
     # same codes: the same weight bytes (bf16 scale + zero vs float32 scale per group)
     for p in ('int4_ort', 'int4_ort_layers'):
