@@ -29,3 +29,20 @@ def test_decode_bench_json_keys(monkeypatch, capsys):
     assert 0.25 * w['bf16'] < w['int4'] < 0.3 * w['bf16']
     assert out['int4_floor_ms'] == pytest.approx(w['int4'] * 2**20 / 5e9 * 1e3)
     assert out['params'] > 32064 * 128      # vocabulary of OpenVLA-7B
+
+
+def test_floor_uses_the_median_bandwidth_reading(monkeypatch, capsys):
+    """One reading before the models and one after each precision; a one-off spike (this VM
+    read 59 GB/s once among ~35 GB/s readings) must not set the floor."""
+    from qail_ros.bench import decode
+    monkeypatch.setitem(decode.LAYOUTS, 'small', (128, 256, 1, 2))
+    readings = iter([4.0, 50.0, 6.0])
+    monkeypatch.setattr(decode, 'measure_bandwidth_gbps',
+                        lambda mbytes=0, repeats=0: next(readings))
+    args = argparse.Namespace(small=True, threads=1, tokens=2, prompt=8, repeats=1,
+                              precisions='fp32,int4', json=True)
+    assert decode.main(args) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out['bandwidth_readings_gbps'] == [4.0, 50.0, 6.0]
+    assert out['bandwidth_gbps'] == 6.0
+    assert out['int4_floor_ms'] == pytest.approx(out['weight_mb']['int4'] * 2**20 / 6e9 * 1e3)
