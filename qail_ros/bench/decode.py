@@ -295,59 +295,47 @@ def time_actions(model, dtype, prompt: int, tokens: int, repeats: int,
                  cache: str = 'dynamic') -> dict[str, float]:
     """Prefill `prompt` embeddings then `tokens` greedy decode steps; medians in ms."""
     import torch
-    if _is_decoder(model):
-        return time_decoder(model, prompt, tokens, repeats)
-    hidden = model.config.hidden_size
     g = torch.Generator().manual_seed(1)
-    embeds = (torch.randn(1, prompt, hidden, generator=g) * 0.02).to(dtype)
+    if _is_decoder(model):      # OrtLlamaDecoder: embedding lookup + one graph run per step
+        embeds = torch.randn(1, prompt, model.hidden, generator=g) * 0.02
+
+        def start():
+            model.reset()
+            return model.step(embeds)
+
+        def step(logits):
+            return model.step(model.embed(logits[0].argmax(-1)))
+        return _time_loop(start, step, tokens, repeats)
+    embeds = (torch.randn(1, prompt, model.config.hidden_size, generator=g) * 0.02).to(dtype)
     static = None
     if cache == 'static':
         from transformers import StaticCache
         static = StaticCache(config=model.config, max_cache_len=prompt + tokens)
-    prefill, per_token, action, cpu_token = [], [], [], []
+
+    def start():
+        if static is not None:
+            static.reset()
+        return model(inputs_embeds=embeds, past_key_values=static, use_cache=True)
+
+    def step(out):
+        tok = out.logits[:, -1].argmax(-1, keepdim=True)
+        return model(input_ids=tok, past_key_values=out.past_key_values, use_cache=True)
     with torch.no_grad():
-        for r in range(repeats + 1):             # the first action is warm-up
-            if static is not None:
-                static.reset()
-            t0 = time.perf_counter()
-            out = model(inputs_embeds=embeds, past_key_values=static, use_cache=True)
-            t1 = time.perf_counter()
-            steps = []
-            for _ in range(tokens):
-                tok = out.logits[:, -1].argmax(-1, keepdim=True)
-                s0, c0 = time.perf_counter(), time.thread_time()
-                out = model(input_ids=tok, past_key_values=out.past_key_values, use_cache=True)
-                steps.append(time.perf_counter() - s0)
-                if r:
-                    cpu_token.append((time.thread_time() - c0) * 1e3)
-            t2 = time.perf_counter()
-            if r:
-                prefill.append((t1 - t0) * 1e3)
-                per_token += [s * 1e3 for s in steps]
-                action.append((t2 - t0) * 1e3)
-    return {'prefill_ms': statistics.median(prefill),
-            'ms_per_token': statistics.median(per_token),
-            'action_ms': statistics.median(action),
-            'cpu_ms_per_token': statistics.median(cpu_token)}
+        return _time_loop(start, step, tokens, repeats)
 
 
-def time_decoder(decoder, prompt: int, tokens: int, repeats: int) -> dict[str, float]:
-    """time_actions for an OrtLlamaDecoder: the same embeddings, prefill and greedy steps
-    (each step: embedding lookup + one graph run + argmax)."""
-    import torch
-    g = torch.Generator().manual_seed(1)
-    embeds = torch.randn(1, prompt, decoder.hidden, generator=g) * 0.02
+def _time_loop(start, step, tokens: int, repeats: int) -> dict[str, float]:
+    """`repeats` actions (after one warm-up): start() = the prefill, then `tokens` times
+    state = step(state); medians in ms (per-token wall and thread CPU time)."""
     prefill, per_token, action, cpu_token = [], [], [], []
     for r in range(repeats + 1):                 # the first action is warm-up
-        decoder.reset()
         t0 = time.perf_counter()
-        logits = decoder.step(embeds)
+        state = start()
         t1 = time.perf_counter()
         steps = []
         for _ in range(tokens):
-            tok = logits[0].argmax(-1)
             s0, c0 = time.perf_counter(), time.thread_time()
-            logits = decoder.step(decoder.embed(tok))
+            state = step(state)
             steps.append(time.perf_counter() - s0)
             if r:
                 cpu_token.append((time.thread_time() - c0) * 1e3)
