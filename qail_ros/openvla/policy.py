@@ -143,6 +143,9 @@ class OpenVLAPolicy:
             raise OpenVLAError(f'precision {precision!r}: choose one of {list(PRECISIONS)}')
         if precision == 'int4_ort':
             _require_ort()                                # before the (slow) weights
+        elif ort_device != 'cpu':
+            raise OpenVLAError(f"ort_device {ort_device!r} is for precision 'int4_ort' (the "
+                               f'onnxruntime decoder graph), not {precision!r}')
         if lora_weights:
             if precision not in INT4_BACKENDS:
                 raise OpenVLAError(f'lora_weights need precision int4 or int4_ort, not '
@@ -296,9 +299,9 @@ class OpenVLAPolicy:
         n = int(threads) if threads else torch.get_num_threads()
         lm = self.model.language_model
         if graph:
+            from qail_ros.quant.ort_int4 import OrtInt4Error
             from qail_ros.quant.ort_llama import OrtLlamaDecoder
             patches = self.config.vit_specs[0].num_patches
-            from qail_ros.quant.ort_int4 import OrtInt4Error
             try:
                 self.model.decoder = OrtLlamaDecoder(lm, threads=n,
                                                      accuracy_level=accuracy_level,

@@ -38,8 +38,6 @@ float reference), 1 computes in float32.
 """
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -48,8 +46,6 @@ from qail_ros.quant.ort_int4 import (OrtInt4Error, _concat, _extract, _fusable, 
                                      _is_int4, _is_silu, _weight_bytes, ort_available)
 
 __all__ = ['OrtLlamaDecoder', 'llama_parts', 'cuda_available', 'DEVICES', 'KV_DTYPES']
-
-log = logging.getLogger('qail_ros.quant')
 
 #: the KV cache's capacity grows in steps of this many positions
 CAPACITY_STEP = 64
@@ -125,8 +121,6 @@ class OrtLlamaDecoder:
             raise OrtInt4Error(f'rope scaling {rope!r} depends on the sequence length: the '
                                'whole-graph decoder supports default / linear / llama3 RoPE; '
                                'use convert_to_ort_int4 (per-layer sessions) for this model')
-        if getattr(cfg, 'attention_bias', False) or getattr(cfg, 'mlp_bias', False):
-            log.info('Llama with biases: they are added inside MatMulNBits')
         self.hidden = int(cfg.hidden_size)
         self.heads = int(cfg.num_attention_heads)
         self.kv_heads = int(getattr(cfg, 'num_key_value_heads', None) or self.heads)
@@ -141,7 +135,7 @@ class OrtLlamaDecoder:
         #: weights the graph holds (linears in x out, adapters, norm vectors)
         self.parameters = 0
         self.session = self._session(self._build(inner, head, float(cfg.rms_norm_eps)))
-        self._io = self.session.io_binding()
+        self._io = None                 # bound by _ensure_capacity (the KV buffers)
         self._capacity = 0
         self._kv: list = []
         self.position = 0
@@ -213,7 +207,8 @@ class OrtLlamaDecoder:
         return g.op('SimplifiedLayerNormalization', [x, w], axis=-1, epsilon=eps,
                     stash_type=1)
 
-    def _build(self, inner: nn.Module, head: nn.Module, eps: float) -> bytes:
+    def _build(self, inner: nn.Module, head: nn.Module, eps: float):
+        """The decoder as an onnx ModelProto (weights as initializers)."""
         from onnx import TensorProto
         from onnx import helper as h
         g = _Graph(self.hidden)

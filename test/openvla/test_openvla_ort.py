@@ -171,6 +171,8 @@ def test_conversion_errors_name_the_fix(monkeypatch):
     with pytest.raises(OpenVLAError, match='pip install onnxruntime onnx'):
         p.convert_int4('ort')
     assert p.int4_state == 'fake'                     # nothing was converted
+    with pytest.raises(OpenVLAError, match="is for precision 'int4_ort'"):
+        OpenVLAPolicy.from_pretrained(TINY, unnorm_key='bridge_orig', ort_device='cuda')
     with pytest.raises(OpenVLAError, match="precision 'int4'"):
         policy_mod.OpenVLAPolicy.from_pretrained(TINY, unnorm_key='bridge_orig',
                                                  precision='int4_ort')
