@@ -6,21 +6,9 @@ import pytest
 import torch
 
 from qail_ros.errors import ParameterError
-from qail_ros.manipulation.vla import SmallVLA, rollouts
+from qail_ros.manipulation.vla import rollouts
 
 pytest.importorskip('mujoco')
-
-
-@pytest.fixture(scope='module')
-def small():
-    torch.manual_seed(0)
-    vla = SmallVLA.create(0, llm_hidden=64, llm_layers=2)
-    with torch.no_grad():               # bigger weights: tokens that depend on the inputs
-        for p in vla.model.language_model.parameters():
-            if p.dim() > 1:
-                p.mul_(5.0)
-    vla.model.eval()
-    return vla
 
 
 @pytest.fixture(scope='module')

@@ -10,17 +10,6 @@ pytest.importorskip('mujoco')
 
 
 @pytest.fixture(scope='module')
-def small():
-    torch.manual_seed(0)
-    vla = SmallVLA.create(0, llm_hidden=64, llm_layers=2)
-    with torch.no_grad():               # bigger weights: tokens that depend on the inputs
-        for p in vla.model.language_model.parameters():
-            if p.dim() > 1:
-                p.mul_(5.0)
-    return vla
-
-
-@pytest.fixture(scope='module')
 def states():
     s, _ = rollouts('place', [0, 1, 2], None, label='expert')
     return s
