@@ -71,7 +71,7 @@ PAIRS = (('qail_qbc_int4', 'rtn_int4'), ('qail_qbc_int4', 'awq_int4'),
          ('qail_qbc_int4', 'qail_int4'), ('fp', 'rtn_int4'), ('fp', 'awq_int4'),
          ('fp', 'qail_int4'), ('fp', 'qail_qbc_int4'))
 EVAL_SEED0 = 100_000          # evaluation seeds: never used for training
-EVAL_BATCH = 50               # episodes run in lock-step (as vla.evaluate): fixes the numerics
+EVAL_BATCH = 50               # episodes run in lock-step by vla.evaluate: fixes the numerics
 BITS = (2, 3, 4)              # student weight widths (all run on the int4 kernel)
 DAGGER_SEED0 = 200_000        # the FP policy's DAgger rollouts
 FP_SEED0 = 20_000             # D_FP rollout seeds
@@ -231,32 +231,12 @@ def fp_model(s: dict[str, Any], out: Path, demos, retrain: bool, log):
     return vla, info
 
 
-def evaluate_episodes(policy, task: str, seeds: list[int],
-                      batch: int = EVAL_BATCH) -> dict[str, Any]:
-    """vla.evaluate plus the per-episode outcomes (0/1 in seed order) that paired tests need
-    and each episode's steps.
-    Episodes run in lock-step batches of `batch`, as vla.evaluate does, so the first 50
-    episodes of a longer evaluation are computed exactly as a 50-episode one."""
-    from qail_ros.manipulation.vla import rollouts
-    t0 = time.perf_counter()
-    results: list[dict] = []
-    for k in range(0, len(seeds), batch):
-        _, r = rollouts(task, seeds[k:k + batch], policy, record=False)
-        results += r
-    outcomes = [int(bool(r['success'])) for r in results]
-    n = len(outcomes)
-    return {'task': task, 'episodes': n, 'success': sum(outcomes) / max(n, 1),
-            'successes': sum(outcomes),
-            'mean_steps': float(sum(r['steps'] for r in results) / max(n, 1)),
-            'seconds': time.perf_counter() - t0, 'outcomes': outcomes,
-            'episode_steps': [int(r['steps']) for r in results]}
-
-
 def evaluate_all(policy, s: dict[str, Any], log, name: str) -> dict[str, Any]:
+    from qail_ros.manipulation.vla import evaluate
     res = {}
     for k, task in enumerate(s['tasks']):
         seeds = [EVAL_SEED0 + 10_000 * k + i for i in range(s['eval_episodes'])]
-        res[task] = evaluate_episodes(policy, task, seeds)
+        res[task] = evaluate(policy, task, seeds, batch=EVAL_BATCH)
         log(f'{name} {task}: success {res[task]["success"]:.3f} '
             f'({res[task]["successes"]}/{res[task]["episodes"]}), '
             f'{res[task]["seconds"]:.0f} s')

@@ -358,17 +358,20 @@ def rollouts(task: str, seeds: list[int], policy: Policy | None, *,
 
 
 def evaluate(policy: Policy, task: str, seeds: list[int], batch: int = 50) -> dict:
-    """Closed-loop success over one episode per seed (batches of `batch` episodes)."""
+    """Closed-loop success over one episode per seed, run in lock-step batches of `batch`
+    episodes (so the first 50 episodes of a longer evaluation are computed exactly as a
+    50-episode one). `outcomes` / `episode_steps`: per episode, in seed order (paired tests)."""
     t0 = time.perf_counter()
     results = []
     for k in range(0, len(seeds), batch):
         _, r = rollouts(task, seeds[k:k + batch], policy, record=False)
         results += r
-    succ = [r['success'] for r in results]
-    return {'task': task, 'episodes': len(results), 'success': float(np.mean(succ)),
-            'successes': int(np.sum(succ)),
+    outcomes = [int(bool(r['success'])) for r in results]
+    return {'task': task, 'episodes': len(results), 'success': float(np.mean(outcomes)),
+            'successes': int(np.sum(outcomes)),
             'mean_steps': float(np.mean([r['steps'] for r in results])),
-            'seconds': time.perf_counter() - t0}
+            'seconds': time.perf_counter() - t0, 'outcomes': outcomes,
+            'episode_steps': [int(r['steps']) for r in results]}
 
 
 def warmup_cosine(opt, steps: int, warmup: float = 0.05):
