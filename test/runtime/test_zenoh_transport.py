@@ -278,10 +278,14 @@ def test_large_messages_cross_sessions_intact_with_and_without_shared_memory(
     try:
         first.init([])
         second.init([])
-        pub = Node('cam', runtime=first).create_publisher('sensor_msgs/msg/Image', 'img', 10)
+        # keep_all + reliable: Zenoh blocks instead of dropping when its queue is full
+        # (rmw_zenoh's mapping; keep_last may drop 230 kB messages sent back to back on a
+        # loaded machine, by design), so all three must arrive
+        qos = QoS(history='keep_all')
+        pub = Node('cam', runtime=first).create_publisher('sensor_msgs/msg/Image', 'img', qos)
         got = []
         Node('sink', runtime=second).create_subscription('sensor_msgs/msg/Image', 'img',
-                                                         got.append, 10)
+                                                         got.append, qos)
         assert first.spin_until(lambda: pub.remote.matching, 10.0)
         # Discovery is asynchronous on both sides (as in ROS 2): the publisher may see the
         # match before the whole route exists. Warm up until a small message gets through.
@@ -299,7 +303,7 @@ def test_large_messages_cross_sessions_intact_with_and_without_shared_memory(
 
         def images():  # late warm-up messages aside
             return [g for g in got if g.encoding == 'rgb8']
-        assert second.spin_until(lambda: len(images()) == 3, 10.0)
+        assert second.spin_until(lambda: len(images()) == 3, 20.0)
         assert [g.is_bigendian for g in images()] == [0, 1, 2]
         assert all(np.array_equal(g.data, pixels) for g in images())
         assert pub.remote.shm_sent - shm_before == (3 if shm_mb != '0' else 0)
