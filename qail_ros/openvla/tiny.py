@@ -88,15 +88,17 @@ def build_tiny_tokenizer(vocab_size: int):
 
 
 def make_tiny_checkpoint(path: str | Path, *, seed: int = 0, shards: int = 2,
-                         std: float = 0.1) -> Path:
+                         std: float = 0.1, **sizes) -> Path:
     """Write the tiny checkpoint directory; same seed -> same tensors. `std` 0.1 (not the
     usual 0.02) so that the random model's greedy tokens depend on the image and the
-    instruction, as a trained model's do (at 0.02 they hardly change)."""
+    instruction, as a trained model's do (at 0.02 they hardly change). `sizes`: tiny_config's
+    keywords (image_size, llm_hidden, llm_layers, llm_heads, max_positions) for larger random
+    checkpoints of the same layout, e.g. to time the policy where kernels, not Python, cost."""
     import torch
     from qail_ros.openvla.checkpoint import save_checkpoint
     from qail_ros.openvla.modeling import OpenVLAModel
     path = Path(path)
-    cfg = tiny_config()
+    cfg = tiny_config(**sizes)
     torch.manual_seed(seed)
     model = OpenVLAModel(cfg).init_random(seed, std=std)
     save_checkpoint(model, path, shards=shards)
@@ -111,6 +113,6 @@ def make_tiny_checkpoint(path: str | Path, *, seed: int = 0, shards: int = 2,
         'Face layout of openvla/openvla-7b (config.json with norm_stats, sharded safetensors '
         '+ index, tokenizer). Its actions are meaningless: it exists so that the loader, the '
         '`vla_policy` node and the orin_vla launch run end to end without the 15 GB model.\n\n'
-        f'Made by `python scripts/openvla/make_tiny_checkpoint.py` (seed {seed}, std {std}); see '
-        'docs/openvla.md.\n')
+        f'Made by `python scripts/openvla/make_tiny_checkpoint.py` (seed {seed}, std {std}'
+        f'{", " + str(sizes) if sizes else ""}); see docs/openvla.md.\n')
     return path
