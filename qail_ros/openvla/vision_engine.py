@@ -48,16 +48,11 @@ def vision_contract(config) -> dict[str, Any]:
 
 
 def _source_hash(path: Path) -> str:
-    """sha256 over the checkpoint's safetensors shards and config (sorted by name)."""
-    h = hashlib.sha256()
+    """sha256 over the names and sha256s of the checkpoint's shards and config."""
+    from qail_ros.engines.manifest import sha256_file
     files = sorted(path.glob('*.safetensors')) + [path / 'config.json']
-    for f in files:
-        if f.is_file():
-            h.update(f.name.encode())
-            with open(f, 'rb') as fh:
-                while block := fh.read(1 << 20):
-                    h.update(block)
-    return h.hexdigest()
+    text = '\n'.join(f'{f.name} {sha256_file(f)}' for f in files if f.is_file())
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _export_onnx(model, contract: dict, out: Path) -> Path:
