@@ -6,15 +6,17 @@
 
 One run builds a random-weight Llama (transformers LlamaForCausalLM, OpenVLA-7B's vocabulary
 of 32064 and SiLU-MLP layout, scaled down: default ~1B parameters, `--small` ~45 M for quick
-runs) and times, per precision:
+runs) and times, per precision (integer weights: RTN per channel, the paper's channel-wise INT4
+and what `qail-ros train-vla` writes; `--group-size 128` for group-wise; runs before
+2026-12-01 used group 128):
   fp32   float32 weights and activations
   bf16   bfloat16 weights and activations
   int8   every linear weight-only int8 per channel (qail_ros.quant WeightOnlyRTN(bits=8),
          torch._weight_int8pack_mm, float32 activations; slow on CPU, not in the default list)
-  int8_ort  every linear weight-only int8, group 128, on the int4_ort graph below with
-         MatMulNBits' 8-bit storage (int8 activations per block)
-  int4   every linear weight-only int4, group 128 (qail_ros.quant WeightOnlyRTN group, torch's
-         CPU int4 kernel `_weight_int4pack_mm_for_cpu`, bfloat16 activations)
+  int8_ort  every linear weight-only int8 on the int4_ort graph below with MatMulNBits'
+         8-bit storage (int8 activations per block)
+  int4   every linear weight-only int4 (qail_ros.quant WeightOnlyRTN, torch's CPU int4
+         kernel `_weight_int4pack_mm_for_cpu`, bfloat16 activations)
   int4_ort  the same int4 codes, the whole decoder (layers, final norm, lm_head) as ONE
          onnxruntime graph: MatMulNBits (accuracy_level 4 = int8 activations per block),
          GroupQueryAttention with rotary and an in-place float32 KV cache, one
@@ -46,6 +48,11 @@ the 8-bit MatMulNBits graph at 2 threads, 41 vs 36 GB/s; likely because it reads
 at once where a reduction reads one stream per thread), the reading under-estimates the
 machine: `effective_gbps` (weight bytes / ms per token) and `fraction_of_peak` (against the
 larger of the bandwidth and the fastest effective rate of the run) are reported beside it.
+The weights are not all a step reads: attention reads the KV cache of every layer (at the ~1 B
+layout, 276 + 4 positions x 16 layers x 2 x 2048 float32 = 70 MB, 16 % of the INT4 weights; at
+OpenVLA-7B's 32 layers of 4096 it is 8 % of them). `kv_mb` (the mean per decode step) and
+`fraction_of_floor_with_kv` = (weights + KV) / bandwidth / measured show how far a step is from
+streaming everything it must read; `fraction_of_floor` stays the weights-only figure.
 action_ms = prefill + all decode steps. Memory
 per precision: model_mb = bytes the model holds (parameters, buffers, the kernels' packed
 weights and caches); rss_growth_mb = resident-set growth while it was built from the FP32
@@ -103,6 +110,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--prompt', type=int, default=0,
                         help='prefill tokens (default: 276 = 256 patches + 20; --small: 64)')
     parser.add_argument('--repeats', type=int, default=3, help='actions timed per precision')
+    parser.add_argument('--group-size', type=int, default=0,
+                        help='weight-only quantization of the INT4/INT8 precisions: 0 = per '
+                        'channel (default: what train-vla writes, the paper\'s channel-wise '
+                        'INT4), or a group size such as 128')
     parser.add_argument('--precisions', default=','.join(DEFAULT_PRECISIONS),
                         help=f'comma-separated subset of {",".join(PRECISIONS)} (default '
                         '%(default)s)')
@@ -192,6 +203,16 @@ def build_fp32(hidden: int, inter: int, layers: int, heads: int, seed: int = 0,
     return model.eval()
 
 
+def kv_bytes_per_token(config, prompt: int, tokens: int, dtype_bytes: int) -> float:
+    """KV-cache bytes attention reads per decode step, averaged over the `tokens` steps (step
+    j attends to prompt + j positions of keys and values in every layer)."""
+    heads = int(config.num_attention_heads)
+    kv_dim = int(getattr(config, 'num_key_value_heads', None) or heads) * (
+        int(getattr(config, 'head_dim', None) or config.hidden_size // heads))
+    mean_len = prompt + (tokens + 1) / 2
+    return 2 * int(config.num_hidden_layers) * kv_dim * mean_len * dtype_bytes
+
+
 def linear_weight_bytes(model, precision: str) -> int:
     """Bytes of linear weights (+ scales) read per decoded token, by precision."""
     from torch import nn
@@ -253,9 +274,20 @@ def model_bytes(model) -> int:
     return total
 
 
-def make_precision(fp32_model, precision: str, threads: int = 1, capacity: int = 320):
-    """(model, activation dtype) at `precision`, from a deep copy of `fp32_model`;
-    'int4_ort' gives an OrtLlamaDecoder (KV cache for `capacity` positions)."""
+def weight_only(bits: int, group_size: int = 0):
+    """The RTN weight-only config of the integer precisions: per channel when `group_size`
+    is 0, else group-wise."""
+    from qail_ros import quant
+    if group_size:
+        return quant.WeightOnlyRTN(bits=bits, granularity='group', group_size=group_size)
+    return quant.WeightOnlyRTN(bits=bits, granularity='per_channel')
+
+
+def make_precision(fp32_model, precision: str, threads: int = 1, capacity: int = 320,
+                   group_size: int = 0):
+    """(model, activation dtype) at `precision`, from a deep copy of `fp32_model`, integer
+    weights RTN per channel (`group_size` 0) or group-wise; 'int4_ort' gives an
+    OrtLlamaDecoder (KV cache for `capacity` positions)."""
     import copy
 
     import torch
@@ -264,11 +296,11 @@ def make_precision(fp32_model, precision: str, threads: int = 1, capacity: int =
     if precision == 'bf16':
         return model.to(torch.bfloat16), torch.bfloat16
     if precision == 'int8':
-        quant.quantize_(model, quant.WeightOnlyRTN(bits=8, granularity='per_channel'))
+        quant.quantize_(model, weight_only(8))      # torch's int8 kernel: per channel only
         quant.convert_to_integer(model, int8_weight_kernel=True)
         return model, torch.float32
     if precision == 'int4':
-        quant.quantize_(model, quant.WeightOnlyRTN(bits=4, granularity='group', group_size=128))
+        quant.quantize_(model, weight_only(4, group_size))
         quant.convert_to_integer(model, int4_compute_dtype=torch.bfloat16)
         return model.to(torch.bfloat16), torch.bfloat16   # norms / embeddings in bf16 too
     if precision in ('int4_ort', 'int8_ort'):
@@ -276,8 +308,7 @@ def make_precision(fp32_model, precision: str, threads: int = 1, capacity: int =
 
         from qail_ros.quant.ort_llama import OrtLlamaDecoder
         bits = 8 if precision == 'int8_ort' else 4
-        quant.quantize_(model, quant.WeightOnlyRTN(bits=bits, granularity='group',
-                                                   group_size=128))
+        quant.quantize_(model, weight_only(bits, group_size))
         decoder = OrtLlamaDecoder(model, threads=threads, accuracy_level=4, capacity=capacity)
         model.model.layers = nn.ModuleList()    # as the policy does: the graph owns them
         model.model.norm = nn.Identity()
@@ -285,7 +316,7 @@ def make_precision(fp32_model, precision: str, threads: int = 1, capacity: int =
         return decoder, torch.float32
     if precision == 'int4_ort_layers':
         from qail_ros.quant.ort_int4 import convert_to_ort_int4
-        quant.quantize_(model, quant.WeightOnlyRTN(bits=4, granularity='group', group_size=128))
+        quant.quantize_(model, weight_only(4, group_size))
         convert_to_ort_int4(model, threads=threads, accuracy_level=4)
         return model, torch.float32
     return model, torch.float32
@@ -391,6 +422,11 @@ def main(args: argparse.Namespace) -> int:
         return 2
     hidden, inter, layers, heads = LAYOUTS['small' if args.small else 'default']
     prompt = args.prompt or (64 if args.small else 276)
+    group_size = int(getattr(args, 'group_size', 0) or 0)
+    if group_size < 0:
+        print(f'--group-size {group_size}: give 0 (per channel) or a positive group size')
+        return 2
+    quantization = f'group {group_size}' if group_size else 'per channel'
     probe_mb = 128 if args.small else 512
     bandwidth_before = measure_bandwidth_gbps(probe_mb)
     readings = [bandwidth_before]
@@ -400,15 +436,19 @@ def main(args: argparse.Namespace) -> int:
     print(f'Llama backbone (OpenVLA layout): {params / 1e6:.1f} M parameters, hidden {hidden}, '
           f'{layers} layers, vocab {VOCAB}; prefill {prompt} tokens, {args.tokens} decode '
           f'steps; {args.threads} thread(s); {cache} KV cache, {attention} attention (torch '
-          f'paths); read bandwidth {bandwidth_before:.2f} GB/s', flush=True)
+          f'paths); integer weights RTN {quantization}; read bandwidth '
+          f'{bandwidth_before:.2f} GB/s', flush=True)
     results: dict[str, dict[str, float]] = {}
     for precision in precisions:
         gc.collect()
         before = _rss_mb()
         model, dtype = make_precision(fp32, precision, int(args.threads),
-                                      capacity=prompt + args.tokens)
+                                      capacity=prompt + args.tokens, group_size=group_size)
         timing = time_actions(model, dtype, prompt, args.tokens, args.repeats, cache)
+        kv_dtype_bytes = 2 if dtype == torch.bfloat16 else 4     # the int4_ort graph: float32
         timing.update(weight_bytes=linear_weight_bytes(model, precision),
+                      kv_bytes=kv_bytes_per_token(fp32.config, prompt, args.tokens,
+                                                  kv_dtype_bytes),
                       model_mb=model_bytes(model) / 2**20,
                       rss_growth_mb=max(_rss_mb() - before, 0.0))
         results[precision] = timing
@@ -420,10 +460,13 @@ def main(args: argparse.Namespace) -> int:
     # the median reading: this VM's reads swing (34.8-59.2 GB/s at two threads, one command)
     bandwidth = statistics.median(readings)
     for timing in results.values():
-        wbytes = timing.pop('weight_bytes')
+        wbytes, kvbytes = timing.pop('weight_bytes'), timing.pop('kv_bytes')
         floor_ms = wbytes / (bandwidth * 1e9) * 1e3
+        kv_floor_ms = (wbytes + kvbytes) / (bandwidth * 1e9) * 1e3
         timing.update(weight_mb=wbytes / 2**20, floor_ms=floor_ms,
                       fraction_of_floor=floor_ms / timing['ms_per_token'],
+                      kv_mb=kvbytes / 2**20, floor_with_kv_ms=kv_floor_ms,
+                      fraction_of_floor_with_kv=kv_floor_ms / timing['ms_per_token'],
                       effective_gbps=wbytes / timing['ms_per_token'] / 1e6)
     # a decode step that streams its weights faster than the reductions read memory shows
     # the reductions under-read the machine: the fastest such rate is a stricter peak
@@ -442,11 +485,11 @@ def main(args: argparse.Namespace) -> int:
                                             int(args.threads), getattr(args, 'unnorm_key', None))
     fp = results.get('fp32', {}).get('ms_per_token')
     table('decode latency per token (median)',
-          ['precision', 'ms/token', 'cpu ms/token', 'floor ms', 'of floor', 'GB/s', 'prefill ms',
-           'action ms', 'weights MB', 'model MB', 'vs fp32'],
+          ['precision', 'ms/token', 'cpu ms/token', 'floor ms', 'of floor', 'of floor+KV',
+           'GB/s', 'prefill ms', 'action ms', 'weights MB', 'KV MB', 'model MB', 'vs fp32'],
           [[p, r['ms_per_token'], r['cpu_ms_per_token'], r['floor_ms'], r['fraction_of_floor'],
-            r['effective_gbps'], r['prefill_ms'],
-            r['action_ms'], r['weight_mb'], r['model_mb'],
+            r['fraction_of_floor_with_kv'], r['effective_gbps'], r['prefill_ms'],
+            r['action_ms'], r['weight_mb'], r['kv_mb'], r['model_mb'],
             (fp / r['ms_per_token']) if fp else float('nan')] for p, r in results.items()])
     if policy:
         first = next(iter(policy.values()))
@@ -463,7 +506,8 @@ def main(args: argparse.Namespace) -> int:
                      'bandwidth_readings_gbps': readings,
                      'small': bool(args.small),
                      'threads': args.threads, 'prompt_tokens': prompt, 'cache': cache,
-                     'attention': attention, 'decode_tokens': args.tokens}
+                     'attention': attention, 'decode_tokens': args.tokens,
+                     'group_size': group_size}
         for p, r in results.items():
             out[f'{JSON_NAMES.get(p, p)}_ms_per_token'] = r['ms_per_token']
         for p in INT4_PATHS + INT8_PATHS:
@@ -480,8 +524,8 @@ def main(args: argparse.Namespace) -> int:
                 continue
             best = min(measured, key=lambda p: results[p]['ms_per_token'])
             out[f'{bits}_path'] = best
-            for key in ('ms_per_token', 'floor_ms', 'fraction_of_floor', 'prefill_ms',
-                        'action_ms'):
+            for key in ('ms_per_token', 'floor_ms', 'fraction_of_floor', 'floor_with_kv_ms',
+                        'fraction_of_floor_with_kv', 'prefill_ms', 'action_ms'):
                 out[f'{bits}_{key}'] = results[best][key]
             if fp:
                 out[f'{bits}_speedup_vs_fp32'] = fp / results[best]['ms_per_token']
@@ -489,6 +533,9 @@ def main(args: argparse.Namespace) -> int:
         out['prefill_ms'] = {p: r['prefill_ms'] for p, r in results.items()}
         out['floor_ms'] = {p: r['floor_ms'] for p, r in results.items()}
         out['fraction_of_floor'] = {p: r['fraction_of_floor'] for p, r in results.items()}
+        out['kv_mb'] = {p: r['kv_mb'] for p, r in results.items()}
+        out['fraction_of_floor_with_kv'] = {p: r['fraction_of_floor_with_kv']
+                                            for p, r in results.items()}
         out['model_mb'] = {p: r['model_mb'] for p, r in results.items()}
         out['rss_growth_mb'] = {p: r['rss_growth_mb'] for p, r in results.items()}
         out['weight_mb'] = {p: r['weight_mb'] for p, r in results.items()}

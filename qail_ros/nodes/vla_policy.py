@@ -36,8 +36,9 @@ Publishes (one message each per inference; every header / stamp prefix is the ca
 Parameters: model_path (default: the shipped tiny model), unnorm_key (default 'bridge_orig',
 a key of OpenVLA-7B's norm_stats; '' = the checkpoint's only data set), precision
 (fp32 | bf16 | int4 | int4_ort), int4_scheme (rtn | awq),
-int4_group_size, int4_weights (a backbone saved by OpenVLAPolicy.save_int4; empty = quantize at
-start), lora_weights (QLoRA adapters over int4_weights, from `qail-ros train-vla`),
+int4_group_size (0 = per channel), int4_weights (a backbone saved by
+OpenVLAPolicy.save_int4; empty = quantize at start), lora_weights (QLoRA adapters over
+int4_weights, from `qail-ros train-vla`),
 device (cpu | cuda: where the int4_ort decoder graph runs; cuda needs onnxruntime-gpu),
 vision_engine (an engine of the towers + projector, e.g. a TensorRT fp16 plan built by
 `python -m qail_ros.openvla.vision_engine`; '' = the torch towers),
@@ -92,7 +93,7 @@ class VLAPolicy(LatestFramePolicy, Node):
                            'onnxruntime graph: the fastest CPU path)').value
         self.int4_scheme = p('int4_scheme', 'rtn', 'rtn | awq (when quantizing at start)').value
         self.int4_group_size = p('int4_group_size', 128, 'INT4 group size (halved until it '
-                                 'divides every layer)').value
+                                 'divides every layer); 0 = per channel').value
         self.int4_weights = p('int4_weights', '', 'backbone saved by OpenVLAPolicy.save_int4; '
                               "'' = quantize at start").value
         self.lora_weights = p('lora_weights', '', 'QLoRA adapters over int4_weights '
@@ -153,8 +154,9 @@ class VLAPolicy(LatestFramePolicy, Node):
         if self.int4_scheme not in INT4_SCHEMES:
             problems.append(f'int4_scheme must be one of {list(INT4_SCHEMES)}, not '
                             f'{self.int4_scheme!r}')
-        if self.int4_group_size < 1:
-            problems.append(f'int4_group_size must be >= 1, not {self.int4_group_size}')
+        if self.int4_group_size < 0:
+            problems.append(f'int4_group_size must be 0 (per channel) or a positive group '
+                            f'size, not {self.int4_group_size}')
         if not self.model_path:
             problems.append('model_path must name an OpenVLA checkpoint directory')
         if self.max_rate_hz < 0:

@@ -191,19 +191,26 @@ class OpenVLAPolicy:
         from qail_ros import quant
         if scheme not in INT4_SCHEMES:
             raise OpenVLAError(f'int4 scheme {scheme!r}: choose one of {list(INT4_SCHEMES)}')
+        if group_size < 0:
+            raise OpenVLAError(f'int4 group size {group_size}: give 0 (per channel) or a '
+                               'positive group size such as 128')
+        cls = quant.Int4WeightOnlyAWQ if scheme == 'awq' else quant.WeightOnlyRTN
+        kwargs = {} if scheme == 'awq' else {'bits': 4}
+        if group_size == 0:
+            return cls(granularity='per_channel', exclude=['lm_head'], **kwargs), 0
         ks = [m.in_features for n, m in self.model.language_model.named_modules()
               if isinstance(m, nn.Linear) and n != 'lm_head']
         g = auto_group_size(ks, group_size)
-        cls = quant.Int4WeightOnlyAWQ if scheme == 'awq' else quant.WeightOnlyRTN
-        kwargs = {} if scheme == 'awq' else {'bits': 4}
         return cls(granularity='group', group_size=g, exclude=['lm_head'], **kwargs), g
 
     def quantize_int4(self, scheme: str = 'rtn', group_size: int = 128,
                       calibration_frames: list[np.ndarray] | None = None,
                       instruction: str = 'pick up the block') -> None:
-        """Group-wise INT4 weight-only fake quantization of the Llama decoder (lm_head stays
-        float). AWQ calibrates on prefill inputs of `calibration_frames` (default: two
-        synthetic frames). Call convert_int4() after an optional save_int4()."""
+        """INT4 weight-only fake quantization of the Llama decoder (lm_head stays float),
+        group-wise, or per channel when `group_size` is 0 (the paper's channel-wise INT4, what
+        train-vla writes, and the faster MatMulNBits layout: blocks of 256). AWQ calibrates on
+        prefill inputs of `calibration_frames` (default: two synthetic frames). Call
+        convert_int4() after an optional save_int4()."""
         import torch
         from qail_ros import quant
         if self.int4_state != 'none':

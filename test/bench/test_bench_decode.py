@@ -29,6 +29,33 @@ def test_decode_bench_json_keys(monkeypatch, capsys):
     assert 0.25 * w['bf16'] < w['int4'] < 0.3 * w['bf16']
     assert out['int4_floor_ms'] == pytest.approx(w['int4'] * 2**20 / 5e9 * 1e3)
     assert out['params'] > 32064 * 128      # vocabulary of OpenVLA-7B
+    # KV cache read per step: 2 x 1 layer x 128 x mean length (8 + 1.5) x 4 bytes (2 for bf16)
+    kv = out['kv_mb']
+    assert kv['fp32'] == pytest.approx(2 * 128 * 9.5 * 4 / 2**20)
+    assert kv['bf16'] == pytest.approx(kv['fp32'] / 2)
+    assert out['int4_fraction_of_floor_with_kv'] == pytest.approx(
+        out['int4_fraction_of_floor'] * (w['int4'] + kv['int4']) / w['int4'])
+    assert out['group_size'] == 0            # per channel by default
+
+
+def test_group_size_option_quantizes_group_wise(monkeypatch, capsys):
+    """--group-size 64: twice the scales of per channel over the 256-input down_proj and
+    four times over 128-input layers, so more weight bytes than the per-channel default."""
+    from qail_ros.bench import decode
+    monkeypatch.setitem(decode.LAYOUTS, 'small', (128, 256, 1, 2))
+    monkeypatch.setattr(decode, 'measure_bandwidth_gbps', lambda mbytes=0, repeats=0: 5.0)
+    weights = {}
+    for group in (0, 64):
+        args = argparse.Namespace(small=True, threads=1, tokens=2, prompt=8, repeats=1,
+                                  precisions='int4_ort', json=True, group_size=group)
+        assert decode.main(args) == 0
+        out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert out['group_size'] == group
+        weights[group] = out['weight_mb']['int4_ort']
+    assert weights[64] > weights[0]
+    bad = argparse.Namespace(small=True, threads=1, tokens=2, prompt=8, repeats=1,
+                             precisions='int4_ort', json=True, group_size=-1)
+    assert decode.main(bad) == 2
 
 
 def test_floor_uses_the_median_bandwidth_reading(monkeypatch, capsys):

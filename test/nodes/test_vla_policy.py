@@ -145,10 +145,11 @@ def test_int4_ort_precision_runs_on_onnxruntime(rt):
     if not ort_int4.ort_available():
         pytest.skip('onnxruntime / onnx not installed')
     policy = make_policy('precision:=int4_ort', 'int4_scheme:=awq', 'num_threads:=1',
-                         'instruction:=stack the cups')
+                         'int4_group_size:=0', 'instruction:=stack the cups')
     p = policy.policy
     assert p.precision == 'int4_ort' and p.int4_state == 'ort'
     assert p.int4_details['scheme'] == 'awq' and p.int4_details['threads'] == 1
+    assert p.int4_details['group_size'] == 0            # per channel
     from qail_ros.quant.ort_llama import OrtLlamaDecoder
     assert isinstance(p.model.decoder, OrtLlamaDecoder) and p.model.decoder.threads == 1
     harness = Harness()
@@ -180,6 +181,8 @@ def test_wrong_model_directory_and_parameters_are_clear_errors(rt, tmp_path):
         make_policy('unnorm_key:=nope')
     with pytest.raises(ParameterError, match='precision must be one of'):
         VLAPolicy(cli_args=['--ros-args', '-p', 'precision:=int3'])
+    with pytest.raises(ParameterError, match=r'int4_group_size must be 0 \(per channel\)'):
+        VLAPolicy(cli_args=['--ros-args', '-p', 'int4_group_size:=-1'])
     with pytest.raises(ParameterError, match='control_period_s must be > 0'):
         VLAPolicy(cli_args=['--ros-args', '-p', 'control_period_s:=0.0'])
 

@@ -31,12 +31,16 @@ def frames():
             rng.integers(0, 256, (56, 56, 3), np.uint8), np.zeros((48, 64, 3), np.uint8), ramp]
 
 
-@pytest.fixture(scope='module', params=['rtn', 'awq'])
+@pytest.fixture(scope='module', params=[('rtn', 128), ('awq', 128), ('awq', 0)],
+                ids=['rtn', 'awq', 'awq-per-channel'])
 def fake(request):
-    """The fake-quantized (float compute) INT4 reference, per scheme."""
+    """The fake-quantized (float compute) INT4 reference, per scheme (group size 0: per
+    channel, which MatMulNBits runs in blocks of 256 or, for a short input, one block)."""
     from qail_ros.openvla.policy import OpenVLAPolicy
+    scheme, group = request.param
     policy = OpenVLAPolicy.from_pretrained(TINY, unnorm_key='bridge_orig')
-    policy.quantize_int4(request.param, group_size=128)
+    policy.quantize_int4(scheme, group_size=group)
+    assert policy.int4_details['group_size'] == (64 if group else 0)
     return policy
 
 

@@ -28,10 +28,12 @@ def _quantized_linear(k: int, n: int, cfg, bias: bool = False, seed: int = 0):
 
 
 def _int8_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
-    """accuracy_level 4's activation rounding: symmetric int8 per row and block of K."""
-    xb = x.reshape(x.shape[0], -1, block)
+    """accuracy_level 4's activation rounding: symmetric int8 per row and block of K (the
+    last block zero-padded)."""
+    k = x.shape[-1]
+    xb = nn.functional.pad(x, (0, -k % block)).reshape(x.shape[0], -1, block)
     s = xb.abs().amax(-1, keepdim=True) / 127
-    return (torch.round(xb / s) * s).reshape(x.shape)
+    return (torch.round(xb / s) * s).reshape(x.shape[0], -1)[:, :k]
 
 
 CONFIGS = [
@@ -64,6 +66,25 @@ def test_matches_dequantized_matmul(cfg, from_integer):
         assert err < 1e-5, (level, err)
 
 
+@pytest.mark.parametrize('k,block', [(96, 128), (512, 256), (640, 256)])
+@pytest.mark.parametrize('symmetric', [True, False])
+def test_per_channel_runs_in_blocks_of_256_padding_the_last(k, block, symmetric):
+    """Per channel: one scale repeated over blocks of 256 (one block of 128 for a short K);
+    a K that is not a multiple is padded with codes that dequantize to 0."""
+    cfg = quant.WeightOnlyRTN(bits=4, granularity='per_channel', symmetric=symmetric)
+    model = _quantized_linear(k, 40, cfg, bias=True, seed=3)
+    ref_layer = Int4WeightOnlyLinear(model[0], compute_dtype=None)
+    w, b = ref_layer.dequantized_weight(), ref_layer.bias
+    x = torch.randn(5, k)
+    for level in (1, 4):
+        layer = OrtInt4Linear(model[0], accuracy_level=level)
+        assert layer.block_size == block
+        xr = x if level == 1 else _int8_blocks(x, block)
+        ref = xr.double() @ w.double().t() + b.double()
+        err = float((layer(x).double() - ref).abs().max() / ref.abs().max())
+        assert err < 1e-5, (level, err)
+
+
 def test_int8_activations_differ_from_float_by_their_rounding_only():
     """accuracy_level 4 vs the float matmul: off by about 1e-2 of the output scale (int8 x)."""
     model = _quantized_linear(512, 64, CONFIGS[0])
@@ -91,7 +112,7 @@ def test_unsupported_layers_are_refused_with_the_fix():
         OrtInt4Linear(int8[0])
     small_group = _quantized_linear(64, 32, quant.WeightOnlyRTN(bits=4, granularity='group',
                                                                 group_size=8))
-    with pytest.raises(OrtInt4Error, match='group_size 16..128'):
+    with pytest.raises(OrtInt4Error, match='group_size 16..256'):
         OrtInt4Linear(small_group[0])
     with pytest.raises(OrtInt4Error, match='no INT4 weight-only layers'):
         convert_to_ort_int4(nn.Sequential(nn.Linear(4, 4)))
