@@ -234,8 +234,9 @@ def linear_weight_bytes(model, precision: str) -> int:
             total += n * k + n * 4
         elif precision == 'int4_ort_layers':       # a linear left in float32
             total += n * k * 4
-        else:
-            total += n * k // 2 + n * (k // 128) * 2 * 2   # codes + bf16 scale & zero / group
+        else:       # codes + a bf16 (scale, zero) pair per group of torch's int4 kernel
+            group = getattr(m, 'kernel_group', 0) or getattr(m, 'group_size', 0) or 128
+            total += n * k // 2 + n * (k // group) * 2 * 2
     return total
 
 

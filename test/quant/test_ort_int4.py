@@ -200,8 +200,8 @@ def test_llama_logits_match_the_torch_int4_path():
     fake = copy.deepcopy(fp32)
     quant.quantize_(fake, quant.WeightOnlyRTN(bits=4, granularity='group', group_size=128))
     exact = convert_to_ort_int4(copy.deepcopy(fake), accuracy_level=1)
-    torch_int4, _ = make_precision(fp32, 'int4')
-    ort, dtype = make_precision(fp32, 'int4_ort_layers')
+    torch_int4, _ = make_precision(fp32, 'int4', group_size=128)
+    ort, dtype = make_precision(fp32, 'int4_ort_layers', group_size=128)
     assert dtype == torch.float32
     assert sum(isinstance(m, OrtInt4GatedMLP) for m in ort.modules()) == 2
     ids = torch.randint(0, 32064, (1, 6), generator=torch.Generator().manual_seed(0))
