@@ -71,9 +71,12 @@ table's names). Runs before 2026-11-30 wrote torch's path as `int4_*` and the fa
 `--policy [PATH]` also times whole actions through the node's code path,
 `OpenVLAPolicy.predict` on an OpenVLA checkpoint (default: the shipped tiny random model): a
 640x480 frame resized for the towers, towers + projector, prefill, `action_dim` greedy decode
-steps (DynamicCache, SDPA: what the policy runs), un-normalisation; for each requested
-precision the policy has (fp32, bf16, int4, int4_ort; RTN group 128 for the INT4 ones). JSON
-key `policy`: {path, parameters, action_ms {precision: median ms}, inference_ms, load_s}.
+steps (the policy's own path: the onnxruntime decoder graph for int4_ort, transformers'
+forward otherwise), un-normalisation; for each requested
+precision the policy has (fp32, bf16, int4, int4_ort; RTN for the INT4 ones, per channel or
+`--group-size`; the tiny model's layers halve a group until it divides them). JSON
+key `policy`: {path, parameters, action_ms {precision: median ms}, inference_ms, load_s,
+group_size (None for float precisions)}.
 On the tiny model these times are Python overhead, not kernels; point PATH at a real
 checkpoint for the real cost.
 """
@@ -383,9 +386,10 @@ def _time_loop(start, step, tokens: int, repeats: int) -> dict[str, float]:
 
 
 def time_policy(path: str, precision: str, repeats: int, threads: int = 1,
-                unnorm_key: str | None = None) -> dict:
-    """Load an OpenVLA checkpoint at `precision` (INT4: RTN, group 128) and time
-    OpenVLAPolicy.predict on a 640x480 frame; medians in ms over `repeats` after a warm-up."""
+                unnorm_key: str | None = None, group_size: int = 0) -> dict:
+    """Load an OpenVLA checkpoint at `precision` (INT4: RTN, per channel when `group_size`
+    is 0, else group-wise) and time OpenVLAPolicy.predict on a 640x480 frame; medians in ms
+    over `repeats` after a warm-up."""
     import numpy as np
     from qail_ros.nodes.vla_policy import resolve_model_path
     from qail_ros.openvla.config import read_config
@@ -394,7 +398,7 @@ def time_policy(path: str, precision: str, repeats: int, threads: int = 1,
     key = unnorm_key or next(iter(read_config(resolved).norm_stats))
     t0 = time.perf_counter()
     policy = OpenVLAPolicy.from_pretrained(resolved, precision=precision, unnorm_key=key,
-                                           ort_threads=threads)
+                                           ort_threads=threads, int4_group_size=group_size)
     load_s = time.perf_counter() - t0
     frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), np.uint8)
     policy.predict(frame, POLICY_INSTRUCTION)                 # warm-up: first calls allocate
@@ -407,7 +411,8 @@ def time_policy(path: str, precision: str, repeats: int, threads: int = 1,
     return {'action_ms': statistics.median(action),
             'inference_ms': statistics.median(inference), 'load_s': load_s,
             'parameters': policy.num_parameters(), 'path': str(resolved),
-            'precision': policy.precision}
+            'precision': policy.precision,
+            'group_size': policy.int4_details.get('group_size')}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -483,7 +488,8 @@ def main(args: argparse.Namespace) -> int:
         for precision in (p for p in precisions if p in POLICY_PRECISIONS):
             gc.collect()
             policy[precision] = time_policy(policy_path, precision, args.repeats,
-                                            int(args.threads), getattr(args, 'unnorm_key', None))
+                                            int(args.threads), getattr(args, 'unnorm_key', None),
+                                            group_size)
     fp = results.get('fp32', {}).get('ms_per_token')
     table('decode latency per token (median)',
           ['precision', 'ms/token', 'cpu ms/token', 'floor ms', 'of floor', 'of floor+KV',
@@ -556,7 +562,8 @@ def main(args: argparse.Namespace) -> int:
                              'parameters': max(r['parameters'] for r in policy.values()),
                              'instruction': POLICY_INSTRUCTION,
                              **{k: {p: r[k] for p, r in policy.items()}
-                                for k in ('action_ms', 'inference_ms', 'load_s')}}
+                                for k in ('action_ms', 'inference_ms', 'load_s',
+                                          'group_size')}}
         out['rss_before_models_mb'] = base_rss
         out['environment'] = environment()
         emit_json(out)

@@ -37,5 +37,7 @@ def test_policy_action_times_for_each_policy_precision(monkeypatch, capsys):
     pol = out['policy']
     assert pol['path'].endswith('openvla-tiny') and pol['parameters'] > 0
     assert set(pol['action_ms']) == set(pol['inference_ms']) == {'fp32', 'int4_ort'}
+    # the benchmark's quantization reaches the policy: per channel by default
+    assert pol['group_size'] == {'fp32': None, 'int4_ort': 0}
     assert all(0 < pol['inference_ms'][p] <= pol['action_ms'][p] for p in pol['action_ms'])
     assert set(out['action_ms']) == {'fp32', 'int8', 'int4_ort'}   # the Llama part unchanged
