@@ -98,9 +98,13 @@ class _Int4Weight:
         return self.codes.shape[1]
 
 
-def _extract(layer: nn.Module, name: str, max_bits: int = 4) -> _Int4Weight:
+def _extract(layer: nn.Module, name: str, max_bits: int = 4,
+             max_block: int = _BLOCKS[0]) -> _Int4Weight:
     """Codes, scales and zero points of an Int4WeightOnlyLinear or weight-only QuantLinear
-    (up to `max_bits`: 4, or 8 for the whole-graph decoder's 8-bit MatMulNBits)."""
+    (up to `max_bits`: 4, or 8 for the whole-graph decoder's 8-bit MatMulNBits), in
+    MatMulNBits blocks of at most `max_block` (the decoder graph asks 128 on CUDA, where
+    onnxruntime's fused small-batch 4-bit kernels are dispatched for blocks 16..128 and
+    other sizes fall back to dequantize + GEMM)."""
     from qail_ros.quant.integer import Int4WeightOnlyLinear
     from qail_ros.quant.modules import QuantLinear
     if isinstance(layer, Int4WeightOnlyLinear):
@@ -127,10 +131,11 @@ def _extract(layer: nn.Module, name: str, max_bits: int = 4) -> _Int4Weight:
                            'convert_to_integer')
     storage = 4 if bits <= 4 else 8
     n, k = codes.shape
+    sizes = [b for b in _BLOCKS if b <= max_block]
     if group == k:                  # per channel: blocks of 256 (fewer for a short K), padded
-        block = next(b for b in reversed(_BLOCKS) if b >= min(k, _BLOCKS[0]))
+        block = next(b for b in reversed(sizes) if b >= min(k, sizes[0]))
     else:
-        block = next((b for b in _BLOCKS if group % b == 0), 0)
+        block = next((b for b in sizes if group % b == 0), 0)
         if block < _BLOCKS[-1]:
             raise OrtInt4Error(f'layer {name}: group size {group} over {k} inputs has no '
                                'MatMulNBits block (16..256, a power of two dividing the '

@@ -192,7 +192,8 @@ class OrtLlamaDecoder:
                 raise OrtInt4Error(f'{name} ({type(m).__name__}) is not INT4 / INT8 '
                                    'weight-only: quantize_ the decoder with WeightOnlyRTN('
                                    'bits=4 or 8) or Int4WeightOnlyAWQ first')
-        ws = [_extract(m, name, max_bits=8) for m, name in zip(mods, names)]
+        max_block = 128 if self.device == 'cuda' else 256
+        ws = [_extract(m, name, max_bits=8, max_block=max_block) for m, name in zip(mods, names)]
         self.weight_bytes += sum(_weight_bytes(w) for w in ws)
         self.parameters += sum(w.n * w.k + (0 if w.bias is None else w.n) for w in ws)
         if len(ws) == 1:
