@@ -8,7 +8,7 @@ One run builds a random-weight Llama (transformers LlamaForCausalLM, OpenVLA-7B'
 of 32064 and SiLU-MLP layout, scaled down: default ~1B parameters, `--small` ~45 M for quick
 runs) and times, per precision (integer weights: RTN per channel, the paper's channel-wise INT4
 and what `qail-ros train-vla` writes; `--group-size 128` for group-wise; runs before
-2026-12-01 used group 128):
+2026-11-30 01:00 UTC used group 128):
   fp32   float32 weights and activations
   bf16   bfloat16 weights and activations
   int8   every linear weight-only int8 per channel (qail_ros.quant WeightOnlyRTN(bits=8),
