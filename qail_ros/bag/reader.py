@@ -373,7 +373,11 @@ class BagReader:
     # -- messages -------------------------------------------------------------------------
     def deserialize(self, data: bytes, topic: str) -> Any:
         """A message of `topic` from the CDR bytes `messages(raw=True)` gave."""
-        return self.types.store.deserialize_cdr(data, self._topics[topic].msgtype)
+        types = self.types
+        if types.ros1:
+            from qail_ros.bag.types import type_key
+            return types.store.deserialize_cdr(data, type_key(self._topics[topic].msgtype))
+        return types.deserialize(data, self._topics[topic].msgtype)
 
     def messages(self, topics: Iterable[str] | str | None = None,
                  raw: bool = False) -> Iterator[BagMessage]:

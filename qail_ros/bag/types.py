@@ -15,7 +15,7 @@ from typing import Any
 
 from qail_ros.errors import BagError
 
-__all__ = ['BagTypes', 'parse_definition']
+__all__ = ['BagTypes', 'parse_definition', 'type_key']
 
 log = logging.getLogger('qail_ros.bag')
 
@@ -29,6 +29,13 @@ def parse_definition(msgtype: str, fmt: str, text: str) -> dict:
     or 'idl' (ros2idl, dependencies in `IDL: pkg/msg/Name` sections).
     """
     from rosbags.typesys import get_types_from_idl, get_types_from_msg
+    if fmt == 'msg' and '/srv/' in msgtype and msgtype.endswith('_Event') and \
+            not text.startswith('MSG:') and '---' in text.split(_SEP)[0]:
+        return _service_event_types(msgtype, text)
+    if '/srv/' in msgtype or '/action/' in msgtype:
+        # service / action event types (rosbag2 records them): parsed under a msg name
+        text = text.replace('/srv/', '/msg/').replace('/action/', '/msg/')
+        msgtype = type_key(msgtype)
     if fmt == 'idl':
         types: dict = {}
         if text.startswith(f'{_SEP}IDL: '):
@@ -39,6 +46,33 @@ def parse_definition(msgtype: str, fmt: str, text: str) -> dict:
             types.update(get_types_from_idl(text))
         return types
     return get_types_from_msg(text, msgtype)
+
+
+def _service_event_types(msgtype: str, text: str) -> dict:
+    """rosbag2 stores a service event topic's definition as the .srv text; the event type is
+    rosidl's: info, request[<=1], response[<=1]."""
+    from rosbags.typesys import get_types_from_msg
+    base = type_key(msgtype)[:-len('_Event')]
+    srv, _, deps = text.partition(_SEP)
+    request, _, response = srv.partition('---')
+    tail = (_SEP + deps) if deps else ''
+    types: dict = {}
+    types.update(get_types_from_msg(request.strip('\n') + '\n' + tail, base + '_Request'))
+    types.update(get_types_from_msg(response.strip('\n') + '\n' + tail, base + '_Response'))
+    types.update(get_types_from_msg(
+        f'service_msgs/ServiceEventInfo info\n{base}_Request[<=1] request\n'
+        f'{base}_Response[<=1] response\n', base + '_Event'))
+    return types
+
+
+def type_key(msgtype: str) -> str:
+    """The typestore name of a bag's type name ('pkg/Name', 'pkg/srv/Name_Event' included)."""
+    parts = msgtype.strip('/').split('/')
+    if len(parts) == 2:
+        parts = [parts[0], 'msg', parts[1]]
+    if len(parts) == 3 and parts[1] in ('srv', 'action'):
+        parts[1] = 'msg'
+    return '/'.join(parts)
 
 
 def _fields_key(fielddef: tuple) -> list:
@@ -75,10 +109,11 @@ class BagTypes:
         self.own: set[str] = set()          # types decoded with the bag's definition
         self.differs: set[str] = set()      # ...whose definition differs from ours
         self.errors: dict[str, str] = {}    # type -> why its embedded definition is unusable
+        self._fallback: dict[str, Any] = {}  # type -> typestore used instead of the bag's
         ours = m.typestore()
         parsed: dict = {}
         for msgtype, (fmt, text) in definitions.items():
-            if not text or not fmt:
+            if not fmt:            # (an empty text is a valid definition: std_msgs/Empty)
                 continue
             try:
                 parsed.update(parse_definition(msgtype, fmt, text))
@@ -97,7 +132,7 @@ class BagTypes:
         except Exception as exc:  # noqa: BLE001 - conflicting definitions inside one bag
             raise BagError(f'the message definitions in the bag conflict: {exc}') from None
         missing: set[str] = set()
-        for name in definitions:
+        for name in map(type_key, definitions):
             if name not in store.fielddefs:
                 _dependencies(ours.fielddefs, name, missing)
         for name in list(store.fielddefs):    # dependencies the bag named but did not define
@@ -121,29 +156,45 @@ class BagTypes:
             self.store = store
 
     def knows(self, msgtype: str) -> bool:
-        return msgtype in self.store.fielddefs
+        return type_key(msgtype) in self.store.fielddefs
 
     def deserialize(self, data: bytes | memoryview, msgtype: str) -> Any:
+        from qail_ros import messages as m
         from qail_ros.errors import UnknownMessageTypeError
-        if msgtype not in self.store.fielddefs:
+        key = type_key(msgtype)
+        store = self._fallback.get(key, self.store)
+        if key not in store.fielddefs:
             raise UnknownMessageTypeError(
                 f"the bag carries no definition of '{msgtype}' and qail_ros knows none: "
                 'register it with qail_ros.messages.register_msgdefs() (its .msg text)')
         data = bytes(data) if isinstance(data, memoryview) else data
-        if self.ros1:
-            return self.store.deserialize_ros1(data, msgtype)
-        return self.store.deserialize_cdr(data, msgtype)
+        try:
+            if self.ros1:
+                return store.deserialize_ros1(data, key)
+            return store.deserialize_cdr(data, key)
+        except Exception as exc:
+            ours = m.typestore()
+            if self.ros1 or store is ours or key not in ours.fielddefs:
+                raise
+            # The bag's definition does not fit its data (seen in rosbag2's own test bags,
+            # whose message_definitions rows are cut short): ours is tried once, and kept.
+            msg = ours.deserialize_cdr(data, key)
+            log.warning("%s: the bag's definition does not fit its messages (%s); decoding "
+                        'it with the Jazzy definition, which does', msgtype, exc)
+            self._fallback[key] = ours
+            self.differs.discard(key)
+            return msg
 
     def to_cdr(self, data: bytes, msgtype: str) -> bytes:
         """CDR bytes of a message as stored (ROS 1 messages are converted)."""
         if not self.ros1:
             return data
-        return bytes(self.store.ros1_to_cdr(data, msgtype))
+        return bytes(self.store.ros1_to_cdr(data, type_key(msgtype)))
 
     def type_hash(self, msgtype: str) -> str:
         """RIHS01 hash of the type as this bag defines it ('' where it cannot be computed)."""
         try:
-            return self.store.hash_rihs01(msgtype)
+            return self.store.hash_rihs01(type_key(msgtype))
         except Exception:  # noqa: BLE001 - e.g. a type with no definition
             return ''
 
