@@ -3,15 +3,15 @@
     qail-ros bag play runs/bags/episode_0000 --clock --rate 2 --topics /state /image_raw
     qail-ros launch physics_drive ... use_sim_time:=true     # nodes then run on the bag's time
 
-| qail-ros bag play          | ros2 bag play              | meaning                            |
-|----------------------------|----------------------------|------------------------------------|
-| `--rate R`                 | `-r/--rate R`              | playback speed factor              |
-| `--clock [HZ]`             | `--clock [HZ]` (+ `--clock-topics-all`) | publish /clock from bag time: at HZ (default 40) and before every message |
-| `--loop`                   | `-l/--loop`                | start again at the end             |
-| `--topics T ...`           | `--topics T ...`           | only these topics                  |
-| `--start S`                | `--start-offset S`         | start S seconds into the bag       |
-| `--duration S`             | (none)                     | stop after S wall seconds          |
-| `--delay S`                | `-d/--delay S`             | wait S seconds before the first message |
+    qail-ros bag play       ros2 bag play           meaning
+    --rate R                -r / --rate R           playback speed factor
+    --clock [HZ]            --clock [HZ]            /clock from bag time at HZ (default 40),
+                            (+ --clock-topics-all)  and before every message
+    --loop                  -l / --loop             start again at the end
+    --topics T ...          --topics T ...          only these topics
+    --start S               --start-offset S        start S seconds into the bag
+    --delay S               -d / --delay S          wait S seconds before the first message
+    --duration S            (none)                  stop after S wall seconds
 
 Each topic is published with the QoS it was recorded with (its first offered profile:
 reliability, durability, history and depth; depth 0 becomes 10), as rosbag2's player does.

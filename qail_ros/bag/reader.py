@@ -1,4 +1,4 @@
-"""Reading bags: rosbag2 (every metadata version 1-9, mcap and sqlite3, split, compressed) and ROS 1.
+"""Reading bags: rosbag2 (metadata versions 1-9, mcap and sqlite3, split, compressed), ROS 1.
 
     from qail_ros.bag import BagReader
     with BagReader('run1') as bag:                    # a directory, .mcap, .db3 or ROS 1 .bag

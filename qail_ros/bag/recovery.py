@@ -242,7 +242,14 @@ def recover_bag(path: str | os.PathLike, output: str | os.PathLike | None = None
                                  'what it holds')
                 plain_dst = work / file.stem
             if storage == 'mcap':
-                result = _recover_mcap(src, plain_dst, notes)
+                try:
+                    result = _recover_mcap(src, plain_dst, notes)
+                except BagError as exc:     # nothing readable in this file: said, skipped
+                    notes.append(f'{file.name}: nothing recoverable ({exc}); left out')
+                    for p in (src, plain_dst):
+                        if p != file:
+                            p.unlink(missing_ok=True)
+                    continue
             else:
                 result = _recover_sqlite(src, plain_dst, notes)
             if plain_dst != dst:        # compress again, as the original was
@@ -314,6 +321,10 @@ def _write_metadata(work: Path, bag_dir: Path, meta: dict | None, storage: str,
     else:
         meta = dict(meta)
         version = int(meta.get('version', 0))
+        kept = [r['file'] for r in results]
+        paths = meta.get('relative_file_paths') or []
+        if len(kept) < len(paths):       # a file with nothing recoverable was left out
+            meta['relative_file_paths'] = [p for p in paths if Path(p).name in kept]
         from rosbags.rosbag2.metadata import dump_qos_v9, parse_qos
         topics = []
         for entry in meta.get('topics_with_message_count') or []:

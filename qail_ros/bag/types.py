@@ -189,7 +189,9 @@ class BagTypes:
         """CDR bytes of a message as stored (ROS 1 messages are converted)."""
         if not self.ros1:
             return data
-        return bytes(self.store.ros1_to_cdr(data, type_key(msgtype)))
+        key = type_key(msgtype)
+        # (decode + encode: rosbags 0.11.9's direct ros1_to_cdr misreads some Header layouts)
+        return bytes(self.store.serialize_cdr(self.store.deserialize_ros1(data, key), key))
 
     def type_hash(self, msgtype: str) -> str:
         """RIHS01 hash of the type as this bag defines it ('' where it cannot be computed)."""

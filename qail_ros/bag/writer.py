@@ -318,7 +318,7 @@ class BagWriter:
             self._connections[topic] = self._writer.add_connection(
                 topic, cls.__msgtype__, typestore=m.typestore(),
                 offered_qos_profiles=[rosbags_qos(DEFAULT_QOS if qos is None else qos,
-                                                   self.version)])
+                                                  self.version)])
 
     @property
     def topics(self) -> dict[str, str]:
