@@ -1,4 +1,4 @@
-"""use_sim_time on the embedded runtime: now() and timers follow /clock (qail_ros.runtime.clock)."""
+"""use_sim_time on the embedded runtime: now() and timers follow /clock (runtime/clock.py)."""
 from qail_ros import messages as m
 from qail_ros.runtime import Node
 
