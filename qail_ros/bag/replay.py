@@ -246,7 +246,8 @@ def plot_replay(report: dict[str, Any], out: str | os.PathLike, title: str = '')
     dims = series[specs[0]].shape[1]
     cols = min(dims, 4)
     rows = (dims + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(8.0, 4.2 * cols), max(3.6, 2.8 * rows)),
+                             squeeze=False)
     for d in range(dims):
         ax = axes[d // cols][d % cols]
         if series['recorded'] is not None:

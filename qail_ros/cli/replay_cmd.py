@@ -26,8 +26,8 @@ def add_arguments(parser) -> None:
                         help='YAML: state / image, instruction, action topics (docs/replay.md)')
     parser.add_argument('--limit', type=int, default=0,
                         help='replay only the first N inputs (0 = all)')
-    parser.add_argument('--threads', type=int, default=0,
-                        help='torch threads (0 = leave as is)')
+    parser.add_argument('--threads', type=int, default=1,
+                        help="torch threads (default 1, the nodes' default; 0 = torch's)")
     parser.add_argument('--json', action='store_true', help='print one JSON object last')
     parser.add_argument('--plot', default=None, metavar='PNG',
                         help="write a PNG of each engine's actions over time")
