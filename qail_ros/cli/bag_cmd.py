@@ -103,8 +103,8 @@ def info(path: str, as_json: bool) -> int:
         items = sorted(data['custom_metadata'].items())
         print('Custom metadata:   ' + ', '.join(f'{k}={v}' for k, v in items))
     if data['recovered']:
-        print(f'Status:            NOT CLOSED (writer crashed?): complete chunks shown; '
-              f'repair with `qail-ros bag recover {path}`')
+        print(f'Status:            NOT CLOSED (writer crashed?): the messages that reached the '
+              f'disk are shown; write a repaired copy with `qail-ros bag recover {path}`')
     width = max([len(t['name']) for t in data['topics']] + [5])
     twidth = max([len(t['type']) for t in data['topics']] + [4])
     print('Topic information:')

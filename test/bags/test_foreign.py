@@ -155,7 +155,7 @@ def _humble_range_bag(path: Path, storage: str) -> Path:
 
 @pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])
 def test_a_humble_definition_that_differs_from_jazzy_is_decoded_with_the_bags(
-        tmp_path, storage):
+        tmp_path, storage, capsys):
     bag = _humble_range_bag(tmp_path / 'humble', storage)
     from rosbags.rosbag2 import Reader
     with Reader(bag) as raw:
@@ -168,6 +168,10 @@ def test_a_humble_definition_that_differs_from_jazzy_is_decoded_with_the_bags(
         info = reader.topics['/range']
     assert ranges == [1.0 + i for i in range(N)]
     assert info.type_hash and info.type_hash != m.type_hash('sensor_msgs/msg/Range')
+    from qail_ros.cli import main
+    assert main(['bag', 'info', str(bag)]) == 0
+    assert "own definitions (they differ from Jazzy's): sensor_msgs/msg/Range" in \
+        capsys.readouterr().out
     # a crash: no metadata.yaml; recover takes the hash from the bag's own definition
     (bag / 'metadata.yaml').unlink()
     report = recover_bag(_old(bag))
