@@ -117,7 +117,7 @@ def _default(fielddef: tuple) -> Any:
     raise TypeError(f'unsupported field definition {fielddef!r}')
 
 
-def new(name: str | type, **fields: Any) -> Any:
+def new(name: str | type, /, **fields: Any) -> Any:
     """Build a message, filling every field not given with its ROS default.
 
     Unknown field names raise TypeError naming the valid ones.

@@ -24,6 +24,7 @@ COMMANDS = {
     'dataset': 'qail_ros.cli.dataset_cmd',
     'export': 'qail_ros.cli.export_cmd',
     'monitor': 'qail_ros.cli.monitor_cmd',
+    'replay': 'qail_ros.cli.replay_cmd',
 }
 
 

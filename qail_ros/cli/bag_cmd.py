@@ -1,29 +1,41 @@
-"""`qail-ros bag info PATH` and `qail-ros bag recover PATH`: inspect and repair rosbag2 bags.
+"""`qail-ros bag info|recover|play`: inspect, repair and replay bags (rosbag2 and ROS 1).
 
 `info` prints what `ros2 bag info` prints (files, size, duration, start/end, message count,
-topics with type, count and offered QoS) plus custom metadata, and says when a bag was not
-closed. `recover` (alias `reindex`) repairs a bag whose writer crashed: keeps every complete
-mcap chunk, writes the mcap summary and footer and a new metadata.yaml.
+topics with type, count and offered QoS) plus custom metadata and where each type's definition
+comes from, and says when a bag was not closed. `recover` (alias `reindex`) writes a repaired
+copy of a bag whose writer crashed beside it (docs/bags.md); `--json` prints
+{"recovered", "expected", "lost", "output", ...} as its last line. `play` publishes a bag's
+messages at their recorded pace, with /clock (qail_ros.bag.play).
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
 
-HELP = 'inspect (info) or repair after a crash (recover) a rosbag2 bag'
+HELP = 'inspect (info), repair after a crash (recover) or replay (play) a bag'
 
 
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest='bag_command', metavar='ACTION')
     info = sub.add_parser('info', help='topics, types, counts, duration, size, custom metadata')
-    info.add_argument('path', help='bag directory (or a .mcap / .db3 file)')
+    info.add_argument('path', help='bag directory (or a .mcap / .db3 / ROS 1 .bag file)')
     info.add_argument('--json', action='store_true', help='print one JSON object')
     for name in ('recover', 'reindex'):
-        rec = sub.add_parser(name, help='repair a bag whose writer was killed: keep every '
-                                        'complete chunk, write summary and metadata.yaml')
+        rec = sub.add_parser(name, help='repair a bag whose writer was killed: a copy beside '
+                                        'it with every message that reached the disk')
         rec.add_argument('path', help='bag directory')
+        rec.add_argument('-o', '--output', default=None,
+                         help='where the repaired bag goes (default: PATH.recovered)')
+        rec.add_argument('--in-place', action='store_true',
+                         help='replace the original files (no copy is kept)')
         rec.add_argument('--force', action='store_true',
-                         help='rewrite metadata.yaml even if the bag looks complete')
+                         help='recover even if a process has the bag open or it changed in '
+                              'the last seconds, or it looks complete')
+        rec.add_argument('--json', action='store_true',
+                         help='print the report as one JSON object (last line)')
+    from qail_ros.bag.play import add_play_arguments
+    add_play_arguments(sub.add_parser('play', help='publish a bag at its recorded pace, '
+                                                   'with /clock (like ros2 bag play)'))
     parser.set_defaults(_bag_parser=parser)
 
 
@@ -56,20 +68,32 @@ def info(path: str, as_json: bool) -> int:
     with BagReader(path) as bag:
         data = {
             'path': str(bag.path), 'storage': bag.storage, 'version': bag.version,
+            'ros_distro': bag.ros_distro,
+            'compression': {'format': bag.compression[0], 'mode': bag.compression[1]},
             'files': [p.name for p in bag.files], 'size_bytes': bag.size_bytes,
             'message_count': bag.message_count, 'start_ns': bag.start_ns, 'end_ns': bag.end_ns,
             'duration_s': bag.duration_ns / 1e9, 'recovered': bag.recovered,
             'custom_metadata': bag.custom_metadata,
             'topics': [{'name': t.name, 'type': t.msgtype, 'count': t.count,
-                        'qos': _qos_text(t.qos)} for t in bag.topics.values()],
+                        'qos': _qos_text(t.qos), 'type_hash': t.type_hash,
+                        'definition': ('bag, differs from Jazzy' if t.msgtype in
+                                       bag.types.differs else 'bag' if t.msgtype in
+                                       bag.types.own else 'qail_ros (Jazzy)')}
+                       for t in bag.topics.values()],
         }
     if as_json:
         print(json.dumps(data))
         return 0
     print(f'Files:             {", ".join(data["files"])}')
     print(f'Bag size:          {_size(data["size_bytes"])}')
-    print(f'Storage id:        {data["storage"]} (rosbag2 format '
-          f'{data["version"] or "unknown"})')
+    if data['storage'] == 'rosbag1':
+        print('Storage id:        rosbag1 (ROS 1 bag)')
+    else:
+        print(f'Storage id:        {data["storage"]} (rosbag2 format '
+              f'{data["version"] or "unknown"})')
+    if data['compression']['mode']:
+        print(f'Compression:       {data["compression"]["format"]} per '
+              f'{data["compression"]["mode"]}')
     print(f'Duration:          {data["duration_s"]:.3f} s')
     if data['message_count']:
         print(f'Start:             {_stamp(data["start_ns"])}')
@@ -79,28 +103,38 @@ def info(path: str, as_json: bool) -> int:
         items = sorted(data['custom_metadata'].items())
         print('Custom metadata:   ' + ', '.join(f'{k}={v}' for k, v in items))
     if data['recovered']:
-        print(f'Status:            NOT CLOSED (writer crashed?): complete chunks shown; '
-              f'repair with `qail-ros bag recover {path}`')
+        print(f'Status:            NOT CLOSED (writer crashed?): the messages that reached the '
+              f'disk are shown; write a repaired copy with `qail-ros bag recover {path}`')
     width = max([len(t['name']) for t in data['topics']] + [5])
     twidth = max([len(t['type']) for t in data['topics']] + [4])
     print('Topic information:')
     print(f'  {"Topic":<{width}}  {"Type":<{twidth}}  {"Count":>7}  QoS')
     for t in data['topics']:
         print(f'  {t["name"]:<{width}}  {t["type"]:<{twidth}}  {t["count"]:>7}  {t["qos"]}')
+    differ = [t['type'] for t in data['topics'] if t['definition'].startswith('bag, differs')]
+    if differ:
+        print('Decoded with the bag\'s own definitions (they differ from Jazzy\'s): '
+              + ', '.join(sorted(set(differ))))
     return 0
 
 
-def recover(path: str, force: bool) -> int:
+def recover(args) -> int:
     from qail_ros.bag import recover_bag
-    report = recover_bag(path, force=force)
+    report = recover_bag(args.path, output=args.output, in_place=args.in_place,
+                         force=args.force)
+    if args.json:
+        keys = ('recovered', 'expected', 'lost', 'output')
+        print(json.dumps({k: report[k] for k in keys}
+                         | {k: v for k, v in report.items() if k not in keys}))
+        return 0
     print(f'{report["path"]}: {report["action"]}')
-    print(f'  storage {report["storage"]}, file {report["file"]}, '
-          f'{report["messages"]} messages kept'
-          + (f' in {report["chunks"]} chunks' if 'chunks' in report else '')
-          + (f', {report["truncated_bytes"]} bytes of partial data dropped'
-             if report.get('truncated_bytes') else ''))
-    if report.get('stop_reason') and report['action'].startswith('repaired'):
-        print(f'  the file ended with: {report["stop_reason"]}')
+    expected = ('unknown' if report['expected'] is None else report['expected'])
+    lost = '?' if report['lost'] is None else report['lost']
+    print(f'  storage {report["storage"]}, files {", ".join(report["files"])}')
+    print(f'  recovered {report["recovered"]} of {expected} messages (expected from '
+          f'{report["expected_from"]}), lost {lost}')
+    for note in report['notes']:
+        print(f'  {note}')
     return 0
 
 
@@ -109,6 +143,9 @@ def main(args) -> int:
     if command == 'info':
         return info(args.path, args.json)
     if command in ('recover', 'reindex'):
-        return recover(args.path, args.force)
+        return recover(args)
+    if command == 'play':
+        from qail_ros.bag.play import play_main
+        return play_main(args)
     args._bag_parser.print_help()
     return 2

@@ -55,7 +55,7 @@ _STAMP_BE = struct.Struct('>iI')
 # ------------------------------------------------------------------------------------------
 def _is_bag(path: Path) -> bool:
     if path.is_file():
-        return path.suffix in ('.mcap', '.db3')
+        return path.suffix in ('.mcap', '.db3', '.bag')     # .bag: ROS 1
     return path.is_dir() and ((path / 'metadata.yaml').exists() or any(path.glob('*.mcap'))
                               or any(path.glob('*.db3')))
 
@@ -87,10 +87,15 @@ def _sha256(files: Sequence[Path]) -> str:
     return f'sha256:{digest.hexdigest()}'
 
 
-def _cdr_stamp(data: bytes) -> int:
-    """header.stamp of a stamped message from its CDR bytes (Header is the first field)."""
-    sec, nsec = (_STAMP if data[1] == 1 else _STAMP_BE).unpack_from(data, 4)
+def _cdr_stamp(data: bytes, offset: int = 4) -> int:
+    """header.stamp of a stamped message from its CDR bytes (Header is the first field;
+    offset 8 for a ROS 1 Header, whose uint32 seq comes first)."""
+    sec, nsec = (_STAMP if data[1] == 1 else _STAMP_BE).unpack_from(data, offset)
     return sec * 1_000_000_000 + nsec
+
+
+def _stamp_offset(reader) -> int:
+    return 8 if reader.storage == 'rosbag1' else 4
 
 
 @dataclasses.dataclass
@@ -120,6 +125,18 @@ def _latest_at_or_before(stamps: list[int], values: list, stamp: int, max_gap_ns
     return values[i]
 
 
+def _match(stamps: list[int], stamp: int, tolerance_ns: int) -> int | None:
+    """The stamp in sorted `stamps` equal to `stamp`, else the nearest within tolerance."""
+    i = bisect.bisect_left(stamps, stamp)
+    if i < len(stamps) and stamps[i] == stamp:
+        return stamp
+    if tolerance_ns <= 0:
+        return None
+    near = [stamps[j] for j in (i - 1, i) if 0 <= j < len(stamps)]
+    best = min(near, key=lambda x: abs(x - stamp), default=None)
+    return best if best is not None and abs(best - stamp) <= tolerance_ns else None
+
+
 def _resize(rgb: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     if size is None or rgb.shape[:2] == tuple(size):
         return rgb
@@ -130,7 +147,6 @@ def _resize(rgb: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
 def _read_episode(ep: _Episode, tmap: TopicMap, counters: dict) -> dict[str, Any] | None:
     """Samples of one episode as arrays (None when it yields none)."""
     from qail_ros import image as im
-    from qail_ros import messages as m
     from qail_ros import policy_io
     from qail_ros.dataset.extract import to_vector
     from qail_ros.recording import stamp_of
@@ -146,7 +162,7 @@ def _read_episode(ep: _Episode, tmap: TopicMap, counters: dict) -> dict[str, Any
     for part, bag in enumerate(ep.bags):
         reader = bag.reader
         for topic, bag_t, data in reader.messages(image_topics, raw=True):
-            img_index[topic].append((_cdr_stamp(data), bag_t, part))
+            img_index[topic].append((_cdr_stamp(data, _stamp_offset(reader)), bag_t, part))
         others = [t for t in tmap.topics() if t not in img_index]
         if not others:
             continue
@@ -173,15 +189,28 @@ def _read_episode(ep: _Episode, tmap: TopicMap, counters: dict) -> dict[str, Any
         unstamped = sum(1 for rows in actions.values() for s, _b, _v in rows if s is None)
         if unstamped:
             counters['unstamped_actions'] += unstamped
+        tol = int(tmap.stamp_tolerance_ms * 1e6)
+        frame_stamps = sorted(frame_by_stamp)
+        sorted_by_topic = {t: sorted(v) for t, v in by_topic.items()}
         for s in sorted(by_topic[first]):
-            if s not in frame_by_stamp:
+            frame = _match(frame_stamps, s, tol)
+            if frame is None or frame in action_rows:
                 counters['actions_without_frame'] += 1
                 continue
-            if not all(s in by_topic[t] for t in tmap.action):
+            row = []
+            for t in tmap.action:
+                hit = _match(sorted_by_topic[t], s, tol)
+                if hit is None:
+                    break
+                row.append(by_topic[t][hit])
+            if len(row) != len(tmap.action):
                 counters['actions_incomplete'] += 1
                 continue
-            samples.append(s)
-            action_rows[s] = [by_topic[t][s] for t in tmap.action]
+            if frame != s:
+                counters['paired_within_tolerance'] += 1
+            samples.append(frame)
+            action_rows[frame] = row
+        samples.sort()
         counters['frames_without_action'] += len(frame_by_stamp) - len(samples)
         if not samples and unstamped:
             raise BagError(f'{ep.bags[0].path}: the action topic(s) {tmap.action} carry no '
@@ -284,12 +313,10 @@ def _read_episode(ep: _Episode, tmap: TopicMap, counters: dict) -> dict[str, Any
         filled = 0
         for bag in ep.bags:
             for _topic, _bt, data in bag.reader.messages(topic, raw=True):
-                idx = want.pop(_cdr_stamp(data), None)
+                idx = want.pop(_cdr_stamp(data, _stamp_offset(bag.reader)), None)
                 if idx is None:
                     continue
-                msg = m.deserialize(data, 'sensor_msgs/msg/Image' if not bag.reader.topics[
-                    topic].msgtype.endswith('CompressedImage') else
-                    'sensor_msgs/msg/CompressedImage')
+                msg = bag.reader.deserialize(data, topic)    # the bag's own definition
                 rgb = _resize(np.ascontiguousarray(im.to_numpy(msg, desired='rgb8')),
                               tmap.image_size)
                 if arr is None:
@@ -389,6 +416,7 @@ def build_dataset(bags: Iterable[str | os.PathLike], output: str | os.PathLike,
     A bag whose writer crashed is read up to its last complete chunk (and said so).
     """
     from qail_ros.bag import BagReader
+    from qail_ros.dataset.extract import check_role_type
     from qail_ros.recording import EpisodeInfo
     say = progress or log.info
     out = Path(output)
@@ -429,6 +457,12 @@ def build_dataset(bags: Iterable[str | os.PathLike], output: str | os.PathLike,
                     f"bag {path} has no topic '{missing[0][0]}' (the topic map uses it for "
                     f'{missing[0][1]}); the bag has: {have}. Fix the topic map, or drop '
                     'this bag')
+            try:
+                for t, role in tmap.topics().items():
+                    check_role_type(t, reader.topics[t].msgtype, role, str(path))
+            except BagError:
+                reader.close()
+                raise
             files = reader.files
             source = {'path': str(path), 'storage': reader.storage,
                       'bytes': reader.size_bytes, 'sha256': _sha256(files),
@@ -461,6 +495,7 @@ def build_dataset(bags: Iterable[str | os.PathLike], output: str | os.PathLike,
             elif drop_incomplete and f is not None and not f.complete:
                 ep.dropped = f'incomplete ({f.end_reason or "not closed"})'
         counters = {k: 0 for k in ('actions_without_frame', 'actions_incomplete',
+                                   'paired_within_tolerance',
                                    'frames_without_action', 'unstamped_actions',
                                    'samples_without_state', 'samples_without_raw_outputs')}
         writer = _ShardWriter(out, shard_frames)
@@ -557,6 +592,7 @@ def build_dataset(bags: Iterable[str | os.PathLike], output: str | os.PathLike,
             'splits': splits | {'val_fraction': val_fraction, 'seed': seed},
             'filters': {'drop_failed': drop_failed, 'drop_incomplete': drop_incomplete,
                         'pairing': tmap.pairing, 'max_gap_ms': tmap.max_gap_ms,
+                        'stamp_tolerance_ms': tmap.stamp_tolerance_ms,
                         'dropped_episodes': dropped},
             'pairing': counters, 'tasks': list(tasks),
             'stats': stats, 'stats_split': 'train', 'shards': writer.shards,

@@ -8,7 +8,8 @@
     raw_outputs: /vla_policy/raw_outputs     # teacher outputs (QBC), exact stamp
     instruction: /instruction         # latest at or before the frame (bag time)
     image_size: [224, 224]            # [height, width] the images are resized to; omit = keep
-    pairing: stamp                    # 'stamp' (exact header stamps) or 'receive_time'
+    pairing: stamp                    # 'stamp' (header stamps) or 'receive_time'
+    stamp_tolerance_ms: 0             # stamp pairing: nearest frame within this (0 = exact)
     max_gap_ms: 100                   # receive_time pairing / secondary images: largest gap
 
 Bags written by fp_recorder carry their topic roles in their custom metadata, so they need no
@@ -52,6 +53,7 @@ class TopicMap:
     image_size: tuple[int, int] | None = None
     pairing: str = 'stamp'
     max_gap_ms: float = 100.0
+    stamp_tolerance_ms: float = 0.0
 
     def __post_init__(self):
         if not self.action:
@@ -59,6 +61,8 @@ class TopicMap:
         if not self.images:
             raise ParameterError('topic map: no image topic; name one under `images:` '
                                  '(e.g. images: {image: /camera/image_raw})')
+        if self.stamp_tolerance_ms < 0 or self.max_gap_ms < 0:
+            raise ParameterError('topic map: stamp_tolerance_ms and max_gap_ms must be >= 0')
         if self.pairing not in PAIRINGS:
             raise ParameterError(f"topic map: pairing must be one of {PAIRINGS}, not "
                                  f"'{self.pairing}'")
@@ -110,7 +114,8 @@ class TopicMap:
                    raw_outputs=data.get('raw_outputs') or '',
                    instruction=data.get('instruction') or '',
                    image_size=data.get('image_size'), pairing=data.get('pairing', 'stamp'),
-                   max_gap_ms=float(data.get('max_gap_ms', 100.0)))
+                   max_gap_ms=float(data.get('max_gap_ms', 100.0)),
+                   stamp_tolerance_ms=float(data.get('stamp_tolerance_ms', 0.0)))
 
     @classmethod
     def load(cls, path: str | Path) -> 'TopicMap':

@@ -58,6 +58,8 @@ class Node:
         self._publishers: list = []
         self._subscriptions: list = []
         self._timers: list = []
+        from qail_ros.runtime import clock as _clock
+        self._sim_clock = _clock.attach(self)   # use_sim_time on the embedded runtime, else None
 
     # -- identity -------------------------------------------------------------------------
     def get_name(self) -> str:
@@ -93,7 +95,7 @@ class Node:
     def create_timer(self, period_s: float, callback: Callable[[], None]):
         if period_s <= 0:
             raise ValueError(f'timer period must be > 0 s, not {period_s}')
-        timer = self._handle.create_timer(float(period_s), callback)
+        timer = (self._sim_clock or self._handle).create_timer(float(period_s), callback)
         self._timers.append(timer)
         return timer
 
@@ -125,11 +127,11 @@ class Node:
 
     # -- clock ----------------------------------------------------------------------------
     def now_ns(self) -> int:
-        return self._handle.now_ns()
+        return (self._sim_clock or self._handle).now_ns()
 
     def now(self):
         """builtin_interfaces/msg/Time of the node's clock (for headers)."""
-        return time_from_ns(self._handle.now_ns())
+        return time_from_ns(self.now_ns())
 
     # -- lifecycle ------------------------------------------------------------------------
     def on_configure(self) -> None:
@@ -174,8 +176,8 @@ def _compatible(default: Any, value: Any) -> bool:
     return True
 
 
-#: Parameters rclpy declares on every node; the embedded runtime accepts them too (it has no
-#: /clock subscription: use_sim_time:=true is warned about there and the system clock is used).
+#: Parameters rclpy declares on every node; the embedded runtime accepts them too
+#: (use_sim_time: qail_ros.runtime.clock).
 BUILTIN_PARAMETERS = frozenset({'use_sim_time', 'start_type_description_service'})
 
 
@@ -199,9 +201,6 @@ def check_node_parameters(node: Node, cli_args: list[str] | None) -> None:
                 _params.check_sections(path, sections, [fqn])
         given = _params.params_for_node(sections, fqn)
         _params.check_declared(f'parameter file {path}', given, declared, node.get_name())
-        if given.get('use_sim_time') is True and node.runtime.name == 'embedded':
-            node.get_logger().warning('use_sim_time is true, but the embedded runtime has no '
-                                      '/clock: using the system clock')
     _params.check_declared('command line (-p)', ros.params, declared, node.get_name())
 
 

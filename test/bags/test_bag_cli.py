@@ -1,5 +1,10 @@
 """`qail-ros bag info` and `qail-ros bag recover` through the real CLI entry point."""
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 
@@ -40,20 +45,57 @@ def test_info_prints_what_ros2_bag_info_prints(tmp_path, capsys):
     assert {t['name']: t['count'] for t in data['topics']} == {'/image_raw': 6, '/note': 6}
 
 
+def _age(path, seconds=60):
+    old = time.time() - seconds
+    for p in [path, *path.iterdir()]:
+        os.utime(p, (old, old))
+
+
 def test_recover_via_cli(tmp_path, capsys):
     path = _bag(tmp_path / 'crashed', close=False)
     assert not (path / 'metadata.yaml').exists()
     assert main(['bag', 'info', str(path)]) == 0
     assert 'NOT CLOSED' in capsys.readouterr().out
-    assert main(['bag', 'recover', str(path)]) == 0
-    out = capsys.readouterr().out
-    assert 'repaired the mcap file and wrote metadata.yaml' in out and '12 messages kept' in out
+    # just written: it may still be being written, so recover refuses (unless --force)
+    assert main(['bag', 'recover', str(path)]) == 2
+    assert 'changed 0.' in capsys.readouterr().err
+    _age(path)
+    before = sorted(p.name for p in path.iterdir())
+    assert main(['bag', 'recover', str(path), '--json']) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert list(report)[:4] == ['recovered', 'expected', 'lost', 'output']
+    assert report['recovered'] == 12 and report['expected'] is None and report['lost'] is None
+    out = Path(report['output'])
+    assert out == path.with_name('crashed.recovered')
+    assert sorted(p.name for p in path.iterdir()) == before     # original untouched
+    from rosbags.highlevel import AnyReader
+    with AnyReader([out]) as reader:
+        assert sum(1 for _ in reader.messages()) == 12
     from rosbags.rosbag2 import Reader
-    with Reader(path) as reader:
+    with Reader(out) as reader:
         assert reader.message_count == 12
         assert reader.storage.metadata.custom == {'task': 'stack'}
-    assert main(['bag', 'reindex', str(path)]) == 0
+    _age(out)
+    assert main(['bag', 'reindex', str(out)]) == 0
     assert 'none: the bag is complete' in capsys.readouterr().out
+
+
+def test_recover_refuses_a_bag_a_process_has_open(tmp_path, capsys):
+    path = _bag(tmp_path / 'open', close=False)
+    _age(path)
+    holder = subprocess.Popen([sys.executable, '-c', 'import sys, time; f = open(sys.argv[1], '
+                               '"rb"); print("ok", flush=True); time.sleep(30)',
+                               str(path / 'open.mcap')], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'ok'
+        assert main(['bag', 'recover', str(path)]) == 2
+        err = capsys.readouterr().err
+        assert f'open in process(es) [{holder.pid}]' in err and '--force' in err
+        assert main(['bag', 'recover', str(path), '--force', '--json']) == 0
+        assert json.loads(capsys.readouterr().out.splitlines()[-1])['recovered'] == 12
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_errors_are_one_line(tmp_path, capsys):

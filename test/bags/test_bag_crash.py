@@ -38,6 +38,10 @@ def _independent_count(bag_dir: Path) -> tuple[int, int]:
     return n_rosbags, n_mcap
 
 
+def _snapshot(bag_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(bag_dir.iterdir())}
+
+
 def _run_writer(bag: Path, storage: str, min_flushed: int, sig: int,
                 chunk_size: int = 1 << 20) -> tuple[int, int]:
     """Start the writer, wait until `min_flushed` messages are flushed, send `sig`.
@@ -93,14 +97,17 @@ def test_sigkill_mid_write_recovers_every_flushed_message(tmp_path, storage):
     _check_frames(got)
     if storage == 'mcap':
         assert reader.custom_metadata == {'writer': 'crash_writer'}   # kept in the mcap file
-    report = recover_bag(bag)
-    assert report['messages'] == len(got)
-    assert (bag / 'metadata.yaml').exists()
-    n_rosbags, n_mcap = _independent_count(bag)
+    before = _snapshot(bag)
+    report = recover_bag(bag, quiet_s=0)
+    assert _snapshot(bag) == before                    # the original is untouched
+    out = Path(report['output'])
+    assert report['recovered'] == len(got) and out != bag
+    assert (out / 'metadata.yaml').exists()
+    n_rosbags, n_mcap = _independent_count(out)
     assert n_rosbags == len(got)
     if storage == 'mcap':
         assert n_mcap == len(got)
-    with BagReader(bag) as reader:
+    with BagReader(out) as reader:
         assert not reader.recovered
         assert reader.message_count == len(got)
         _check_frames(list(reader.messages()))
@@ -149,6 +156,10 @@ def test_cut_file_reads_every_complete_chunk(tmp_path, where):
     mcap.write_bytes(data[:cut_at])
     (bag / 'metadata.yaml').unlink()
     expected = sum(len(c.messages) for c in full.chunks[:keep_chunks])
+    if where == 'inside_chunk_3':   # the whole messages of the cut chunk are kept too
+        salvaged = scan_mcap(mcap).salvaged
+        assert 0 < salvaged < len(c3.messages)
+        expected += salvaged
 
     if keep_chunks == 0:
         with BagReader(bag) as reader:
@@ -163,10 +174,11 @@ def test_cut_file_reads_every_complete_chunk(tmp_path, where):
         ticks = [g.msg.data for g in got if g.topic == '/tick']
         assert ticks == list(range(len(ticks)))
         assert len(frames) - 1 <= len(ticks) <= len(frames)   # a tick follows its frame
-    report = recover_bag(bag)
-    assert report['messages'] == expected
-    assert _independent_count(bag) == (expected, expected)
-    with BagReader(bag) as reader:
+    report = recover_bag(bag, quiet_s=0)
+    assert report['recovered'] == expected
+    out = Path(report['output'])
+    assert _independent_count(out) == (expected, expected)
+    with BagReader(out) as reader:
         assert not reader.recovered and reader.message_count == expected
         # custom metadata is written right after the mcap header, so only a cut inside the
         # first few hundred bytes loses it
@@ -190,4 +202,4 @@ def test_recover_errors(tmp_path):
         recover_bag(tmp_path / 'nothing')
     (tmp_path / 'd').mkdir()
     with pytest.raises(BagError, match='no .mcap or .db3'):
-        recover_bag(tmp_path / 'd')
+        recover_bag(tmp_path / 'd', quiet_s=0)
