@@ -34,7 +34,8 @@ The base does the rest, the same way in every node:
   the counters (received, dropped, rejected by reason, inference errors, fail-safe
   activations, safe commands, outputs) and the last error.
 * **Logs** are rate-limited with counts: the first problem of a kind at once, then one line
-  per `PROBLEM_LOG_PERIOD_S` ('rejected 37 frames in 5 s: encoding x37 (...)'), never silent.
+  per `PROBLEM_LOG_PERIOD_S` ('37 rejected frames in 5 s (encoding x37); last: ...'), never
+  silent.
 * **Parameters** are declared once (`ParameterSpec`: type, range, description, read-only when
   a change needs a reload); a set at run time is checked and applied (max_rate_hz,
   log_period_s, input_timeout_s, limits, instruction ...) or refused with the reason.
@@ -171,7 +172,7 @@ class ProblemLog:
                     continue
                 total = sum(counts.values())
                 kinds = ', '.join(f'{k} x{n}' for k, n in counts.most_common(4))
-                lines.append(f'{group}: {total} in {now - since:.0f} s ({kinds}); last: '
+                lines.append(f'{total} {group} in {now - since:.2g} s ({kinds}); last: '
                              f'{self._last[group]}')
                 self._counts[group] = collections.Counter()
                 self._since[group] = now
@@ -288,6 +289,11 @@ class PolicyNode(Node):
             self.worker.set_rate(float(value))
         elif name == 'log_period_s':
             self.timing_log.period_s = float(value)
+        elif name == 'input_timeout_s' and self._timers_running:
+            # the watchdog checks every timeout / 4: a new timer for the new period
+            self._timers_running[0].cancel()
+            self._timers_running[0] = self.create_timer(max(float(value) / 4.0, 0.005),
+                                                        self.watchdog_callback)
         elif name == 'instruction':
             problem = self.instruction_problem(value)
             if problem:
