@@ -132,7 +132,7 @@ def check_image(msg: Any, max_width: int, max_height: int, max_bytes: int) -> No
 
 
 class ProblemLog:
-    """Rate-limited warnings with counts: the first problem of a group is logged at once,
+    """Rate-limited warnings with counts: the first problem of each kind is logged at once,
     later ones are counted and summarised once per `period_s` (on the next report or
     `flush()`, which the diagnostics timer calls), so a problem is never silent after the
     first line and never floods the log."""
@@ -144,16 +144,18 @@ class ProblemLog:
         self._since: dict[str, float] = {}
         self._counts: dict[str, collections.Counter] = {}
         self._last: dict[str, str] = {}
+        self._seen: set[tuple[str, str]] = set()
 
     def report(self, group: str, kind: str, detail: str) -> None:
         """One problem: `group` ('rejected frames'), `kind` ('encoding'), `detail` (text)."""
         now = time.monotonic()
         with self._lock:
-            first = group not in self._since
-            if first:
+            first = (group, kind) not in self._seen
+            self._seen.add((group, kind))
+            if group not in self._since:
                 self._since[group] = now
                 self._counts[group] = collections.Counter()
-            else:
+            if not first:
                 self._counts[group][kind] += 1
                 self._last[group] = detail
         if first:
@@ -223,6 +225,8 @@ class PolicyNode(Node):
         # fail-safe state (on the node's clock)
         self.failsafe: str | None = None      # the kind while active ('input_timeout', ...)
         self.failsafe_detail = ''
+        self.failsafe_started_ns = 0          # node clock, the last activation
+        self.last_failsafe_kind = ''
         self._last_valid_ns = self.now_ns()   # start: the watchdog covers the loading
         self._had_input = False
         self._last_safe_ns = 0
@@ -547,6 +551,8 @@ class PolicyNode(Node):
             self._window['failsafe'] += 1
             if first:
                 self.failsafe_activations += 1
+                self.failsafe_started_ns = now
+                self.last_failsafe_kind = kind
             due = first or now - self._last_safe_ns >= self._watchdog_period_s() * 1e9 * 0.9
         if first:
             self.problems.report('fail-safe', kind, f'{shorten(detail, 200)}; publishing the '
@@ -638,6 +644,8 @@ class PolicyNode(Node):
             'instructions_rejected': self.instructions_rejected,
             'inference_errors': self.inference_errors,
             'failsafe_activations': self.failsafe_activations,
+            'last_failsafe_kind': self.last_failsafe_kind,
+            'last_failsafe_start_ns': self.failsafe_started_ns,
             'safe_commands': self.safe_commands,
             'outputs': self.inferences,
             'last_error': shorten(self.last_error, 200),
