@@ -108,26 +108,13 @@ class CILRSPolicy(PolicyNode):
         self.command_sub = self.create_subscription('std_msgs/msg/Int8', self.command_topic,
                                                     self.command_callback, 10)
 
-    @property
-    def image_sub(self):
-        return self.input_sub
-
     # -- engine ---------------------------------------------------------------------------------
-    @property
-    def loaded(self) -> bool:
-        return self.engine is not None
-
     def load(self) -> None:
         from qail_ros.cilrs.config import CILRSConfig
-        from qail_ros.engines import EngineError, load_engine
-        path = resolve_engine_path(self.engine_file)
-        expect = {'architecture': 'cilrs'}
-        if self.expect_precision:
-            expect['precision'] = self.expect_precision
+        engine, path = self.load_engine_file('cilrs')
         try:
-            engine = load_engine(path, threads=int(self.threads), expect=expect)
             self.config = CILRSConfig.from_dict(engine.manifest.architecture['config'])
-        except (EngineError, ValueError, KeyError) as exc:
+        except (ValueError, KeyError) as exc:
             raise ParameterError(f"node '{self.get_name()}': engine: {exc}") from None
         warm = engine.warmup(2)
         self.engine = engine
@@ -136,9 +123,6 @@ class CILRSPolicy(PolicyNode):
             f'CILRS ResNet-{c.resnet} {c.width}x{c.height}, {c.head} head: {engine.precision} '
             f'on {engine.backend} ({path.name}, {engine.file_size() / 1e6:.1f} MB), loaded in '
             f'{engine.load_s:.2f} s, warm-up {warm:.2f} s, {self.threads} thread(s)')
-
-    def unload(self) -> None:
-        self.engine = None
 
     # -- callbacks ------------------------------------------------------------------------------
     def speed_callback(self, msg) -> None:

@@ -41,38 +41,22 @@ import time
 
 import numpy as np
 
-from qail_ros import messages, policy_io
 from qail_ros.errors import ParameterError
 from qail_ros.nodes.latest_frame import LATEST_FRAME
-from qail_ros.nodes.policy_base import PolicyNode, PolicyOutputs, zero_stamp_header
+from qail_ros.nodes.policy_base import ArmPolicyNode, PolicyOutputs, twist_message
 from qail_ros.policies.instruction import ACTION_LABELS, tokenize
 from qail_ros.runtime import run_node
 from qail_ros.runtime.params import ParameterSpec
 
 __all__ = ['ImagePolicy', 'main', 'ACTION_LABELS', 'LATEST_FRAME', 'twist_message']
 
-#: safe_gripper -> the gripper action value (the action's last entry, in [-1, 1])
-SAFE_GRIPPER = {'open': 1.0, 'close': -1.0}
 
-
-def twist_message(linear, angular, stamp, frame_id: str):
-    """geometry_msgs/TwistStamped of three linear and three angular values."""
-    vec = 'geometry_msgs/msg/Vector3'
-    return messages.new(
-        'geometry_msgs/msg/TwistStamped',
-        header=messages.new('std_msgs/msg/Header', stamp=stamp, frame_id=frame_id),
-        twist=messages.new('geometry_msgs/msg/Twist',
-                           linear=messages.new(vec, x=linear[0], y=linear[1], z=linear[2]),
-                           angular=messages.new(vec, x=angular[0], y=angular[1],
-                                                z=angular[2])))
-
-
-class ImagePolicy(PolicyNode):
+class ImagePolicy(ArmPolicyNode):
     """Runs ConvActionRegressor on the newest camera frame; see the module docstring."""
 
     NODE_NAME = 'image_policy'
-    INSTRUCTION = True
-    SAFE_COMMAND = 'zero cmd_twist, gripper held'
+    #: safe_gripper -> the gripper action value (the action's last entry, in [-1, 1])
+    SAFE_GRIPPER = {'open': 1.0, 'close': -1.0}
     PARAMETERS = (
         ParameterSpec('weights', '', 'safetensors file from ConvActionRegressor.save(); empty '
                       '= seeded untrained weights', read_only=True),
@@ -82,24 +66,8 @@ class ImagePolicy(PolicyNode):
         ParameterSpec('frame_id', 'base_link', 'frame of the cmd_twist command'),
         ParameterSpec('linear_scale', 0.05, 'm/s of cmd_twist linear at |action| = 1'),
         ParameterSpec('angular_scale', 0.5, 'rad/s of cmd_twist angular at |action| = 1'),
-        ParameterSpec('safe_gripper', 'hold', 'gripper of the safe command: hold (the last '
-                      'commanded value; none before the first action), open or close',
-                      choices=('hold', 'open', 'close')),
+        ArmPolicyNode.safe_gripper_spec(),
     )
-
-    def __init__(self, **kwargs):
-        self.policy = None
-        super().__init__(**kwargs)
-
-    def create_outputs(self) -> None:
-        self.action_pub = self.create_publisher('std_msgs/msg/Float32MultiArray', 'action', 10)
-        self.twist_pub = self.create_publisher('geometry_msgs/msg/TwistStamped', 'cmd_twist', 10)
-        self.gripper_pub = self.create_publisher('std_msgs/msg/Float32', 'gripper', 10)
-
-    # -- engine ---------------------------------------------------------------------------------
-    @property
-    def loaded(self) -> bool:
-        return self.policy is not None
 
     def load(self) -> None:
         import torch
@@ -126,17 +94,13 @@ class ImagePolicy(PolicyNode):
             f'{policy.config.image_size}x{policy.config.image_size} input) ready in '
             f'{time.perf_counter() - start:.2f} s; instruction: {self.instruction!r}')
 
-    def unload(self) -> None:
-        self.policy = None
-
     def count_instruction_tokens(self, text: str) -> int:
         return len(tokenize(text))
 
-    # -- inference ------------------------------------------------------------------------------
-    def to_inputs(self, msg):
-        from qail_ros.image import to_numpy
-        return to_numpy(msg, desired='rgb8')
+    def gripper_value(self, a6: float) -> float:
+        return (a6 + 1.0) / 2.0
 
+    # -- inference ------------------------------------------------------------------------------
     def run(self, frame):
         return self.policy.predict_with_raw(frame, self.instruction)
 
@@ -144,31 +108,11 @@ class ImagePolicy(PolicyNode):
         action, raw = result
         a = [float(x) for x in action]
         lin, ang = self.linear_scale, self.angular_scale
-        twist = twist_message([a[0] * lin, a[1] * lin, a[2] * lin],
-                              [a[3] * ang, a[4] * ang, a[5] * ang], msg.header.stamp,
-                              self.frame_id)
         values = ' '.join(f'{k}={v:+.3f}' for k, v in zip(ACTION_LABELS, action))
         return PolicyOutputs(
-            messages=[(self.action_pub, policy_io.labelled_values(ACTION_LABELS, action)),
-                      (self.twist_pub, twist),
-                      (self.gripper_pub, messages.new('std_msgs/msg/Float32',
-                                                      data=(a[6] + 1.0) / 2.0))],
+            messages=self.arm_messages(action, [a[0] * lin, a[1] * lin, a[2] * lin],
+                                       [a[3] * ang, a[4] * ang, a[5] * ang], msg.header.stamp),
             raw=raw, raw_name='action_pre_tanh', value=action, log=f'action {values}')
-
-    def safe_outputs(self) -> list:
-        zero = [0.0, 0.0, 0.0]
-        out = [(self.twist_pub, twist_message(zero, zero, zero_stamp_header().stamp,
-                                              self.frame_id))]
-        gripper = SAFE_GRIPPER.get(self.safe_gripper)
-        if gripper is None and self.last_action is not None:
-            gripper = float(self.last_action[-1])
-        if gripper is not None:
-            action = np.zeros(len(ACTION_LABELS), np.float32)
-            action[-1] = gripper
-            out = [(self.action_pub, policy_io.labelled_values(ACTION_LABELS, action)), *out,
-                   (self.gripper_pub, messages.new('std_msgs/msg/Float32',
-                                                   data=(gripper + 1.0) / 2.0))]
-        return out
 
 
 def main(args=None) -> int:

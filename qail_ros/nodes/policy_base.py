@@ -58,8 +58,9 @@ from qail_ros.nodes.latest_frame import LATEST_FRAME, LatestFrameWorker, TimingL
 from qail_ros.runtime import Node
 from qail_ros.runtime.params import ParameterSpec
 
-__all__ = ['PolicyNode', 'PolicyOutputs', 'InputRejected', 'ProblemLog', 'check_image',
-           'shorten', 'OK', 'WARN', 'ERROR', 'STALE', 'PROBLEM_LOG_PERIOD_S']
+__all__ = ['PolicyNode', 'ArmPolicyNode', 'PolicyOutputs', 'InputRejected', 'ProblemLog',
+           'check_image', 'twist_message', 'zero_stamp_header', 'shorten', 'OK', 'WARN',
+           'ERROR', 'STALE', 'PROBLEM_LOG_PERIOD_S']
 
 OK, WARN, ERROR, STALE = 0, 1, 2, 3
 LEVEL_NAMES = {OK: 'OK', WARN: 'WARN', ERROR: 'ERROR', STALE: 'STALE'}
@@ -317,12 +318,16 @@ class PolicyNode(Node):
     def load(self) -> None:
         """Load the engine (on_configure); ParameterError naming the problem and the fix."""
 
+    #: what load() loads (an engine of qail_ros.engines); ArmPolicyNode uses `policy`
+    engine = None
+
     def unload(self) -> None:
         """Free what load() loaded (on_cleanup)."""
+        self.engine = None
 
     @property
     def loaded(self) -> bool:
-        raise NotImplementedError
+        return self.engine is not None
 
     def to_inputs(self, msg: Any) -> Any:
         raise NotImplementedError
@@ -347,6 +352,20 @@ class PolicyNode(Node):
         """(stamp in ns, whether the input carried one); outputs carry this stamp."""
         stamp = messages.ns_from_time(msg.header.stamp)
         return stamp, stamp > 0
+
+    def load_engine_file(self, architecture: str):
+        """(engine, path): the `engine` parameter's file through the engine registry, checked
+        to be `architecture` (and `expect_precision` when set); ParameterError otherwise."""
+        from qail_ros.engines import EngineError, load_engine
+        from qail_ros.share import resolve_share_path
+        path = resolve_share_path(self.engine_file)
+        expect = {'architecture': architecture}
+        if self.expect_precision:
+            expect['precision'] = self.expect_precision
+        try:
+            return load_engine(path, threads=int(self.threads), expect=expect), path
+        except EngineError as exc:
+            raise ParameterError(f"node '{self.get_name()}': engine: {exc}") from None
 
     def count_instruction_tokens(self, text: str) -> int | None:
         """Tokens of an instruction for `max_instruction_tokens` (None: cannot tell yet)."""
@@ -670,3 +689,78 @@ def zero_stamp_header(frame_id: str = ''):
     """The header of a safe command: stamp 0 (it answers no input)."""
     return messages.new('std_msgs/msg/Header', stamp=messages.time_from_ns(0),
                         frame_id=frame_id)
+
+
+def twist_message(linear, angular, stamp, frame_id: str):
+    """geometry_msgs/TwistStamped of three linear and three angular values."""
+    vec = 'geometry_msgs/msg/Vector3'
+    return messages.new(
+        'geometry_msgs/msg/TwistStamped',
+        header=messages.new('std_msgs/msg/Header', stamp=stamp, frame_id=frame_id),
+        twist=messages.new('geometry_msgs/msg/Twist',
+                           linear=messages.new(vec, x=linear[0], y=linear[1], z=linear[2]),
+                           angular=messages.new(vec, x=angular[0], y=angular[1],
+                                                z=angular[2])))
+
+
+class ArmPolicyNode(PolicyNode):
+    """A camera (+ instruction) policy of a 7-DoF end-effector action: the `action`,
+    `cmd_twist` and `gripper` topics, a torch policy in `self.policy`, and the safe command
+    (zero twist; zero deltas with the gripper held or set by `safe_gripper`). A node sets
+    `SAFE_GRIPPER` (open / close -> the action's gripper value) and `gripper_value(a6)` (the
+    `gripper` topic's value of an action's last entry)."""
+
+    INSTRUCTION = True
+    SAFE_COMMAND = 'zero cmd_twist, gripper held'
+    SAFE_GRIPPER = {'open': 1.0, 'close': 0.0}
+    LABELS = ('dx', 'dy', 'dz', 'droll', 'dpitch', 'dyaw', 'gripper')
+
+    def __init__(self, **kwargs):
+        self.policy = None
+        super().__init__(**kwargs)
+
+    @staticmethod
+    def safe_gripper_spec() -> ParameterSpec:
+        return ParameterSpec('safe_gripper', 'hold', 'gripper of the safe command: hold (the '
+                             'last commanded value; none before the first action), open or '
+                             'close', choices=('hold', 'open', 'close'))
+
+    def create_outputs(self) -> None:
+        self.action_pub = self.create_publisher('std_msgs/msg/Float32MultiArray', 'action', 10)
+        self.twist_pub = self.create_publisher('geometry_msgs/msg/TwistStamped', 'cmd_twist', 10)
+        self.gripper_pub = self.create_publisher('std_msgs/msg/Float32', 'gripper', 10)
+
+    @property
+    def loaded(self) -> bool:
+        return self.policy is not None
+
+    def unload(self) -> None:
+        self.policy = None
+
+    def to_inputs(self, msg):
+        from qail_ros.image import to_numpy
+        return to_numpy(msg, desired='rgb8')
+
+    def gripper_value(self, a6: float) -> float:
+        raise NotImplementedError
+
+    def arm_messages(self, action, linear, angular, stamp) -> list[tuple[Any, Any]]:
+        """(publisher, message) of the action, its twist and its gripper value."""
+        labels = self.LABELS if len(action) == len(self.LABELS) else \
+            tuple(f'a{i}' for i in range(len(action)))
+        return [(self.action_pub, policy_io.labelled_values(labels, action)),
+                (self.twist_pub, twist_message(linear, angular, stamp, self.frame_id)),
+                (self.gripper_pub, messages.new('std_msgs/msg/Float32',
+                                                data=self.gripper_value(float(action[-1]))))]
+
+    def safe_outputs(self) -> list[tuple[Any, Any]]:
+        zero = [0.0, 0.0, 0.0]
+        gripper = self.SAFE_GRIPPER.get(self.safe_gripper)
+        if gripper is None and self.last_action is not None:
+            gripper = float(self.last_action[-1])
+        if gripper is None:   # nothing commanded yet: stop the arm, leave the gripper
+            return [(self.twist_pub, twist_message(zero, zero, zero_stamp_header().stamp,
+                                                   self.frame_id))]
+        action = np.zeros(len(self.LABELS), np.float32)
+        action[-1] = gripper
+        return self.arm_messages(action, zero, zero, zero_stamp_header().stamp)

@@ -37,7 +37,6 @@ from qail_ros.errors import ParameterError
 from qail_ros.nodes.policy_base import InputRejected, PolicyNode, PolicyOutputs
 from qail_ros.runtime import run_node
 from qail_ros.runtime.params import ParameterSpec
-from qail_ros.share import resolve_share_path
 
 __all__ = ['StatePolicy', 'main']
 
@@ -81,25 +80,9 @@ class StatePolicy(PolicyNode):
         self.action_pub = self.create_publisher('std_msgs/msg/Float64MultiArray',
                                                 self.action_topic, 10)
 
-    @property
-    def state_sub(self):
-        return self.input_sub
-
     # -- engine ---------------------------------------------------------------------------------
-    @property
-    def loaded(self) -> bool:
-        return self.engine is not None
-
     def load(self) -> None:
-        from qail_ros.engines import EngineError, load_engine
-        path = resolve_share_path(self.engine_file)
-        expect = {'architecture': 'mlp'}
-        if self.expect_precision:
-            expect['precision'] = self.expect_precision
-        try:
-            engine = load_engine(path, threads=int(self.threads), expect=expect)
-        except EngineError as exc:
-            raise ParameterError(f"node '{self.get_name()}': engine: {exc}") from None
+        engine, path = self.load_engine_file('mlp')
         self.obs_dim = int(engine.manifest.inputs['state']['shape'][-1])
         self.act_dim = int(engine.manifest.outputs['action']['shape'][-1])
         warm = engine.warmup(3)
@@ -109,9 +92,6 @@ class StatePolicy(PolicyNode):
             f'MLP policy for {task} (state {self.obs_dim} -> action {self.act_dim}): '
             f'{engine.precision} on {engine.backend} ({path.name}), loaded in '
             f'{engine.load_s:.2f} s, warm-up {warm * 1e3:.1f} ms')
-
-    def unload(self) -> None:
-        self.engine = None
 
     # -- inference ------------------------------------------------------------------------------
     def check_input(self, msg) -> None:

@@ -51,10 +51,8 @@ import time
 
 import numpy as np
 
-from qail_ros import messages, policy_io
 from qail_ros.errors import ParameterError
-from qail_ros.nodes.image_policy import twist_message
-from qail_ros.nodes.policy_base import PolicyNode, PolicyOutputs, zero_stamp_header
+from qail_ros.nodes.policy_base import ArmPolicyNode, PolicyOutputs
 from qail_ros.policies.instruction import ACTION_LABELS
 from qail_ros.runtime import run_node
 from qail_ros.runtime.params import ParameterSpec
@@ -65,8 +63,6 @@ __all__ = ['VLAPolicy', 'main', 'DEFAULT_MODEL', 'resolve_model_path']
 DEFAULT_MODEL = 'models/openvla-tiny'
 #: the package's model directories: as given, else in the share directory
 resolve_model_path = resolve_share_path
-#: safe_gripper -> the gripper value of the action (0 closed, 1 open)
-SAFE_GRIPPER = {'open': 1.0, 'close': 0.0}
 
 
 def _precisions() -> tuple[str, ...]:
@@ -79,16 +75,15 @@ def _schemes() -> tuple[str, ...]:
     return tuple(INT4_SCHEMES)
 
 
-class VLAPolicy(PolicyNode):
+class VLAPolicy(ArmPolicyNode):
     """Runs OpenVLA on the newest camera frame; see the module docstring."""
 
     NODE_NAME = 'vla_policy'
-    INSTRUCTION = True
     INPUT_TIMEOUT_S = 0.6
-    SAFE_COMMAND = 'zero cmd_twist, gripper held'
+    #: safe_gripper -> the gripper value of the action (0 closed, 1 open)
+    SAFE_GRIPPER = {'open': 1.0, 'close': 0.0}
 
     def __init__(self, **kwargs):
-        self.policy = None
         self.PARAMETERS = (
             ParameterSpec('model_path', DEFAULT_MODEL, 'OpenVLA checkpoint directory (HF '
                           'layout); relative paths also look in the package share dir',
@@ -121,9 +116,7 @@ class VLAPolicy(PolicyNode):
             ParameterSpec('control_period_s', 0.2, 'seconds one action step spans (cmd_twist '
                           '= delta / period); 0.2 = Bridge V2 at 5 Hz', min=0.0,
                           min_exclusive=True),
-            ParameterSpec('safe_gripper', 'hold', 'gripper of the safe command: hold (the '
-                          'last commanded value; none before the first action), open or close',
-                          choices=('hold', 'open', 'close')),
+            ArmPolicyNode.safe_gripper_spec(),
         )
         super().__init__(**kwargs)
 
@@ -143,16 +136,7 @@ class VLAPolicy(PolicyNode):
         if problems:
             raise ParameterError(f"node '{self.get_name()}': " + '; '.join(problems))
 
-    def create_outputs(self) -> None:
-        self.action_pub = self.create_publisher('std_msgs/msg/Float32MultiArray', 'action', 10)
-        self.twist_pub = self.create_publisher('geometry_msgs/msg/TwistStamped', 'cmd_twist', 10)
-        self.gripper_pub = self.create_publisher('std_msgs/msg/Float32', 'gripper', 10)
-
     # -- engine ---------------------------------------------------------------------------------
-    @property
-    def loaded(self) -> bool:
-        return self.policy is not None
-
     def load(self) -> None:
         import torch
         from qail_ros.openvla import OpenVLAError
@@ -182,9 +166,6 @@ class VLAPolicy(PolicyNode):
             f'unnorm_key {policy.unnorm_key!r}) ready in {time.perf_counter() - start:.2f} s; '
             f'instruction: {self.instruction!r}')
 
-    def unload(self) -> None:
-        self.policy = None
-
     def _token_budget(self, policy) -> None:
         """Prompt tokens the model's context leaves (positions - image patches - actions),
         and the template's own tokens (an empty instruction)."""
@@ -210,11 +191,10 @@ class VLAPolicy(PolicyNode):
                     'action tokens)')
         return None
 
-    # -- inference ------------------------------------------------------------------------------
-    def to_inputs(self, msg):
-        from qail_ros.image import to_numpy
-        return to_numpy(msg, desired='rgb8')
+    def gripper_value(self, a6: float) -> float:
+        return min(max(a6, 0.0), 1.0)
 
+    # -- inference ------------------------------------------------------------------------------
     def run(self, frame):
         return self.policy.predict(frame, self.instruction)
 
@@ -222,35 +202,14 @@ class VLAPolicy(PolicyNode):
         action = np.asarray(result.action, dtype=np.float64)
         a = [float(x) for x in action]
         rate = 1.0 / float(self.control_period_s)
-        twist = twist_message([a[0] * rate, a[1] * rate, a[2] * rate],
-                              [a[3] * rate, a[4] * rate, a[5] * rate], msg.header.stamp,
-                              self.frame_id)
-        labels = ACTION_LABELS if len(a) == len(ACTION_LABELS) else \
-            tuple(f'a{i}' for i in range(len(a)))
         values = ' '.join(f'{k}={v:+.4f}' for k, v in zip(ACTION_LABELS, action))
         return PolicyOutputs(
-            messages=[(self.action_pub, policy_io.labelled_values(labels, action)),
-                      (self.twist_pub, twist),
-                      (self.gripper_pub, messages.new('std_msgs/msg/Float32',
-                                                      data=min(max(a[-1], 0.0), 1.0)))],
+            messages=self.arm_messages(action, [a[0] * rate, a[1] * rate, a[2] * rate],
+                                       [a[3] * rate, a[4] * rate, a[5] * rate],
+                                       msg.header.stamp),
             raw=result.bin_logits, raw_name='action_token_logits', value=action,
             log=f'action {values}',
             run_split_ms=(result.timing_ms['preprocess_ms'], result.timing_ms['inference_ms']))
-
-    def safe_outputs(self) -> list:
-        zero = [0.0, 0.0, 0.0]
-        out = [(self.twist_pub, twist_message(zero, zero, zero_stamp_header().stamp,
-                                              self.frame_id))]
-        gripper = SAFE_GRIPPER.get(self.safe_gripper)
-        if gripper is None and self.last_action is not None:
-            gripper = float(self.last_action[-1])
-        if gripper is not None:
-            action = np.zeros(len(ACTION_LABELS))
-            action[-1] = gripper
-            out = [(self.action_pub, policy_io.labelled_values(ACTION_LABELS, action)), *out,
-                   (self.gripper_pub, messages.new('std_msgs/msg/Float32',
-                                                   data=min(max(gripper, 0.0), 1.0)))]
-        return out
 
 
 def main(args=None) -> int:

@@ -180,8 +180,8 @@ def _make_policy():
     """A policy node on the policy-node base whose "engine" is numpy (the ROS venv has no
     torch): linear.x of cmd_twist = the mean pixel / 255; safe command: a zero twist."""
     from qail_ros import messages
-    from qail_ros.nodes.image_policy import twist_message
-    from qail_ros.nodes.policy_base import PolicyNode, PolicyOutputs, zero_stamp_header
+    from qail_ros.nodes.policy_base import (PolicyNode, PolicyOutputs, twist_message,
+                                            zero_stamp_header)
     from qail_ros.runtime.params import ParameterSpec
 
     class MockPolicy(PolicyNode):
