@@ -46,6 +46,7 @@ ones of PolicyNode; the descriptions are in the specs (`ros2 param describe`).
 """
 from __future__ import annotations
 
+import copy
 import sys
 import time
 
@@ -173,14 +174,20 @@ class VLAPolicy(ArmPolicyNode):
         positions = int(c.text_config.get('max_position_embeddings') or 0)
         self._context_tokens = (positions - c.num_patches - policy.action_dim
                                 if positions else None)
-        self._template_tokens = len(policy.tokenizer(policy.prompt(''))['input_ids'])
+        # a copy to count instruction tokens with on the executor thread while the worker
+        # thread's predict uses the policy's own (a tokenizer is not made for two threads)
+        try:
+            self._tokenizer = copy.deepcopy(policy.tokenizer)
+        except Exception:  # noqa: BLE001 - a tokenizer that does not copy: share it
+            self._tokenizer = policy.tokenizer
+        self._template_tokens = len(self._tokenizer(policy.prompt(''))['input_ids'])
 
     def instruction_problem(self, text: str, tokens: bool = True, policy=None):
         problem = super().instruction_problem(text, tokens=tokens)
         policy = policy or self.policy
         if problem or not tokens or policy is None:
             return problem
-        n = len(policy.tokenizer(policy.prompt(text))['input_ids'])
+        n = len(self._tokenizer(policy.prompt(text))['input_ids'])
         limit = int(self.max_instruction_tokens)
         if n - self._template_tokens > limit:
             return (f'an instruction of {n - self._template_tokens} tokens is over '

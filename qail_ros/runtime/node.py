@@ -56,6 +56,7 @@ class Node:
                                                         cli_args=cli_args)
         self._declared: set[str] = set()
         self._specs: dict[str, _params.ParameterSpec] = {}
+        self._attribute_params: set[str] = set()   # declared by declare_parameters
         self._handle.set_parameters_callback(self._check_parameter_set)
         self._publishers: list = []
         self._subscriptions: list = []
@@ -130,6 +131,7 @@ class Node:
             value = self.declare_parameter(spec.name, spec.default, spec.description,
                                            spec=spec).value
             setattr(self, spec.attribute, value)
+            self._attribute_params.add(spec.name)
             values[spec.name] = value
         return values
 
@@ -173,14 +175,14 @@ class Node:
         reason = self.on_parameter_change(name, value)
         if reason:
             return reason
-        if hasattr(self, spec.attribute):
+        if name in self._attribute_params:
             setattr(self, spec.attribute, value)
         return None
 
     def on_parameter_change(self, name: str, value: Any) -> str | None:
         """Apply a checked change of a declared parameter (override in nodes whose helpers
         hold a copy: a worker's rate, a log period); return a reason to refuse it. The node
-        attribute of the spec is updated after this returns None."""
+        attribute of a spec given to `declare_parameters` is updated after this returns None."""
         return None
 
     # -- clock ----------------------------------------------------------------------------
