@@ -288,6 +288,7 @@ def _run_launch(name: str, start_timeout_s: float, say) -> tuple[list[dict], dic
         # killed router: SIGKILL, then a new router on the same port
         router = launch.child('zenoh_transport router')
         before = obs.counter('failsafe_activations')
+        lines_before = len(launch.lines)
         kill_ns = time.time_ns()
         t0 = time.monotonic()
         router.kill()
@@ -304,10 +305,9 @@ def _run_launch(name: str, start_timeout_s: float, say) -> tuple[list[dict], dic
         seen = obs.first(t0, True)
         if safe_ms is None and seen is not None:
             safe_ms = round((seen - t0) * 1e3, 1)
-        # the nodes' own words on the router (warnings of the Zenoh transport), if any
-        warned = any('router' in line.lower() and any(
-            w in line.lower() for w in ('gone', 'lost', 'unreachable', 'is back'))
-            for line in launch.lines)
+        # the nodes' own words on the router: a warning or error naming it after the kill
+        warned = any('router' in line.lower() and ('[WARN]' in line or '[ERROR]' in line)
+                     for line in launch.lines[lines_before:])
         row = {'launch': name, 'fault': 'killed_router', 'detected': tripped or warned,
                'safe_command_ms': safe_ms, 'recovered': recovered,
                'expect_safe': not continued, 'actions_continued_without_router': continued,
