@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import math
 import socket
 import threading
 import time
@@ -165,13 +164,14 @@ class ProblemLog:
         else:
             self.flush(now)
 
-    def flush(self, now: float | None = None) -> None:
+    def flush(self, now: float | None = None, force: bool = False) -> None:
+        """Log the summaries whose period is over (`force`: every pending one, at shutdown)."""
         now = time.monotonic() if now is None else now
         lines = []
         with self._lock:
             for group, since in self._since.items():
                 counts = self._counts[group]
-                if not counts or now - since < self.period_s:
+                if not counts or (now - since < self.period_s and not force):
                     continue
                 total = sum(counts.values())
                 kinds = ', '.join(f'{k} x{n}' for k, n in counts.most_common(4))
@@ -401,7 +401,7 @@ class PolicyNode(Node):
         self._timers_running = []
         self.worker.stop()
         self.publish_safe('shutdown')
-        self.problems.flush(math.inf)
+        self.problems.flush(force=True)
         rejected = sum(self.rejected.values())
         self.get_logger().info(
             f'{self.inferences} {self.OUTPUTS} from {self.frames_received} {self.INPUTS} '
