@@ -46,3 +46,17 @@ def launch_path(name: str) -> Path:
 
 def models_dir() -> Path:
     return share_dir() / 'models'
+
+
+def resolve_share_path(path: str) -> Path:
+    """A path as given when it is absolute or exists (relative to the working directory),
+    else relative to the share directory when it exists there (`models/...` of the package),
+    else as given (the caller's error then names it). Engine and model files of the nodes."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    try:
+        shared = share_dir() / path
+    except FileNotFoundError:
+        return p
+    return shared if shared.exists() else p

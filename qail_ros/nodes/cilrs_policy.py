@@ -29,114 +29,92 @@ Publishes (one message each per inference)
   ~/policy_timing std_msgs/Float64MultiArray (policy_io): input stamp, start/end, latency and
                  its parts (preprocess, inference, postprocess), frame age, frames dropped.
 
-Parameters: engine, threads, max_rate_hz, default_command, camera_topic, speed_topic,
-command_topic, control_topic, log_period_s, expect_precision ('' = any).
+Fail-safe (qail_ros.nodes.policy_base): on an invalid frame, an inference error, no valid
+frame for `input_timeout_s`, while loading and at shutdown it publishes the safe command on
+the control topic: throttle 0, steer 0, brake `safe_brake` (1), stamp 0 (it answers no frame,
+so env_bridge in synchronous mode still waits for the real answer). /diagnostics at 1 Hz.
+
+Parameters: `CILRSPolicy.PARAMETERS` below (engine, threads, expect_precision and the topics
+are read-only) and the common ones of PolicyNode; the descriptions are in the specs.
 """
 from __future__ import annotations
 
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 
-from qail_ros import messages, policy_io
+from qail_ros import messages
 from qail_ros.errors import ParameterError
-from qail_ros.nodes.latest_frame import LatestFramePolicy, LatestFrameWorker, TimingLog
-from qail_ros.runtime import Node, QoS, run_node
+from qail_ros.nodes.policy_base import PolicyNode, PolicyOutputs, zero_stamp_header
+from qail_ros.runtime import run_node
+from qail_ros.runtime.params import ParameterSpec
+from qail_ros.share import resolve_share_path
 
 __all__ = ['CILRSPolicy', 'main', 'DEFAULT_ENGINE', 'resolve_engine_path']
 
-LATEST_FRAME = QoS(depth=1, reliability='best_effort')
 DEFAULT_ENGINE = 'models/cilrs-highway/cilrs_highway_w8a8_ort.onnx'  # shipped, trained
 CONTROL_TYPE = 'carla_msgs/msg/CarlaEgoVehicleControl'
+#: engine files of the package: as given, else in the share directory
+resolve_engine_path = resolve_share_path
 
 
-def resolve_engine_path(engine: str) -> Path:
-    """An absolute/relative path as given, else relative to the package share directory."""
-    p = Path(engine).expanduser()
-    if p.is_absolute() or p.exists():
-        return p
-    from qail_ros.share import share_dir
-    try:
-        shared = share_dir() / engine
-    except FileNotFoundError:
-        return p
-    return shared if shared.exists() else p
-
-
-class CILRSPolicy(LatestFramePolicy, Node):
+class CILRSPolicy(PolicyNode):
     """Runs a CILRS engine on the newest camera frame; see the module docstring."""
 
+    NODE_NAME = 'cilrs_policy'
     OUTPUTS = 'controls'
+    SAFE_COMMAND = 'brake (throttle 0, steer 0, brake safe_brake)'
+    PARAMETERS = (
+        ParameterSpec('engine', DEFAULT_ENGINE, 'CILRS engine file (manifest <file>.json next '
+                      'to it)', read_only=True, attr='engine_file'),
+        ParameterSpec('threads', 1, 'CPU threads of the engine', min=1, read_only=True),
+        ParameterSpec('default_command', 4, 'RoadOption until a command arrives (4 = '
+                      'LANEFOLLOW)'),
+        ParameterSpec('expect_precision', '', "refuse engines of another precision ('' = "
+                      'any)', read_only=True),
+        ParameterSpec('camera_topic', '/carla/ego_vehicle/rgb_front/image', read_only=True),
+        ParameterSpec('speed_topic', '/carla/ego_vehicle/speedometer', read_only=True),
+        ParameterSpec('command_topic', '/carla/ego_vehicle/navigation_command',
+                      read_only=True),
+        ParameterSpec('control_topic', '/carla/ego_vehicle/vehicle_control_cmd',
+                      read_only=True),
+        ParameterSpec('safe_brake', 1.0, 'brake of the safe command', min=0.0, max=1.0),
+    )
 
     def __init__(self, **kwargs):
-        super().__init__('cilrs_policy', **kwargs)
         from qail_ros.msg_defs import register_carla_msgs
         register_carla_msgs()
-        p = self.declare_parameter
-        self.engine_file = p('engine', DEFAULT_ENGINE,
-                             'CILRS engine file (manifest <file>.json next to it)').value
-        self.threads = p('threads', 1, 'CPU threads of the engine').value
-        self.max_rate_hz = p('max_rate_hz', 0.0,
-                             'most inferences per second; 0 = one per new frame').value
-        self.default_command = p('default_command', 4,
-                                 'RoadOption until a command arrives (4 = LANEFOLLOW)').value
-        self.expect_precision = p('expect_precision', '',
-                                  "refuse engines of another precision ('' = any)").value
-        camera_topic = p('camera_topic', '/carla/ego_vehicle/rgb_front/image').value
-        speed_topic = p('speed_topic', '/carla/ego_vehicle/speedometer').value
-        command_topic = p('command_topic', '/carla/ego_vehicle/navigation_command').value
-        control_topic = p('control_topic', '/carla/ego_vehicle/vehicle_control_cmd').value
-        self.log_period_s = p('log_period_s', 1.0, 'seconds between control log lines; 0 = '
-                              'every control').value
-        self._validate()
         self.engine = None
         self.config = None
         self.speed_mps = 0.0
-        self.command = int(self.default_command)
         self.last_control = None
-        self.timing_log = TimingLog(max(self.log_period_s, 0.0))
-        self.worker = LatestFrameWorker(self.step, name='cilrs_policy',
-                                        max_rate_hz=float(self.max_rate_hz),
-                                        logger=self.get_logger())
-        self.control_pub = self.create_publisher(CONTROL_TYPE, control_topic, 10)
-        self.timing_pub = self.create_publisher('std_msgs/msg/Float64MultiArray',
-                                                '~/policy_timing', 10)
-        self.raw_pub = self.create_publisher('std_msgs/msg/Float64MultiArray', '~/raw_outputs',
-                                             10)
-        self.image_sub = self.create_subscription('sensor_msgs/msg/Image', camera_topic,
-                                                  self.image_callback, LATEST_FRAME)
-        self.speed_sub = self.create_subscription('std_msgs/msg/Float32', speed_topic,
+        self._frame_id = ''
+        super().__init__(**kwargs)
+        self.command = int(self.default_command)
+
+    def check_parameters(self) -> None:
+        if not self.engine_file:
+            raise ParameterError(f"node '{self.get_name()}': engine must name an engine file")
+
+    def input_topic(self) -> str:
+        return self.camera_topic
+
+    def create_outputs(self) -> None:
+        self.control_pub = self.create_publisher(CONTROL_TYPE, self.control_topic, 10)
+
+    def create_inputs(self) -> None:
+        self.speed_sub = self.create_subscription('std_msgs/msg/Float32', self.speed_topic,
                                                   self.speed_callback, 10)
-        self.command_sub = self.create_subscription('std_msgs/msg/Int8', command_topic,
+        self.command_sub = self.create_subscription('std_msgs/msg/Int8', self.command_topic,
                                                     self.command_callback, 10)
 
-    def _validate(self) -> None:
-        problems = []
-        if not self.engine_file:
-            problems.append('engine must name an engine file')
-        if self.threads < 1:
-            problems.append(f'threads must be >= 1, not {self.threads}')
-        if self.max_rate_hz < 0:
-            problems.append(f'max_rate_hz must be >= 0, not {self.max_rate_hz}')
-        if self.log_period_s < 0:
-            problems.append(f'log_period_s must be >= 0, not {self.log_period_s}')
-        if problems:
-            raise ParameterError(f"node '{self.get_name()}': " + '; '.join(problems))
-
-    # -- lifecycle ------------------------------------------------------------------------------
-    def on_configure(self) -> None:
+    # -- engine ---------------------------------------------------------------------------------
+    def load(self) -> None:
         from qail_ros.cilrs.config import CILRSConfig
-        from qail_ros.engines import EngineError, load_engine
-        path = resolve_engine_path(self.engine_file)
-        expect = {'architecture': 'cilrs'}
-        if self.expect_precision:
-            expect['precision'] = self.expect_precision
+        engine, path = self.load_engine_file('cilrs')
         try:
-            engine = load_engine(path, threads=int(self.threads), expect=expect)
             self.config = CILRSConfig.from_dict(engine.manifest.architecture['config'])
-        except (EngineError, ValueError, KeyError) as exc:
+        except (ValueError, KeyError) as exc:
             raise ParameterError(f"node '{self.get_name()}': engine: {exc}") from None
         warm = engine.warmup(2)
         self.engine = engine
@@ -145,9 +123,6 @@ class CILRSPolicy(LatestFramePolicy, Node):
             f'CILRS ResNet-{c.resnet} {c.width}x{c.height}, {c.head} head: {engine.precision} '
             f'on {engine.backend} ({path.name}, {engine.file_size() / 1e6:.1f} MB), loaded in '
             f'{engine.load_s:.2f} s, warm-up {warm:.2f} s, {self.threads} thread(s)')
-
-    def on_cleanup(self) -> None:
-        self.engine = None
 
     # -- callbacks ------------------------------------------------------------------------------
     def speed_callback(self, msg) -> None:
@@ -163,18 +138,17 @@ class CILRSPolicy(LatestFramePolicy, Node):
         from qail_ros.image import to_numpy
         return preprocess_frame(to_numpy(msg, desired='rgb8'), self.speed_mps, self.config)
 
-    def step(self, msg):
-        """Run the engine on one camera frame and publish control, raw outputs and timing."""
-        from qail_ros.cilrs.config import command_index, postprocess, select_branch
-        if self.engine is None:
-            raise RuntimeError('cilrs_policy is not configured (on_configure loads the engine)')
-        start_s = time.time()
-        t0 = time.perf_counter()
+    def to_inputs(self, msg):
         command = self.command
-        inputs = self.preprocess(msg)
-        t1 = time.perf_counter()
-        outputs = self.engine.infer(inputs)
-        t2 = time.perf_counter()
+        return command, self.preprocess(msg)
+
+    def run(self, inputs):
+        command, tensors = inputs
+        return command, self.engine.infer(tensors)
+
+    def to_outputs(self, msg, result) -> PolicyOutputs:
+        from qail_ros.cilrs.config import command_index, postprocess, select_branch
+        command, outputs = result
         raw = select_branch(outputs['branches'], command)
         throttle, steer, brake, _ = postprocess(raw, self.config.head)
         control = messages.new(
@@ -182,28 +156,18 @@ class CILRSPolicy(LatestFramePolicy, Node):
             header=messages.new('std_msgs/msg/Header', stamp=msg.header.stamp,
                                 frame_id=msg.header.frame_id),
             throttle=throttle, steer=steer, brake=brake)
-        t3 = time.perf_counter()
-        stamp_ns = messages.ns_from_time(msg.header.stamp)
-        age_ms = (self.now_ns() - stamp_ns) / 1e6 if stamp_ns > 0 else float('nan')
-        timing = policy_io.InferenceTiming(
-            stamp_ns=stamp_ns, start_s=start_s, end_s=start_s + (t3 - t0),
-            preprocess_ms=(t1 - t0) * 1e3, inference_ms=(t2 - t1) * 1e3,
-            postprocess_ms=(t3 - t2) * 1e3, age_ms=age_ms, dropped_frames=self.frames_dropped)
-        self.control_pub.publish(control)
-        name = f'cilrs_{self.config.head}_{command_index(command, self.config.num_branches)}'
-        self.raw_pub.publish(policy_io.raw_outputs_to_msg(stamp_ns, raw, name))
-        self.timing_pub.publish(policy_io.timing_to_msg(timing))
+        self._frame_id = msg.header.frame_id
         self.last_control = control
-        self._log(control, timing)
-        return control
+        name = f'cilrs_{self.config.head}_{command_index(command, self.config.num_branches)}'
+        return PolicyOutputs(
+            messages=[(self.control_pub, control)], raw=raw, raw_name=name, value=control,
+            log=(f'throttle {throttle:.2f} steer {steer:+.2f} brake {brake:.2f} (command '
+                 f'{command}, speed {self.speed_mps:.1f} m/s)'))
 
-    def _log(self, control, timing: policy_io.InferenceTiming) -> None:
-        line = self.timing_log.add(timing)
-        if line:
-            self.get_logger().info(
-                f'throttle {control.throttle:.2f} steer {control.steer:+.2f} brake '
-                f'{control.brake:.2f} (command {self.command}, speed {self.speed_mps:.1f} m/s) '
-                f'| {line} | frames {self.frames_received}, dropped {self.frames_dropped}')
+    def safe_outputs(self) -> list:
+        return [(self.control_pub, messages.new(
+            CONTROL_TYPE, header=zero_stamp_header(self._frame_id), throttle=0.0, steer=0.0,
+            brake=float(self.safe_brake)))]
 
 
 def main(args=None) -> int:

@@ -9,8 +9,10 @@
 counted in `replaced` (dropped by the latest-frame policy). The worker thread runs `step(msg)`
 on each newest message, at most `max_rate_hz` times a second (0 = as fast as messages come);
 an exception in `step` is counted and logged (first, then every 100th), never fatal.
-Shared by the policy nodes (image_policy, vla_policy, cilrs_policy), with `TimingLog`, which
-summarises their per-inference timing in one log line every `period_s`.
+Used by the policy-node base (qail_ros.nodes.policy_base), with `TimingLog`, which
+summarises per-inference timing in one log line every `period_s`, and `LATEST_FRAME`, the QoS
+of the camera subscriptions. `max_rate_hz` may change while the worker runs (a parameter set
+at run time): the next wait uses the new rate.
 """
 from __future__ import annotations
 
@@ -19,7 +21,12 @@ import threading
 import time
 from typing import Any, Callable
 
-__all__ = ['LatestFramePolicy', 'LatestFrameWorker', 'TimingLog', 'queue_drops']
+from qail_ros.runtime.api import QoS
+
+__all__ = ['LATEST_FRAME', 'LatestFrameWorker', 'TimingLog', 'queue_drops']
+
+#: Newest frame only: a best-effort subscription that holds one message.
+LATEST_FRAME = QoS(depth=1, reliability='best_effort')
 
 
 def queue_drops(subscription: Any) -> int:
@@ -113,13 +120,22 @@ class LatestFrameWorker:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def set_rate(self, max_rate_hz: float) -> None:
+        """Change the rate limit of a running worker (from the next inference on)."""
+        if max_rate_hz < 0:
+            raise ValueError(f'max_rate_hz must be >= 0, not {max_rate_hz}')
+        self.max_rate_hz = float(max_rate_hz)
+
     def _loop(self) -> None:
-        period = 1.0 / self.max_rate_hz if self.max_rate_hz > 0 else 0.0
-        next_slot = 0.0
+        last_start = None
         while not self._stopping.is_set():
             if not self._new.wait(0.2):
                 continue
-            if period:
+            rate = self.max_rate_hz
+            period = 1.0 / rate if rate > 0 else 0.0
+            if period and last_start is not None:
+                # earliest start of the next inference: the last start + one period
+                next_slot = last_start + period
                 delay = next_slot - time.monotonic()
                 if delay > 0 and self._stopping.wait(delay):
                     break
@@ -128,8 +144,7 @@ class LatestFrameWorker:
                 self._new.clear()
             if msg is None or self._stopping.is_set():
                 continue
-            # earliest start of the next inference: this start + one period
-            next_slot = time.monotonic() + period if period else 0.0
+            last_start = time.monotonic()
             try:
                 self.step(msg)
                 self.processed += 1
@@ -137,44 +152,3 @@ class LatestFrameWorker:
                 self.errors += 1
                 if self.logger is not None and (self.errors == 1 or self.errors % 100 == 0):
                     self.logger.error(f'inference failed ({self.errors} so far): {exc}')
-
-
-class LatestFramePolicy:
-    """Plumbing every latest-frame policy node shares; mix in before `Node`:
-
-        class CILRSPolicy(LatestFramePolicy, Node):
-            OUTPUTS = 'controls'
-            # __init__ sets self.worker (LatestFrameWorker), self.image_sub (the camera
-            # subscription, image_callback as its callback) and self.timing_log (TimingLog)
-
-    It starts/stops the worker with the node's lifecycle, hands camera frames to it, and
-    counts frames received and dropped (replaced here, or dropped by the subscription queue).
-    """
-
-    #: what one output of the policy is called in the shutdown summary
-    OUTPUTS = 'actions'
-
-    def on_activate(self) -> None:
-        self.timing_log.reset()
-        self.worker.start()
-
-    def on_deactivate(self) -> None:
-        self.worker.stop()
-        self.get_logger().info(
-            f'{self.worker.processed} {self.OUTPUTS} from {self.frames_received} frames '
-            f'({self.frames_dropped} dropped, {self.worker.errors} errors)')
-
-    def image_callback(self, msg) -> None:
-        """Keep only the newest frame; never waits for the policy."""
-        self.worker.offer(msg)
-
-    @property
-    def frames_received(self) -> int:
-        """Frames that reached this node (delivered, or dropped by the subscription queue)."""
-        return self.worker.delivered + queue_drops(self.image_sub)
-
-    @property
-    def frames_dropped(self) -> int:
-        """Frames that never reached the policy: replaced here, or dropped by the queue
-        (e.g. while on_configure was loading the model)."""
-        return self.worker.replaced + queue_drops(self.image_sub)

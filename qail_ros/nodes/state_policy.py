@@ -17,69 +17,72 @@ Publishes (one message each per state)
   ~/raw_outputs   the same values (the MLP's tanh output is what QBC distils), policy_io
   ~/policy_timing policy_io timing (latency = unpack + inference + publish preparation)
 
-Parameters: engine (engine file or its manifest; relative: cwd, then the share directory),
-threads, expect_precision ('' = any, e.g. w4a4 to refuse another engine), state_topic,
-action_topic, log_period_s.
+Fail-safe (qail_ros.nodes.policy_base): on a state of the wrong size, an inference error, no
+state for `input_timeout_s` (default 1 s), while loading and at shutdown it publishes the safe
+action (`safe_action`, default zeros) with stamp 0: it answers no state, so physics_bridge in
+synchronous mode does not take it for the answer to its state, and a dataset never pairs it.
+/diagnostics at 1 Hz.
+
+Parameters: `StatePolicy.PARAMETERS` below (engine, threads, expect_precision and the topics are
+read-only) and the common ones of PolicyNode (no max_rate_hz: every state is answered).
 """
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
 
 from qail_ros import policy_io
 from qail_ros.errors import ParameterError
-from qail_ros.nodes.latest_frame import TimingLog
-from qail_ros.runtime import Node, run_node
+from qail_ros.nodes.policy_base import InputRejected, PolicyNode, PolicyOutputs
+from qail_ros.runtime import run_node
+from qail_ros.runtime.params import ParameterSpec
 
 __all__ = ['StatePolicy', 'main']
 
 
-class StatePolicy(Node):
+class StatePolicy(PolicyNode):
     """Runs an 'mlp' engine on every state message; see the module docstring."""
 
+    NODE_NAME = 'state_policy'
+    INPUTS = 'states'
+    INPUT_TYPE = 'std_msgs/msg/Float64MultiArray'
+    LATEST_FRAME = False
+    INPUT_TIMEOUT_S = 1.0
+    LOG_PERIOD_S = 5.0
+    SAFE_COMMAND = 'safe action (safe_action, zeros by default)'
+    PARAMETERS = (
+        ParameterSpec('engine', '', 'engine file written by qail-ros export', read_only=True,
+                      attr='engine_file'),
+        ParameterSpec('threads', 1, 'CPU threads of the engine', min=1, read_only=True),
+        ParameterSpec('expect_precision', '', "refuse engines of another precision ('' = "
+                      'any)', read_only=True),
+        ParameterSpec('state_topic', 'state', read_only=True),
+        ParameterSpec('action_topic', 'action', read_only=True),
+        ParameterSpec('safe_action', [0.0], 'action of the safe command; [0.0] = zeros of '
+                      "the engine's action size"),
+    )
+
     def __init__(self, **kwargs):
-        super().__init__('state_policy', **kwargs)
-        p = self.declare_parameter
-        self.engine_file = p('engine', '', 'engine file written by qail-ros export').value
-        self.threads = p('threads', 1, 'CPU threads of the engine').value
-        self.expect_precision = p('expect_precision', '', "refuse engines of another "
-                                  "precision ('' = any)").value
-        state_topic = p('state_topic', 'state').value
-        action_topic = p('action_topic', 'action').value
-        self.log_period_s = p('log_period_s', 5.0, 'seconds between log lines; 0 = every '
-                              'action').value
+        self.engine = None
+        self.obs_dim = self.act_dim = 0
+        super().__init__(**kwargs)
+
+    def check_parameters(self) -> None:
         if not self.engine_file:
             raise ParameterError(f"node '{self.get_name()}': parameter 'engine' is empty: "
                                  'pass engine:=FILE (an engine written by qail-ros export)')
-        if self.threads < 1 or self.log_period_s < 0:
-            raise ParameterError(f"node '{self.get_name()}': threads must be >= 1 and "
-                                 'log_period_s >= 0')
-        self.engine = None
-        self.inferences = 0
-        self.last_action: np.ndarray | None = None
-        self.timing_log = TimingLog(float(self.log_period_s))
-        self.action_pub = self.create_publisher('std_msgs/msg/Float64MultiArray', action_topic,
-                                                10)
-        self.raw_pub = self.create_publisher('std_msgs/msg/Float64MultiArray', '~/raw_outputs',
-                                             10)
-        self.timing_pub = self.create_publisher('std_msgs/msg/Float64MultiArray',
-                                                '~/policy_timing', 10)
-        self.state_sub = self.create_subscription('std_msgs/msg/Float64MultiArray', state_topic,
-                                                  self.state_callback, 10)
 
-    def on_configure(self) -> None:
-        from qail_ros.engines import EngineError, load_engine
-        from qail_ros.nodes.cilrs_policy import resolve_engine_path
-        path = resolve_engine_path(self.engine_file)
-        expect = {'architecture': 'mlp'}
-        if self.expect_precision:
-            expect['precision'] = self.expect_precision
-        try:
-            engine = load_engine(path, threads=int(self.threads), expect=expect)
-        except EngineError as exc:
-            raise ParameterError(f"node '{self.get_name()}': engine: {exc}") from None
+    def input_topic(self) -> str:
+        return self.state_topic
+
+    def create_outputs(self) -> None:
+        self.action_pub = self.create_publisher('std_msgs/msg/Float64MultiArray',
+                                                self.action_topic, 10)
+
+    # -- engine ---------------------------------------------------------------------------------
+    def load(self) -> None:
+        engine, path = self.load_engine_file('mlp')
         self.obs_dim = int(engine.manifest.inputs['state']['shape'][-1])
         self.act_dim = int(engine.manifest.outputs['action']['shape'][-1])
         warm = engine.warmup(3)
@@ -90,42 +93,52 @@ class StatePolicy(Node):
             f'{engine.precision} on {engine.backend} ({path.name}), loaded in '
             f'{engine.load_s:.2f} s, warm-up {warm * 1e3:.1f} ms')
 
-    def on_cleanup(self) -> None:
-        self.engine = None
+    # -- inference ------------------------------------------------------------------------------
+    def check_input(self, msg) -> None:
+        size = len(msg.data) - int(msg.layout.data_offset)
+        if self.engine is not None and size != self.obs_dim:
+            raise InputRejected('wrong_size', f'state with {size} values, the engine takes '
+                                              f'{self.obs_dim}: is the engine for this task?')
+        values = np.asarray(msg.data[int(msg.layout.data_offset):], dtype=np.float64)
+        if not np.all(np.isfinite(values)):
+            raise InputRejected('non_finite', 'state with NaN / inf values')
+
+    def input_stamp(self, msg) -> tuple[int, bool]:
+        if int(msg.layout.data_offset) == 2:
+            return policy_io.raw_outputs_from_msg(msg)[0], True
+        return self._receive_ns, False
 
     def state_callback(self, msg) -> None:
-        if self.engine is None:
-            return
-        start_s = time.time()
-        t0 = time.perf_counter()
+        """The subscription callback (kept under its old name)."""
+        self.input_callback(msg)
+
+    def to_inputs(self, msg):
+        self._receive_ns = self.now_ns()
         offset = int(msg.layout.data_offset)
-        stamped = offset == 2
-        stamp_ns = policy_io.raw_outputs_from_msg(msg)[0] if stamped else self.now_ns()
-        state = np.asarray(msg.data[offset:], dtype=np.float32)
-        if state.shape != (self.obs_dim,):
-            self.get_logger().error(f'state with {state.size} values, the engine takes '
-                                    f'{self.obs_dim}: is the engine for this task?')
-            return
-        t1 = time.perf_counter()
-        action = self.engine.infer({'state': state[None]})['action'][0].astype(np.float64)
-        t2 = time.perf_counter()
-        action_msg = policy_io.raw_outputs_to_msg(stamp_ns, action, 'action')
-        t3 = time.perf_counter()
-        self.action_pub.publish(action_msg)
-        self.raw_pub.publish(action_msg)     # the MLP's raw output is its action
-        age_ms = (self.now_ns() - stamp_ns) / 1e6 if stamped else float('nan')
-        timing = policy_io.InferenceTiming(
-            stamp_ns=stamp_ns, start_s=start_s, end_s=start_s + (t3 - t0),
-            preprocess_ms=(t1 - t0) * 1e3, inference_ms=(t2 - t1) * 1e3,
-            postprocess_ms=(t3 - t2) * 1e3, age_ms=age_ms)
-        self.timing_pub.publish(policy_io.timing_to_msg(timing))
-        self.inferences += 1
-        self.last_action = action
-        line = self.timing_log.add(timing)
-        if line:
-            values = ' '.join(f'{v:+.2f}' for v in action[:6])
-            self.get_logger().info(f'action [{values}{" ..." if action.size > 6 else ""}] | '
-                                   f'{line} | {self.inferences} states')
+        return np.asarray(msg.data[offset:], dtype=np.float32)
+
+    def run(self, state):
+        return self.engine.infer({'state': state[None]})['action'][0].astype(np.float64)
+
+    def to_outputs(self, msg, action) -> PolicyOutputs:
+        stamp_ns, _ = self.input_stamp(msg)
+        values = ' '.join(f'{v:+.2f}' for v in action[:6])
+        return PolicyOutputs(
+            messages=[(self.action_pub, policy_io.raw_outputs_to_msg(stamp_ns, action,
+                                                                     'action'))],
+            raw=action, raw_name='action', value=action,   # the MLP's raw output is its action
+            log=f'action [{values}{" ..." if action.size > 6 else ""}]')
+
+    def safe_outputs(self) -> list:
+        if not self.act_dim:
+            return []
+        safe = np.asarray(self.safe_action, dtype=np.float64)
+        if safe.size != self.act_dim:
+            safe = np.zeros(self.act_dim) if not np.any(safe) else None
+        if safe is None:
+            raise ParameterError(f'safe_action has {len(self.safe_action)} values, the engine '
+                                 f'acts with {self.act_dim}')
+        return [(self.action_pub, policy_io.raw_outputs_to_msg(0, safe, 'action'))]
 
 
 def main(args=None) -> int:

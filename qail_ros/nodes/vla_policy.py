@@ -33,145 +33,112 @@ Publishes (one message each per inference; every header / stamp prefix is the ca
                    preprocess (decode + resize + tokenise) / inference (towers, prefill, 7
                    decode steps) / postprocess ms, frame age, frames dropped so far.
 
-Parameters: model_path (default: the shipped tiny model), unnorm_key (default 'bridge_orig',
-a key of OpenVLA-7B's norm_stats; '' = the checkpoint's only data set), precision
-(fp32 | bf16 | int4 | int4_ort), int4_scheme (rtn | awq),
-int4_group_size (0 = per channel), int4_weights (a backbone saved by
-OpenVLAPolicy.save_int4; empty = quantize at start), lora_weights (QLoRA adapters over
-int4_weights, from `qail-ros train-vla`),
-device (cpu | cuda: where the int4_ort decoder graph runs; cuda needs onnxruntime-gpu),
-vision_engine (an engine of the towers + projector, e.g. a TensorRT fp16 plan built by
-`python -m qail_ros.openvla.vision_engine`; '' = the torch towers),
-instruction, max_rate_hz, num_threads (torch threads, and the onnxruntime threads for
-int4_ort), frame_id, control_period_s, log_period_s.
+Fail-safe (qail_ros.nodes.policy_base): on an invalid frame, an inference error, no valid
+frame for `input_timeout_s` (default 0.6 s, three control periods), while loading and at
+shutdown it publishes the safe command: a zero cmd_twist and (once a gripper value was
+commanded) the action with zero deltas and the gripper held (`safe_gripper`: hold | open |
+close), stamp 0. /diagnostics at 1 Hz. An instruction longer than max_instruction_bytes or
+max_instruction_tokens (or than the model's context) is refused; the previous one stays.
+
+Parameters: `VLAPolicy.PARAMETERS` below (model_path, unnorm_key, precision, int4_*, lora_weights,
+device, vision_engine and num_threads are read-only: a change needs a reload) and the common
+ones of PolicyNode; the descriptions are in the specs (`ros2 param describe`).
 """
 from __future__ import annotations
 
+import copy
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-from qail_ros import messages, policy_io
 from qail_ros.errors import ParameterError
-from qail_ros.nodes.latest_frame import LatestFramePolicy, LatestFrameWorker, TimingLog
+from qail_ros.nodes.policy_base import ArmPolicyNode, PolicyOutputs
 from qail_ros.policies.instruction import ACTION_LABELS
-from qail_ros.runtime import Node, QoS, run_node
+from qail_ros.runtime import run_node
+from qail_ros.runtime.params import ParameterSpec
+from qail_ros.share import resolve_share_path
 
 __all__ = ['VLAPolicy', 'main', 'DEFAULT_MODEL', 'resolve_model_path']
 
-LATEST_FRAME = QoS(depth=1, reliability='best_effort')
 DEFAULT_MODEL = 'models/openvla-tiny'
+#: the package's model directories: as given, else in the share directory
+resolve_model_path = resolve_share_path
 
 
-def resolve_model_path(model_path: str) -> Path:
-    """An absolute/existing path as given, else relative to the package share directory."""
-    p = Path(model_path).expanduser()
-    if p.is_absolute() or p.exists():
-        return p
-    from qail_ros.share import share_dir
-    try:
-        shared = share_dir() / model_path
-    except FileNotFoundError:
-        return p
-    return shared if shared.exists() else p
+def _precisions() -> tuple[str, ...]:
+    from qail_ros.openvla.policy import PRECISIONS
+    return tuple(PRECISIONS)
 
 
-class VLAPolicy(LatestFramePolicy, Node):
+def _schemes() -> tuple[str, ...]:
+    from qail_ros.openvla.policy import INT4_SCHEMES
+    return tuple(INT4_SCHEMES)
+
+
+class VLAPolicy(ArmPolicyNode):
     """Runs OpenVLA on the newest camera frame; see the module docstring."""
 
-    def __init__(self, **kwargs):
-        super().__init__('vla_policy', **kwargs)
-        p = self.declare_parameter
-        self.model_path = p('model_path', DEFAULT_MODEL, 'OpenVLA checkpoint directory (HF '
-                            'layout); relative paths also look in the package share dir').value
-        self.unnorm_key = p('unnorm_key', 'bridge_orig', 'data set whose action statistics '
-                            "un-normalise the actions ('' = the checkpoint's only one)").value
-        self.precision = p('precision', 'fp32', 'fp32 | bf16 | int4 (INT4 weight-only Llama '
-                           "backbone, torch's kernel) | int4_ort (same codes, the decoder as one "
-                           'onnxruntime graph: the fastest CPU path)').value
-        self.int4_scheme = p('int4_scheme', 'rtn', 'rtn | awq (when quantizing at start)').value
-        self.int4_group_size = p('int4_group_size', 128, 'INT4 group size (halved until it '
-                                 'divides every layer); 0 = per channel').value
-        self.int4_weights = p('int4_weights', '', 'backbone saved by OpenVLAPolicy.save_int4; '
-                              "'' = quantize at start").value
-        self.lora_weights = p('lora_weights', '', 'QLoRA adapters over int4_weights '
-                              "(qail-ros train-vla; precision int4 or int4_ort); '' = none").value
-        self.device = p('device', 'cpu', 'cpu | cuda: where the int4_ort decoder graph runs '
-                        '(cuda: onnxruntime-gpu)').value
-        self.vision_engine = p('vision_engine', '', 'engine of the vision towers + projector '
-                               '(python -m qail_ros.openvla.vision_engine); '
-                               "'' = the torch towers").value
-        self.instruction = p('instruction', '',
-                             'language instruction (the instruction topic replaces it)').value
-        self.max_rate_hz = p('max_rate_hz', 0.0,
-                             'most inferences per second; 0 = one per new frame').value
-        self.num_threads = p('num_threads', 1, 'torch CPU threads (and the onnxruntime '
-                             "decoder's threads for int4_ort)").value
-        self.frame_id = p('frame_id', 'base_link', 'frame of cmd_twist').value
-        self.control_period_s = p('control_period_s', 0.2, 'seconds one action step spans '
-                                  '(cmd_twist = delta / period); 0.2 = Bridge V2 at 5 Hz').value
-        self.log_period_s = p('log_period_s', 1.0, 'seconds between action log lines; 0 = '
-                              'every action').value
-        self._validate()
-        self.policy = None
-        self.inferences = 0
-        self.last_action: np.ndarray | None = None
-        self.timing_log = TimingLog(max(self.log_period_s, 0.0))
-        self.worker = LatestFrameWorker(self.step, name='vla_policy',
-                                        max_rate_hz=float(self.max_rate_hz),
-                                        logger=self.get_logger())
-        self.action_pub = self.create_publisher('std_msgs/msg/Float32MultiArray', 'action', 10)
-        self.twist_pub = self.create_publisher('geometry_msgs/msg/TwistStamped', 'cmd_twist', 10)
-        self.gripper_pub = self.create_publisher('std_msgs/msg/Float32', 'gripper', 10)
-        self.timing_pub = self.create_publisher('std_msgs/msg/Float64MultiArray',
-                                                '~/policy_timing', 10)
-        self.raw_pub = self.create_publisher('std_msgs/msg/Float64MultiArray', '~/raw_outputs',
-                                             10)
-        self.image_sub = self.create_subscription('sensor_msgs/msg/Image', 'image_raw',
-                                                  self.image_callback, LATEST_FRAME)
-        self.instruction_sub = self.create_subscription('std_msgs/msg/String', 'instruction',
-                                                        self.instruction_callback, 10)
+    NODE_NAME = 'vla_policy'
+    INPUT_TIMEOUT_S = 0.6
+    #: safe_gripper -> the gripper value of the action (0 closed, 1 open)
+    SAFE_GRIPPER = {'open': 1.0, 'close': 0.0}
 
-    def _validate(self) -> None:
-        from qail_ros.openvla.policy import INT4_SCHEMES, PRECISIONS
+    def __init__(self, **kwargs):
+        self.PARAMETERS = (
+            ParameterSpec('model_path', DEFAULT_MODEL, 'OpenVLA checkpoint directory (HF '
+                          'layout); relative paths also look in the package share dir',
+                          read_only=True),
+            ParameterSpec('unnorm_key', 'bridge_orig', 'data set whose action statistics '
+                          "un-normalise the actions ('' = the checkpoint's only one)",
+                          read_only=True),
+            ParameterSpec('precision', 'fp32', 'fp32 | bf16 | int4 (INT4 weight-only Llama '
+                          "backbone, torch's kernel) | int4_ort (same codes, the decoder as "
+                          'one onnxruntime graph: the fastest CPU path)',
+                          choices=_precisions(), read_only=True),
+            ParameterSpec('int4_scheme', 'rtn', 'rtn | awq (when quantizing at start)',
+                          choices=_schemes(), read_only=True),
+            ParameterSpec('int4_group_size', 128, 'INT4 group size (halved until it divides '
+                          'every layer); 0 = per channel', min=0, read_only=True,
+                          allowed='0 (per channel) or a positive group size'),
+            ParameterSpec('int4_weights', '', 'backbone saved by OpenVLAPolicy.save_int4; '
+                          "'' = quantize at start", read_only=True),
+            ParameterSpec('lora_weights', '', 'QLoRA adapters over int4_weights (qail-ros '
+                          "train-vla; precision int4 or int4_ort); '' = none", read_only=True),
+            ParameterSpec('device', 'cpu', 'cpu | cuda: where the int4_ort decoder graph runs '
+                          '(cuda: onnxruntime-gpu)', choices=('cpu', 'cuda'), read_only=True,
+                          allowed="'cpu' or 'cuda'"),
+            ParameterSpec('vision_engine', '', 'engine of the vision towers + projector '
+                          "(python -m qail_ros.openvla.vision_engine); '' = the torch towers",
+                          read_only=True),
+            ParameterSpec('num_threads', 1, "torch CPU threads (and the onnxruntime decoder's "
+                          'threads for int4_ort)', min=1, read_only=True),
+            ParameterSpec('frame_id', 'base_link', 'frame of cmd_twist'),
+            ParameterSpec('control_period_s', 0.2, 'seconds one action step spans (cmd_twist '
+                          '= delta / period); 0.2 = Bridge V2 at 5 Hz', min=0.0,
+                          min_exclusive=True),
+            ArmPolicyNode.safe_gripper_spec(),
+        )
+        super().__init__(**kwargs)
+
+    def check_parameters(self) -> None:
         problems = []
-        if self.precision not in PRECISIONS:
-            problems.append(f'precision must be one of {list(PRECISIONS)}, not '
-                            f'{self.precision!r}')
-        elif self.precision == 'int4_ort':
+        if self.precision == 'int4_ort':
             from qail_ros.quant.ort_int4 import ort_available
             if not ort_available():
-                problems.append("precision 'int4_ort' needs onnxruntime and onnx, which are not "
-                                "importable: pip install onnxruntime onnx, or set precision "
-                                "'int4' (torch's int4 kernel)")
-        if self.device not in ('cpu', 'cuda'):
-            problems.append(f"device must be 'cpu' or 'cuda', not {self.device!r}")
-        elif self.device == 'cuda' and self.precision != 'int4_ort':
+                problems.append("precision 'int4_ort' needs onnxruntime and onnx, which are "
+                                "not importable: pip install onnxruntime onnx, or set "
+                                "precision 'int4' (torch's int4 kernel)")
+        if self.device == 'cuda' and self.precision != 'int4_ort':
             problems.append("device 'cuda' is for precision int4_ort (the onnxruntime decoder "
                             'graph on onnxruntime-gpu)')
-        if self.int4_scheme not in INT4_SCHEMES:
-            problems.append(f'int4_scheme must be one of {list(INT4_SCHEMES)}, not '
-                            f'{self.int4_scheme!r}')
-        if self.int4_group_size < 0:
-            problems.append(f'int4_group_size must be 0 (per channel) or a positive group '
-                            f'size, not {self.int4_group_size}')
         if not self.model_path:
             problems.append('model_path must name an OpenVLA checkpoint directory')
-        if self.max_rate_hz < 0:
-            problems.append(f'max_rate_hz must be >= 0, not {self.max_rate_hz}')
-        if self.num_threads < 1:
-            problems.append(f'num_threads must be >= 1, not {self.num_threads}')
-        if self.control_period_s <= 0:
-            problems.append(f'control_period_s must be > 0, not {self.control_period_s}')
-        if self.log_period_s < 0:
-            problems.append(f'log_period_s must be >= 0, not {self.log_period_s}')
         if problems:
             raise ParameterError(f"node '{self.get_name()}': " + '; '.join(problems))
 
-    # -- lifecycle ------------------------------------------------------------------------------
-    def on_configure(self) -> None:
+    # -- engine ---------------------------------------------------------------------------------
+    def load(self) -> None:
         import torch
         from qail_ros.openvla import OpenVLAError
         from qail_ros.openvla.policy import OpenVLAPolicy
@@ -187,6 +154,10 @@ class VLAPolicy(LatestFramePolicy, Node):
                 vision_engine=self.vision_engine or None)
         except OpenVLAError as exc:
             raise ParameterError(f"node '{self.get_name()}': loading {path}: {exc}") from None
+        self._token_budget(policy)
+        problem = self.instruction_problem(self.instruction, policy=policy)
+        if problem:
+            raise ParameterError(f"node '{self.get_name()}': instruction: {problem}")
         policy.warmup(1, self.instruction)   # the first forward allocates: not on a frame
         self.policy = policy
         d = policy.describe()
@@ -196,73 +167,56 @@ class VLAPolicy(LatestFramePolicy, Node):
             f'unnorm_key {policy.unnorm_key!r}) ready in {time.perf_counter() - start:.2f} s; '
             f'instruction: {self.instruction!r}')
 
-    def on_cleanup(self) -> None:
-        self.policy = None
+    def _token_budget(self, policy) -> None:
+        """Prompt tokens the model's context leaves (positions - image patches - actions),
+        and the template's own tokens (an empty instruction)."""
+        c = policy.config
+        positions = int(c.text_config.get('max_position_embeddings') or 0)
+        self._context_tokens = (positions - c.num_patches - policy.action_dim
+                                if positions else None)
+        # a copy to count instruction tokens with on the executor thread while the worker
+        # thread's predict uses the policy's own (a tokenizer is not made for two threads)
+        try:
+            self._tokenizer = copy.deepcopy(policy.tokenizer)
+        except Exception:  # noqa: BLE001 - a tokenizer that does not copy: share it
+            self._tokenizer = policy.tokenizer
+        self._template_tokens = len(self._tokenizer(policy.prompt(''))['input_ids'])
 
-    # -- callbacks ------------------------------------------------------------------------------
-    def instruction_callback(self, msg) -> None:
-        text = msg.data
-        if text != self.instruction:
-            self.get_logger().info(f'new instruction: {text!r}')
-        self.instruction = text
-        self.set_parameter('instruction', text)
+    def instruction_problem(self, text: str, tokens: bool = True, policy=None):
+        problem = super().instruction_problem(text, tokens=tokens)
+        policy = policy or self.policy
+        if problem or not tokens or policy is None:
+            return problem
+        n = len(self._tokenizer(policy.prompt(text))['input_ids'])
+        limit = int(self.max_instruction_tokens)
+        if n - self._template_tokens > limit:
+            return (f'an instruction of {n - self._template_tokens} tokens is over '
+                    f'max_instruction_tokens ({limit})')
+        if self._context_tokens is not None and n + 1 > self._context_tokens:
+            return (f"a prompt of {n + 1} tokens is over what the model's context leaves "
+                    f'({self._context_tokens} = max_position_embeddings - image patches - '
+                    'action tokens)')
+        return None
+
+    def gripper_value(self, a6: float) -> float:
+        return min(max(a6, 0.0), 1.0)
 
     # -- inference ------------------------------------------------------------------------------
-    def step(self, msg) -> np.ndarray:
-        """Run OpenVLA on one sensor_msgs/Image and publish every output; returns the action."""
-        from qail_ros.image import to_numpy
-        if self.policy is None:
-            raise RuntimeError('vla_policy is not configured (on_configure loads the model)')
-        start_s = time.time()
-        t0 = time.perf_counter()
-        frame = to_numpy(msg, desired='rgb8')
-        t1 = time.perf_counter()
-        result = self.policy.predict(frame, self.instruction)
-        action = np.asarray(result.action, dtype=np.float64)
-        outputs = self._outputs(msg, action)
-        stamp_ns = messages.ns_from_time(msg.header.stamp)
-        t3 = time.perf_counter()
-        age_ms = (self.now_ns() - stamp_ns) / 1e6 if stamp_ns > 0 else float('nan')
-        pre = (t1 - t0) * 1e3 + result.timing_ms['preprocess_ms']
-        timing = policy_io.InferenceTiming(
-            stamp_ns=stamp_ns, start_s=start_s, end_s=start_s + (t3 - t0), preprocess_ms=pre,
-            inference_ms=result.timing_ms['inference_ms'],
-            postprocess_ms=(t3 - t0) * 1e3 - pre - result.timing_ms['inference_ms'],
-            age_ms=age_ms, dropped_frames=self.frames_dropped)
-        for pub, out in zip((self.action_pub, self.twist_pub, self.gripper_pub), outputs):
-            pub.publish(out)
-        self.raw_pub.publish(policy_io.raw_outputs_to_msg(stamp_ns, result.bin_logits,
-                                                          'action_token_logits'))
-        self.timing_pub.publish(policy_io.timing_to_msg(timing))
-        self.inferences += 1
-        self.last_action = action
-        self._log(action, timing)
-        return action
+    def run(self, frame):
+        return self.policy.predict(frame, self.instruction)
 
-    def _outputs(self, msg, action: np.ndarray) -> tuple:
-        """(labelled action, TwistStamped, gripper) messages for one action."""
+    def to_outputs(self, msg, result) -> PolicyOutputs:
+        action = np.asarray(result.action, dtype=np.float64)
         a = [float(x) for x in action]
         rate = 1.0 / float(self.control_period_s)
-        vec = 'geometry_msgs/msg/Vector3'
-        twist = messages.new(
-            'geometry_msgs/msg/TwistStamped',
-            header=messages.new('std_msgs/msg/Header', stamp=msg.header.stamp,
-                                frame_id=self.frame_id),
-            twist=messages.new(
-                'geometry_msgs/msg/Twist',
-                linear=messages.new(vec, x=a[0] * rate, y=a[1] * rate, z=a[2] * rate),
-                angular=messages.new(vec, x=a[3] * rate, y=a[4] * rate, z=a[5] * rate)))
-        labels = ACTION_LABELS if len(a) == len(ACTION_LABELS) else \
-            tuple(f'a{i}' for i in range(len(a)))
-        return (policy_io.labelled_values(labels, action), twist,
-                messages.new('std_msgs/msg/Float32', data=min(max(a[-1], 0.0), 1.0)))
-
-    def _log(self, action: np.ndarray, timing: policy_io.InferenceTiming) -> None:
-        line = self.timing_log.add(timing)
-        if line:
-            values = ' '.join(f'{k}={v:+.4f}' for k, v in zip(ACTION_LABELS, action))
-            self.get_logger().info(f'action {values} | {line} | frames '
-                                   f'{self.frames_received}, dropped {self.frames_dropped}')
+        values = ' '.join(f'{k}={v:+.4f}' for k, v in zip(ACTION_LABELS, action))
+        return PolicyOutputs(
+            messages=self.arm_messages(action, [a[0] * rate, a[1] * rate, a[2] * rate],
+                                       [a[3] * rate, a[4] * rate, a[5] * rate],
+                                       msg.header.stamp),
+            raw=result.bin_logits, raw_name='action_token_logits', value=action,
+            log=f'action {values}',
+            run_split_ms=(result.timing_ms['preprocess_ms'], result.timing_ms['inference_ms']))
 
 
 def main(args=None) -> int:

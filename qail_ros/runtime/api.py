@@ -100,9 +100,25 @@ class NodeHandle(abc.ABC):
     def create_timer(self, period_s: float, callback: Callable[[], None]) -> TimerHandle:
         ...
 
+    #: the node's on-set-parameters check (`Node._check_parameter_set`): name, value ->
+    #: None (accepted and applied) or the reason of a refusal
+    parameters_callback: Callable[[str, Any], str | None] | None = None
+
+    def set_parameters_callback(self, callback: Callable[[str, Any], str | None]) -> None:
+        """Install the check every later set of a parameter goes through (rclpy: an
+        on-set-parameters callback, so `ros2 param set` is checked too)."""
+        self.parameters_callback = callback
+
+    def check_parameter(self, name: str, value: Any) -> str | None:
+        callback = self.parameters_callback
+        return callback(name, value) if callback is not None else None
+
     @abc.abstractmethod
-    def declare_parameter(self, name: str, default: Any, description: str = '') -> Any:
-        """Declare a parameter; returns its value (override from params file / -p, or default)."""
+    def declare_parameter(self, name: str, default: Any, description: str = '',
+                          spec: Any = None) -> Any:
+        """Declare a parameter; returns its value (override from params file / -p, or default).
+        `spec` (a qail_ros.runtime.params.ParameterSpec) describes it further (read-only,
+        constraints) for runtimes that publish descriptors."""
 
     @abc.abstractmethod
     def get_parameter(self, name: str) -> Any:
@@ -110,7 +126,8 @@ class NodeHandle(abc.ABC):
 
     @abc.abstractmethod
     def set_parameter(self, name: str, value: Any) -> None:
-        ...
+        """Set a declared parameter after `check_parameter` accepted it; ParameterError
+        naming the reason when it refused."""
 
     @abc.abstractmethod
     def now_ns(self) -> int:

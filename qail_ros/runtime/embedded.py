@@ -467,7 +467,8 @@ class EmbeddedNodeHandle(NodeHandle):
         return timer
 
     # -- parameters ---------------------------------------------------------------------------
-    def declare_parameter(self, name: str, default: Any, description: str = '') -> Any:
+    def declare_parameter(self, name: str, default: Any, description: str = '',
+                          spec: Any = None) -> Any:
         if name in self._values:
             raise ParameterError(f"parameter '{name}' of node '{self.name}' is already declared")
         value = self._overrides.get(name, default)
@@ -486,6 +487,10 @@ class EmbeddedNodeHandle(NodeHandle):
         if name not in self._values:
             raise ParameterError(f"node '{self.name}' has no parameter '{name}'; declare it "
                                  'with declare_parameter first')
+        reason = self.check_parameter(name, value)
+        if reason:
+            raise ParameterError(f"node '{self.name}' refused parameter '{name}' = {value!r}: "
+                                 f'{reason}')
         self._values[name] = value
 
     @property

@@ -55,6 +55,9 @@ class Node:
         self._handle = self._runtime.create_node_handle(node_name, namespace=namespace,
                                                         cli_args=cli_args)
         self._declared: set[str] = set()
+        self._specs: dict[str, _params.ParameterSpec] = {}
+        self._attribute_params: set[str] = set()   # declared by declare_parameters
+        self._handle.set_parameters_callback(self._check_parameter_set)
         self._publishers: list = []
         self._subscriptions: list = []
         self._timers: list = []
@@ -100,16 +103,39 @@ class Node:
         return timer
 
     # -- parameters -----------------------------------------------------------------------
-    def declare_parameter(self, name: str, default: Any, description: str = '') -> Parameter:
-        value = self._handle.declare_parameter(name, default, description)
+    def declare_parameter(self, name: str, default: Any, description: str = '', *,
+                          spec: _params.ParameterSpec | None = None) -> Parameter:
+        """Declare a parameter; its value is the override (params file, -p) or `default`.
+
+        With a `spec` (range, choices, read-only; see `declare_parameters`), the value is
+        checked now and on every later set, on both runtimes."""
+        spec = spec or _params.ParameterSpec(name, default, description)
+        value = self._handle.declare_parameter(name, default, description, spec)
         if default is not None and value is not None and not _compatible(default, value):
             raise ParameterError(
                 f"parameter '{name}' of node '{self.get_name()}' must be "
                 f'{type(default).__name__} (default {default!r}), got {value!r}')
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        problem = spec.problem(value)
+        if problem:
+            raise ParameterError(f"node '{self.get_name()}': {problem}")
         self._declared.add(name)
+        self._specs[name] = spec
         return Parameter(name, value)
+
+    def declare_parameters(self, specs: Sequence[_params.ParameterSpec]) -> dict[str, Any]:
+        """Declare each spec and set the node attribute it names (`spec.attribute`); later
+        sets (`set_parameter`, `ros2 param set`) are checked against the spec, refused with
+        the reason when out of range or read-only, and update that attribute."""
+        values = {}
+        for spec in specs:
+            value = self.declare_parameter(spec.name, spec.default, spec.description,
+                                           spec=spec).value
+            setattr(self, spec.attribute, value)
+            self._attribute_params.add(spec.name)
+            values[spec.name] = value
+        return values
 
     def get_parameter(self, name: str) -> Parameter:
         if name not in self._declared:
@@ -117,6 +143,7 @@ class Node:
         return Parameter(name, self._handle.get_parameter(name))
 
     def set_parameter(self, name: str, value: Any) -> None:
+        """Set a declared parameter; ParameterError with the reason when it is refused."""
         if name not in self._declared:
             raise ParameterError(f"node '{self.get_name()}' has no parameter '{name}'")
         self._handle.set_parameter(name, value)
@@ -124,6 +151,41 @@ class Node:
     @property
     def declared_parameters(self) -> set[str]:
         return set(self._declared)
+
+    @property
+    def parameter_specs(self) -> dict[str, _params.ParameterSpec]:
+        return dict(self._specs)
+
+    def _check_parameter_set(self, name: str, value: Any) -> str | None:
+        """The runtime's on-set-parameters callback: None to accept (after applying the
+        value), else the reason of the refusal. Parameters not declared through this class
+        (rclpy's own, or one being declared right now) pass."""
+        spec = self._specs.get(name)
+        if spec is None:
+            return None
+        if spec.default is not None and not _compatible(spec.default, value):
+            return (f'{name} must be {type(spec.default).__name__} (default '
+                    f'{spec.default!r}), not {value!r}')
+        if isinstance(spec.default, float) and isinstance(value, int):
+            value = float(value)
+        if spec.read_only:
+            return (f"parameter '{name}' is read-only: a change needs a reload; restart the "
+                    f'node with {name}:={value!r}')
+        problem = spec.problem(value)
+        if problem:
+            return problem
+        reason = self.on_parameter_change(name, value)
+        if reason:
+            return reason
+        if name in self._attribute_params:
+            setattr(self, spec.attribute, value)
+        return None
+
+    def on_parameter_change(self, name: str, value: Any) -> str | None:
+        """Apply a checked change of a declared parameter (override in nodes whose helpers
+        hold a copy: a worker's rate, a log period); return a reason to refuse it. The node
+        attribute of a spec given to `declare_parameters` is updated after this returns None."""
+        return None
 
     # -- clock ----------------------------------------------------------------------------
     def now_ns(self) -> int:

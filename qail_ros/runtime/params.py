@@ -24,9 +24,74 @@ import yaml
 
 from qail_ros.errors import ParameterError
 
-__all__ = ['RosArgs', 'split_ros_args', 'load_params_file', 'params_for_node',
+__all__ = ['RosArgs', 'ParameterSpec', 'split_ros_args', 'load_params_file', 'params_for_node',
            'node_sections', 'key_matches', 'check_declared', 'check_sections',
            'parse_param_value', 'fully_qualified_name']
+
+
+@dataclasses.dataclass(frozen=True)
+class ParameterSpec:
+    """A parameter declared once: name, default (its type), description, range / choices and
+    whether a change at run time needs a reload (`read_only`: set at start only).
+
+        ParameterSpec('max_rate_hz', 0.0, 'most inferences per second; 0 = one per frame',
+                      min=0.0)
+        ParameterSpec('precision', 'fp32', 'fp32 | bf16 | int4 | int4_ort', read_only=True)
+
+    `Node.declare_parameters` declares each one (rclpy gets a ParameterDescriptor with the
+    description, read_only and the constraints as text) and checks every value, at start and
+    on every later set, on both runtimes. `attr` is the node attribute that holds the value
+    (default: the name); a successful set updates it.
+    """
+
+    name: str
+    default: Any
+    description: str = ''
+    min: float | None = None
+    max: float | None = None
+    min_exclusive: bool = False
+    choices: tuple | None = None
+    read_only: bool = False
+    attr: str | None = None
+    #: the allowed values in words, for the error ('0 (per channel) or a positive size')
+    allowed: str | None = None
+
+    @property
+    def attribute(self) -> str:
+        return self.attr or self.name
+
+    def constraints(self) -> str:
+        """The range / choices / read-only note as one line ('' when unconstrained)."""
+        parts = []
+        if self.min is not None:
+            parts.append(f"{'>' if self.min_exclusive else '>='} {self.min}")
+        if self.max is not None:
+            parts.append(f'<= {self.max}')
+        if self.choices is not None:
+            parts.append('one of ' + ', '.join(map(str, self.choices)))
+        if self.read_only:
+            parts.append('read-only (set at start; a change needs a reload)')
+        return ', '.join(parts)
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` is out of range ('NAME must be >= 0, not -1.0'), or None."""
+        problem = self._problem(value)
+        if problem and self.allowed:
+            return f'{self.name} must be {self.allowed}, not {value!r}'
+        return problem
+
+    def _problem(self, value: Any) -> str | None:
+        if self.choices is not None and value not in self.choices:
+            return (f'{self.name} must be one of {list(self.choices)}, not {value!r}')
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        if self.min is not None and (value <= self.min if self.min_exclusive
+                                     else value < self.min):
+            return f"{self.name} must be {'>' if self.min_exclusive else '>='} {self.min}, " \
+                   f'not {value}'
+        if self.max is not None and value > self.max:
+            return f'{self.name} must be <= {self.max}, not {value}'
+        return None
 
 
 @dataclasses.dataclass

@@ -239,6 +239,7 @@ class RclpyNodeHandle(NodeHandle):
         #: Parameters rclpy declares on every node by itself (use_sim_time, ...): a params file
         #: may set them although the qail_ros node does not declare them.
         self.builtin_parameters = frozenset(self.rclpy_node.list_parameters([], 0).names)
+        self.rclpy_node.add_on_set_parameters_callback(self._on_set_parameters)
         self._destroyed = False
 
     # communication
@@ -287,12 +288,19 @@ class RclpyNodeHandle(NodeHandle):
                 return
 
     # parameters
-    def declare_parameter(self, name: str, default: Any, description: str = '') -> Any:
+    def declare_parameter(self, name: str, default: Any, description: str = '',
+                          spec: Any = None) -> Any:
         from rcl_interfaces.msg import ParameterDescriptor
         from rclpy.exceptions import ParameterException
         # Dynamic typing: the base Node checks types (an int for a float default is accepted,
-        # as in the embedded runtime) and gives qail_ros's error, not rclpy's.
-        descriptor = ParameterDescriptor(description=description, dynamic_typing=True)
+        # as in the embedded runtime) and ranges, and gives qail_ros's error, not rclpy's. The
+        # range / choices travel as text (`ros2 param describe` shows them), read_only as
+        # rclpy's own flag.
+        read_only = bool(getattr(spec, 'read_only', False))
+        constraints = spec.constraints() if spec is not None else ''
+        descriptor = ParameterDescriptor(description=description, dynamic_typing=True,
+                                         read_only=read_only,
+                                         additional_constraints=constraints)
         try:
             param = self.rclpy_node.declare_parameter(
                 name, list(default) if isinstance(default, tuple) else default, descriptor)
@@ -302,8 +310,19 @@ class RclpyNodeHandle(NodeHandle):
         if (isinstance(default, float) and isinstance(value, int)
                 and not isinstance(value, bool)):
             value = float(value)
-            self.set_parameter(name, value)
+            if not read_only:   # rclpy refuses any set of a read-only one
+                self.set_parameter(name, value)
         return value
+
+    def _on_set_parameters(self, parameters: list) -> Any:
+        """rclpy's on-set-parameters callback: every set (ours, `ros2 param set`, a parameter
+        service call) goes through the qail_ros node's check; a refusal carries its reason."""
+        from rcl_interfaces.msg import SetParametersResult
+        for param in parameters:
+            reason = self.check_parameter(param.name, _python_value(param.value))
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+        return SetParametersResult(successful=True)
 
     def get_parameter(self, name: str) -> Any:
         return _python_value(self.rclpy_node.get_parameter(name).value)

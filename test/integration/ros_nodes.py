@@ -3,6 +3,8 @@
     python test/integration/ros_nodes.py talker   [--ros-args ...]
     python test/integration/ros_nodes.py listener [--ros-args ...]
     python test/integration/ros_nodes.py probe    (plain rclpy, no qail_ros: a ROS 2 peer)
+    python test/integration/ros_nodes.py policy   [--ros-args ...]  (a PolicyNode, numpy only)
+    python test/integration/ros_nodes.py policy_probe  (plain rclpy: drives and watches it)
 
 `talker` and `listener` are qail_ros nodes (`qail_ros.runtime.Node`, started by `run_node`, as
 every node of the package is). They report on stdout, one JSON object a line, so the test reads
@@ -174,13 +176,182 @@ def probe_main() -> int:
     return 0
 
 
+def _make_policy():
+    """A policy node on the policy-node base whose "engine" is numpy (the ROS venv has no
+    torch): linear.x of cmd_twist = the mean pixel / 255; safe command: a zero twist."""
+    from qail_ros import messages
+    from qail_ros.nodes.policy_base import (PolicyNode, PolicyOutputs, twist_message,
+                                            zero_stamp_header)
+    from qail_ros.runtime.params import ParameterSpec
+
+    class MockPolicy(PolicyNode):
+        NODE_NAME = 'mock_policy'
+        PARAMETERS = (ParameterSpec('precision', 'fp32', 'needs a reload', read_only=True),)
+        _loaded = False
+
+        def create_outputs(self):
+            self.twist_pub = self.create_publisher('geometry_msgs/msg/TwistStamped',
+                                                   'cmd_twist', 10)
+
+        @property
+        def loaded(self):
+            return self._loaded
+
+        def load(self):
+            self._loaded = True
+            emit('runtime', **_runtime_report())
+
+        def to_inputs(self, msg):
+            from qail_ros.image import to_numpy
+            return to_numpy(msg, desired='rgb8')
+
+        def run(self, frame):
+            return float(frame.mean()) / 255.0
+
+        def to_outputs(self, msg, value):
+            twist = twist_message([value, 0.0, 0.0], [0.0, 0.0, 0.0], msg.header.stamp, 'base')
+            return PolicyOutputs(messages=[(self.twist_pub, twist)], raw=np.array([value]),
+                                 raw_name='mean', value=value, log=f'mean {value:.3f}')
+
+        def safe_outputs(self):
+            zero = [0.0, 0.0, 0.0]
+            return [(self.twist_pub, twist_message(zero, zero, zero_stamp_header().stamp,
+                                                   'base'))]
+
+        def on_parameter_change(self, name, value):
+            emit('param_change', name=name, value=value)
+            return super().on_parameter_change(name, value)
+
+    messages.get_class('geometry_msgs/msg/TwistStamped')
+    return MockPolicy
+
+
+def policy_probe_main() -> int:
+    """Plain rclpy: drives mock_policy through valid frames, a frame of an unknown encoding,
+    parameter sets over the parameter service and a camera that stops; reports each step."""
+    import time
+
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from geometry_msgs.msg import TwistStamped
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+    from sensor_msgs.msg import Image
+
+    rclpy.init(args=sys.argv)
+    node = rclpy.create_node('policy_probe')
+    twists: list = []
+    diags: list = []
+    node.create_subscription(TwistStamped, 'cmd_twist',
+                             lambda m: twists.append((time.monotonic(), m)), 100)
+    node.create_subscription(DiagnosticArray, '/diagnostics', diags.append, 100)
+    pub = node.create_publisher(Image, 'image_raw', 10)
+    client = node.create_client(SetParameters, '/mock_policy/set_parameters')
+
+    def image(stamp_ns: int, encoding: str = 'rgb8') -> Image:
+        msg = Image(height=4, width=4, encoding=encoding, step=12, data=bytes(range(48)))
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 10**9)
+        return msg
+
+    def stamp(m) -> int:
+        return m.header.stamp.sec * 10**9 + m.header.stamp.nanosec
+
+    def spin_until(pred, timeout: float, publish=None) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if publish is not None:
+                publish()
+            rclpy.spin_once(node, timeout_sec=0.05)
+            if pred():
+                return True
+        return False
+
+    counter = [1000]
+
+    def valid():
+        counter[0] += 1
+        pub.publish(image(counter[0]))
+
+    def normal_since(t):
+        return [rx for rx, m in twists if rx >= t and stamp(m) != 0]
+
+    def safe_since(t):
+        return [rx for rx, m in twists if rx >= t and stamp(m) == 0]
+
+    def diag_levels(t_index: int):
+        out = []
+        for arr in diags[t_index:]:
+            for st in arr.status:
+                if st.name.endswith(': policy'):
+                    out.append((int.from_bytes(st.level, 'little') if isinstance(
+                        st.level, bytes) else int(st.level),
+                        {kv.key: kv.value for kv in st.values}))
+        return out
+
+    def set_param(name: str, value) -> dict:
+        if isinstance(value, float):
+            pv = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value)
+        else:
+            pv = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value)
+        future = client.call_async(SetParameters.Request(
+            parameters=[Parameter(name=name, value=pv)]))
+        rclpy.spin_until_future_complete(node, future, timeout_sec=10.0)
+        result = future.result().results[0]
+        return {'successful': bool(result.successful), 'reason': result.reason}
+
+    try:
+        emit('ready', node='policy_probe')
+        ok = spin_until(lambda: normal_since(0), 30.0, valid)
+        emit('normal', ok=ok)
+        # a frame of an unknown encoding
+        t0 = time.monotonic()
+        n_diag = len(diags)
+        pub.publish(image(5, encoding='weird'))
+        ok = spin_until(lambda: safe_since(t0), 5.0)
+        emit('safe', ok=ok, ms=(safe_since(t0)[0] - t0) * 1e3 if ok else None)
+        ok = spin_until(lambda: any(lv == 2 and v.get('rejected_encoding') == '1'
+                                    for lv, v in diag_levels(n_diag)), 5.0)
+        emit('diag_error', ok=ok)
+        t1 = time.monotonic()
+        ok = spin_until(lambda: normal_since(t1), 10.0, valid)
+        emit('recovered', ok=ok)
+        # parameters over the parameter service (what `ros2 param set` calls)
+        if not client.wait_for_service(timeout_sec=10.0):
+            emit('no_service')
+        t2 = time.monotonic()
+        spin_until(lambda: False, 1.0, valid)              # 20 frames/s, no rate limit
+        before = len(normal_since(t2))
+        emit('set_rate', **set_param('max_rate_hz', 2.0))
+        t3 = time.monotonic()
+        spin_until(lambda: False, 1.5, valid)
+        after = len(normal_since(t3))
+        emit('rate', before=before, after=after)
+        emit('set_precision', **set_param('precision', 'int4'))
+        emit('set_bad_rate', **set_param('max_rate_hz', -1.0))
+        # the camera stops
+        last = time.monotonic()
+        ok = spin_until(lambda: safe_since(last), 5.0)
+        emit('timeout', ok=ok, ms=(safe_since(last)[0] - last) * 1e3 if ok else None)
+    finally:
+        emit('done')
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
-    if len(argv) < 2 or argv[1] not in ('talker', 'listener', 'probe'):
-        print('usage: ros_nodes.py talker|listener|probe [--ros-args ...]', file=sys.stderr)
+    roles = ('talker', 'listener', 'probe', 'policy', 'policy_probe')
+    if len(argv) < 2 or argv[1] not in roles:
+        print(f'usage: ros_nodes.py {"|".join(roles)} [--ros-args ...]', file=sys.stderr)
         return 64
     if argv[1] == 'probe':
         return probe_main()
+    if argv[1] == 'policy_probe':
+        return policy_probe_main()
+    if argv[1] == 'policy':
+        from qail_ros.runtime import run_node
+        return run_node(_make_policy(), [argv[0], *argv[2:]])
     from qail_ros.runtime import run_node
     talker, listener = _make_nodes()
     return run_node(talker if argv[1] == 'talker' else listener, [argv[0], *argv[2:]])

@@ -279,3 +279,36 @@ def test_auto_mode_picks_rclpy_lazily_and_missing_types_are_explained(
     assert 'ros-nav-msgs' in out['nav_msgs/msg/Odometry']
     # Unknown everywhere: qail_ros's own message, naming register_msgdefs.
     assert 'register_msgdefs' in out['foo_msgs/msg/Bar']
+
+
+def test_policy_failsafe_diagnostics_and_parameters_on_rclpy(launch):
+    """The policy-node base on rclpy: a frame of an unknown encoding gives the safe command at
+    once and /diagnostics ERROR with its counter, valid frames bring normal actions back,
+    `max_rate_hz` set over the parameter service slows the node, `precision` (read-only) is
+    refused with the reason, and a camera that stops trips the watchdog in time."""
+    timeout_s = 0.5
+    policy = launch('policy', '--ros-args', '-p', f'input_timeout_s:={timeout_s}',
+                    '-p', 'diagnostics_period_s:=0.2', '-p', 'log_period_s:=0.0')
+    policy.wait_event('runtime', timeout=30)
+    _assert_real_rclpy(policy)
+    probe = launch('policy_probe')
+    probe.wait_event('done', timeout=90)
+    events = {name: probe.of(name)[0] for name in (
+        'normal', 'safe', 'diag_error', 'recovered', 'set_rate', 'rate', 'set_precision',
+        'set_bad_rate', 'timeout') if probe.of(name)}
+    report = probe.report()
+    assert events['normal']['ok'], report
+    assert events['safe']['ok'] and events['safe']['ms'] <= (timeout_s * 1.25) * 1e3, report
+    assert events['diag_error']['ok'], report
+    assert events['recovered']['ok'], report
+    assert events['set_rate']['successful'], report
+    rate = events['rate']
+    assert rate['after'] <= 2.0 * 1.5 + 1 < rate['before'], report
+    assert not events['set_precision']['successful']
+    assert 'read-only' in events['set_precision']['reason'], events['set_precision']
+    assert not events['set_bad_rate']['successful']
+    assert 'max_rate_hz must be >= 0' in events['set_bad_rate']['reason']
+    assert events['timeout']['ok'], report
+    assert events['timeout']['ms'] <= (timeout_s * 1.25) * 1e3 + 300, report   # + DDS latency
+    assert [e['name'] for e in policy.of('param_change')] == ['max_rate_hz']
+    _assert_stopped_cleanly(policy)

@@ -61,7 +61,9 @@ class Bridge(Node):
 
 
 def make_policy(engine, *params):
-    args = ['--ros-args', '-p', f'engine:={engine}', '-p', 'log_period_s:=0.0']
+    # the normal path; the fail-safe (watchdog, loading) is tested in test_policy_failsafe.py
+    args = ['--ros-args', '-p', f'engine:={engine}', '-p', 'log_period_s:=0.0',
+            '-p', 'input_timeout_s:=3600.0']
     for p in params:
         args += ['-p', p]
     node = CILRSPolicy(cli_args=args)

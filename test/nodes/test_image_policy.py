@@ -39,7 +39,8 @@ class Harness(Node):
 
 
 def make_policy(*params: str) -> ImagePolicy:
-    args = ['--ros-args', '-p', 'log_period_s:=0.0']
+    # the normal path; the fail-safe (watchdog, loading) is tested in test_policy_failsafe.py
+    args = ['--ros-args', '-p', 'log_period_s:=0.0', '-p', 'input_timeout_s:=3600.0']
     for p in params:
         args += ['-p', p]
     node = ImagePolicy(cli_args=args)

@@ -63,7 +63,8 @@ def test_closed_loop_matches_offline_evaluation_with_exact_stamps(rt, fp_engine)
     from qail_ros.physics.closed_loop import rollout
     from qail_ros.physics.models import load_fp_policy
     watcher = Watcher()
-    policy = start(StatePolicy(cli_args=['--ros-args', '-p', f'engine:={fp_engine}']))
+    policy = start(StatePolicy(cli_args=['--ros-args', '-p', f'engine:={fp_engine}',
+                                         '-p', 'input_timeout_s:=3600.0']))  # no fail-safe
     bridge = start(PhysicsBridge(cli_args=bridge_args('episodes:=2', 'max_steps:=60',
                                                       'seed:=5')))
     try:
@@ -92,7 +93,8 @@ def test_shutdown_when_done_ends_the_spin_and_marks_episodes(rt, fp_engine):
     watcher = Watcher()
     watcher.create_subscription('std_msgs/msg/String', '/fp_recorder/control',
                                 lambda m: ends.append(m.data), 10)
-    policy = start(StatePolicy(cli_args=['--ros-args', '-p', f'engine:={fp_engine}']))
+    policy = start(StatePolicy(cli_args=['--ros-args', '-p', f'engine:={fp_engine}',
+                                         '-p', 'input_timeout_s:=3600.0']))  # no fail-safe
     bridge = start(PhysicsBridge(cli_args=bridge_args(
         'episodes:=2', 'max_steps:=20', 'shutdown_when_done:=true', 'success_return:=19.5',
         'recorder_control_topic:=/fp_recorder/control')))

@@ -51,7 +51,9 @@ class Harness(Node):
 
 
 def make_policy(*params: str) -> VLAPolicy:
+    # the normal path; the fail-safe (watchdog, loading) is tested in test_policy_failsafe.py
     args = ['--ros-args', '-p', 'log_period_s:=0.0', '-p', f'model_path:={TINY}',
+            '-p', 'input_timeout_s:=3600.0',
             '-p', 'unnorm_key:=bridge_orig']
     for p in params:
         args += ['-p', p]
