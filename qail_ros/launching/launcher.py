@@ -384,8 +384,8 @@ class ProcessLauncher:
                     child_env = (env if self.secure is None
                                  else self.secure.child_env(env, child.label))
                     child.process = subprocess.Popen(
-                        child.argv, env=child_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                        stderr=subprocess.STDOUT, start_new_session=True,
+                        child.argv, env=child_env, stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
                         preexec_fn=_pdeathsig if _prctl is not None else None)
                     child.reader = threading.Thread(target=self._pump, args=(child,),
                                                     name=f'launch-{child.label}', daemon=True)
