@@ -177,8 +177,8 @@ def test_session_and_router_config_files_are_read_as_rmw_zenoh_does(tmp_path, mo
     monkeypatch.setenv('ZENOH_SESSION_CONFIG_URI', str(session))
     assert zt.router_endpoint() == 'tcp/10.1.2.3:7500'
     assert zt.session_config().get_json('mode') == '"client"'
-    monkeypatch.setenv('ZENOH_CONFIG_OVERRIDE', 'connect/endpoints=["tcp/10.9.9.9:7000"];'
-                                               'mode="peer"')
+    monkeypatch.setenv('ZENOH_CONFIG_OVERRIDE',
+                       'connect/endpoints=["tcp/10.9.9.9:7000"];mode="peer"')
     assert zt.router_endpoint() == 'tcp/10.9.9.9:7000'
     assert zt.session_config().get_json('mode') == '"peer"'
     monkeypatch.setenv('ZENOH_CONFIG_OVERRIDE', 'nonsense')
