@@ -471,7 +471,8 @@ def port_holder(port: int) -> str:
             try:
                 if os.readlink(f'{fd_dir}/{fd}') in inodes:
                     with open(f'/proc/{pid}/cmdline', 'rb') as f:
-                        cmd = f.read().replace(b'\0', b' ').decode(errors='replace').strip()
+                        cmd = ' '.join(f.read().replace(b'\0', b' ')
+                                       .decode(errors='replace').split())
                     return f'pid {pid} ({cmd[:120] or "?"})'
             except OSError:
                 continue
@@ -833,12 +834,17 @@ class ZenohTransport:
         self.zid = str(self.session.zid())
         #: Zenoh ids of the routers this session is linked to; `router_losses` counts the times
         #: the last one went away (the nodes warn then, and say when one is back).
-        self.router_zids = {str(z) for z in self.session.info.routers_zid()}
+        self.router_zids: set[str] = set()
         self.router_losses = 0
+        self._router_seen = threading.Event()
         self._router_events = None
-        with contextlib.suppress(Exception):  # an older zenoh-python without transport events
+        try:
             self._router_events = self.session.info.declare_transport_events_listener(
-                _direct(self._on_transport), history=False)
+                _direct(self._on_transport), history=True)
+        except Exception:  # noqa: BLE001 - an older zenoh-python without transport events
+            self.router_zids = {str(z) for z in self.session.info.routers_zid()}
+        if self.router_found:  # a peer links to the router just after open: give it a moment
+            self._router_seen.wait(2.0)
         if self.router_found and not self.router_zids and warn:
             _host, port = _host_port(self.router)
             holder = port_holder(port)
@@ -880,6 +886,7 @@ class ZenohTransport:
         else:
             was_lost = not self.router_zids and self.router_losses > 0
             self.router_zids.add(zid)
+            self._router_seen.set()
             if was_lost:
                 _ensure_log_handler()
                 log.warning('the Zenoh router is back (%s at %s): topics to other processes '
