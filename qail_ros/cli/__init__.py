@@ -24,6 +24,7 @@ COMMANDS = {
     'dataset': 'qail_ros.cli.dataset_cmd',
     'export': 'qail_ros.cli.export_cmd',
     'monitor': 'qail_ros.cli.monitor_cmd',
+    'verify': 'qail_ros.cli.verify_cmd',
 }
 
 
