@@ -48,6 +48,8 @@ def test_check_router_tells_a_zenoh_router_from_another_program(zenoh_endpoint):
         assert zt.port_holder(port).startswith(f'pid {os.getpid()} (')
         with pytest.raises(TransportError, match=f'port {port} .* does not answer as a Zenoh'):
             zt.ensure_router(endpoint)
+        from qail_ros.cli import main
+        assert main(['router', '--listen', endpoint]) == 2   # qail-ros router says so too
 
 
 def _wait(predicate, timeout_s):
