@@ -134,7 +134,8 @@ def test_only_the_policy_identity_can_publish_cmd_twist(identity):
                                            _qos())
     # The policy's publisher matches the subscriber; the intruder's is refused at the router,
     # token included: the base's graph shows exactly one remote publisher of cmd_twist.
-    assert listener.spin_until(lambda: pubs['policy'].remote.matching, 10.0)
+    assert listener.spin_until(lambda: pubs['policy'].remote.matching, 30.0), \
+        f'policy publisher never matched; graph: {listener.transport.graph()}'
     time.sleep(0.5)
     assert listener.count_publishers('/cmd_twist') == 1
     for i in range(20):
