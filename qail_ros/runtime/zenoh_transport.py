@@ -22,11 +22,17 @@ real rmw_zenoh robot is untested until someone tries it; see docs/runtime.md.
 * Session: peer mode, multicast scouting off, gossip scouting on, connect to a router at
   tcp/127.0.0.1:7447 (rmw_zenoh's default; `QAIL_ROS_ZENOH_ROUTER` overrides it), listen on an
   ephemeral localhost port so that peers link directly after the router introduced them.
-  `ROS_DOMAIN_ID` selects the domain.
+  `ROS_DOMAIN_ID` selects the domain. As in rmw_zenoh (zenoh_config.cpp), a JSON5 file named by
+  `ZENOH_SESSION_CONFIG_URI` (`ZENOH_ROUTER_CONFIG_URI` for the router) replaces these
+  defaults, `ZENOH_CONFIG_OVERRIDE` applies on top: TLS, mutual TLS and access control
+  (config/secure, docs/security.md) come through these files.
+* Router check and watch: `check_router` tells a Zenoh router from another program holding the
+  port (naming it); each transport logs when its router goes away and when it is back.
 
 Router: `qail-ros router` (or `ensure_router()`) runs a Zenoh router in Python: zenoh-python
 opens a session with `mode: "router"`, which is the same router code zenohd runs, without the
-zenohd plugins (no REST / storage), which ROS graphs do not need.
+zenohd plugins (no REST / storage), which ROS graphs do not need. Without a router config file
+it listens on this host only (rmw_zenohd listens on every interface): docs/security.md.
 """
 from __future__ import annotations
 
