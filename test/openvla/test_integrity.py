@@ -106,3 +106,12 @@ def test_engine_manifest_is_covered_by_checksums(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(EngineError, match=r'e\.onnx\.json \(changed\)'):
         read_manifest(engine)
+
+
+def test_shipped_tiny_checkpoint_matches_its_checksums():
+    from qail_ros.share import share_dir
+    report = verify_checksums(share_dir() / 'models' / 'openvla-tiny')
+    assert report is not None, 'models/openvla-tiny/SHA256SUMS is missing'
+    assert report['changed'] == [] and report['missing'] == [], (
+        f'{report}: if models/openvla-tiny was regenerated on purpose, run '
+        'qail-ros verify models/openvla-tiny --write')
