@@ -194,14 +194,19 @@ class SecureProfile:
         for identity in ['launcher'] + [n.label for n in launch.nodes]:
             self.session_file(identity)
 
-    def apply(self) -> None:
+    def apply(self) -> str:
         """The launcher's own sessions (router check) and the router it starts use the
-        profile; `child_env` gives each node its own identity."""
+        profile; `child_env` gives each node its own identity. The profile's files say where
+        the router is, so QAIL_ROS_ZENOH_ROUTER is dropped (returns a note saying so)."""
         os.environ[_ROUTER_ENV] = self.router_file
         os.environ[_SESSION_ENV] = self.session_file('launcher')
+        dropped = os.environ.pop('QAIL_ROS_ZENOH_ROUTER', None)
+        return (f'; QAIL_ROS_ZENOH_ROUTER={dropped} ignored (the profile names the router)'
+                if dropped else '')
 
     def child_env(self, env: dict[str, str], identity: str) -> dict[str, str]:
         out = dict(env)
+        out.pop('QAIL_ROS_ZENOH_ROUTER', None)
         out[_ROUTER_ENV] = self.router_file
         out[_SESSION_ENV] = self.session_file(identity)
         return out
@@ -368,9 +373,9 @@ class ProcessLauncher:
                 self.children = self.build()
                 if self.secure is not None:
                     self.secure.check(self.launch)
-                    self.secure.apply()
+                    note = self.secure.apply()
                     self.say(f'secure profile {self.secure.directory}: mutual TLS, access '
-                             'control; each node with its own certificate')
+                             f'control; each node with its own certificate{note}')
                 if self.start_router:
                     self.router = _start_router(self.say)
                 env = _child_env()

@@ -192,7 +192,7 @@ def test_orin_vla_runs_on_the_secure_profile(env, tmp_path):
     profile = tmp_path / 'secure'
     subprocess.run(['bash', str(ROOT / 'scripts' / 'make_secure_profile.sh'), str(profile),
                     '--port', port], check=True, capture_output=True, timeout=60)
-    env.pop('QAIL_ROS_ZENOH_ROUTER')               # the profile's files say where the router is
+    # QAIL_ROS_ZENOH_ROUTER stays set: the profile's files say where the router is, it wins.
     launch = Launch('orin_vla', '--secure', str(profile), '--duration', '120', env=env)
     try:
         assert launch.wait_for('action dx=', count=2), '\n'.join(launch.lines)
@@ -200,6 +200,6 @@ def test_orin_vla_runs_on_the_secure_profile(env, tmp_path):
     finally:
         out = launch.finish(30)
     assert launch.proc.returncode == 0, out
-    assert f'secure profile {profile}' in out
+    assert f'secure profile {profile}' in out and 'QAIL_ROS_ZENOH_ROUTER=tcp/' in out
     assert f'started a Zenoh router on tls/localhost:{port}' in out, out
     assert 'no Zenoh router' not in out and 'cannot open a Zenoh session' not in out
