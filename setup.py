@@ -32,6 +32,7 @@ setup(
         ('share/' + PACKAGE, ['package.xml']),
         ('share/' + PACKAGE + '/launch', glob('launch/*.launch.py')),
         ('share/' + PACKAGE + '/config', glob('config/*.yaml')),
+        ('share/' + PACKAGE + '/config/secure', glob('config/secure/*')),
     ] + _tree('models'),
     python_requires='>=3.10',
     install_requires=[

@@ -44,6 +44,10 @@ def generate_launch_description():
     share = get_package_share_directory('qail_ros')
     return LaunchDescription([
         DeclareLaunchArgument(
+            'required_nodes', default_value='cilrs_policy',
+            description='nodes the launch cannot run without: if one exits, every node is '
+                        'stopped and qail-ros launch exits 1 (\'\' = none)'),
+        DeclareLaunchArgument(
             'params_file', default_value=os.path.join(share, 'config', 'cilrs_drive.yaml'),
             description='ROS 2 parameter file of cilrs_policy (threads, topics)'),
         DeclareLaunchArgument('engine', default_value=ENGINE,

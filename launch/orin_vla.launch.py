@@ -27,6 +27,10 @@ def generate_launch_description():
     image_topic = LaunchConfiguration('image_topic')
     return LaunchDescription([
         DeclareLaunchArgument(
+            'required_nodes', default_value='vla_policy',
+            description='nodes the launch cannot run without: if one exits, every node is '
+                        'stopped and qail-ros launch exits 1 (\'\' = none)'),
+        DeclareLaunchArgument(
             'params_file', default_value=os.path.join(share, 'config', 'orin_vla.yaml'),
             description='ROS 2 parameter file for every node of this launch'),
         DeclareLaunchArgument(

@@ -20,6 +20,10 @@ from launch_ros.actions import Node
 
 def generate_launch_description():
     return LaunchDescription([
+        DeclareLaunchArgument(
+            'required_nodes', default_value='state_policy',
+            description='nodes the launch cannot run without: if one exits, every node is '
+                        'stopped and qail-ros launch exits 1 (\'\' = none)'),
         DeclareLaunchArgument('engine', default_value='',
                               description='engine file written by qail-ros export'),
         DeclareLaunchArgument('task', default_value='cartpole-balance',

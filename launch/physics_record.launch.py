@@ -30,6 +30,10 @@ def generate_launch_description():
     engine = LaunchConfiguration('engine')
     episodes = LaunchConfiguration('episodes')
     return LaunchDescription([
+        DeclareLaunchArgument(
+            'required_nodes', default_value='fp_recorder',
+            description='nodes the launch cannot run without: if one exits, every node is '
+                        'stopped and qail-ros launch exits 1 (\'\' = none)'),
         DeclareLaunchArgument('engine', default_value='',
                               description='FP engine of the task (qail-ros export FP_POLICY)'),
         DeclareLaunchArgument('task', default_value='cartpole-balance',

@@ -25,6 +25,7 @@ COMMANDS = {
     'export': 'qail_ros.cli.export_cmd',
     'monitor': 'qail_ros.cli.monitor_cmd',
     'replay': 'qail_ros.cli.replay_cmd',
+    'verify': 'qail_ros.cli.verify_cmd',
 }
 
 

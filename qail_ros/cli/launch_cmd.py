@@ -24,6 +24,11 @@ def add_arguments(parser) -> None:
                         help='stop after S seconds (0 or absent: run until Ctrl-C)')
     parser.add_argument('--show-args', action='store_true',
                         help='list the launch arguments with their defaults and exit')
+    parser.add_argument('--secure', metavar='DIR', default=None,
+                        help='run the router and every node on the secure profile in DIR '
+                             '(mutual TLS + access control; make it with '
+                             'scripts/make_secure_profile.sh DIR; default '
+                             '$QAIL_ROS_SECURE_PROFILE; see docs/security.md)')
     parser.add_argument('--print', dest='print_only', action='store_true',
                         help='print the command line of every node and exit')
 
@@ -54,9 +59,15 @@ def main(args) -> int:
                     if isinstance(entry, dict):
                         print(f'    parameters {entry}')
         return 0
+    secure = launcher.secure_profile(getattr(args, 'secure', None))
     if args.composed:
+        if secure is not None:
+            from qail_ros.errors import LaunchError
+            raise LaunchError('--secure gives every node its own certificate, which needs one '
+                              'process per node: drop --composed')
         return launcher.run_composed(spec, duration_s=duration)
-    return launcher.ProcessLauncher(spec, out=sys.stdout).run(duration_s=duration)
+    return launcher.ProcessLauncher(spec, out=sys.stdout, secure=secure).run(
+        duration_s=duration)
 
 
 def _quote(text: str) -> str:

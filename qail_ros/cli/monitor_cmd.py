@@ -75,14 +75,14 @@ def main(args) -> int:
 # -- parse ---------------------------------------------------------------------------------------
 def _parse_main(args) -> int:
     from qail_ros.errors import QailRosError
-    from qail_ros.monitor.tegrastats import parse_line
+    from qail_ros.monitor.tegrastats import parse_line, read_capped_lines
     try:
         f = sys.stdin if args.logfile == '-' else open(args.logfile, encoding='utf-8',
                                                        errors='replace')
     except OSError as exc:
         raise QailRosError(f'cannot read {args.logfile}: {exc.strerror}') from None
     with f:
-        for line in f:
+        for line in read_capped_lines(f):        # a 50 MB line: bounded time and memory
             if not line.strip() or line.startswith('#'):
                 continue
             s = parse_line(line)

@@ -2,10 +2,13 @@
 
 The same role as rmw_zenoh's `ros2 run rmw_zenoh_cpp rmw_zenohd`: peers connect to it, learn
 about each other (gossip scouting) and then link directly. It is a zenoh-python session opened
-in router mode, so no zenohd binary is needed. Runs until Ctrl-C.
+in router mode, so no zenohd binary is needed. Runs until Ctrl-C. Reads
+`ZENOH_ROUTER_CONFIG_URI` (and `ZENOH_CONFIG_OVERRIDE`) as rmw_zenohd does; without them it
+listens on this host only.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 HELP = 'run a Zenoh router (what rmw_zenohd is for rmw_zenoh) until Ctrl-C'
@@ -13,25 +16,33 @@ HELP = 'run a Zenoh router (what rmw_zenohd is for rmw_zenoh) until Ctrl-C'
 
 def add_arguments(parser) -> None:
     parser.add_argument('--listen', default=None, metavar='ENDPOINT',
-                        help='endpoint to listen on (default: $QAIL_ROS_ZENOH_ROUTER or '
-                             'tcp/127.0.0.1:7447, the rmw_zenoh default)')
+                        help='endpoint to listen on (default: the listen endpoints of '
+                             '$ZENOH_ROUTER_CONFIG_URI, else $QAIL_ROS_ZENOH_ROUTER or '
+                             'tcp/127.0.0.1:7447: this host only)')
 
 
 def main(args) -> int:
     from qail_ros.errors import TransportError
     from qail_ros.runtime import zenoh_transport as zt
-    endpoint = args.listen or zt.router_endpoint()
-    if zt.router_reachable(endpoint):
-        raise TransportError(f'something already listens on {endpoint} (a router?); use it, '
-                             'or pick another endpoint with --listen')
+    endpoints = zt.router_listen_endpoints(args.listen)
+    for endpoint in endpoints:
+        if zt.router_reachable(endpoint):
+            if zt.probe_router(endpoint) is not None:
+                raise TransportError(f'a Zenoh router already listens on {endpoint}: use it, '
+                                     'or pick another endpoint with --listen')
+            zt.check_router(endpoint)   # raises, naming the program that holds the port
+    where = ', '.join(endpoints)
+    config = os.environ.get(zt.ROUTER_CONFIG_ENV, '').strip()
 
     def ready(zid: str) -> None:
-        print(f'Zenoh router {zid} listening on {endpoint} (domain set per node by '
-              'ROS_DOMAIN_ID); Ctrl-C to stop', file=sys.stderr, flush=True)
+        print(f'Zenoh router {zid} listening on {where}'
+              + (f' ({zt.ROUTER_CONFIG_ENV}={config})' if config else ' (this host only)')
+              + '; domain set per node by ROS_DOMAIN_ID; Ctrl-C to stop', file=sys.stderr,
+              flush=True)
 
     _sigterm_as_interrupt()
     try:
-        zt.run_router(endpoint, ready=ready)
+        zt.run_router(args.listen, ready=ready)
     except KeyboardInterrupt:
         pass
     return 0

@@ -27,7 +27,8 @@ from typing import Any
 from qail_ros.engines.base import EngineError
 
 __all__ = ['MANIFEST_FORMAT', 'Manifest', 'manifest_path', 'read_manifest', 'write_manifest',
-           'sha256_file', 'cache_key']
+           'sha256_file', 'cache_key', 'CHECKSUMS_FILE', 'write_checksums', 'read_checksums',
+           'verify_checksums', 'check_checksums']
 
 MANIFEST_FORMAT = 'qail_ros.engine/1'
 _REQUIRED = ('format', 'engine_file', 'engine_sha256', 'architecture', 'precision', 'backend',
@@ -122,6 +123,8 @@ def read_manifest(path: str | Path, *, verify_file: bool = True) -> tuple[Path, 
                           f'{path.name!r}: the files were renamed or mixed up; {rebuild}')
     if not engine.is_file():
         raise EngineError(f'engine file {engine} (named by {mpath.name}) not found: {rebuild}')
+    # A SHA256SUMS next to them (qail-ros verify --write) also covers the manifest itself.
+    check_checksums(mpath.parent, names=[mpath.name])
     if verify_file:
         digest = sha256_file(engine)
         if digest != manifest.engine_sha256:
@@ -130,3 +133,84 @@ def read_manifest(path: str | Path, *, verify_file: bool = True) -> tuple[Path, 
                 f'{digest[:12]}... but its manifest says {manifest.engine_sha256[:12]}...): '
                 f'{rebuild}')
     return engine, manifest
+
+
+# ------------------------------------------------------------------------------------------
+# directory checksums (`qail-ros verify`): SHA256SUMS, the format `sha256sum -c` reads
+# ------------------------------------------------------------------------------------------
+#: One line per file of a model / checkpoint directory: '<sha256>  <path relative to it>'.
+CHECKSUMS_FILE = 'SHA256SUMS'
+
+
+def _directory_files(directory: Path) -> list[str]:
+    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob('*')
+                  if p.is_file() and p.name != CHECKSUMS_FILE
+                  and not p.name.endswith('.tmp') and '__pycache__' not in p.parts)
+
+
+def write_checksums(directory: str | Path, names: list[str] | None = None) -> Path:
+    """Hash every file under `directory` (or only `names`, relative paths) into
+    `directory/SHA256SUMS`; returns its path."""
+    directory = Path(directory)
+    names = _directory_files(directory) if names is None else sorted(names)
+    lines = [f'{sha256_file(directory / name)}  {name}\n' for name in names]
+    path = directory / CHECKSUMS_FILE
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text(''.join(lines))
+    tmp.replace(path)
+    return path
+
+
+def read_checksums(directory: str | Path) -> dict[str, str] | None:
+    """{relative path: sha256} from `directory/SHA256SUMS`; None when there is none."""
+    path = Path(directory) / CHECKSUMS_FILE
+    if not path.is_file():
+        return None
+    sums = {}
+    for number, line in enumerate(path.read_text(errors='replace').splitlines(), 1):
+        if not line.strip():
+            continue
+        digest, sep, name = line.partition('  ')
+        if not sep or len(digest) != 64 or not name:
+            raise EngineError(f'{path}:{number} is not "<sha256>  <file>": write the file '
+                              f'again with qail-ros verify {directory} --write')
+        sums[name.lstrip('*')] = digest.lower()
+    return sums
+
+
+def verify_checksums(directory: str | Path, names: list[str] | None = None
+                     ) -> dict[str, list[str]] | None:
+    """Compare the files with SHA256SUMS: {'changed': [...], 'missing': [...], 'unlisted':
+    [...]} (`names`: only those files), or None without a SHA256SUMS."""
+    directory = Path(directory)
+    sums = read_checksums(directory)
+    if sums is None:
+        return None
+    wanted = sums if names is None else {n: sums[n] for n in names if n in sums}
+    report: dict[str, list[str]] = {'changed': [], 'missing': [], 'unlisted': []}
+    for name, digest in sorted(wanted.items()):
+        path = directory / name
+        if not path.is_file():
+            report['missing'].append(name)
+        elif sha256_file(path) != digest:
+            report['changed'].append(name)
+    if names is None:
+        report['unlisted'] = [n for n in _directory_files(directory) if n not in sums]
+    return report
+
+
+def check_checksums(directory: str | Path, error: type[Exception] = EngineError,
+                    names: list[str] | None = None) -> bool:
+    """Raise `error` naming every changed or missing file when `directory` has a SHA256SUMS
+    that they no longer match; True when checked, False when there is no SHA256SUMS."""
+    report = verify_checksums(directory, names)
+    if report is None:
+        return False
+    bad = [f'{n} (changed)' for n in report['changed']] + \
+        [f'{n} (missing)' for n in report['missing']]
+    if bad:
+        raise error(f'{directory}: {", ".join(bad)} no longer match {CHECKSUMS_FILE}: the '
+                    'files were modified, truncated or replaced after it was written. Fix: '
+                    'copy them again from the source; qail-ros verify DIR lists what differs '
+                    '(and --write records a copy you trust)')
+    return True

@@ -28,9 +28,14 @@ from qail_ros.launching import shim
 from qail_ros.runtime.params import fully_qualified_name, parse_param_value
 
 __all__ = ['NodeSpec', 'LaunchArgument', 'LaunchSpec', 'load_launch_file', 'find_launch_file',
-           'available_launch_files', 'parse_launch_arguments', 'LAUNCH_SUFFIX']
+           'available_launch_files', 'parse_launch_arguments', 'LAUNCH_SUFFIX',
+           'REQUIRED_NODES_ARGUMENT']
 
 LAUNCH_SUFFIX = '.launch.py'
+#: A launch argument naming the nodes the launch cannot go on without ('a,b' or 'a b'): when
+#: one of them exits or dies the launcher stops everything with a non-zero exit code (ROS 1's
+#: `required="true"`). A plain launch argument, so `ros2 launch` accepts the same file.
+REQUIRED_NODES_ARGUMENT = 'required_nodes'
 
 _eval_lock = threading.Lock()
 
@@ -52,6 +57,7 @@ class NodeSpec:
     arguments: list[str] = dataclasses.field(default_factory=list)
     ros_arguments: list[str] = dataclasses.field(default_factory=list)
     shutdown_on_exit: bool = False       # on_exit=Shutdown(): the launch ends with this node
+    required: bool = False               # named by the launch argument `required_nodes`
 
     @property
     def label(self) -> str:
@@ -288,6 +294,16 @@ def load_launch_file(path: str | os.PathLike, arguments: dict[str, str] | list[s
                                   f"'{values[entity.name]}'; it must be one of {arg.choices}")
         else:
             nodes.append(_node_spec(entity, resolver))
+
+    required = values.get(REQUIRED_NODES_ARGUMENT, '')
+    names = [n for n in required.replace(',', ' ').split() if n]
+    labels = [n.label for n in nodes]
+    for name in names:
+        if name not in labels:
+            raise LaunchError(f"{path.name}: {REQUIRED_NODES_ARGUMENT} names '{name}', which "
+                              f'this launch does not start; its nodes: {labels}')
+    for node in nodes:
+        node.required = node.label in names
 
     known = {a.name for a in declared} | referenced
     for name in given:

@@ -12,7 +12,14 @@ Two modes run the same `LaunchSpec` (qail_ros.launching.description):
   also get SIGTERM from the kernel if the launcher itself dies (PR_SET_PDEATHSIG on Linux).
   A child that exits with an error stops the whole launch (as if every node were launched with
   `on_exit=Shutdown()`): a pipeline with a dead stage only produces misleading output.
-  A child that exits cleanly on its own is reported and the others keep running.
+  A child that exits cleanly on its own is reported and the others keep running, unless the
+  launch names it in its `required_nodes` argument: a required node (the recorder of a record
+  launch, the policy of a drive launch) that exits in any way while the launch runs stops
+  everything with exit code 1 and a line naming it.
+  Before the nodes start, an existing router must answer as a Zenoh router; a port held by
+  another program is an error naming the port and that program. With a secure profile
+  (`--secure DIR`, scripts/make_secure_profile.sh) the router and every node use its
+  mutual-TLS configuration, each node the certificate of its own name (docs/security.md).
 * **composed** (`--composed`): every node in this process through `nodes_main`, each with its own
   `--ros-args`; topics between them pass Python objects, never serialised.
 
@@ -42,7 +49,8 @@ from qail_ros.launching.description import LaunchSpec, NodeSpec
 from qail_ros.runtime import params as _params
 
 __all__ = ['node_targets', 'node_module', 'node_class', 'ros_argv', 'check_parameter_files',
-           'ProcessLauncher', 'ChildProcess', 'run_composed', 'PACKAGE']
+           'ProcessLauncher', 'ChildProcess', 'run_composed', 'PACKAGE', 'SecureProfile',
+           'secure_profile', 'SECURE_PROFILE_ENV']
 
 PACKAGE = 'qail_ros'
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -148,8 +156,79 @@ def _child_env() -> dict[str, str]:
     return env
 
 
+# ------------------------------------------------------------------------------------------
+# secure profile (scripts/make_secure_profile.sh, docs/security.md)
+# ------------------------------------------------------------------------------------------
+SECURE_PROFILE_ENV = 'QAIL_ROS_SECURE_PROFILE'
+_SESSION_ENV = 'ZENOH_SESSION_CONFIG_URI'
+_ROUTER_ENV = 'ZENOH_ROUTER_CONFIG_URI'
+
+
+@dataclasses.dataclass
+class SecureProfile:
+    """A directory made by scripts/make_secure_profile.sh: router.json5 for the router, and
+    NAME.json5 (a session with NAME's certificate) for each node NAME and the launcher."""
+
+    directory: str
+
+    def session_file(self, identity: str) -> str:
+        path = os.path.join(self.directory, f'{identity}.json5')
+        if not os.path.isfile(path):
+            raise LaunchError(
+                f"secure profile {self.directory} has no identity '{identity}' ({path}): make "
+                f'one with scripts/make_secure_profile.sh {self.directory} {identity} (the '
+                "ACL of the profile's router.json5 must list it, which the script does when "
+                'it makes every identity in one run)')
+        return path
+
+    @property
+    def router_file(self) -> str:
+        path = os.path.join(self.directory, 'router.json5')
+        if not os.path.isfile(path):
+            raise LaunchError(f'{self.directory} is not a secure profile (no router.json5): '
+                              'make one with scripts/make_secure_profile.sh DIR')
+        return path
+
+    def check(self, launch: LaunchSpec) -> None:
+        self.router_file  # noqa: B018 - raises when missing
+        for identity in ['launcher'] + [n.label for n in launch.nodes]:
+            self.session_file(identity)
+
+    def apply(self) -> str:
+        """The launcher's own sessions (router check) and the router it starts use the
+        profile; `child_env` gives each node its own identity. The profile's files say where
+        the router is, so QAIL_ROS_ZENOH_ROUTER is dropped (returns a note saying so)."""
+        os.environ[_ROUTER_ENV] = self.router_file
+        os.environ[_SESSION_ENV] = self.session_file('launcher')
+        dropped = os.environ.pop('QAIL_ROS_ZENOH_ROUTER', None)
+        return (f'; QAIL_ROS_ZENOH_ROUTER={dropped} ignored (the profile names the router)'
+                if dropped else '')
+
+    def child_env(self, env: dict[str, str], identity: str) -> dict[str, str]:
+        out = dict(env)
+        out.pop('QAIL_ROS_ZENOH_ROUTER', None)
+        out[_ROUTER_ENV] = self.router_file
+        out[_SESSION_ENV] = self.session_file(identity)
+        return out
+
+
+def secure_profile(directory: str | None = None) -> SecureProfile | None:
+    """The profile of `directory`, else of $QAIL_ROS_SECURE_PROFILE, else None."""
+    directory = directory or os.environ.get(SECURE_PROFILE_ENV, '').strip() or None
+    if directory is None:
+        return None
+    if not os.path.isdir(directory):
+        raise LaunchError(f"secure profile '{directory}' is not a directory: make one with "
+                          f'scripts/make_secure_profile.sh {directory}')
+    return SecureProfile(os.path.abspath(directory))
+
+
 def _start_router(say) -> Any:
-    """Start a Zenoh router for the embedded runtime if the children need one and none runs."""
+    """Start a Zenoh router for the embedded runtime if the children need one and none runs.
+
+    An existing one must answer as a Zenoh router (its id is shown); a port held by another
+    program is a TransportError naming the port and the program.
+    """
     from qail_ros.runtime import runtime_name
     if runtime_name() != 'embedded' or os.environ.get('QAIL_ROS_TRANSPORT', '').strip().lower() \
             == 'none':
@@ -159,9 +238,15 @@ def _start_router(say) -> Any:
     except ImportError as exc:
         say(f'no Zenoh transport ({exc}); nodes will not reach each other')
         return None
-    router = zt.ensure_router()
+    endpoint = zt.router_endpoint()
+    if zt.router_reachable(endpoint):
+        zid = zt.check_router(endpoint)
+        say(f'using the Zenoh router {zid[:8]} already at {endpoint}')
+        return None
+    router = zt.ensure_router(endpoint)
     if router is not None:
-        say(f'started a Zenoh router on {router.endpoint} (pid {router.pid})')
+        say(f'started a Zenoh router on {router.endpoint} (pid {router.pid})'
+            + (f' with {os.environ[_ROUTER_ENV]}' if os.environ.get(_ROUTER_ENV) else ''))
     return router
 
 
@@ -203,8 +288,9 @@ class ProcessLauncher:
 
     def __init__(self, launch: LaunchSpec, *, out: IO[str] | None = None,
                  sigint_timeout_s: float = 1.0, sigterm_timeout_s: float = 0.5,
-                 start_router: bool = True):
+                 start_router: bool = True, secure: SecureProfile | None = None):
         self.launch = launch
+        self.secure = secure
         self.out = out or sys.stdout
         self.sigint_timeout_s = sigint_timeout_s
         self.sigterm_timeout_s = sigterm_timeout_s
@@ -285,15 +371,26 @@ class ProcessLauncher:
         with self._signal_handlers():
             try:
                 self.children = self.build()
+                if self.secure is not None:
+                    self.secure.check(self.launch)
+                    note = self.secure.apply()
+                    self.say(f'secure profile {self.secure.directory}: mutual TLS, access '
+                             f'control; each node with its own certificate{note}')
                 if self.start_router:
                     self.router = _start_router(self.say)
                 env = _child_env()
+                required = [c.label for c in self.children if c.spec.required]
+                if required:
+                    self.say(f'required nodes (the launch stops if one exits): '
+                             f'{", ".join(required)}')
                 for child in self.children:
                     if self._stop.is_set():
                         break
+                    child_env = (env if self.secure is None
+                                 else self.secure.child_env(env, child.label))
                     child.process = subprocess.Popen(
-                        child.argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                        stderr=subprocess.STDOUT, start_new_session=True,
+                        child.argv, env=child_env, stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
                         preexec_fn=_pdeathsig if _prctl is not None else None)
                     child.reader = threading.Thread(target=self._pump, args=(child,),
                                                     name=f'launch-{child.label}', daemon=True)
@@ -318,7 +415,12 @@ class ProcessLauncher:
                     running += 1
                 elif not child.reported:
                     child.reported = True
-                    if rc == 0:
+                    if child.spec.required and not (rc == 0 and child.spec.shutdown_on_exit):
+                        self.say(f'required node {child.label} exited ({_describe(rc)}) '
+                                 'while the launch was running; stopping the other nodes')
+                        code = 1
+                        self.request_stop(f'required node {child.label} exited')
+                    elif rc == 0:
                         self.say(f'{child.label} finished (exit code 0)')
                         if child.spec.shutdown_on_exit:
                             self.request_stop(f'{child.label} exited (on_exit=Shutdown)')

@@ -28,7 +28,8 @@ import time
 from typing import Callable, Sequence
 
 from qail_ros.errors import QailRosError
-from qail_ros.monitor.tegrastats import TegrastatsSample, parse_line, total_power_mw
+from qail_ros.monitor.tegrastats import (PLAUSIBLE, TegrastatsSample, parse_line,
+                                         read_capped_lines, total_power_mw)
 
 __all__ = ['Reading', 'PowerSource', 'TegrastatsProcess', 'LogFollow', 'LogReplay',
            'NvmlSource', 'RaplSource', 'ProcSource', 'detect_source', 'reading_from_sample',
@@ -37,6 +38,21 @@ __all__ = ['Reading', 'PowerSource', 'TegrastatsProcess', 'LogFollow', 'LogRepla
 
 class SourceError(QailRosError):
     """A power source that cannot be opened or read."""
+
+
+_MAX_LINE = 8192  # tegrastats.MAX_LINE_CHARS
+
+
+def _plausible(r: 'Reading', what: str, value: float | None, kind: str) -> float | None:
+    """`value` if inside its physical range (tegrastats.PLAUSIBLE), else None and a note in
+    `r.unparsed`: a glitching counter or sensor is never passed on as a measurement."""
+    if value is None:
+        return None
+    low, high = PLAUSIBLE[kind]
+    if low <= value <= high:
+        return value
+    r.unparsed.append(f'{what}={value:g} (outside {low:g}..{high:g})')
+    return None
 
 
 @dataclasses.dataclass
@@ -194,7 +210,7 @@ class TegrastatsProcess(_LineSource):
 
     def _run(self) -> None:
         assert self.process is not None and self.process.stdout is not None
-        for line in self.process.stdout:
+        for line in read_capped_lines(self.process.stdout):
             if self._stop.is_set():
                 break
             self._put(time.time(), line)
@@ -244,10 +260,11 @@ class LogFollow(_LineSource):
                 f.seek(0, os.SEEK_END)
             partial = ''
             while not self._stop.is_set():
-                chunk = f.readline()
+                chunk = f.readline(_MAX_LINE + 1)
                 if chunk:
-                    partial += chunk
-                    if partial.endswith('\n'):
+                    if len(partial) <= _MAX_LINE:      # beyond: dropped, parse_line says so
+                        partial += chunk[:_MAX_LINE + 1 - len(partial)]
+                    if chunk.endswith('\n'):
                         self._put(time.time(), partial)
                         partial = ''
                     continue
@@ -271,7 +288,8 @@ def read_log_lines(path: str) -> list[str]:
     """The tegrastats lines of a log file (blank lines and '#' comments skipped)."""
     try:
         with open(path, encoding='utf-8', errors='replace') as f:
-            return [ln.rstrip('\n') for ln in f if ln.strip() and not ln.startswith('#')]
+            return [ln.rstrip('\n') for ln in read_capped_lines(f)
+                    if ln.strip() and not ln.startswith('#')]
     except OSError as exc:
         raise SourceError(f'cannot read tegrastats log {path}: {exc.strerror}') from None
 
@@ -388,7 +406,11 @@ class NvmlSource(PowerSource):
                 power_w = nv.nvmlDeviceGetPowerUsage(h) / 1000.0
             except nv.NVMLError:
                 power_w = None
-        r = Reading(time_s=now, power_w=power_w, power_label=f'GPU{self.index} board power')
+        r = Reading(time_s=now, power_label=f'GPU{self.index} board power')
+        if power_w is not None and _plausible(r, 'GPU power mW', power_w * 1000.0,
+                                              'power_mw') is None:
+            power_w = None
+        r.power_w = power_w
         if power_w is not None:
             r.rails_w['GPU'] = power_w
         for attr, fn in (('gpu_percent', lambda: nv.nvmlDeviceGetUtilizationRates(h).gpu),
@@ -399,8 +421,10 @@ class NvmlSource(PowerSource):
             except nv.NVMLError:
                 pass
         try:
-            r.temperatures_c['GPU'] = float(nv.nvmlDeviceGetTemperature(
-                h, nv.NVML_TEMPERATURE_GPU))
+            temp = _plausible(r, 'GPU temperature C', float(nv.nvmlDeviceGetTemperature(
+                h, nv.NVML_TEMPERATURE_GPU)), 'temperature_c')
+            if temp is not None:
+                r.temperatures_c['GPU'] = temp
         except nv.NVMLError:
             pass
         try:
@@ -467,7 +491,12 @@ class RaplSource(PowerSource):
             de = e - last[1]
             if de < 0:
                 de += max_range
-            watts = de / 1e6 / (now - last[0])
+            watts = _plausible(r, f'{name} mW', de / 1e6 / (now - last[0]) * 1000.0,
+                               'power_mw')
+            if watts is None:
+                complete = False
+                continue
+            watts /= 1000.0
             r.rails_w[name] = watts
             total += watts
         r.power_w = total if complete and r.rails_w else None
@@ -525,7 +554,9 @@ def _add_proc(r: Reading, temperatures: bool = False) -> None:
             for chip, entries in psutil.sensors_temperatures().items():
                 for i, entry in enumerate(entries):
                     label = entry.label or f'{chip}{i}'
-                    r.temperatures_c[label] = float(entry.current)
+                    value = _plausible(r, f'{label} C', float(entry.current), 'temperature_c')
+                    if value is not None:
+                        r.temperatures_c[label] = value
         except (OSError, RuntimeError):
             pass
 

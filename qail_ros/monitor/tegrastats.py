@@ -23,7 +23,11 @@ A line is scanned left to right; at each position the first field pattern that m
                  temperatures_c and listed in absent_sensors.
 
 Anything else is kept, token by token, in `unparsed`: a new JetPack field never crashes the
-monitor, and shows up in its diagnostics.
+monitor, and shows up in its diagnostics. So is a field whose value is outside its physical
+range (PLAUSIBLE: a temperature of 1e21 C, a 10 MW rail, a 400 % load): such a value is never
+passed on as a measurement. A line is read and parsed up to MAX_LINE_CHARS characters
+(`read_capped_lines`); the rest is skipped in bounded chunks and reported in `unparsed`, so a
+50 MB line costs bounded time and memory.
 """
 from __future__ import annotations
 
@@ -33,7 +37,26 @@ import re
 from typing import Any, Iterable, Iterator
 
 __all__ = ['Rail', 'Engine', 'CpuCore', 'TegrastatsSample', 'parse_line', 'parse_lines',
-           'ABSENT_TEMPERATURE_C', 'INPUT_RAILS', 'total_power_mw']
+           'ABSENT_TEMPERATURE_C', 'INPUT_RAILS', 'total_power_mw', 'MAX_LINE_CHARS',
+           'PLAUSIBLE', 'read_capped_lines']
+
+#: Longest line parsed (published tegrastats lines are under 1000 characters).
+MAX_LINE_CHARS = 8192
+
+#: Physical ranges (inclusive); a value outside is reported as unparsed, not passed on.
+PLAUSIBLE = {
+    'temperature_c': (-60.0, 150.0),    # silicon sensors: -40 .. 125 C rated, some margin
+    'power_mw': (0.0, 500_000.0),       # a rail or module input: under 500 W
+    'percent': (0.0, 100.0),            # loads
+    'freq_mhz': (0.0, 10_000.0),        # clocks
+    'memory_mb': (0.0, 16.0 * 2**20),   # RAM / swap / IRAM sizes: under 16 TB
+}
+
+
+def _plausible(kind: str, *values: float | None) -> bool:
+    low, high = PLAUSIBLE[kind]
+    return all(v is None or low <= v <= high for v in values)
+
 
 #: tegrastats prints this for a thermal zone that cannot be read (e.g. the GPU rail-gated).
 ABSENT_TEMPERATURE_C = -256.0
@@ -171,7 +194,16 @@ def _mb(value: str, unit: str) -> float:
 
 
 def parse_line(line: str) -> TegrastatsSample:
-    """Parse one tegrastats line; never raises on content (unknown tokens go to `unparsed`)."""
+    """Parse one tegrastats line; never raises on content (unknown tokens go to `unparsed`).
+
+    Only the first MAX_LINE_CHARS characters of a longer line are parsed (up to the last
+    whole token); the cut is reported in `unparsed`.
+    """
+    cut = len(line) > MAX_LINE_CHARS
+    if cut:
+        head = line[:MAX_LINE_CHARS]
+        space = max(head.rfind(' '), head.rfind('\t'))
+        line = head[:space] if space > 0 else ''
     text = line.strip()
     sample = TegrastatsSample(line=text)
     pos, n = 0, len(text)
@@ -192,52 +224,99 @@ def parse_line(line: str) -> TegrastatsSample:
                 except ValueError:
                     pass
         pos = _field(text, pos, sample)
+    if cut:  # after the tokens of the part that was parsed
+        sample.unparsed.append(f'<line longer than {MAX_LINE_CHARS} characters: the rest was '
+                               'not parsed>')
     return sample
+
+
+def read_capped_lines(f, max_chars: int = MAX_LINE_CHARS) -> Iterator[str]:
+    """The lines of a text stream, each at most `max_chars` + 1 characters: the rest of a
+    longer line is read in bounded chunks and dropped (parse_line reports the cut)."""
+    while True:
+        line = f.readline(max_chars + 1)
+        if not line:
+            return
+        if len(line) > max_chars and not line.endswith('\n'):
+            while True:                       # skip the rest of this line, 64 k at a time
+                rest = f.readline(1 << 16)
+                if not rest or rest.endswith('\n'):
+                    break
+        yield line
 
 
 def _field(text: str, pos: int, s: TegrastatsSample) -> int:
     """Parse the field at `pos` into `s`; returns the position after it."""
+    def implausible(m: re.Match) -> int:
+        s.unparsed.append(text[pos:m.end()])
+        return m.end()
+
     m = _RAM.match(text, pos)
     if m:
-        s.ram_mb = (_mb(m[1], m[3]), _mb(m[2], m[3]))
+        used, total = _mb(m[1], m[3]), _mb(m[2], m[3])
+        if not _plausible('memory_mb', used, total) or used > total:
+            return implausible(m)
+        s.ram_mb = (used, total)
         if m[4] is not None:
             s.lfb = (int(m[4]), _mb(m[5], m[6]))
         return m.end()
     m = _SWAP.match(text, pos)
     if m:
-        s.swap_mb = (_mb(m[1], m[3]), _mb(m[2], m[3]))
+        used, total = _mb(m[1], m[3]), _mb(m[2], m[3])
+        if not _plausible('memory_mb', used, total) or used > total:
+            return implausible(m)
+        s.swap_mb = (used, total)
         if m[4] is not None:
             s.swap_cached_mb = _mb(m[4], m[5])
         return m.end()
     m = _IRAM.match(text, pos)
     if m:
+        if not _plausible('memory_mb', _mb(m[1], m[3]), _mb(m[2], m[3])):
+            return implausible(m)
         s.iram_kb = (_mb(m[1], m[3]) * 1024.0, _mb(m[2], m[3]) * 1024.0)
         return m.end()
     m = _CPU.match(text, pos)
-    if m and _cores(m[1], m[2], s):
-        return m.end()
+    if m:
+        cores = _cores(m[1], m[2])
+        if cores is not None:
+            if not all(_plausible('percent', c.load_percent)
+                       and _plausible('freq_mhz', c.freq_mhz) for c in cores):
+                return implausible(m)
+            s.cpu = cores
+            return m.end()
     m = _MTS.match(text, pos)
     if m:
+        if not _plausible('percent', float(m[1]), float(m[2])):
+            return implausible(m)
         s.mts_percent = (float(m[1]), float(m[2]))
         return m.end()
     m = _RAIL.match(text, pos)
     if m:
-        s.rails[m[1]] = Rail(float(m[2]), float(m[3]),
-                             float(m[4]) if m[4] is not None else None)
+        rail = Rail(float(m[2]), float(m[3]), float(m[4]) if m[4] is not None else None)
+        if not _plausible('power_mw', rail.cur_mw, rail.avg_mw, rail.max_mw):
+            return implausible(m)
+        s.rails[m[1]] = rail
         return m.end()
     m = _ENGINE.match(text, pos)
     if m:
-        s.engines[_engine_name(m[1])] = _engine(m)
+        engine = _engine(m)
+        if not (_plausible('percent', engine.load_percent)
+                and _plausible('freq_mhz', engine.freq_mhz, *engine.freqs_mhz)):
+            return implausible(m)
+        s.engines[_engine_name(m[1])] = engine
         return m.end()
     m = _TEMP.match(text, pos)
     if m:
         value = float(m[2])
+        avg = float(m[3]) if m[3] is not None else None
         if value <= ABSENT_TEMPERATURE_C:
             s.absent_sensors.append(m[1])
+        elif not _plausible('temperature_c', value, avg):
+            return implausible(m)
         else:
             s.temperatures_c[m[1]] = value
-            if m[3] is not None:
-                s.temperatures_avg_c[m[1]] = float(m[3])
+            if avg is not None:
+                s.temperatures_avg_c[m[1]] = avg
         return m.end()
     end = pos
     while end < len(text) and not text[end].isspace():
@@ -246,7 +325,7 @@ def _field(text: str, pos: int, s: TegrastatsSample) -> int:
     return end
 
 
-def _cores(body: str, shared_freq: str | None, s: TegrastatsSample) -> bool:
+def _cores(body: str, shared_freq: str | None) -> list[CpuCore] | None:
     cores = []
     for item in body.split(','):
         item = item.strip()
@@ -255,11 +334,10 @@ def _cores(body: str, shared_freq: str | None, s: TegrastatsSample) -> bool:
             continue
         m = _CORE.match(item)
         if not m:
-            return False
+            return None
         freq = m[2] if m[2] is not None else shared_freq
         cores.append(CpuCore(float(m[1]), float(freq) if freq is not None else None))
-    s.cpu = cores
-    return True
+    return cores
 
 
 def _engine_name(name: str) -> str:

@@ -27,6 +27,12 @@ queue (disk slower than the stream) drops and counts, with an error log at most 
 /qail_ros/episode topic in the bag. Ctrl-C / SIGTERM close the bag (the episode is marked
 complete=false, end_reason=shutdown).
 
+Fatal errors: when the disk's free space minus what waits in the queue falls below
+`min_free_mb` (which must be > 0), or a write fails (ENOSPC, EACCES), the recorder closes the
+episode's bag (readable, complete=false) and exits with an error (exit code 2), so that a launch
+that marks it required stops instead of running on with nothing recorded. The message counts it
+logs at exit are what the bags hold.
+
 Parameters: see config/fp_recorder.yaml and docs/recorder.md.
 """
 from __future__ import annotations
@@ -198,9 +204,13 @@ class FpRecorder(Node):
         if self.compression not in ('', 'zstd'):
             problems.append(f"compression must be '' or 'zstd', not '{self.compression}'")
         for name in ('split_size_mb', 'split_duration_s', 'max_episode_duration_s',
-                     'queue_max_mb', 'min_free_mb', 'report_period_s', 'flush_interval_s'):
+                     'queue_max_mb', 'report_period_s', 'flush_interval_s'):
             if getattr(self, name) < 0:
                 problems.append(f'{name} must be >= 0, not {getattr(self, name)}')
+        if not self.min_free_mb > 0:
+            problems.append(f'min_free_mb must be > 0, not {self.min_free_mb}: with no margin '
+                            'the disk fills up and the last chunk of the bag is lost (default '
+                            '200; it must cover what a few seconds of recording write)')
         if self.max_episodes < 0:
             problems.append(f'max_episodes must be >= 0, not {self.max_episodes}')
         if self.pair_buffer < 1 or self.queue_max_messages < 1 or self.pair_hold_frames < 1:
@@ -223,7 +233,7 @@ class FpRecorder(Node):
                            'it with write permission for this user or set output_dir to a '
                            'writable directory') from None
         self.output_path = out
-        free_mb = shutil.disk_usage(out).free / 1e6
+        free_mb = self.free_mb()
         if free_mb < self.min_free_mb:
             raise BagError(f"fp_recorder: only {free_mb:.0f} MB free on '{out}' (min_free_mb "
                            f'= {self.min_free_mb:g}); free space or choose another output_dir')
@@ -354,15 +364,35 @@ class FpRecorder(Node):
             else:
                 self.get_logger().warning('episode_end: no episode is being recorded')
 
+    def free_mb(self) -> float:
+        """Free space (MB) on the output directory's file system."""
+        return shutil.disk_usage(self.output_path).free / 1e6
+
     def check_timer_callback(self) -> None:
-        """Writer errors, max duration, size/duration splits, free space, status log."""
+        """Writer errors, max duration, size/duration splits, free space, status log.
+
+        A write error or too little free space ends the episode and raises BagError: the
+        node stops (exit code 2) rather than run on recording nothing.
+        """
         now = time.monotonic()
         if self._writer_error is not None:
             error, self._writer_error = self._writer_error, None
             self.last_error = error
             if self.recording:
-                self.get_logger().error(f'{error} Recording stopped; send start to retry.')
                 self.end_episode('unknown', 'write error', complete=False, next_episode=False)
+            raise BagError(f'fp_recorder: {error} Recording stopped: fix the cause and start '
+                           'the recorder again.')
+        if self.recording:
+            # What waits in the queue will land on the same disk: count it as used already.
+            free_mb = self.free_mb() - self.writer.queued_bytes / 1e6
+            if free_mb < self.min_free_mb:
+                self.last_error = (f'only {free_mb:.0f} MB free on {self.output_path} '
+                                   f'(min_free_mb {self.min_free_mb:g})')
+                self.end_episode('unknown', 'disk almost full', complete=False,
+                                 next_episode=False)
+                raise BagError(f'fp_recorder: {self.last_error}: the episode is closed (its '
+                               'bag is readable) and recording stopped before the disk filled '
+                               'up; free space or point output_dir at a bigger disk')
         if self.recording:
             if (self.max_episode_duration_s
                     and now - self._episode_start >= self.max_episode_duration_s):
@@ -370,16 +400,6 @@ class FpRecorder(Node):
             elif ((self.split_size_mb and self._part_bytes >= self.split_size_mb * 1e6)
                   or (self.split_duration_s and now - self._part_start >= self.split_duration_s)):
                 self._next_part()
-        if self.recording and int(now * 5) % 5 == 0:
-            free_mb = shutil.disk_usage(self.output_path).free / 1e6
-            if free_mb < self.min_free_mb:
-                self.last_error = (f'only {free_mb:.0f} MB free on {self.output_path} '
-                                   f'(min_free_mb {self.min_free_mb:g})')
-                self.get_logger().error(f'{self.last_error}: ending the episode and stopping '
-                                        'so that nothing written is lost; free space and send '
-                                        'start')
-                self.end_episode('unknown', 'disk almost full', complete=False,
-                                 next_episode=False)
         if self.report_period_s and now - self._last_report >= self.report_period_s:
             self._last_report = now
             self.get_logger().info(self.status_line())

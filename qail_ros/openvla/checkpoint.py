@@ -5,9 +5,15 @@ model), reads every shard named by model.safetensors.index.json and assigns the 
 their own names: `vision_backbone.featurizer.*`, `vision_backbone.fused_featurizer.*`,
 `projector.fc{1,2,3}.*`, `language_model.model.*`, `language_model.lm_head.weight`. A tensor
 the model lacks, or a model parameter no shard holds, is an error naming them.
+
+Integrity: where the directory has a SHA256SUMS (`qail-ros verify DIR --write`; written by
+`save_checkpoint`), every file it lists must still match it, else an error names the changed
+files. A truncated or corrupt shard is an error naming the file and the fix, never a raw
+safetensors traceback.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -32,8 +38,9 @@ def _shards(path: Path) -> dict[str, str]:
                                "'weight_map' {tensor name: shard file}") from None
     elif (path / 'model.safetensors').is_file():
         from safetensors import safe_open
-        with safe_open(str(path / 'model.safetensors'), 'pt') as f:
-            weight_map = {k: 'model.safetensors' for k in f.keys()}
+        with _readable(path, 'model.safetensors'):
+            with safe_open(str(path / 'model.safetensors'), 'pt') as f:
+                weight_map = {k: 'model.safetensors' for k in f.keys()}
     else:
         raise OpenVLAError(f'{path}: no {INDEX_FILE} (nor model.safetensors): the weights are '
                            'missing. Fix: copy the whole checkpoint directory (config.json, the '
@@ -45,14 +52,38 @@ def _shards(path: Path) -> dict[str, str]:
     return weight_map
 
 
+@contextlib.contextmanager
+def _readable(path: Path, shard: str):
+    """A shard safetensors cannot read becomes an OpenVLAError naming it and the fix."""
+    try:
+        yield
+    except OpenVLAError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, a bad header...
+        size = (path / shard).stat().st_size if (path / shard).is_file() else 0
+        raise OpenVLAError(
+            f'{path / shard}: not a readable safetensors file ({type(exc).__name__}: '
+            f'{str(exc).splitlines()[0] if str(exc) else "no detail"}; {size} bytes): it is '
+            'truncated or corrupt (an interrupted download or copy?). Fix: copy that shard '
+            f'again from the source checkpoint; qail-ros verify {path} checks every file '
+            'against its SHA256SUMS') from None
+
+
 def load_state_dict(path: str | Path) -> dict:
-    """Every tensor of the checkpoint directory, by name (as stored: bf16 for OpenVLA-7B)."""
+    """Every tensor of the checkpoint directory, by name (as stored: bf16 for OpenVLA-7B).
+
+    Checks the files against the directory's SHA256SUMS first, where there is one.
+    """
     from safetensors.torch import load_file
+
+    from qail_ros.engines.manifest import check_checksums
     path = Path(path)
+    check_checksums(path, error=OpenVLAError)
     weight_map = _shards(path)
     state = {}
     for shard in sorted(set(weight_map.values())):
-        state.update(load_file(str(path / shard)))
+        with _readable(path, shard):
+            state.update(load_file(str(path / shard)))
     return state
 
 
@@ -127,4 +158,8 @@ def save_checkpoint(model, path: str | Path, *, shards: int = 2, tokenizer_dir=N
     (path / INDEX_FILE).write_text(json.dumps(
         {'metadata': {'total_size': total}, 'weight_map': weight_map}, indent=2) + '\n')
     (path / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2) + '\n')
+    from qail_ros.engines.manifest import write_checksums
+    # What load_state_dict checks: the files written here (`qail-ros verify --write` covers
+    # files added later, such as the tokenizer).
+    write_checksums(path, [CONFIG_FILE, INDEX_FILE] + sorted(set(weight_map.values())))
     return path

@@ -9,7 +9,9 @@ Bag opening, custom metadata and closing go through the same queue (control item
 dropped), so they happen in order with the messages and never on the callback's thread. A
 write error (disk full, a path that became unwritable) closes the bag that was being written,
 so everything already written stays readable, records the error in `stats.error` and drops
-(counting) what follows until the next bag opens.
+(counting) what follows until the next bag opens. `stats.written` counts what a reader finds in
+the bags: when the bag cannot be closed after an error (the disk is full), the messages of its
+last, unflushed chunk move from `written` to `failed`.
 """
 from __future__ import annotations
 
@@ -87,6 +89,7 @@ class BagWriterThread:
         self._queued_messages = 0
         self._cond = threading.Condition()
         self._bag = None
+        self._bag_written = 0               # messages handed to the open bag
         self._failed = False
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -205,6 +208,7 @@ class BagWriterThread:
                     return
                 _k, topic, msg, stamp, nbytes = item
                 self._bag.write(topic, msg, stamp)
+                self._bag_written += 1
                 self.stats.written += 1
                 self.stats.written_bytes += nbytes
             elif kind == 'open':
@@ -214,6 +218,7 @@ class BagWriterThread:
                 bag = BagWriter(path, custom_metadata=meta, **self.bag_options)
                 bag.open()
                 self._bag = bag
+                self._bag_written = 0
                 self._failed = False
                 self.bag_paths.append(Path(path))
                 self.stats.bags_opened += 1
@@ -255,11 +260,24 @@ class BagWriterThread:
         self._failed = True
         if kind == 'msg':
             self.stats.failed += 1
+        bag, in_bag = self._bag, self._bag_written
+        flushed = in_bag
+        if bag is not None:
+            try:
+                flushed = min(in_bag, int(bag.flushed_count))
+            except Exception:  # noqa: BLE001 - a storage without the count: assume all
+                flushed = in_bag
         try:
             self._close_current()   # what is in the bag so far stays readable
         except Exception as close_exc:  # noqa: BLE001 - report, the first error matters most
             log.error('closing the bag after the error also failed: %s', close_exc)
             self._bag = None
+            lost = in_bag - flushed     # the chunk that never reached the disk
+            if lost > 0:
+                self.stats.written -= lost
+                self.stats.failed += lost
+                log.error('%d messages of the last chunk of %s did not reach the disk', lost,
+                          path)
         log.error('%s', text)
         if self.on_error is not None:
             self.on_error(text)

@@ -22,11 +22,17 @@ real rmw_zenoh robot is untested until someone tries it; see docs/runtime.md.
 * Session: peer mode, multicast scouting off, gossip scouting on, connect to a router at
   tcp/127.0.0.1:7447 (rmw_zenoh's default; `QAIL_ROS_ZENOH_ROUTER` overrides it), listen on an
   ephemeral localhost port so that peers link directly after the router introduced them.
-  `ROS_DOMAIN_ID` selects the domain.
+  `ROS_DOMAIN_ID` selects the domain. As in rmw_zenoh (zenoh_config.cpp), a JSON5 file named by
+  `ZENOH_SESSION_CONFIG_URI` (`ZENOH_ROUTER_CONFIG_URI` for the router) replaces these
+  defaults, `ZENOH_CONFIG_OVERRIDE` applies on top: TLS, mutual TLS and access control
+  (config/secure, docs/security.md) come through these files.
+* Router check and watch: `check_router` tells a Zenoh router from another program holding the
+  port (naming it); each transport logs when its router goes away and when it is back.
 
 Router: `qail-ros router` (or `ensure_router()`) runs a Zenoh router in Python: zenoh-python
 opens a session with `mode: "router"`, which is the same router code zenohd runs, without the
-zenohd plugins (no REST / storage), which ROS graphs do not need.
+zenohd plugins (no REST / storage), which ROS graphs do not need. Without a router config file
+it listens on this host only (rmw_zenohd listens on every interface): docs/security.md.
 """
 from __future__ import annotations
 
@@ -54,6 +60,8 @@ __all__ = [
     'parse_liveliness_keyexpr', 'gid_from_keyexpr', 'encode_attachment', 'decode_attachment',
     'session_config', 'router_config', 'router_reachable', 'ensure_router', 'RouterHandle',
     'run_router', 'free_endpoint', 'private_router', 'ZenohTransport', 'GraphEntity',
+    'probe_router', 'check_router', 'port_holder', 'router_listen_endpoints',
+    'SESSION_CONFIG_ENV', 'ROUTER_CONFIG_ENV', 'CONFIG_OVERRIDE_ENV',
 ]
 
 log = logging.getLogger('qail_ros.runtime.zenoh')
@@ -109,11 +117,6 @@ def domain_id() -> int:
     if value < 0:
         raise TransportError(f'ROS_DOMAIN_ID must be >= 0, not {value}')
     return value
-
-
-def router_endpoint() -> str:
-    """The router this process connects to: QAIL_ROS_ZENOH_ROUTER or tcp/127.0.0.1:7447."""
-    return os.environ.get('QAIL_ROS_ZENOH_ROUTER', '').strip() or DEFAULT_ROUTER
 
 
 # ------------------------------------------------------------------------------------------
@@ -268,31 +271,128 @@ def decode_attachment(data: bytes) -> tuple[int, int, bytes]:
 
 
 # ------------------------------------------------------------------------------------------
-# session / router configuration
+# session / router configuration (as rmw_zenoh reads it)
 # ------------------------------------------------------------------------------------------
-def session_config(router: str | None = None, listen: str = 'tcp/127.0.0.1:0'):
-    """zenoh.Config of a qail_ros (and rmw_zenoh-like) peer."""
+#: rmw_zenoh's variables: a JSON5 Zenoh configuration file for every node's session / for the
+#: router, and `key=value;key=value` overrides applied on top (rmw_zenoh_cpp zenoh_config.cpp).
+SESSION_CONFIG_ENV = 'ZENOH_SESSION_CONFIG_URI'
+ROUTER_CONFIG_ENV = 'ZENOH_ROUTER_CONFIG_URI'
+CONFIG_OVERRIDE_ENV = 'ZENOH_CONFIG_OVERRIDE'
+
+
+def _config_file(env: str):
+    """zenoh.Config read from the file `env` names, or None when `env` is unset / empty."""
+    path = os.environ.get(env, '').strip()
+    if not path:
+        return None
     import zenoh
-    conf = zenoh.Config()
-    conf.insert_json5('mode', '"peer"')
-    conf.insert_json5('connect/endpoints', json.dumps([router or router_endpoint()]))
-    conf.insert_json5('listen/endpoints', json.dumps([listen]))
-    conf.insert_json5('scouting/multicast/enabled', 'false')
-    conf.insert_json5('scouting/gossip/enabled', 'true')
-    # rmw_zenoh waits for scouting at open; with multicast off there is nothing to wait for.
-    conf.insert_json5('scouting/delay', '0')
+    if not os.path.isfile(path):
+        raise TransportError(f"{env}='{path}': no such file; point it at a Zenoh JSON5 "
+                             'configuration file, or unset it for the defaults')
+    try:
+        return zenoh.Config.from_file(path)
+    except Exception as exc:  # zenoh raises ZError
+        raise TransportError(f"{env}='{path}' is not a valid Zenoh configuration: {exc}") \
+            from None
+
+
+def _apply_overrides(conf) -> None:
+    """ZENOH_CONFIG_OVERRIDE='mode="client";connect/endpoints=["tcp/10.0.0.2:7447"]'."""
+    text = os.environ.get(CONFIG_OVERRIDE_ENV, '').strip()
+    for item in filter(None, (part.strip() for part in text.split(';'))):
+        key, sep, value = item.partition('=')
+        if not sep or not key.strip():
+            raise TransportError(f"{CONFIG_OVERRIDE_ENV}: '{item}' is not key=value (e.g. "
+                                 'connect/endpoints=["tcp/10.0.0.2:7447"])')
+        try:
+            conf.insert_json5(key.strip(), value.strip())
+        except Exception as exc:  # zenoh raises ZError
+            raise TransportError(f"{CONFIG_OVERRIDE_ENV}: cannot set '{key.strip()}' to "
+                                 f'{value.strip()}: {exc}') from None
+
+
+def _endpoints(conf, key: str) -> list[str]:
+    """A config's connect/listen endpoints (a list, or a per-mode dict: this config's mode)."""
+    value = json.loads(conf.get_json(f'{key}/endpoints') or '[]')
+    if isinstance(value, dict):
+        mode = json.loads(conf.get_json('mode') or '"peer"') or 'peer'
+        value = value.get(mode, [])
+    return [str(v) for v in value or []]
+
+
+def router_endpoint() -> str:
+    """The router this process connects to: QAIL_ROS_ZENOH_ROUTER, else the first connect
+    endpoint of ZENOH_SESSION_CONFIG_URI's file, else tcp/127.0.0.1:7447."""
+    explicit = os.environ.get('QAIL_ROS_ZENOH_ROUTER', '').strip()
+    if explicit:
+        return explicit
+    conf = _config_file(SESSION_CONFIG_ENV)
+    if conf is not None:
+        _apply_overrides(conf)
+        found = _endpoints(conf, 'connect')
+        if found:
+            return found[0]
+    return DEFAULT_ROUTER
+
+
+def session_config(router: str | None = None, listen: str | None = None):
+    """zenoh.Config of a qail_ros (and rmw_zenoh-like) session.
+
+    With ZENOH_SESSION_CONFIG_URI set: that file (TLS, access control, client mode: whatever
+    it says), its connect endpoint replaced only by an explicit `router` or
+    QAIL_ROS_ZENOH_ROUTER. Unset: rmw_zenoh's session defaults (peer mode, connect to the
+    router on this host, listen on localhost only, multicast scouting off, gossip on), with
+    scouting/delay 0 (no multicast to wait for). ZENOH_CONFIG_OVERRIDE applies last.
+    """
+    import zenoh
+    conf = _config_file(SESSION_CONFIG_ENV)
+    explicit = router or os.environ.get('QAIL_ROS_ZENOH_ROUTER', '').strip()
+    if conf is None:
+        conf = zenoh.Config()
+        conf.insert_json5('mode', '"peer"')
+        conf.insert_json5('connect/endpoints', json.dumps([explicit or DEFAULT_ROUTER]))
+        conf.insert_json5('listen/endpoints', json.dumps([listen or 'tcp/127.0.0.1:0']))
+        conf.insert_json5('scouting/multicast/enabled', 'false')
+        conf.insert_json5('scouting/gossip/enabled', 'true')
+        # rmw_zenoh waits for scouting at open; with multicast off there is nothing to wait for.
+        conf.insert_json5('scouting/delay', '0')
+        conf.insert_json5('timestamping/enabled', 'true')
+    else:
+        if explicit:
+            conf.insert_json5('connect/endpoints', json.dumps([explicit]))
+        if listen:
+            conf.insert_json5('listen/endpoints', json.dumps([listen]))
+    _apply_overrides(conf)
     return conf
 
 
-def router_config(listen: str):
-    """zenoh.Config of a router like rmw_zenohd's (multicast scouting off)."""
+def router_config(listen: str | None = None):
+    """zenoh.Config of a router like rmw_zenohd's.
+
+    With ZENOH_ROUTER_CONFIG_URI set: that file (its listen endpoints unless `listen` is
+    given). Unset: rmw_zenoh's router defaults (router mode, multicast scouting off, gossip
+    on) except that it listens on this host only (`listen`, default the router endpoint,
+    tcp/127.0.0.1:7447): the default runtime is for a trusted host (docs/security.md).
+    """
     import zenoh
-    conf = zenoh.Config()
-    conf.insert_json5('mode', '"router"')
-    conf.insert_json5('listen/endpoints', json.dumps([listen]))
-    conf.insert_json5('scouting/multicast/enabled', 'false')
-    conf.insert_json5('scouting/delay', '0')
+    conf = _config_file(ROUTER_CONFIG_ENV)
+    if conf is None:
+        conf = zenoh.Config()
+        conf.insert_json5('mode', '"router"')
+        conf.insert_json5('listen/endpoints', json.dumps([listen or router_endpoint()]))
+        conf.insert_json5('scouting/multicast/enabled', 'false')
+        conf.insert_json5('scouting/gossip/enabled', 'true')
+        conf.insert_json5('scouting/delay', '0')
+        conf.insert_json5('timestamping/enabled', 'true')
+    elif listen:
+        conf.insert_json5('listen/endpoints', json.dumps([listen]))
+    _apply_overrides(conf)
     return conf
+
+
+def router_listen_endpoints(listen: str | None = None) -> list[str]:
+    """Where `router_config(listen)` makes a router listen."""
+    return _endpoints(router_config(listen), 'listen')
 
 
 def _host_port(endpoint: str) -> tuple[str, int]:
@@ -302,19 +402,105 @@ def _host_port(endpoint: str) -> tuple[str, int]:
     host, _, port = addr.rpartition(':')
     host = host.strip('[]')
     try:
-        return host, int(port.split('#')[0])
+        return host, int(port.split('#')[0].split('?')[0])
     except ValueError:
         raise TransportError(f"router endpoint '{endpoint}' has no valid port") from None
 
 
 def router_reachable(endpoint: str | None = None, timeout_s: float = 0.3) -> bool:
-    """True if something accepts TCP connections at the router endpoint."""
+    """True if something accepts TCP connections at the router endpoint (any program: see
+    `probe_router` for whether it speaks Zenoh)."""
     host, port = _host_port(endpoint or router_endpoint())
     try:
         with socket.create_connection((host, port), timeout=timeout_s):
             return True
     except OSError:
         return False
+
+
+def probe_router(endpoint: str | None = None, timeout_s: float = 2.0) -> str | None:
+    """The Zenoh id of the router at `endpoint`, or None if nothing there speaks Zenoh (or
+    it refuses this process: a TLS router without this process's certificate).
+
+    Opens a short client session with this process's session configuration (so TLS settings
+    apply) connected to `endpoint` only, and asks which routers it sees.
+    """
+    import zenoh
+    endpoint = endpoint or router_endpoint()
+    conf = session_config(router=endpoint)
+    conf.insert_json5('mode', '"client"')
+    conf.insert_json5('connect/endpoints', json.dumps([endpoint]))
+    conf.insert_json5('listen/endpoints', '[]')
+    conf.insert_json5('connect/timeout_ms', '0')
+    conf.insert_json5('scouting/multicast/enabled', 'false')
+    conf.insert_json5('transport/unicast/open_timeout', str(max(1, int(timeout_s * 1000))))
+    try:
+        session = zenoh.open(conf)
+    except Exception:  # zenoh raises ZError: nobody answered the Zenoh handshake
+        return None
+    try:
+        zids = [str(z) for z in session.info.routers_zid()]
+        return zids[0] if zids else None
+    finally:
+        with contextlib.suppress(Exception):
+            session.close()
+
+
+def port_holder(port: int) -> str:
+    """'pid 1234 (python3 -m http.server 7447)' of the process listening on TCP `port`, read
+    from /proc where this user may; '' when it cannot be told."""
+    inodes = set()
+    for table in ('/proc/net/tcp', '/proc/net/tcp6'):
+        try:
+            with open(table, encoding='ascii') as f:
+                next(f, None)
+                for line in f:
+                    cols = line.split()
+                    if len(cols) > 9 and cols[3] == '0A' and \
+                            int(cols[1].rsplit(':', 1)[1], 16) == port:
+                        inodes.add(f'socket:[{cols[9]}]')
+        except (OSError, ValueError):
+            continue
+    if not inodes:
+        return ''
+    try:
+        pids = [p for p in os.listdir('/proc') if p.isdigit()]
+    except OSError:
+        return ''
+    for pid in pids:
+        fd_dir = f'/proc/{pid}/fd'
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f'{fd_dir}/{fd}') in inodes:
+                    with open(f'/proc/{pid}/cmdline', 'rb') as f:
+                        cmd = ' '.join(f.read().replace(b'\0', b' ')
+                                       .decode(errors='replace').split())
+                    return f'pid {pid} ({cmd[:120] or "?"})'
+            except OSError:
+                continue
+    return ''
+
+
+def check_router(endpoint: str | None = None, timeout_s: float = 2.0) -> str:
+    """The id of the Zenoh router at `endpoint`; TransportError naming the port (and the
+    process holding it, where /proc tells) if something else answers there."""
+    endpoint = endpoint or router_endpoint()
+    zid = probe_router(endpoint, timeout_s)
+    if zid is not None:
+        return zid
+    _host, port = _host_port(endpoint)
+    holder = port_holder(port)
+    secure = ' or refuses this process (TLS: check its certificate and ' \
+        f'{SESSION_CONFIG_ENV})' if endpoint.startswith(('tls/', 'quic/')) else ''
+    raise TransportError(
+        f'port {port} ({endpoint}) is held by '
+        f'{holder or "a program"} that does not answer as a Zenoh router{secure}: the nodes '
+        'would never meet. Stop that program, or use another port for the router '
+        '(QAIL_ROS_ZENOH_ROUTER=tcp/127.0.0.1:PORT, or qail-ros router --listen)')
 
 
 def free_endpoint(host: str = '127.0.0.1') -> str:
@@ -328,12 +514,15 @@ def run_router(listen: str | None = None, stop: threading.Event | None = None,
                ready: Callable[[str], None] | None = None) -> None:
     """Run a Zenoh router until `stop` is set, SIGINT / SIGTERM (KeyboardInterrupt)."""
     import zenoh
-    endpoint = listen or router_endpoint()
+    conf = router_config(listen)
+    endpoint = ', '.join(_endpoints(conf, 'listen')) or '(no listen endpoint)'
     try:
-        session = zenoh.open(router_config(endpoint))
+        session = zenoh.open(conf)
     except Exception as exc:  # zenoh raises ZError
         raise TransportError(f'cannot start a Zenoh router on {endpoint}: {exc} (is another '
-                             'router or program using that port?)') from None
+                             'router or program using that port?'
+                             + (f' Or check {ROUTER_CONFIG_ENV}.' if os.environ.get(
+                                 ROUTER_CONFIG_ENV) else '') + ')') from None
     try:
         if ready is not None:
             ready(str(session.zid()))
@@ -382,20 +571,25 @@ def ensure_router(endpoint: str | None = None, timeout_s: float = 10.0,
                   quiet: bool = True) -> RouterHandle | None:
     """Make sure a router listens at `endpoint` (default: `router_endpoint()`).
 
-    Returns None if one is already reachable, else a `RouterHandle` of a router started in a
-    child process; the child also exits within ~0.5 s if this process dies without stopping
-    it (it watches its parent), so no router is left orphaned. Raises TransportError if it
-    cannot be started within `timeout_s`.
+    Returns None if a Zenoh router already answers there (`check_router`: something that
+    accepts TCP but does not speak Zenoh is a TransportError naming the port and the process
+    holding it), else a `RouterHandle` of a router started in a child process (with
+    ZENOH_ROUTER_CONFIG_URI's file when set); the child also exits within ~0.5 s if this
+    process dies without stopping it (it watches its parent), so no router is left orphaned.
+    Raises TransportError if it cannot be started within `timeout_s`.
     """
     endpoint = endpoint or router_endpoint()
     if router_reachable(endpoint):
+        check_router(endpoint)
         return None
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ)
     env['PYTHONPATH'] = os.pathsep.join(p for p in (root, env.get('PYTHONPATH')) if p)
     out = subprocess.DEVNULL if quiet else None
+    # A router configuration file says where the router listens; else it listens at endpoint.
+    where = [] if os.environ.get(ROUTER_CONFIG_ENV, '').strip() else [endpoint]
     proc = subprocess.Popen(
-        [sys.executable, '-m', 'qail_ros.runtime.zenoh_transport', 'router', endpoint,
+        [sys.executable, '-m', 'qail_ros.runtime.zenoh_transport', 'router', *where,
          '--parent', str(os.getpid())],
         env=env, stdout=out, stderr=subprocess.PIPE if quiet else None)
     deadline = time.monotonic() + timeout_s
@@ -412,7 +606,8 @@ def ensure_router(endpoint: str | None = None, timeout_s: float = 10.0,
         time.sleep(0.02)
     proc.kill()
     proc.wait()
-    raise TransportError(f'the Zenoh router for {endpoint} did not start within {timeout_s} s')
+    raise TransportError(f'the Zenoh router for {endpoint} did not start within {timeout_s} s'
+                         + (f' (does {ROUTER_CONFIG_ENV} listen there?)' if where == [] else ''))
 
 
 @contextlib.contextmanager
@@ -634,22 +829,74 @@ class ZenohTransport:
                 "rmw_zenohd'), or point QAIL_ROS_ZENOH_ROUTER at a running router.",
                 self.router, '' if self.router == DEFAULT_ROUTER else f' --listen {self.router}')
         try:
-            self.session = zenoh.open(session_config(self.router))
+            self.session = zenoh.open(session_config(router))
         except Exception as exc:  # zenoh raises ZError
+            conf_file = os.environ.get(SESSION_CONFIG_ENV, '').strip()
             raise TransportError(f'cannot open a Zenoh session (router {self.router}): {exc}; '
-                                 'check QAIL_ROS_ZENOH_ROUTER') from None
+                                 + (f'check {SESSION_CONFIG_ENV}={conf_file} (certificates, '
+                                    'router endpoint) and that the router runs' if conf_file
+                                    else 'check QAIL_ROS_ZENOH_ROUTER')) from None
+        self._closed = False
         self.zid = str(self.session.zid())
+        #: Zenoh ids of the routers this session is linked to; `router_losses` counts the times
+        #: the last one went away (the nodes warn then, and say when one is back).
+        self.router_zids: set[str] = set()
+        self.router_losses = 0
+        self._router_seen = threading.Event()
+        self._router_events = None
+        try:
+            self._router_events = self.session.info.declare_transport_events_listener(
+                _direct(self._on_transport), history=True)
+        except Exception:  # noqa: BLE001 - an older zenoh-python without transport events
+            self.router_zids = {str(z) for z in self.session.info.routers_zid()}
+        if self.router_found:  # a peer links to the router just after open: give it a moment
+            self._router_seen.wait(2.0)
+        if self.router_found and not self.router_zids and warn:
+            _host, port = _host_port(self.router)
+            holder = port_holder(port)
+            _ensure_log_handler()
+            log.warning('%s accepts connections but no Zenoh router answered there (port %d '
+                        'held by %s): other processes will not see this one\'s topics. Stop '
+                        'that program or point QAIL_ROS_ZENOH_ROUTER at a Zenoh router',
+                        self.router, port, holder or 'another program')
         self._ids = iter(range(1 << 62))
         self._id_lock = threading.Lock()
         self._graph: dict[str, GraphEntity] = {}
         self._graph_lock = threading.Lock()
         self._graph_sub = self.session.liveliness().declare_subscriber(
             f'{ADMIN_SPACE}/{self.domain}/**', _direct(self._on_token), history=True)
-        self._closed = False
         self._shm_provider = None
         self._shm_mb = _shm_megabytes()  # a bad value fails here, at start-up
         self._shm_state = 'unused' if self._shm_mb > 0 else 'off'  # -> 'on' | 'off'
         self._shm_lock = threading.Lock()
+
+    # -- router presence ---------------------------------------------------------------------
+    @property
+    def router_connected(self) -> bool:
+        return bool(self.router_zids)
+
+    def _on_transport(self, event) -> None:
+        import zenoh
+        transport = event.transport
+        if transport.whatami != zenoh.WhatAmI.ROUTER or self._closed:
+            return
+        zid = str(transport.zid)
+        if event.kind == zenoh.SampleKind.DELETE:
+            self.router_zids.discard(zid)
+            if not self.router_zids:
+                self.router_losses += 1
+                _ensure_log_handler()
+                log.warning('lost the Zenoh router %s (%s): topics to and from other '
+                            'processes stop until it is back (local topics go on)', zid[:8],
+                            self.router)
+        else:
+            was_lost = not self.router_zids and self.router_losses > 0
+            self.router_zids.add(zid)
+            self._router_seen.set()
+            if was_lost:
+                _ensure_log_handler()
+                log.warning('the Zenoh router is back (%s at %s): topics to other processes '
+                            'resume', zid[:8], self.router)
 
     # -- shared memory -------------------------------------------------------------------------
     def shm_copy(self, data: bytes | bytearray):
@@ -745,6 +992,9 @@ class ZenohTransport:
             return
         self._closed = True
         self._shm_state = 'off'
+        if self._router_events is not None:
+            with contextlib.suppress(Exception):
+                self._router_events.undeclare()
         with contextlib.suppress(Exception):
             self._graph_sub.undeclare()
         with contextlib.suppress(Exception):

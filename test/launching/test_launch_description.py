@@ -47,7 +47,9 @@ def test_orin_vla_description_nodes_parameters_and_remaps():
     assert policy.remappings == [('image_raw', '/camera/image_raw')]
     assert camera.namespace is None and policy.namespace is None
     assert spec.values == {'params_file': CONFIG, 'image_topic': '/camera/image_raw',
-                           'instruction': 'pick up the red block'}
+                           'instruction': 'pick up the red block',
+                           'required_nodes': 'vla_policy'}
+    assert [n.required for n in spec.nodes] == [False, True, False]
 
 
 def test_orin_vla_launch_arguments_override_defaults():

@@ -67,7 +67,7 @@ def _recorder(tmp_path, **params):
     base = dict(output_dir=str(tmp_path),
                 action_topics=['cmd_twist:geometry_msgs/msg/TwistStamped'],
                 raw_outputs_topic='test_policy/raw_outputs', timing_topic='',
-                report_period_s=0.0, min_free_mb=0.0, policy_id='test_policy',
+                report_period_s=0.0, min_free_mb=1.0, policy_id='test_policy',
                 precision='fp32', engine_hash='sha256:feed')
     base.update(params)
     rec = FpRecorder(cli_args=_args(**base))
@@ -238,7 +238,7 @@ def test_ctrl_c_mid_episode_closes_the_bag(tmp_path):
         'sys.exit(nodes_main([(FpRecorder, sys.argv[1:]), (CameraSource, ["--ros-args", "-p", '
         '"width:=32", "-p", "height:=24", "-p", "log_period_s:=0.0"])], args=[]))\n')
     proc = subprocess.Popen([sys.executable, '-c', script, '--ros-args', '-p',
-                             f'output_dir:={tmp_path}', '-p', 'min_free_mb:=0.0'],
+                             f'output_dir:={tmp_path}', '-p', 'min_free_mb:=1.0'],
                             env=env, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
@@ -327,9 +327,9 @@ def test_disk_full_is_a_clear_error_and_keeps_what_was_written(runtime, tmp_path
     cam = _camera(30)
     rec.on_activate()
     cam.on_activate()
-    runtime.spin_until(lambda: cam.finished, timeout_s=20)
-    runtime.spin_until(lambda: not rec.recording, timeout_s=5)
-    runtime.spin(duration_s=0.3)
+    with pytest.raises(BagError, match='disk is full'):   # fatal: the node stops (exit 2)
+        runtime.spin_until(lambda: cam.finished, timeout_s=20)
+        runtime.spin(duration_s=2.0)
     assert not rec.recording and 'disk is full' in rec.last_error
     assert 'intact' in rec.last_error
     _shutdown(cam, rec)

@@ -92,6 +92,7 @@ def test_wrong_model_directories_name_what_is_missing(tmp_path):
         read_config(tmp_path)
     d = tmp_path / 'ckpt'
     shutil.copytree(TINY, d)
+    (d / 'SHA256SUMS').unlink()   # the loader's own checks (SHA256SUMS: test_integrity.py)
     (d / 'model-00002-of-00002.safetensors').unlink()
     with pytest.raises(OpenVLAError, match=r"shard files \['model-00002-of-00002"):
         load_model(d)
