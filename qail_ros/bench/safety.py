@@ -8,7 +8,10 @@ operator would see: the actuator topic (cmd_twist / vehicle_control_cmd; the saf
 carries stamp 0), /diagnostics of the policy, the launch's output and its exit code.
 
 Faults: frames of unknown encodings, short data, NaN float frames, 0x0 frames, oversized
-frames (declared 5000x4000), a frame burst (300 frames at once), an over-long instruction
+frames (declared 5000x4000) (each bad frame sent again every 0.1 s until the policy counts it,
+as a faulty camera would: its live camera's next frame can replace one bad frame in the
+policy's depth-1 latest-frame queue; `injections` says how many were sent; the time runs from
+the first), a frame burst (300 frames at once), an over-long instruction
 (200 kB; orin_vla only), a camera that stops (SIGSTOP of the camera / simulator process, then
 SIGCONT), a killed router (SIGKILL of the launch's Zenoh router, then a new one on the same
 port), a stopped required node (SIGTERM of the policy: the last fault of a launch).
@@ -64,6 +67,9 @@ COUNTERS = {'bad_encoding': 'rejected_encoding', 'short_data': 'rejected_short_d
             'camera_stops': 'failsafe_activations', 'killed_router': 'router_losses'}
 #: faults after which no safe command is due (the policy keeps acting correctly)
 NO_SAFE = ('frame_burst', 'long_instruction')
+#: a bad frame is sent again every this many seconds until the policy counts it (a faulty
+#: camera sends on; the policy's latest-frame queue keeps only the newest frame)
+BAD_FRAME_REPEAT_S = 0.1
 
 
 def add_arguments(parser) -> None:
@@ -243,15 +249,28 @@ def _run_launch(name: str, start_timeout_s: float, say) -> tuple[list[dict], dic
         say(f'{name}: first action after {extra["start_s"]} s')
         _spin(rt, 1.5)
 
-        def measure(fault: str, inject, restore=None, wait_s: float = 3.0) -> dict:
+        def measure(fault: str, inject, restore=None, wait_s: float = 3.0,
+                    repeat_s: float | None = None) -> dict:
+            """`repeat_s`: inject again every repeat_s until detected (a camera that sends
+            bad frames sends them on; one frame alone can be replaced in the policy's
+            depth-1 latest-frame queue by the camera's next frame before it is read)."""
             counter = COUNTERS.get(fault)
             before = obs.counter(counter) if counter else 0
             _spin(rt, 0.3)
+            expect_safe = fault not in NO_SAFE
+
+            def done() -> bool:
+                return ((obs.first(t0, True) is not None or not expect_safe)
+                        and (not counter or obs.counter(counter) > before))
+
             t0 = time.monotonic()
             inject()
-            expect_safe = fault not in NO_SAFE
-            _spin(rt, wait_s, lambda: (obs.first(t0, True) is not None or not expect_safe)
-                  and (not counter or obs.counter(counter) > before))
+            injections = 1
+            end = t0 + wait_s
+            while not _spin(rt, min(repeat_s or wait_s, max(end - time.monotonic(), 0.0)),
+                            done) and repeat_s and time.monotonic() < end:
+                inject()
+                injections += 1
             safe_t = obs.first(t0, True)
             detected = bool(counter) and obs.counter(counter) > before
             if restore is not None:
@@ -261,7 +280,8 @@ def _run_launch(name: str, start_timeout_s: float, say) -> tuple[list[dict], dic
                               is not None)
             row = {'launch': name, 'fault': fault, 'detected': detected,
                    'safe_command_ms': None if safe_t is None else round((safe_t - t0) * 1e3, 1),
-                   'recovered': recovered, 'expect_safe': expect_safe}
+                   'recovered': recovered, 'expect_safe': expect_safe,
+                   'injections': injections}
             say(f'{name}: {fault}: {row}')
             return row
 
@@ -271,16 +291,17 @@ def _run_launch(name: str, start_timeout_s: float, say) -> tuple[list[dict], dic
                     obs.image_pub.publish(msg_factory())
             return go
 
-        results.append(measure('bad_encoding', publish(lambda: _image(encoding='weird'))))
+        bad = dict(repeat_s=BAD_FRAME_REPEAT_S)
+        results.append(measure('bad_encoding', publish(lambda: _image(encoding='weird')), **bad))
         results.append(measure('short_data', publish(
-            lambda: _image(data=np.zeros(100, np.uint8)))))
+            lambda: _image(data=np.zeros(100, np.uint8))), **bad))
         nan = np.full(48 * 64, np.nan, np.float32).view(np.uint8)
         results.append(measure('nan_frame', publish(
-            lambda: _image(encoding='32FC1', step=64 * 4, data=nan))))
+            lambda: _image(encoding='32FC1', step=64 * 4, data=nan)), **bad))
         results.append(measure('empty_frame', publish(
-            lambda: _image(width=0, height=0, data=np.zeros(0, np.uint8)))))
+            lambda: _image(width=0, height=0, data=np.zeros(0, np.uint8))), **bad))
         results.append(measure('oversized_frame', publish(
-            lambda: _image(width=5000, height=4000, data=np.zeros(16, np.uint8)))))
+            lambda: _image(width=5000, height=4000, data=np.zeros(16, np.uint8))), **bad))
         valid = np.random.default_rng(0).integers(0, 256, (48 * 64 * 3,), dtype=np.uint8)
         results.append(measure('frame_burst', publish(lambda: _image(data=valid), n=300)))
         if cfg['instruction']:
