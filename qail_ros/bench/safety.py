@@ -8,7 +8,7 @@ operator would see: the actuator topic (cmd_twist / vehicle_control_cmd; the saf
 carries stamp 0), /diagnostics of the policy, the launch's output and its exit code.
 
 Faults: frames of unknown encodings, short data, NaN float frames, 0x0 frames, oversized
-frames (declared 5000x4000) (each bad frame sent again every 0.1 s until the policy counts it,
+frames (declared 5000x4000) (each bad frame sent again every 0.1 s until a safe command comes,
 as a faulty camera would: its live camera's next frame can replace one bad frame in the
 policy's depth-1 latest-frame queue; `injections` says how many were sent; the time runs from
 the first), a frame burst (300 frames at once), an over-long instruction
@@ -67,7 +67,7 @@ COUNTERS = {'bad_encoding': 'rejected_encoding', 'short_data': 'rejected_short_d
             'camera_stops': 'failsafe_activations', 'killed_router': 'router_losses'}
 #: faults after which no safe command is due (the policy keeps acting correctly)
 NO_SAFE = ('frame_burst', 'long_instruction')
-#: a bad frame is sent again every this many seconds until the policy counts it (a faulty
+#: a bad frame is sent again every this many seconds until a safe command comes (a faulty
 #: camera sends on; the policy's latest-frame queue keeps only the newest frame)
 BAD_FRAME_REPEAT_S = 0.1
 
@@ -251,7 +251,7 @@ def _run_launch(name: str, start_timeout_s: float, say) -> tuple[list[dict], dic
 
         def measure(fault: str, inject, restore=None, wait_s: float = 3.0,
                     repeat_s: float | None = None) -> dict:
-            """`repeat_s`: inject again every repeat_s until detected (a camera that sends
+            """`repeat_s`: inject again every repeat_s until a safe command (a camera that sends
             bad frames sends them on; one frame alone can be replaced in the policy's
             depth-1 latest-frame queue by the camera's next frame before it is read)."""
             counter = COUNTERS.get(fault)
@@ -268,9 +268,10 @@ def _run_launch(name: str, start_timeout_s: float, say) -> tuple[list[dict], dic
             injections = 1
             end = t0 + wait_s
             while not _spin(rt, min(repeat_s or wait_s, max(end - time.monotonic(), 0.0)),
-                            done) and repeat_s and time.monotonic() < end:
-                inject()
-                injections += 1
+                            done) and time.monotonic() < end:
+                if repeat_s and obs.first(t0, True) is None:   # not read yet: send again
+                    inject()
+                    injections += 1
             safe_t = obs.first(t0, True)
             detected = bool(counter) and obs.counter(counter) > before
             if restore is not None:
