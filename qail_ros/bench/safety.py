@@ -8,15 +8,21 @@ operator would see: the actuator topic (cmd_twist / vehicle_control_cmd; the saf
 carries stamp 0), /diagnostics of the policy, the launch's output and its exit code.
 
 Faults: frames of unknown encodings, short data, NaN float frames, 0x0 frames, oversized
-frames (declared 5000x4000), a frame burst (300 frames at once), an over-long instruction
+frames (declared 5000x4000) (each bad frame sent again every 0.1 s until a safe command comes,
+as a faulty camera would: its live camera's next frame can replace one bad frame in the
+policy's depth-1 latest-frame queue; `injections` says how many were sent; the time runs from
+the first), a frame burst (300 frames at once), an over-long instruction
 (200 kB; orin_vla only), a camera that stops (SIGSTOP of the camera / simulator process, then
 SIGCONT), a killed router (SIGKILL of the launch's Zenoh router, then a new one on the same
 port), a stopped required node (SIGTERM of the policy: the last fault of a launch).
 
-Per fault: `detected` (the policy's diagnostics counted it, or the launch ended non-zero for a
-stopped required node), `safe_command_ms` (injection -> first safe command seen; null when the
-fault needs none: a burst, an instruction), `recovered` (normal actions again after the fault
-ended; for the stopped required node: the launch exited non-zero and nothing is left
+Per fault: `detected` (the policy's diagnostics counted it: for the killed router its
+`router_losses` with the router state 'lost' at WARN, or a node's warning naming the router;
+for a stopped required node the launch ended non-zero with its line 'required node X
+exited'), `safe_command_ms` (injection -> first safe command seen; null when the fault needs
+none: a burst, an instruction, a router lost while the peers stay linked), `recovered` (normal
+actions again after the fault ended, for the router with the diagnostics saying 'connected'
+again; for the stopped required node: the launch exited non-zero and nothing is left
 running). `silent`: a fault that was neither detected nor answered by a safe command.
 
     qail-ros bench safety [--launches orin_vla cilrs_drive] [--json]
@@ -58,9 +64,12 @@ COUNTERS = {'bad_encoding': 'rejected_encoding', 'short_data': 'rejected_short_d
             'nan_frame': 'rejected_non_finite', 'empty_frame': 'rejected_empty',
             'oversized_frame': 'rejected_oversized', 'frame_burst': 'inputs_dropped',
             'long_instruction': 'instructions_rejected',
-            'camera_stops': 'failsafe_activations', 'killed_router': 'failsafe_activations'}
+            'camera_stops': 'failsafe_activations', 'killed_router': 'router_losses'}
 #: faults after which no safe command is due (the policy keeps acting correctly)
 NO_SAFE = ('frame_burst', 'long_instruction')
+#: a bad frame is sent again every this many seconds until a safe command comes (a faulty
+#: camera sends on; the policy's latest-frame queue keeps only the newest frame)
+BAD_FRAME_REPEAT_S = 0.1
 
 
 def add_arguments(parser) -> None:
@@ -115,6 +124,10 @@ def _make_observer(cfg: dict):
                     if t >= since and s == safe:
                         return t
             return None
+
+        def value(self, key: str) -> str:
+            with self.lock:
+                return self.diag.get(key, '')
 
         def counter(self, key: str) -> int:
             with self.lock:
@@ -236,15 +249,29 @@ def _run_launch(name: str, start_timeout_s: float, say) -> tuple[list[dict], dic
         say(f'{name}: first action after {extra["start_s"]} s')
         _spin(rt, 1.5)
 
-        def measure(fault: str, inject, restore=None, wait_s: float = 3.0) -> dict:
+        def measure(fault: str, inject, restore=None, wait_s: float = 3.0,
+                    repeat_s: float | None = None) -> dict:
+            """`repeat_s`: inject again every repeat_s until a safe command (a camera that sends
+            bad frames sends them on; one frame alone can be replaced in the policy's
+            depth-1 latest-frame queue by the camera's next frame before it is read)."""
             counter = COUNTERS.get(fault)
             before = obs.counter(counter) if counter else 0
             _spin(rt, 0.3)
+            expect_safe = fault not in NO_SAFE
+
+            def done() -> bool:
+                return ((obs.first(t0, True) is not None or not expect_safe)
+                        and (not counter or obs.counter(counter) > before))
+
             t0 = time.monotonic()
             inject()
-            expect_safe = fault not in NO_SAFE
-            _spin(rt, wait_s, lambda: (obs.first(t0, True) is not None or not expect_safe)
-                  and (not counter or obs.counter(counter) > before))
+            injections = 1
+            end = t0 + wait_s
+            while not _spin(rt, min(repeat_s or wait_s, max(end - time.monotonic(), 0.0)),
+                            done) and time.monotonic() < end:
+                if repeat_s and obs.first(t0, True) is None:   # not read yet: send again
+                    inject()
+                    injections += 1
             safe_t = obs.first(t0, True)
             detected = bool(counter) and obs.counter(counter) > before
             if restore is not None:
@@ -254,7 +281,8 @@ def _run_launch(name: str, start_timeout_s: float, say) -> tuple[list[dict], dic
                               is not None)
             row = {'launch': name, 'fault': fault, 'detected': detected,
                    'safe_command_ms': None if safe_t is None else round((safe_t - t0) * 1e3, 1),
-                   'recovered': recovered, 'expect_safe': expect_safe}
+                   'recovered': recovered, 'expect_safe': expect_safe,
+                   'injections': injections}
             say(f'{name}: {fault}: {row}')
             return row
 
@@ -264,16 +292,17 @@ def _run_launch(name: str, start_timeout_s: float, say) -> tuple[list[dict], dic
                     obs.image_pub.publish(msg_factory())
             return go
 
-        results.append(measure('bad_encoding', publish(lambda: _image(encoding='weird'))))
+        bad = dict(repeat_s=BAD_FRAME_REPEAT_S)
+        results.append(measure('bad_encoding', publish(lambda: _image(encoding='weird')), **bad))
         results.append(measure('short_data', publish(
-            lambda: _image(data=np.zeros(100, np.uint8)))))
+            lambda: _image(data=np.zeros(100, np.uint8))), **bad))
         nan = np.full(48 * 64, np.nan, np.float32).view(np.uint8)
         results.append(measure('nan_frame', publish(
-            lambda: _image(encoding='32FC1', step=64 * 4, data=nan))))
+            lambda: _image(encoding='32FC1', step=64 * 4, data=nan)), **bad))
         results.append(measure('empty_frame', publish(
-            lambda: _image(width=0, height=0, data=np.zeros(0, np.uint8)))))
+            lambda: _image(width=0, height=0, data=np.zeros(0, np.uint8))), **bad))
         results.append(measure('oversized_frame', publish(
-            lambda: _image(width=5000, height=4000, data=np.zeros(16, np.uint8)))))
+            lambda: _image(width=5000, height=4000, data=np.zeros(16, np.uint8))), **bad))
         valid = np.random.default_rng(0).integers(0, 256, (48 * 64 * 3,), dtype=np.uint8)
         results.append(measure('frame_burst', publish(lambda: _image(data=valid), n=300)))
         if cfg['instruction']:
@@ -288,15 +317,20 @@ def _run_launch(name: str, start_timeout_s: float, say) -> tuple[list[dict], dic
         # killed router: SIGKILL, then a new router on the same port
         router = launch.child('zenoh_transport router')
         before = obs.counter('failsafe_activations')
+        losses_before = obs.counter('router_losses')
         lines_before = len(launch.lines)
         kill_ns = time.time_ns()
         t0 = time.monotonic()
         router.kill()
-        _spin(rt, timeout_s * 2 + 2.0)
+        lost = _spin(rt, timeout_s * 2 + 8.0, lambda: obs.counter('router_losses')
+                     > losses_before and obs.value('router') == 'lost')
+        lost_level = obs.diag_level
+        _spin(rt, 0.5)
         continued = obs.first(t0 + 0.5, False) is not None
         new_router = zt.ensure_router(endpoint)
         t1 = time.monotonic()
-        recovered = _spin(rt, 30.0, lambda: obs.first(t1, False) is not None)
+        recovered = _spin(rt, 30.0, lambda: obs.first(t1, False) is not None
+                          and obs.value('router') == 'connected')
         _spin(rt, 2.5)
         tripped = obs.counter('failsafe_activations') > before
         start_ns = obs.counter('last_failsafe_start_ns')
@@ -308,28 +342,35 @@ def _run_launch(name: str, start_timeout_s: float, say) -> tuple[list[dict], dic
         # the nodes' own words on the router: a warning or error naming it after the kill
         warned = any('router' in line.lower() and ('[WARN]' in line or '[ERROR]' in line)
                      for line in launch.lines[lines_before:])
-        row = {'launch': name, 'fault': 'killed_router', 'detected': tripped or warned,
+        row = {'launch': name, 'fault': 'killed_router', 'detected': lost or tripped or warned,
                'safe_command_ms': safe_ms, 'recovered': recovered,
                'expect_safe': not continued, 'actions_continued_without_router': continued,
+               'router_lost_in_diagnostics': lost, 'diagnostics_level': lost_level,
                'router_warning_in_output': warned}
         say(f'{name}: killed_router: {row}')
         results.append(row)
 
-        # stopped required node: SIGTERM of the policy; the launch should end non-zero
+        # stopped required node: SIGTERM of the policy; the launch should end non-zero, its
+        # output naming the node
         policy = launch.child(f'qail_ros.nodes.{cfg["policy_node"]}')
+        lines_before = len(launch.lines)
         t0 = time.monotonic()
         policy.send_signal(signal.SIGTERM)
         _spin(rt, 3.0, lambda: obs.first(t0, True) is not None)
         safe_t = obs.first(t0, True)
         try:
-            code = launch.proc.wait(10.0)
+            code = launch.proc.wait(15.0)
         except subprocess.TimeoutExpired:
             code = None
+        time.sleep(0.3)   # the reader thread takes the last lines
+        named = any(f'required node {cfg["policy_node"]} exited' in line
+                    for line in launch.lines[lines_before:])
         row = {'launch': name, 'fault': 'stopped_required_node',
-               'detected': code not in (None, 0),
+               'detected': code not in (None, 0) and named,
                'safe_command_ms': None if safe_t is None else round((safe_t - t0) * 1e3, 1),
                'recovered': code not in (None, 0) and not launch.tree_alive(),
-               'expect_safe': True, 'launch_exit_code': code}
+               'expect_safe': True, 'launch_exit_code': code,
+               'required_node_line': named}
         say(f'{name}: stopped_required_node: {row}')
         results.append(row)
     finally:

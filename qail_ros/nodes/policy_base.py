@@ -30,9 +30,10 @@ The base does the rest, the same way in every node:
   zero stamp as "now").
 * **Diagnostics.** diagnostic_msgs/DiagnosticArray on /diagnostics every
   `diagnostics_period_s` (1 s): OK, WARN (inputs dropped or rejected, instructions refused,
-  engine loading), ERROR (the fail-safe was active in the period), STALE (no input yet), with
-  the counters (received, dropped, rejected by reason, inference errors, fail-safe
-  activations, safe commands, outputs) and the last error.
+  engine loading, the Zenoh router lost or lost in the period), ERROR (the fail-safe was
+  active in the period), STALE (no input yet), with the counters (received, dropped, rejected
+  by reason, inference errors, fail-safe activations, safe commands, outputs, router losses),
+  the router state and the last error.
 * **Logs** are rate-limited with counts: the first problem of a kind at once, then one line
   per `PROBLEM_LOG_PERIOD_S` ('37 rejected frames in 5 s (encoding x37); last: ...'), never
   silent.
@@ -632,6 +633,9 @@ class PolicyNode(Node):
         dropped = self.frames_dropped
         new_drops = dropped - getattr(self, '_diag_dropped', 0)
         self._diag_dropped = dropped
+        router, router_losses = self.router_state()
+        new_losses = router_losses - getattr(self, '_diag_router_losses', 0)
+        self._diag_router_losses = router_losses
         if self._loading:
             level, text = WARN, 'loading the engine; safe command on the actuator topics'
         elif failsafe == 'input_timeout' and not self._had_input:
@@ -640,13 +644,17 @@ class PolicyNode(Node):
             level = ERROR
             text = (f'fail-safe ({failsafe}): {shorten(detail, 120)}' if failsafe
                     else f'fail-safe was active ({self.last_error[:120]}); normal again')
-        elif window['rejected'] or window['instructions'] or window['errors'] or new_drops:
+        elif router == 'lost':
+            level, text = WARN, ('lost the Zenoh router: processes not already linked to '
+                                 'this one cannot reach its topics until it is back')
+        elif (window['rejected'] or window['instructions'] or window['errors'] or new_drops
+              or new_losses):
             level = WARN
             parts = [f'{n} {what}' for n, what in (
                 (window['rejected'], f'{self.INPUTS} rejected'),
                 (window['instructions'], 'instructions refused'),
-                (window['errors'], 'inference errors'), (new_drops, f'{self.INPUTS} dropped'))
-                if n]
+                (window['errors'], 'inference errors'), (new_drops, f'{self.INPUTS} dropped'),
+                (new_losses, 'Zenoh router losses (back now)')) if n]
             text = ', '.join(parts) + f' in the last {float(self.diagnostics_period_s):g} s'
         else:
             level, text = OK, f'{outputs} {self.OUTPUTS} in the last ' \
@@ -668,8 +676,22 @@ class PolicyNode(Node):
             'safe_commands': self.safe_commands,
             'outputs': self.inferences,
             'last_error': shorten(self.last_error, 200),
+            'router': router,
+            'router_losses': router_losses,
         }
         return level, text, values
+
+    def router_state(self) -> tuple[str, int]:
+        """(state, losses) of the Zenoh router of this process's transport: 'connected',
+        'lost' (it went away and is not back), 'none' (none found at start) or 'n/a' (no
+        Zenoh transport: rclpy, in-process only); losses counts the times it went away."""
+        transport = getattr(self.runtime, 'transport', None)
+        if transport is None or not hasattr(transport, 'router_losses'):
+            return 'n/a', 0
+        losses = int(transport.router_losses)
+        if transport.router_connected:
+            return 'connected', losses
+        return ('lost' if losses else 'none'), losses
 
     def diagnostics_callback(self) -> None:
         self.problems.flush()

@@ -886,9 +886,10 @@ class ZenohTransport:
             if not self.router_zids:
                 self.router_losses += 1
                 _ensure_log_handler()
-                log.warning('lost the Zenoh router %s (%s): topics to and from other '
-                            'processes stop until it is back (local topics go on)', zid[:8],
-                            self.router)
+                log.warning('lost the Zenoh router %s (%s): processes not already linked to '
+                            'this one (a restarted node, a new one) cannot reach its topics '
+                            'until it is back; peers already linked and local topics go on',
+                            zid[:8], self.router)
         else:
             was_lost = not self.router_zids and self.router_losses > 0
             self.router_zids.add(zid)

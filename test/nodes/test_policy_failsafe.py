@@ -402,3 +402,58 @@ def test_state_policy_wrong_size_state_gives_the_safe_action(rt, tmp_path):
         assert node.failsafe is None
     finally:
         node.on_deactivate()
+
+
+def test_lost_zenoh_router_shows_in_the_diagnostics_and_its_return(zenoh_runtime,
+                                                                   zenoh_endpoint):
+    """The router of the process's Zenoh transport goes away: /diagnostics says WARN with the
+    router 'lost' and router_losses 1 while frames keep coming; 'connected' once it is back."""
+    pytest.importorskip('zenoh', reason='eclipse-zenoh is not installed')
+    from qail_ros.runtime import zenoh_transport as zt
+    rt = zenoh_runtime
+    router = zt.ensure_router(zenoh_endpoint)
+    harness = Harness()
+    policy = start_policy()
+    stamp = [10_000]
+
+    def feed_until(predicate, timeout_s):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            stamp[0] += 1
+            harness.image_pub.publish(harness.frame(stamp[0], stamp[0]))
+            if rt.spin_until(predicate, 0.05):
+                return True
+        return predicate()
+
+    def router_status(state, losses):
+        return [lv for lv, _m, vals in harness.diagnostics()
+                if vals.get('router') == state and vals.get('router_losses') == str(losses)]
+
+    try:
+        assert policy.router_state() == ('connected', 0)
+        normal_action(rt, harness, 0, 1_000)
+        assert feed_until(lambda: router_status('connected', 0), 5.0), \
+            harness.diagnostics()[-2:]
+        router.stop()
+        router = None
+        assert feed_until(lambda: WARN in router_status('lost', 1), 15.0), \
+            harness.diagnostics()[-2:]
+        assert policy.router_state() == ('lost', 1)
+        router = zt.ensure_router(zenoh_endpoint)
+        assert feed_until(lambda: router_status('connected', 1), 30.0), \
+            harness.diagnostics()[-2:]
+        assert policy.failsafe is None
+    finally:
+        policy.on_deactivate()
+        if router is not None:
+            router.stop()
+
+
+def test_without_a_zenoh_transport_the_router_is_not_applicable(rt):
+    policy = start_policy()
+    try:
+        assert policy.router_state() == ('n/a', 0)
+        _level, _text, values = policy.diagnostics_status()
+        assert values['router'] == 'n/a' and values['router_losses'] == 0
+    finally:
+        policy.on_deactivate()
