@@ -317,6 +317,8 @@ def nodes_main(factories: Sequence[NodeFactory | tuple[NodeFactory, Sequence[str
         print(f'error: {exc}', file=sys.stderr)
         code = 2
     finally:
+        # A second Ctrl-C / SIGTERM must not cut the clean-up (bags, fail-safe) short.
+        previous = _ignore_stop_signals()
         for node in reversed(nodes):
             for hook in (node.on_deactivate, node.on_cleanup, node.destroy_node):
                 try:
@@ -325,6 +327,7 @@ def nodes_main(factories: Sequence[NodeFactory | tuple[NodeFactory, Sequence[str
                     log.error('%s.%s failed during shutdown: %s', node.get_name(),
                               hook.__name__, exc)
         runtime.shutdown()
+        _restore_signals(previous)
         if args is None:  # this is the program's main(): it ends right after
             prepare_fast_exit()
     return code
@@ -347,6 +350,29 @@ def run_node(node_cls: NodeFactory, args: list[str] | None = None,
              duration_s: float | None = None) -> int:
     """The body of a node's `main()`: one node in this process (see nodes_main)."""
     return nodes_main([node_cls], args, duration_s=duration_s)
+
+
+def _ignore_stop_signals() -> dict:
+    """Ignore SIGINT / SIGTERM while nodes clean up (closing bags, the fail-safe command), so
+    a launcher's next signal cannot cut that short (it still has SIGKILL). Returns the handlers
+    to restore."""
+    previous: dict = {}
+    if threading.current_thread() is not threading.main_thread():
+        return previous
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, signal.SIG_IGN)
+        except (ValueError, OSError):
+            pass
+    return previous
+
+
+def _restore_signals(previous: dict) -> None:
+    for sig, handler in previous.items():
+        try:
+            signal.signal(sig, handler)
+        except (ValueError, OSError, TypeError):
+            pass
 
 
 def _install_sigterm_as_interrupt() -> None:
