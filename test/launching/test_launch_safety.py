@@ -139,6 +139,7 @@ def test_non_required_node_exit_keeps_the_launch_running(env, record_launch, tmp
                     env=env)
     try:
         assert launch.wait_for('episode 0 started'), '\n'.join(launch.lines)
+        time.sleep(1.0)
         launch.child('qail_ros.nodes.camera_source').send_signal(signal.SIGTERM)
         assert launch.wait_for('camera_source finished (exit code 0)', timeout_s=20), \
             '\n'.join(launch.lines)
