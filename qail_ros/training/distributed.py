@@ -154,7 +154,15 @@ def setup(device: str = 'auto') -> Dist:
         torch.cuda.set_device(dev)
     if not tdist.is_initialized():
         backend = 'nccl' if dev.type == 'cuda' else 'gloo'
-        kwargs = {'device_id': dev} if dev.type == 'cuda' else {}
+        kwargs: dict[str, Any] = {'device_id': dev} if dev.type == 'cuda' else {}
+        attempt = os.environ.get('TORCHELASTIC_RESTART_COUNT')
+        if attempt is not None:
+            # torchrun keeps one store across elastic restarts: the keys of the workers of an
+            # earlier attempt (their dead gloo addresses) must not be read by the new ones
+            from torch.distributed.rendezvous import rendezvous
+            store, rank, size = next(rendezvous('env://'))
+            kwargs.update(store=tdist.PrefixStore(f'qail_ros/attempt{attempt}', store),
+                          rank=rank, world_size=size)
         tdist.init_process_group(backend=backend, **kwargs)
     return Dist(tdist.get_rank(), tdist.get_world_size(), local_rank, dev)
 
@@ -180,7 +188,8 @@ def ddp(module: nn.Module, dist: Dist, *, frozen_local: bool = False,
     """`module` under DistributedDataParallel when distributed, else itself.
 
     frozen_local: leave parameters that do not train and all buffers out of DDP (no start-up
-    broadcast, no per-step buffer sync): each rank holds the same frozen backbone already."""
+    broadcast, no per-step buffer sync): each rank holds the same frozen backbone already.
+    Otherwise buffers (BatchNorm statistics, quantizer flags) follow rank 0's at each forward."""
     if not dist.distributed:
         return module
     from torch.nn.parallel import DistributedDataParallel
@@ -190,7 +199,6 @@ def ddp(module: nn.Module, dist: Dist, *, frozen_local: bool = False,
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, ignore)
     ids = [dist.device.index] if dist.device.type == 'cuda' else None
     return DistributedDataParallel(module, device_ids=ids,
-                                   broadcast_buffers=not frozen_local,
                                    find_unused_parameters=find_unused_parameters)
 
 
