@@ -19,6 +19,7 @@ BENCHES = {
     'manipulation': 'qail_ros.bench.manipulation',
     'monitor': 'qail_ros.bench.monitor',
     'quant': 'qail_ros.quant.bench',
+    'train': 'qail_ros.bench.train',
 }
 
 

@@ -351,6 +351,9 @@ class QAILTrainer:
                          progress=(f'{cfg.canonical_method} {cfg.bits}' if cfg.progress
                                    else None),
                          before_step=before_step,
+                         # a branched policy (CILRS) leaves the branches of commands absent
+                         # from a batch, and its speed head, without gradients
+                         find_unused_parameters=True,
                          trainer_state=(self._trainer_state, self._load_trainer_state))
         run = loop.run()
         self.history = run.history
