@@ -196,13 +196,15 @@ class SmallVLA:
         groups: dict[str, list[int]] = {}
         for i, s in enumerate(instructions):
             groups.setdefault(s, []).append(i)
+        dev = next(model.parameters()).device
         for instruction, idx in groups.items():
-            ids = torch.as_tensor([self.prompt_ids(instruction)] * len(idx))
-            toks, lg = model.generate_actions(self.pixel_values(images[idx]), ids, ACTION_DIM)
+            ids = torch.as_tensor([self.prompt_ids(instruction)] * len(idx)).to(dev)
+            toks, lg = model.generate_actions(self.pixel_values(images[idx]).to(dev), ids,
+                                              ACTION_DIM)
             if logits_out is None:
                 logits_out = np.zeros((b,) + tuple(lg.shape[1:]), np.float32)
-            logits_out[idx] = lg.numpy()
-            tokens[idx] = toks.numpy()
+            logits_out[idx] = lg.float().cpu().numpy()
+            tokens[idx] = toks.cpu().numpy()
         return tokens, logits_out
 
     def act(self, images: np.ndarray, instructions: list[str], model=None) -> np.ndarray:
