@@ -81,8 +81,9 @@ def add_scale_arguments(parser, *, checkpoint_every: int = 500) -> None:
                    help=f'checkpoint OUT/checkpoints every N steps (default {checkpoint_every}; '
                         '0 = only when stopped by SIGTERM / Ctrl-C)')
     g.add_argument('--resume', default=None,
-                   help='continue from a checkpoint (OUT/checkpoints or one step-N in it); '
-                        'torchrun elastic restarts continue from the latest by themselves')
+                   help='continue from a checkpoint (OUT/checkpoints or one step-N in it; '
+                        "'auto' = OUT/checkpoints/latest if there is one); torchrun elastic "
+                        'restarts continue from the latest by themselves')
 
 
 def _episodes(args) -> tuple[int, int]:
