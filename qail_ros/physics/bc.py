@@ -55,11 +55,12 @@ def train_bc(obs: np.ndarray, act: np.ndarray, *, hidden: int = 256, layers: int
 
     checkpointer = (Checkpointer(checkpoint_dir, checkpoint_every, dist) if checkpoint_dir
                     else None)
-    TrainLoop(policy, opt, loss_fn, batches, steps=steps, dist=dist, scheduler=sched,
-              precision=precision, checkpointer=checkpointer, resume=resume,
-              log_every=log_every, log_fn=log_fn).run()
+    run = TrainLoop(policy, opt, loss_fn, batches, steps=steps, dist=dist, scheduler=sched,
+                    precision=precision, checkpointer=checkpointer, resume=resume,
+                    log_every=log_every, log_fn=log_fn).run()
     policy.eval()
     with torch.no_grad():
         full = torch.mean((policy(x.to(dist.device)).cpu() - y) ** 2).item()
     return policy, {'steps': steps, 'batch': batch, 'lr': lr, 'final_mse': full,
-                    'seconds': round(time.time() - t0, 1), 'samples': len(x), 'world': dist.world}
+                    'seconds': round(time.time() - t0, 1), 'samples': len(x), 'world': dist.world,
+                    'history': run.history}

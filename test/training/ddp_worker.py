@@ -4,7 +4,8 @@
     torchrun --nproc-per-node 2 ddp_worker.py --model mlp --out DIR ...
 
 `mlp`: QAILTrainer (qail_qbc, real LSQ W4A4 of qail_ros.quant) on the physics MLP student;
-`vla`: train_qlora (QAIL+QBC) of a small INT4 VLA student. Rank 0 writes DIR/result.pt with the
+`vla`: train_qlora (QAIL+QBC) of a small INT4 VLA student; `bc`: physics behaviour
+cloning. Rank 0 writes DIR/result.pt with the
 loss history and the trained weights (the adapters for the VLA). `--sleep S` slows each step
 (the kill tests), `--crash-at K` makes rank 1 exit at step K on a first attempt (elastic
 restart tests).
@@ -84,9 +85,21 @@ def run_vla(args):
     return info['history'], {k: v.clone() for k, v in weights.items()}
 
 
+def run_bc(args):
+    from qail_ros.physics.bc import train_bc
+    g = np.random.default_rng(0)
+    obs = g.normal(size=(512, 6)).astype(np.float32)
+    act = np.tanh(obs[:, :2] - obs[:, 2:4])
+    policy, info = train_bc(obs, act, hidden=32, layers=2, steps=args.steps, batch=args.batch,
+                            lr=3e-3, log_every=1, log=None, grad_accum=args.accum,
+                            checkpoint_dir=args.ckdir, checkpoint_every=args.checkpoint_every,
+                            resume=args.resume)
+    return info['history'], {k: v.detach().clone() for k, v in policy.state_dict().items()}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
-    p.add_argument('--model', choices=('mlp', 'vla'), default='mlp')
+    p.add_argument('--model', choices=('mlp', 'vla', 'bc'), default='mlp')
     p.add_argument('--out', required=True)
     p.add_argument('--steps', type=int, default=20)
     p.add_argument('--batch', type=int, default=64)
@@ -99,7 +112,8 @@ def main(argv=None):
     p.add_argument('--crash-at', type=int, default=0)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    history, weights = (run_mlp if args.model == 'mlp' else run_vla)(args)
+    run = {'mlp': run_mlp, 'vla': run_vla, 'bc': run_bc}[args.model]
+    history, weights = run(args)
     from qail_ros.training.distributed import setup, teardown
     dist = setup('cpu')
     if dist.is_main:

@@ -213,3 +213,41 @@ def test_vla_student_two_ranks_give_the_loss_curve_of_one(tmp_path):
     for x, y in zip(a, b):
         assert abs(x - y) <= LOSS_RTOL * abs(x)
     assert _max_weight_diff(one['weights'], two['weights']) < WEIGHT_ATOL
+
+
+@pytest.mark.slow
+def test_physics_bc_two_ranks_give_the_loss_curve_of_one(tmp_path):
+    args = ['--model', 'bc', '--steps', '15', '--batch', '64']
+    _run([sys.executable, WORKER, *args, '--out', str(tmp_path / 'one')])
+    _run(_torchrun(2) + [*args, '--out', str(tmp_path / 'two')])
+    one, two = _result(tmp_path / 'one'), _result(tmp_path / 'two')
+    a, b = _losses(one), _losses(two)
+    assert len(a) == 15 and a[-1] < a[0] and two['world'] == 2
+    for x, y in zip(a, b):
+        assert abs(x - y) <= LOSS_RTOL * abs(x)
+    assert _max_weight_diff(one['weights'], two['weights']) < WEIGHT_ATOL
+
+
+@pytest.mark.slow
+def test_qail_ros_train_runs_unchanged_under_torchrun(tmp_path):
+    """The command line itself under torchrun: two ranks train, rank 0 alone writes."""
+    pytest.importorskip('dm_control')
+    from qail_ros.physics.models import shipped_tasks
+    if 'cartpole-balance' not in shipped_tasks():
+        pytest.skip('no shipped FP policy for cartpole-balance')
+    out = tmp_path / 'run'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node', '2',
+           '--master-addr', '127.0.0.1', '--master-port', str(_port()), '-m', 'qail_ros.cli',
+           'train', '--task', 'cartpole-balance', '--steps', '6', '--batch-size', '64',
+           '--onpolicy-every', '3', '--onpolicy-episodes', '1', '--onpolicy-max-steps', '50',
+           '--expert-episodes', '1', '--fp-episodes', '1', '--eval-episodes', '1',
+           '--no-progress', '--json', '-o', str(out)]
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    summaries = [line for line in r.stdout.splitlines() if line.startswith('{')]
+    assert len(summaries) == 1                  # rank 0 alone reports
+    import json
+    summary = json.loads(summaries[0])
+    assert summary['processes'] == 2 and summary['steps'] == 6
+    assert summary['onpolicy_states'] == 100    # per rank: 2 rounds x 1 episode x 50 steps
+    assert (out / 'policy.safetensors').is_file() and (out / 'checkpoints' / 'latest').is_file()
