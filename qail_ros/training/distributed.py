@@ -273,8 +273,10 @@ class GlobalBatches:
     def _check(self, global_batch: int) -> int:
         unit = self.dist.world * self.accum
         if self.mode == 'epoch' and global_batch > self.n:
-            global_batch = max(unit, self.n // unit * unit)
-            log.warning('batch %d > %d samples: using %d', global_batch, self.n, global_batch)
+            fitted = max(unit, self.n // unit * unit)
+            log.warning('batch %d > %d samples: an epoch-mode batch is at most the data set; '
+                        'using %d', global_batch, self.n, fitted)
+            global_batch = fitted
         if global_batch % unit:
             raise ParameterError(
                 f'the global batch {global_batch} does not split into {self.dist.world} '
