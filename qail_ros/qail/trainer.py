@@ -354,6 +354,8 @@ class QAILTrainer:
                          # a branched policy (CILRS) leaves the branches of commands absent
                          # from a batch, and its speed head, without gradients
                          find_unused_parameters=True,
+                         # the student's buffers (quantizer flags, folded BN) never change
+                         sync_buffers=False,
                          trainer_state=(self._trainer_state, self._load_trainer_state))
         run = loop.run()
         self.history = run.history

@@ -184,12 +184,14 @@ def autocast(device: torch.device, precision: str = 'fp32'):
 
 
 def ddp(module: nn.Module, dist: Dist, *, frozen_local: bool = False,
-        find_unused_parameters: bool = False) -> nn.Module:
+        find_unused_parameters: bool = False, sync_buffers: bool = True) -> nn.Module:
     """`module` under DistributedDataParallel when distributed, else itself.
 
     frozen_local: leave parameters that do not train and all buffers out of DDP (no start-up
     broadcast, no per-step buffer sync): each rank holds the same frozen backbone already.
-    Otherwise buffers (BatchNorm statistics, quantizer flags) follow rank 0's at each forward."""
+    Otherwise buffers (BatchNorm statistics, quantizer flags) are rank 0's at the start and,
+    with `sync_buffers`, again before every forward (BatchNorm running statistics need it;
+    constant buffers do not, and a model with many of them saves a broadcast per step)."""
     if not dist.distributed:
         return module
     from torch.nn.parallel import DistributedDataParallel
@@ -198,8 +200,9 @@ def ddp(module: nn.Module, dist: Dist, *, frozen_local: bool = False,
         ignore += [n for n, _ in module.named_buffers()]
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, ignore)
     ids = [dist.device.index] if dist.device.type == 'cuda' else None
+    kwargs = {} if sync_buffers else {'forward_sync_buffers': False}
     return DistributedDataParallel(module, device_ids=ids,
-                                   find_unused_parameters=find_unused_parameters)
+                                   find_unused_parameters=find_unused_parameters, **kwargs)
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -510,11 +513,13 @@ class TrainLoop:
                  model_state: tuple[Callable[[], dict], Callable[[dict], Any]] | None = None,
                  trainer_state: tuple[Callable[[], dict], Callable[[dict], Any]] | None = None,
                  frozen_local: bool = False, find_unused_parameters: bool = False,
+                 sync_buffers: bool = True,
                  log_fn: Callable[[dict[str, float]], None] | None = None):
         self.dist = dist or Dist()
         self.module = module
         self.model = ddp(module, self.dist, frozen_local=frozen_local,
-                         find_unused_parameters=find_unused_parameters)
+                         find_unused_parameters=find_unused_parameters,
+                         sync_buffers=sync_buffers)
         self.optimizer, self.scheduler, self.loss_fn = optimizer, scheduler, loss_fn
         self.batches, self.steps = batches, int(steps)
         self.params = params if params is not None else [
