@@ -213,6 +213,10 @@ def unwrap(module: nn.Module) -> nn.Module:
 def enable_activation_checkpointing(model: nn.Module) -> bool:
     """Recompute activations in the backward instead of keeping them: transformers models
     (the VLA's Llama) through their own switch, non-reentrant. Returns whether it applied."""
+    fn = getattr(model, 'activation_checkpointing_enable', None)   # transformers >= 5
+    if fn is not None:
+        fn(activation_checkpointing_kwargs={'use_reentrant': False})
+        return True
     fn = getattr(model, 'gradient_checkpointing_enable', None)
     if fn is None:
         return False

@@ -139,3 +139,26 @@ def test_sigterm_writes_a_checkpoint_and_resume_finishes_the_run(tmp_path):
     assert b['steps_run'] == 20 - int(stopped.name.split('-')[1])
     for k in c['weights']:
         assert torch.equal(b['weights'][k], c['weights'][k])
+
+
+def test_vla_activation_checkpointing_recomputes_the_same_step():
+    pytest.importorskip('transformers')
+    import numpy as np
+    from qail_ros.manipulation.qail_vla import quantize_awq, train_qlora
+    from qail_ros.manipulation.tasks import COLORS, PLATES, TASKS, instruction_for
+    from qail_ros.manipulation.vla import Samples, SmallVLA
+    teacher = SmallVLA.create(seed=0, llm_hidden=64, llm_layers=2)
+    g = np.random.default_rng(0)
+    n = 16
+    instr = [instruction_for(TASKS[i % 2], COLORS[i % 3], PLATES[i % 2]) for i in range(n)]
+    data = Samples(g.integers(0, 256, (n, 48, 48, 3), dtype=np.uint8), instr,
+                   g.uniform(-1, 1, (n, 7)).astype(np.float32), ['fp'] * n)
+    runs = []
+    for checkpointing in (False, True):
+        student = quantize_awq(teacher, data, scheme='rtn')
+        info = train_qlora(student, teacher, data, steps=3, qbc_lambda=1.0, rank=4, batch=8,
+                           lr=5e-3, activation_checkpointing=checkpointing, grad_accum=2)
+        runs.append([r['loss'] for r in info['history']])
+        lm = student.model.language_model
+        assert lm.model.gradient_checkpointing == checkpointing
+    assert runs[0] == pytest.approx(runs[1], rel=1e-5)
