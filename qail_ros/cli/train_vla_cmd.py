@@ -98,7 +98,6 @@ def main(args) -> int:
     if not dist.is_main:         # under torchrun: rank 0 alone writes
         teardown()
         return 0
-    info.pop('history', None)
     student.model.cpu()
     adapters = save_lora(student.model.language_model, out / 'adapters.safetensors')
     summary = {'method': args.method, 'teacher': str(args.teacher), 'data': str(args.data),

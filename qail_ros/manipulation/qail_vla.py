@@ -110,7 +110,8 @@ def train_qlora(student: SmallVLA, teacher: SmallVLA, data: Samples, *, steps: i
                 seed: int = 0, log: Callable[[str], None] | None = None,
                 device: str = 'cpu', precision: str = 'fp32', grad_accum: int = 1,
                 activation_checkpointing: bool = False, checkpoint_dir: str | None = None,
-                checkpoint_every: int = 0, resume: str | None = None) -> dict:
+                checkpoint_every: int = 0, resume: str | None = None,
+                history: list | None = None) -> dict:
     """QLoRA fine-tuning of an INT4 student (see the module doc). qbc_lambda 0 = QAIL alone.
     `weights`: per-sample wQBC weights of `data` (None = 1); `onpolicy_weight_fn` gives the
     weights of collected on-policy states. Returns training statistics.
@@ -120,7 +121,8 @@ def train_qlora(student: SmallVLA, teacher: SmallVLA, data: Samples, *, steps: i
     global batch of a step whatever the number of processes (each rank its slice, in
     `grad_accum` micro-batches); each rank rolls out its own on-policy episodes. `precision`
     bf16 = autocast; `activation_checkpointing` recomputes the Llama's activations in the
-    backward; checkpoints every `checkpoint_every` steps and on SIGTERM / SIGINT."""
+    backward; checkpoints every `checkpoint_every` steps and on SIGTERM / SIGINT. `history`: a
+    list that receives each step's losses (averaged over the ranks)."""
     from qail_ros.qail.losses import qail_loss, qbc_loss, total_loss
     from qail_ros.quant.lora import add_lora, lora_state_dict
     from qail_ros.training.distributed import (Checkpointer, GlobalBatches, TrainLoop,
@@ -238,6 +240,8 @@ def train_qlora(student: SmallVLA, teacher: SmallVLA, data: Samples, *, steps: i
                      model_state=(lambda: lora_state_dict(lm), load_adapters),
                      trainer_state=(trainer_state, load_trainer_state), log_fn=log_fn)
     run = loop.run()
+    if history is not None:
+        history.extend(run.history)
     student.model.eval()
     qail = [r['qail'] for r in run.history]
     qbc = [r['qbc'] for r in run.history if 'qbc' in r]
@@ -246,8 +250,7 @@ def train_qlora(student: SmallVLA, teacher: SmallVLA, data: Samples, *, steps: i
             'final_qbc': float(np.mean(qbc[-100:])) if qbc else None,
             'onpolicy_states': stats['onpolicy_states'],
             'onpolicy_success': stats['onpolicy_success'],
-            'trainable_params': int(sum(p.numel() for p in params)),
-            'history': run.history, 'world': dist.world,
+            'trainable_params': int(sum(p.numel() for p in params)), 'world': dist.world,
             'seconds': time.perf_counter() - t0}
 
 

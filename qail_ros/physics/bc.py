@@ -19,13 +19,15 @@ def train_bc(obs: np.ndarray, act: np.ndarray, *, hidden: int = 256, layers: int
              steps: int = 20000, batch: int = 256, lr: float = 1e-3, weight_decay: float = 0.0,
              seed: int = 0, log_every: int = 2000, log=print, device: str = 'cpu',
              precision: str = 'fp32', grad_accum: int = 1, checkpoint_dir: str | None = None,
-             checkpoint_every: int = 0, resume: str | None = None) -> tuple[MLPPolicy, dict]:
+             checkpoint_every: int = 0, resume: str | None = None,
+             history: list | None = None) -> tuple[MLPPolicy, dict]:
     """Fit a fresh MLPPolicy to (obs, act); returns it in eval mode and a training summary.
 
     Adam with a cosine learning-rate decay to 0 over `steps`; batches drawn uniformly with
     replacement from a seeded generator, so the same inputs and seed give the same weights.
     The steps run in `qail_ros.training.distributed.TrainLoop` (torchrun: `batch` is the global
     batch, each rank its slice; bf16 autocast; accumulation; checkpoints and resume).
+    `history`: a list that receives the losses logged every `log_every` steps.
     """
     from qail_ros.training.distributed import Checkpointer, GlobalBatches, TrainLoop, setup
     if len(obs) != len(act) or len(obs) == 0:
@@ -58,9 +60,10 @@ def train_bc(obs: np.ndarray, act: np.ndarray, *, hidden: int = 256, layers: int
     run = TrainLoop(policy, opt, loss_fn, batches, steps=steps, dist=dist, scheduler=sched,
                     precision=precision, checkpointer=checkpointer, resume=resume,
                     log_every=log_every, log_fn=log_fn).run()
+    if history is not None:
+        history.extend(run.history)
     policy.eval()
     with torch.no_grad():
         full = torch.mean((policy(x.to(dist.device)).cpu() - y) ** 2).item()
     return policy, {'steps': steps, 'batch': batch, 'lr': lr, 'final_mse': full,
-                    'seconds': round(time.time() - t0, 1), 'samples': len(x), 'world': dist.world,
-                    'history': run.history}
+                    'seconds': round(time.time() - t0, 1), 'samples': len(x), 'world': dist.world}

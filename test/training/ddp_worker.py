@@ -77,12 +77,13 @@ def run_vla(args):
                    g.uniform(-1, 1, (n, 7)).astype(np.float32), ['fp'] * n)
     student = quantize_awq(teacher, data, scheme='rtn')
     _slow_and_crash(student.model, args)
-    info = train_qlora(student, teacher, data, steps=args.steps, qbc_lambda=1.0, rank=4,
-                       lr=5e-3, batch=args.batch, seed=0, grad_accum=args.accum,
-                       checkpoint_dir=args.ckdir, checkpoint_every=args.checkpoint_every,
-                       resume=args.resume, precision=args.precision)
+    history = []
+    train_qlora(student, teacher, data, steps=args.steps, qbc_lambda=1.0, rank=4,
+                lr=5e-3, batch=args.batch, seed=0, grad_accum=args.accum,
+                checkpoint_dir=args.ckdir, checkpoint_every=args.checkpoint_every,
+                resume=args.resume, precision=args.precision, history=history)
     weights = lora_state_dict(student.model.language_model)
-    return info['history'], {k: v.clone() for k, v in weights.items()}
+    return history, {k: v.clone() for k, v in weights.items()}
 
 
 def run_bc(args):
@@ -90,11 +91,12 @@ def run_bc(args):
     g = np.random.default_rng(0)
     obs = g.normal(size=(512, 6)).astype(np.float32)
     act = np.tanh(obs[:, :2] - obs[:, 2:4])
-    policy, info = train_bc(obs, act, hidden=32, layers=2, steps=args.steps, batch=args.batch,
-                            lr=3e-3, log_every=1, log=None, grad_accum=args.accum,
-                            checkpoint_dir=args.ckdir, checkpoint_every=args.checkpoint_every,
-                            resume=args.resume)
-    return info['history'], {k: v.detach().clone() for k, v in policy.state_dict().items()}
+    history = []
+    policy, _ = train_bc(obs, act, hidden=32, layers=2, steps=args.steps, batch=args.batch,
+                         lr=3e-3, log_every=1, log=None, grad_accum=args.accum,
+                         checkpoint_dir=args.ckdir, checkpoint_every=args.checkpoint_every,
+                         resume=args.resume, history=history)
+    return history, {k: v.detach().clone() for k, v in policy.state_dict().items()}
 
 
 def main(argv=None):
