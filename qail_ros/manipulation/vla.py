@@ -389,15 +389,6 @@ def warmup_cosine(opt, steps: int, warmup: float = 0.05):
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def optimizer_step(loss: torch.Tensor, opt, sched, params, clip: float = 1.0) -> None:
-    """Backward, clip the gradient norm, step the optimizer and its schedule."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, clip)
-    opt.step()
-    sched.step()
-
-
 class _BCStep(torch.nn.Module):
     """One BC forward as one module call (DistributedDataParallel reduces what it touched):
     the model's action-token logits and, with the auxiliary heads, their two regressions."""
