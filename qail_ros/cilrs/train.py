@@ -145,7 +145,8 @@ def train_bc(demos: dict[str, Any], config: CILRSConfig, *, steps: int = 2000,
     run = TrainLoop(module, opt, loss_fn, batches, steps=steps, dist=dist, scheduler=sched,
                     grad_clip=5.0, precision=precision, checkpointer=checkpointer,
                     resume=resume, log_every=1, progress='CILRS BC' if progress else None,
-                    log_fn=log_fn).run()
+                    # the branches of commands absent from a batch get no gradient
+                    find_unused_parameters=True, log_fn=log_fn).run()
     history = [dict(r) for r in run.history
                if r['step'] % log_every == 0 or r['step'] == steps or r['step'] == 1]
     return module.eval(), history

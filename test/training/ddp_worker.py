@@ -4,9 +4,10 @@
     torchrun --nproc-per-node 2 ddp_worker.py --model mlp --out DIR ...
 
 `mlp`: QAILTrainer (qail_qbc, real LSQ W4A4 of qail_ros.quant) on the physics MLP student;
-`vla`: train_qlora (QAIL+QBC) of a small INT4 VLA student; `bc`: physics behaviour
-cloning. Rank 0 writes DIR/result.pt with the
-loss history and the trained weights (the adapters for the VLA). `--sleep S` slows each step
+`vla`: train_qlora (QAIL+QBC) of a small INT4 VLA student; `bc`, `vla_bc`, `cilrs_bc`:
+the behaviour-cloning loops (physics MLP, the small VLA with its auxiliary heads, CILRS).
+Rank 0 writes DIR/result.pt with the loss history and the trained weights (the adapters for
+the VLA). `--sleep S` slows each step
 (the kill tests), `--crash-at K` makes rank 1 exit at step K on a first attempt (elastic
 restart tests).
 """
@@ -99,9 +100,37 @@ def run_bc(args):
     return history, {k: v.detach().clone() for k, v in policy.state_dict().items()}
 
 
+def run_vla_bc(args):
+    from qail_ros.manipulation.tasks import COLORS, PLATES, SCENE_DIM, TASKS, instruction_for
+    from qail_ros.manipulation.vla import Samples, SmallVLA, bc_train
+    vla = SmallVLA.create(seed=0, llm_hidden=64, llm_layers=1)
+    g = np.random.default_rng(0)
+    n = 32
+    instr = [instruction_for(TASKS[i % 2], COLORS[i % 3], PLATES[i % 2]) for i in range(n)]
+    data = Samples(g.integers(0, 256, (n, 48, 48, 3), dtype=np.uint8), instr,
+                   g.uniform(-1, 1, (n, 7)).astype(np.float32), ['fp'] * n,
+                   g.normal(size=(n, SCENE_DIM + 6)).astype(np.float32))
+    losses = bc_train(vla, data, steps=args.steps, batch=args.batch, grad_accum=args.accum)
+    return ([{'loss': x} for x in losses],
+            {k: v.detach().clone() for k, v in vla.model.state_dict().items()})
+
+
+def run_cilrs_bc(args):
+    from qail_ros.cilrs.train import small_config, train_bc
+    g = np.random.default_rng(0)
+    n = 48
+    demos = {'image': g.integers(0, 256, (n, 56, 128, 3), dtype=np.uint8),
+             'speed': g.uniform(0, 10, n), 'command': g.integers(1, 4, n),
+             'act': g.uniform(-1, 1, (n, 2))}
+    model, hist = train_bc(demos, small_config(128, 56), steps=args.steps,
+                           batch_size=args.batch, log_every=1)
+    return hist, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
-    p.add_argument('--model', choices=('mlp', 'vla', 'bc'), default='mlp')
+    p.add_argument('--model', choices=('mlp', 'vla', 'bc', 'vla_bc', 'cilrs_bc'),
+                   default='mlp')
     p.add_argument('--out', required=True)
     p.add_argument('--steps', type=int, default=20)
     p.add_argument('--batch', type=int, default=64)
@@ -114,7 +143,8 @@ def main(argv=None):
     p.add_argument('--crash-at', type=int, default=0)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    run = {'mlp': run_mlp, 'vla': run_vla, 'bc': run_bc}[args.model]
+    run = {'mlp': run_mlp, 'vla': run_vla, 'bc': run_bc, 'vla_bc': run_vla_bc,
+           'cilrs_bc': run_cilrs_bc}[args.model]
     history, weights = run(args)
     from qail_ros.training.distributed import setup, teardown
     dist = setup('cpu')

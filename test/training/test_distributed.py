@@ -251,3 +251,21 @@ def test_qail_ros_train_runs_unchanged_under_torchrun(tmp_path):
     assert summary['processes'] == 2 and summary['steps'] == 6
     assert summary['onpolicy_states'] == 100    # per rank: 2 rounds x 1 episode x 50 steps
     assert (out / 'policy.safetensors').is_file() and (out / 'checkpoints' / 'latest').is_file()
+
+
+@pytest.mark.slow
+def test_vla_and_cilrs_behaviour_cloning_run_under_torchrun(tmp_path):
+    """The VLA BC loop (whole model + auxiliary heads, branches unused by some batches) gives
+    the 1-rank curve; CILRS BC (BatchNorm statistics per rank on CPU, so no equality) trains."""
+    pytest.importorskip('transformers')
+    args = ['--model', 'vla_bc', '--steps', '3', '--batch', '8']
+    _run([sys.executable, WORKER, *args, '--out', str(tmp_path / 'one')])
+    _run(_torchrun(2) + [*args, '--out', str(tmp_path / 'two')])
+    a, b = _losses(_result(tmp_path / 'one')), _losses(_result(tmp_path / 'two'))
+    assert len(a) == 3
+    for x, y in zip(a, b):
+        assert abs(x - y) <= LOSS_RTOL * abs(x)
+    _run(_torchrun(2) + ['--model', 'cilrs_bc', '--steps', '4', '--batch', '16', '--out',
+                         str(tmp_path / 'cilrs')])
+    res = _result(tmp_path / 'cilrs')
+    assert res['world'] == 2 and len(res['history']) == 4
