@@ -89,10 +89,18 @@ def bc_loss(model: CILRS, image: Tensor, speed: Tensor, command: Tensor, action:
 def train_bc(demos: dict[str, Any], config: CILRSConfig, *, steps: int = 2000,
              batch_size: int = 64, lr: float = 3e-4, speed_weight: float = 0.05,
              seed: int = 0, log_every: int = 100, progress: bool = False,
-             log: Callable[[str], None] | None = None) -> tuple[CILRS, list[dict[str, float]]]:
+             log: Callable[[str], None] | None = None, device: str = 'cpu',
+             precision: str = 'fp32', grad_accum: int = 1, checkpoint_dir: str | None = None,
+             checkpoint_every: int = 0, resume: str | None = None
+             ) -> tuple[CILRS, list[dict[str, float]]]:
     """Train a CILRS (seeded init) by behaviour cloning on `demos` (the dict of
     qail_ros.driving.collect_demonstrations: image, speed, command, act). Adam with a cosine
-    learning-rate decay; returns (the model in eval mode, loss history)."""
+    learning-rate decay; returns (the model in eval mode, loss history).
+
+    The steps run in `qail_ros.training.distributed.TrainLoop`: under torchrun `batch_size` is
+    the global batch (each rank its slice; BatchNorm statistics are synchronised across ranks
+    on CUDA (SyncBatchNorm), per rank on CPU), bf16 autocast, accumulation, checkpoints."""
+    from qail_ros.training.distributed import Checkpointer, GlobalBatches, TrainLoop, setup
     image = torch.as_tensor(demos['image'])
     speed = torch.as_tensor(demos['speed']).float()
     command = torch.as_tensor(demos['command']).long()
@@ -101,47 +109,47 @@ def train_bc(demos: dict[str, Any], config: CILRSConfig, *, steps: int = 2000,
     if n == 0 or not (len(speed) == len(command) == len(action) == n):
         raise ValueError(f'demonstrations need equally many images, speeds, commands and '
                          f'actions (got {n}, {len(speed)}, {len(command)}, {len(action)})')
+    dist = setup(device)
     model = build_model(config, seed=seed)
     # build_model randomises BN statistics (for fusion tests); a trained net starts clean
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.reset_parameters()
             m.reset_running_stats()
+    model.to(dist.device)
+    module: nn.Module = model
+    if dist.distributed and dist.device.type == 'cuda':
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps), eta_min=lr * 0.05)
-    gen = torch.Generator().manual_seed(seed)
-    bs = min(batch_size, n)
-    history: list[dict[str, float]] = []
+    batches = GlobalBatches(n, batch_size, dist, accum=grad_accum, seed=seed, mode='epoch')
     t0 = time.perf_counter()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=steps, desc='CILRS BC', unit='step', leave=False)
-    perm, pos = torch.randperm(n, generator=gen), 0
-    for step in range(1, steps + 1):
-        if pos + bs > n:
-            perm, pos = torch.randperm(n, generator=gen), 0
-        idx = perm[pos:pos + bs]
-        pos += bs
+
+    def loss_fn(net, idx, step):
         img, spd = normalise(image[idx], speed[idx], config)
-        loss, rec = bc_loss(model, img, spd, command[idx], action[idx], speed_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
-        sched.step()
-        if step % log_every == 0 or step == steps or step == 1:
-            rec['step'] = step
-            history.append(rec)
-            if log is not None:
-                log(f'BC step {step}/{steps}: loss {rec["loss"]:.4f} (action {rec["action"]:.4f},'
-                    f' speed {rec["speed"]:.4f}), {time.perf_counter() - t0:.0f}s')
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    return model.eval(), history
+        branches, speed_pred = net(img.to(dist.device), spd.to(dist.device))
+        act = select_actions(branches.float(), command[idx])
+        l_act = F.l1_loss(act, action[idx].to(act.device))
+        l_speed = F.l1_loss(speed_pred.float(), spd.to(act.device))
+        return l_act + speed_weight * l_speed, {'action': l_act, 'speed': l_speed}
+
+    def log_fn(rec):
+        step = rec['step']
+        if log is not None and (step % log_every == 0 or step == steps or step == 1):
+            log(f'BC step {step}/{steps}: loss {rec["loss"]:.4f} (action {rec["action"]:.4f},'
+                f' speed {rec["speed"]:.4f}), {time.perf_counter() - t0:.0f}s')
+
+    checkpointer = (Checkpointer(checkpoint_dir, checkpoint_every, dist) if checkpoint_dir
+                    else None)
+    run = TrainLoop(module, opt, loss_fn, batches, steps=steps, dist=dist, scheduler=sched,
+                    grad_clip=5.0, precision=precision, checkpointer=checkpointer,
+                    resume=resume, log_every=1, progress='CILRS BC' if progress else None,
+                    # the branches of commands absent from a batch get no gradient
+                    find_unused_parameters=True, log_fn=log_fn).run()
+    history = [dict(r) for r in run.history
+               if r['step'] % log_every == 0 or r['step'] == steps or r['step'] == 1]
+    return module.eval(), history
 
 
 class CILRSPolicy:

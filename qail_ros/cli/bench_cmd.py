@@ -20,6 +20,7 @@ BENCHES = {
     'monitor': 'qail_ros.bench.monitor',
     'quant': 'qail_ros.quant.bench',
     'safety': 'qail_ros.bench.safety',
+    'train': 'qail_ros.bench.train',
 }
 
 

@@ -3,6 +3,7 @@
     qail-ros dataset build BAGS... -o DATASET [--topic-map map.yaml] [--val-fraction 0.1]
                                               [--drop-failed] [--drop-incomplete]
                                               [--image-size H W] [--shard-frames 1000]
+                                              [--workers N]
     qail-ros dataset info DATASET [--json]
     qail-ros dataset export-lerobot DATASET OUT [--fps N] [--robot-type NAME]
 
@@ -33,6 +34,9 @@ def add_arguments(parser) -> None:
                    help='resize images to H x W')
     b.add_argument('--shard-frames', type=int, default=1000, help='samples per shard')
     b.add_argument('--seed', type=int, default=0, help='seed of the train/val split')
+    b.add_argument('--workers', type=int, default=1,
+                   help='processes reading the bags in parallel (0 = one per CPU; default 1); '
+                        'the data set is the same whatever the number')
     i = sub.add_parser('info', help='episodes, frames, durations, topics, statistics')
     i.add_argument('dataset')
     i.add_argument('--json', action='store_true', help='print the manifest summary as JSON')
@@ -87,6 +91,12 @@ def _info(args) -> int:
     return 0
 
 
+def _workers(args) -> dict:
+    from qail_ros.dataset.parallel import default_workers
+    n = getattr(args, 'workers', 1)
+    return {'workers': default_workers() if n == 0 else max(1, n)}
+
+
 def main(args) -> int:
     cmd = getattr(args, 'dataset_command', None)
     if cmd is None:
@@ -101,7 +111,8 @@ def main(args) -> int:
                             drop_incomplete=args.drop_incomplete,
                             image_size=tuple(args.image_size) if args.image_size else None,
                             shard_frames=args.shard_frames, seed=args.seed,
-                            progress=lambda text: print(text, file=sys.stderr))
+                            progress=lambda text: print(text, file=sys.stderr),
+                            **_workers(args))
         print(f"{args.output}: {len(man['episodes'])} episodes, {man['frames']} samples in "
               f"{len(man['shards'])} shards; pairing {man['pairing']}")
         return 0

@@ -64,6 +64,26 @@ def add_arguments(parser):
     parser.add_argument('--json', action='store_true',
                         help='print one JSON object with the results as the last line')
     parser.add_argument('-o', '--out', required=True, help='output directory')
+    add_scale_arguments(parser)
+
+
+def add_scale_arguments(parser, *, checkpoint_every: int = 500) -> None:
+    """--device / --precision / --grad-accum / --checkpoint-every / --resume, shared by the
+    trainers' commands (docs/training.md); torchrun runs any of them unchanged."""
+    g = parser.add_argument_group('devices, precision, checkpoints (docs/training.md)')
+    g.add_argument('--device', default=None, choices=('cpu', 'cuda', 'auto'),
+                   help='cpu (default), cuda (under torchrun: cuda:LOCAL_RANK) or auto')
+    g.add_argument('--precision', default=None, choices=('fp32', 'bf16'),
+                   help='fp32 (default) or bf16 autocast of the forward')
+    g.add_argument('--grad-accum', type=int, default=None,
+                   help='micro-batches per step (the batch size stays the global batch)')
+    g.add_argument('--checkpoint-every', type=int, default=checkpoint_every,
+                   help=f'checkpoint OUT/checkpoints every N steps (default {checkpoint_every}; '
+                        '0 = only when stopped by SIGTERM / Ctrl-C)')
+    g.add_argument('--resume', default=None,
+                   help='continue from a checkpoint (OUT/checkpoints or one step-N in it; '
+                        "'auto' = OUT/checkpoints/latest if there is one); torchrun elastic "
+                        'restarts continue from the latest by themselves')
 
 
 def _episodes(args) -> tuple[int, int]:
@@ -92,6 +112,8 @@ def resolve_task(args) -> str | None:
 
 def build_config(args):
     """TrainConfig from --config (if any), the physics defaults and the flags."""
+    from pathlib import Path
+
     from qail_ros.qail.config import TrainConfig
     base = dict(PHYSICS_DEFAULTS)
     if args.config:
@@ -101,6 +123,11 @@ def build_config(args):
              'onpolicy_every': args.onpolicy_every, 'onpolicy_episodes': args.onpolicy_episodes,
              'onpolicy_max_steps': args.onpolicy_max_steps}
     base.update({k: v for k, v in flags.items() if v is not None})
+    scale = {k: getattr(args, k, None) for k in ('device', 'precision', 'grad_accum')}
+    base.update({k: v for k, v in scale.items() if v is not None})
+    base['checkpoint_every'] = getattr(args, 'checkpoint_every', 0) or 0
+    base['checkpoint_dir'] = str(Path(args.out) / 'checkpoints')
+    base['resume'] = getattr(args, 'resume', None)
     base['progress'] = not args.no_progress
     extra = dict(base.get('extra') or {})
     expert_episodes, fp_episodes = _episodes(args)
@@ -162,7 +189,18 @@ def main(args) -> int:
                              'simulated episodes (--expert-episodes / --fp-episodes > 0)')
     data = parts[0] if len(parts) == 1 else ImitationData.concat(parts)
     data.ids = torch.arange(len(data), dtype=torch.int64)
-    result = train_on_task(task, config, data=data, teacher=teacher)
+    from qail_ros.training.distributed import TrainingInterrupted, setup, teardown
+    dist = setup(config.device)
+    try:
+        result = train_on_task(task, config, data=data, teacher=teacher)
+    except TrainingInterrupted as exc:
+        if dist.is_main:
+            print(f'qail-ros train: {exc}')
+        teardown()
+        return 130
+    if not dist.is_main:         # under torchrun: rank 0 alone writes and evaluates
+        teardown()
+        return 0
     meta = {'data': data.counts()}
     if args.data:
         from qail_ros.physics.export import dataset_hash
@@ -176,7 +214,7 @@ def main(args) -> int:
         for rec in result.history:
             f.write(json.dumps(rec) + '\n')
     summary = {'task': task, **result.summary(), 'data': data.counts(),
-               'policy': str(out / 'policy.safetensors')}
+               'policy': str(out / 'policy.safetensors'), 'processes': dist.world}
     if args.eval_episodes > 0 and task:
         returns = evaluate_policy(result.student, task, args.eval_episodes)
         summary['eval'] = {'episodes': args.eval_episodes, 'mean': float(np.mean(returns)),
@@ -192,4 +230,5 @@ def main(args) -> int:
     print(f'next: qail-ros export {out} -o DIR' + (f' --data {args.data}' if args.data else ''))
     if args.json:
         emit_json(summary)
+    teardown()
     return 0

@@ -44,6 +44,10 @@ def add_arguments(parser):
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument('--json', action='store_true', help='summary as JSON on the last line')
     parser.add_argument('-o', '--out', required=True, help='output directory')
+    from qail_ros.cli.train_cmd import add_scale_arguments
+    add_scale_arguments(parser, checkpoint_every=200)
+    parser.add_argument('--activation-checkpointing', action='store_true',
+                        help="recompute the Llama's activations in the backward (less memory)")
 
 
 def main(args) -> int:
@@ -69,13 +73,32 @@ def main(args) -> int:
     data = Samples.concat(parts)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    from qail_ros.training.distributed import TrainingInterrupted, setup, teardown
+    dist = setup(args.device or 'cpu')
+    # every rank quantizes the same frozen INT4 backbone (deterministic AWQ on the same data)
     student = quantize_awq(teacher, data, scheme=args.scheme, granularity=args.granularity,
                            group_size=args.group_size)
-    backbone = save_quantized(student.model.language_model, out / 'int4_backbone.safetensors')
-    info = train_qlora(student, teacher, data, steps=args.steps, rank=args.rank, lr=args.lr,
-                       batch=args.batch_size, seed=args.seed,
-                       qbc_lambda=1.0 if args.method == 'qail_qbc' else 0.0, tasks=(),
-                       log=print)
+    backbone = out / 'int4_backbone.safetensors'
+    if dist.is_main:
+        backbone = save_quantized(student.model.language_model, backbone)
+    try:
+        info = train_qlora(student, teacher, data, steps=args.steps, rank=args.rank, lr=args.lr,
+                           batch=args.batch_size, seed=args.seed,
+                           qbc_lambda=1.0 if args.method == 'qail_qbc' else 0.0, tasks=(),
+                           log=print, device=args.device or 'cpu',
+                           precision=args.precision or 'fp32', grad_accum=args.grad_accum or 1,
+                           activation_checkpointing=args.activation_checkpointing,
+                           checkpoint_dir=str(out / 'checkpoints'),
+                           checkpoint_every=args.checkpoint_every, resume=args.resume)
+    except TrainingInterrupted as exc:
+        if dist.is_main:
+            print(f'qail-ros train-vla: {exc}')
+        teardown()
+        return 130
+    if not dist.is_main:         # under torchrun: rank 0 alone writes
+        teardown()
+        return 0
+    student.model.cpu()
     adapters = save_lora(student.model.language_model, out / 'adapters.safetensors')
     summary = {'method': args.method, 'teacher': str(args.teacher), 'data': str(args.data),
                'expert_data': args.expert_data, 'samples': len(data), 'scheme': args.scheme,
@@ -89,4 +112,5 @@ def main(args) -> int:
           f'int4_weights:={backbone} lora_weights:={adapters}')
     if args.json:
         emit_json(summary)
+    teardown()
     return 0

@@ -409,7 +409,8 @@ def build_dataset(bags: Iterable[str | os.PathLike], output: str | os.PathLike,
                   val_fraction: float = 0.1, drop_failed: bool = False,
                   drop_incomplete: bool = False, image_size: tuple[int, int] | None = None,
                   shard_frames: int = 1000, seed: int = 0,
-                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                  progress: Callable[[str], None] | None = None,
+                  workers: int = 1) -> dict[str, Any]:
     """Build DATASET from bags; returns the manifest (also written to DATASET/manifest.json).
 
     Raises BagError naming the topic and the bag's topics when a bag lacks a mapped topic.
@@ -503,12 +504,15 @@ def build_dataset(bags: Iterable[str | os.PathLike], output: str | os.PathLike,
         ep_rows, tasks, all_actions, all_fields = [], {}, [], {}
         features: dict[str, dict] = {}
         raw_shape = None
+        # the episodes' bags are read by `workers` processes (qail_ros.dataset.parallel)
+        from qail_ros.dataset.parallel import read_episodes
+        reads = read_episodes([e for e in episodes if not e.dropped], tmap, counters, workers)
         for ep in episodes:
             label = ep.bags[0].path.name
             if ep.dropped:
                 say(f'{label}: dropped, {ep.dropped}')
                 continue
-            data = _read_episode(ep, tmap, counters)
+            data = next(reads)
             if data is None:
                 ep.dropped = 'no paired samples'
                 say(f'{label}: no action paired with a frame; skipped')

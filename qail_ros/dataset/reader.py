@@ -8,6 +8,10 @@
 
 Shards are opened with safetensors' `safe_open` and read one sample slice at a time (memory
 mapped), so a data set larger than RAM trains fine with several DataLoader workers.
+`LazyColumn` is one key read on demand for the trainers (`ImitationData.from_dataset(...,
+lazy=True)`): a batch's rows are gathered shard by shard, and at most `max_open` shards are open
+at once, so a data set larger than memory trains; `rank_episodes` gives a torchrun rank whole
+episodes of its own (it then opens only its shards).
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import numpy as np
 
 from qail_ros.errors import ParameterError
 
-__all__ = ['load_manifest', 'ShardedArrays', 'QailDataset']
+__all__ = ['load_manifest', 'ShardedArrays', 'QailDataset', 'LazyColumn']
 
 
 def load_manifest(path: str | Path) -> dict[str, Any]:
@@ -39,24 +43,46 @@ def load_manifest(path: str | Path) -> dict[str, Any]:
 class ShardedArrays:
     """Sample-indexed access to the arrays of a data set's shards (numpy, lazily opened)."""
 
-    def __init__(self, root: str | Path, manifest: dict[str, Any] | None = None):
+    def __init__(self, root: str | Path, manifest: dict[str, Any] | None = None,
+                 max_open: int = 16):
         self.root = Path(root)
         self.manifest = manifest or load_manifest(self.root)
         self.shards = self.manifest['shards']
         self._starts = [s['first_sample'] for s in self.shards]
         self._handles: dict[int, Any] = {}
+        #: shards kept open at once (least recently used closed first)
+        self.max_open = max(1, int(max_open))
         self.keys = list(self.manifest['features'])
 
     def __len__(self) -> int:
         return int(self.manifest['frames'])
 
     def _handle(self, shard: int):
-        handle = self._handles.get(shard)
+        handle = self._handles.pop(shard, None)
         if handle is None:
             from safetensors import safe_open
-            handle = self._handles[shard] = safe_open(
-                str(self.root / self.shards[shard]['file']), framework='np')
+            while len(self._handles) >= self.max_open:
+                self._handles.pop(next(iter(self._handles)))    # the least recently used
+            handle = safe_open(str(self.root / self.shards[shard]['file']), framework='np')
+        self._handles[shard] = handle                           # now the most recent
         return handle
+
+    def rows(self, key: str, samples: np.ndarray) -> np.ndarray:
+        """`key` of the given data set samples (any order), read shard by shard: each
+        shard's rows come from one contiguous slice read of that shard."""
+        samples = np.asarray(samples, dtype=np.int64).reshape(-1)
+        if len(samples) and (samples.min() < 0 or samples.max() >= len(self)):
+            raise IndexError(f'samples out of range 0..{len(self) - 1}')
+        shard_of = np.searchsorted(self._starts, samples, side='right') - 1
+        spec = self.manifest['features'][key]
+        out = np.empty((len(samples),) + tuple(spec['shape']), dtype=spec['dtype'])
+        for shard in np.unique(shard_of):
+            where = np.nonzero(shard_of == shard)[0]
+            local = samples[where] - self._starts[shard]
+            lo, hi = int(local.min()), int(local.max()) + 1
+            block = self._handle(int(shard)).get_slice(key)[lo:hi]
+            out[where] = block[local - lo]
+        return out
 
     def locate(self, index: int) -> tuple[int, int]:
         if not 0 <= index < len(self):
@@ -77,6 +103,39 @@ class ShardedArrays:
         state = dict(self.__dict__)
         state['_handles'] = {}
         return state
+
+
+class LazyColumn:
+    """One key of a data set split, read when indexed: `col[idx]` -> a torch tensor of those
+    rows (gathered shard by shard; nothing else is held in memory)."""
+
+    def __init__(self, arrays: ShardedArrays, key: str, samples: np.ndarray,
+                 dtype: str | None = None):
+        if key not in arrays.keys:
+            raise ParameterError(f'{arrays.root}: no {key!r} in the data set; it has '
+                                 f'{arrays.keys}')
+        self.arrays, self.key = arrays, key
+        self.samples = np.asarray(samples, dtype=np.int64)
+        self.dtype = dtype
+        self.shape = (len(self.samples),) + tuple(arrays.manifest['features'][key]['shape'])
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, index):
+        import torch
+        idx = index.numpy() if hasattr(index, 'numpy') else np.asarray(index)
+        rows = self.arrays.rows(self.key, self.samples[idx])
+        t = torch.from_numpy(np.ascontiguousarray(rows))
+        return t.to(getattr(torch, self.dtype)) if self.dtype else t
+
+    def float(self):
+        """The whole column in memory (what saliency statistics need; avoid on huge sets)."""
+        import torch
+        return self[np.arange(len(self))].to(torch.float32)
 
 
 def _torch_dataset_base():

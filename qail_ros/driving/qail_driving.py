@@ -159,7 +159,9 @@ def train_driving_student(teacher: nn.Module, config: TrainConfig, data: Imitati
                           town: str = 'highway', densities: Sequence[str] = ('regular', 'dense'),
                           image_size: tuple[int, int] = (128, 56), view_m: float = 80.0):
     """One QAILTrainer run on driving data (collector built from the config's on-policy
-    settings when the method has a QBC term); returns the TrainResult."""
+    settings when the method has a QBC term); returns the TrainResult. Runs unchanged under
+    torchrun (each rank rolls out its own routes; `config.device` / `precision` /
+    `grad_accum` / `checkpoint_*` / `resume` as in docs/training.md)."""
     from qail_ros.qail.trainer import QAILTrainer
     collector = None
     if config.uses_qbc and config.onpolicy_every > 0:

@@ -161,6 +161,8 @@ class SmallVLA:
         the prompt and the previous action tokens (one forward, right-padded). `hidden`: a
         list that receives the Llama's last hidden states at those positions (B, 7, H)."""
         model = model or self.model
+        dev = next(model.parameters()).device
+        tokens = tokens.cpu()
         seqs = [self.prompt_ids(s) for s in instructions]
         n = tokens.shape[1]
         length = max(len(s) for s in seqs) + n
@@ -169,14 +171,14 @@ class SmallVLA:
         for i, s in enumerate(seqs):
             ids[i, :len(s)] = torch.as_tensor(s)
             ids[i, len(s):len(s) + n] = tokens[i]
-        emb = model.multimodal_embeddings(self.pixel_values(images), ids)
+        emb = model.multimodal_embeddings(self.pixel_values(images).to(dev), ids.to(dev))
         lm = model.language_model
         states = lm.model(inputs_embeds=emb).last_hidden_state
         patches = emb.shape[1] - ids.shape[1]
         # the output at position p predicts token p + 1; action token j sits at
         # patches + len(prompt) + j in the embedded sequence
         start = torch.as_tensor([patches + len(s) - 1 for s in seqs])
-        index = start[:, None] + torch.arange(n)[None]
+        index = (start[:, None] + torch.arange(n)[None]).to(dev)
         picked = states.gather(1, index[..., None].expand(-1, -1, states.shape[-1]))
         if hidden is not None:
             hidden.append(picked)
@@ -194,13 +196,15 @@ class SmallVLA:
         groups: dict[str, list[int]] = {}
         for i, s in enumerate(instructions):
             groups.setdefault(s, []).append(i)
+        dev = next(model.parameters()).device
         for instruction, idx in groups.items():
-            ids = torch.as_tensor([self.prompt_ids(instruction)] * len(idx))
-            toks, lg = model.generate_actions(self.pixel_values(images[idx]), ids, ACTION_DIM)
+            ids = torch.as_tensor([self.prompt_ids(instruction)] * len(idx)).to(dev)
+            toks, lg = model.generate_actions(self.pixel_values(images[idx]).to(dev), ids,
+                                              ACTION_DIM)
             if logits_out is None:
                 logits_out = np.zeros((b,) + tuple(lg.shape[1:]), np.float32)
-            logits_out[idx] = lg.numpy()
-            tokens[idx] = toks.numpy()
+            logits_out[idx] = lg.float().cpu().numpy()
+            tokens[idx] = toks.cpu().numpy()
         return tokens, logits_out
 
     def act(self, images: np.ndarray, instructions: list[str], model=None) -> np.ndarray:
@@ -385,20 +389,39 @@ def warmup_cosine(opt, steps: int, warmup: float = 0.05):
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def optimizer_step(loss: torch.Tensor, opt, sched, params, clip: float = 1.0) -> None:
-    """Backward, clip the gradient norm, step the optimizer and its schedule."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, clip)
-    opt.step()
-    sched.step()
+class _BCStep(torch.nn.Module):
+    """One BC forward as one module call (DistributedDataParallel reduces what it touched):
+    the model's action-token logits and, with the auxiliary heads, their two regressions."""
+
+    def __init__(self, vla: SmallVLA, aux: torch.nn.Module | None,
+                 aux_task: torch.nn.Module | None):
+        super().__init__()
+        self.model, self.aux, self.aux_task = vla.model, aux, aux_task
+        self.__dict__['vla'] = vla
+
+    def forward(self, images, instructions, tokens):
+        feats: list[torch.Tensor] = []
+        hook = (self.model.vision_backbone.register_forward_hook(
+            lambda _m, _i, out: feats.append(out)) if self.aux is not None else None)
+        hidden: list[torch.Tensor] = []
+        try:
+            logits = self.vla.teacher_forced_logits(images, instructions, tokens,
+                                                    model=self.model, hidden=hidden)
+        finally:
+            if hook is not None:
+                hook.remove()
+        if self.aux is None:
+            return logits, None, None
+        return logits, self.aux(feats[0].flatten(1)), self.aux_task(hidden[0][:, 0])
 
 
 def bc_train(vla: SmallVLA, data: Samples, *, steps: int, batch: int = 32, lr: float = 3e-4,
              seed: int = 0, aux_weight: float = 1.0,
              log: Callable[[str], None] | None = None,
-             every: tuple[int, Callable[[int], Samples | None]] | None = None
-             ) -> list[float]:
+             every: tuple[int, Callable[[int], Samples | None]] | None = None,
+             device: str = 'cpu', precision: str = 'fp32', grad_accum: int = 1,
+             checkpoint_dir: str | None = None, checkpoint_every: int = 0,
+             resume: str | None = None) -> list[float]:
     """Behaviour cloning of the whole FP model: cross-entropy on the 7 action tokens.
 
     With `data.states` (simulated data) and aux_weight > 0, two training-only linear heads
@@ -409,12 +432,15 @@ def bc_train(vla: SmallVLA, data: Samples, *, steps: int, batch: int = 32, lr: f
     gripper (grounding the words). Measured: without them BC did not learn the task in a CPU
     budget (0 % success after 3000-4000 steps). The heads are not part of the checkpoint.
     `every` = (n, fn): fn(step) every n steps, the model in eval mode (progress checks);
-    Samples it returns join the training data (DAgger: the policy's states, expert labels)."""
+    Samples it returns join the training data (DAgger: the policy's states, expert labels).
+    The steps run in `qail_ros.training.distributed.TrainLoop` (torchrun: `batch` is the
+    global batch, each rank its slice; bf16 autocast; accumulation; checkpoints and resume)."""
     from qail_ros.qail.losses import qail_loss
-    g = np.random.default_rng(seed)
-    tokens = vla.action_tokens(data.actions)
+    from qail_ros.training.distributed import Checkpointer, GlobalBatches, TrainLoop, setup
+    dist = setup(device)
+    cur = {'data': data, 'tokens': vla.action_tokens(data.actions), 'targets': None}
     params = list(vla.model.parameters())
-    aux = None
+    aux = aux_task = None
     if data.states is not None and aux_weight > 0:
         from qail_ros.manipulation.tasks import SCENE_DIM
         n_feat = vla.config.num_patches * vla.config.vision_dim
@@ -422,44 +448,59 @@ def bc_train(vla: SmallVLA, data: Samples, *, steps: int, batch: int = 32, lr: f
         width = int(vla.config.text_config['hidden_size'])
         aux_task = torch.nn.Linear(width, data.states.shape[1] - SCENE_DIM)
         params += list(aux.parameters()) + list(aux_task.parameters())
-        targets = torch.as_tensor(data.states, dtype=torch.float32)
+        cur['targets'] = torch.as_tensor(data.states, dtype=torch.float32)
+    step_module = _BCStep(vla, aux, aux_task).to(dist.device)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = warmup_cosine(opt, steps)
-    vla.model.train()
-    losses: list[float] = []
-    aux_losses: list[float] = []
-    for step in range(steps):
-        idx = g.integers(0, len(data), batch)
-        feats: list[torch.Tensor] = []
-        hook = (vla.model.vision_backbone.register_forward_hook(
-            lambda _m, _i, out: feats.append(out)) if aux is not None else None)
-        hidden: list[torch.Tensor] = []
-        logits = vla.teacher_forced_logits(data.images[idx], [data.instructions[i] for i in idx],
-                                           tokens[idx], hidden=hidden)
-        loss = qail_loss(logits, tokens[idx], head='tokens')
-        losses.append(float(loss.detach()))
+    batches = GlobalBatches(len(data), batch, dist, accum=grad_accum, seed=seed, mode='numpy')
+    t0 = time.perf_counter()
+
+    def loss_fn(model, idx, step):
+        idx = idx.numpy()
+        d, tokens = cur['data'], cur['tokens']
+        logits, scene, task = model(d.images[idx], [d.instructions[i] for i in idx],
+                                    tokens[idx])
+        tok = tokens[idx].to(logits.device)
+        loss = qail_loss(logits, tok, head='tokens')
+        if scene is None:
+            return loss, {'bc': loss}
+        t = cur['targets'][idx].to(logits.device)
+        aux_loss = (torch.nn.functional.mse_loss(scene.float(), t[:, :SCENE_DIM])
+                    + torch.nn.functional.mse_loss(task.float(), t[:, SCENE_DIM:]))
+        return loss + aux_weight * aux_loss, {'bc': loss, 'aux': aux_loss}
+
+    def before_step(step: int) -> None:
+        done = step - 1
+        if not every or done == 0 or done % every[0] or done >= steps:
+            return
+        vla.model.eval()
+        more = every[1](done)   # e.g. a closed-loop check, DAgger data
+        vla.model.train()
+        if more is not None and len(more):
+            set_data(Samples.concat([cur['data'], more]))
+
+    def set_data(d: Samples) -> None:
+        cur.update(data=d, tokens=vla.action_tokens(d.actions))
         if aux is not None:
-            hook.remove()
-            t = targets[idx]
-            aux_loss = (torch.nn.functional.mse_loss(aux(feats[0].flatten(1)), t[:, :SCENE_DIM])
-                        + torch.nn.functional.mse_loss(aux_task(hidden[0][:, 0]),
-                                                       t[:, SCENE_DIM:]))
-            aux_losses.append(float(aux_loss.detach()))
-            loss = loss + aux_weight * aux_loss
-        optimizer_step(loss, opt, sched, params)
-        if log and (step + 1) % max(steps // 10, 1) == 0:
-            msg = f'bc step {step + 1}/{steps} loss {np.mean(losses[-50:]):.4f}'
-            if aux_losses:
-                msg += f' aux {np.mean(aux_losses[-50:]):.4f}'
-            log(msg)
-        if every and (step + 1) % every[0] == 0 and step + 1 < steps:
-            vla.model.eval()
-            more = every[1](step + 1)   # e.g. a closed-loop check, DAgger data
-            vla.model.train()
-            if more is not None and len(more):
-                data = Samples.concat([data, more])
-                tokens = vla.action_tokens(data.actions)
-                if aux is not None:
-                    targets = torch.as_tensor(data.states, dtype=torch.float32)
+            cur['targets'] = torch.as_tensor(d.states, dtype=torch.float32)
+        batches.resize(len(d))
+
+    def log_fn(rec):
+        step = rec['step']
+        if log and step % max(steps // 10, 1) == 0:
+            msg = f'bc step {step}/{steps} loss {rec["bc"]:.4f}'
+            if 'aux' in rec:
+                msg += f' aux {rec["aux"]:.4f}'
+            log(msg + f' ({time.perf_counter() - t0:.0f} s)')
+
+    checkpointer = (Checkpointer(checkpoint_dir, checkpoint_every, dist) if checkpoint_dir
+                    else None)
+    # DAgger data grows the data set: the trainer state keeps it, so a resumed run has it too
+    run = TrainLoop(step_module, opt, loss_fn, batches, steps=steps, dist=dist,
+                    scheduler=sched, params=params, grad_clip=1.0, precision=precision,
+                    checkpointer=checkpointer, resume=resume, log_every=1,
+                    before_step=before_step, find_unused_parameters=True, log_fn=log_fn,
+                    trainer_state=(lambda: {'data': cur['data']},
+                                   lambda st: set_data(st['data']))).run()
     vla.model.eval()
-    return losses
+    return [r['bc'] for r in run.history]

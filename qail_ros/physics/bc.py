@@ -17,38 +17,53 @@ from qail_ros.physics.policy import MLPPolicy
 
 def train_bc(obs: np.ndarray, act: np.ndarray, *, hidden: int = 256, layers: int = 3,
              steps: int = 20000, batch: int = 256, lr: float = 1e-3, weight_decay: float = 0.0,
-             seed: int = 0, log_every: int = 2000, log=print) -> tuple[MLPPolicy, dict]:
+             seed: int = 0, log_every: int = 2000, log=print, device: str = 'cpu',
+             precision: str = 'fp32', grad_accum: int = 1, checkpoint_dir: str | None = None,
+             checkpoint_every: int = 0, resume: str | None = None,
+             history: list | None = None) -> tuple[MLPPolicy, dict]:
     """Fit a fresh MLPPolicy to (obs, act); returns it in eval mode and a training summary.
 
     Adam with a cosine learning-rate decay to 0 over `steps`; batches drawn uniformly with
     replacement from a seeded generator, so the same inputs and seed give the same weights.
+    The steps run in `qail_ros.training.distributed.TrainLoop` (torchrun: `batch` is the global
+    batch, each rank its slice; bf16 autocast; accumulation; checkpoints and resume).
+    `history`: a list that receives the losses logged every `log_every` steps.
     """
+    from qail_ros.training.distributed import Checkpointer, GlobalBatches, TrainLoop, setup
     if len(obs) != len(act) or len(obs) == 0:
         raise ValueError(f'need as many observations as actions (> 0), got {len(obs)} and '
                          f'{len(act)}')
+    dist = setup(device)
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
     x = torch.as_tensor(obs, dtype=torch.float32)
     y = torch.as_tensor(act, dtype=torch.float32).clamp(-1, 1)
     policy = MLPPolicy(x.shape[1], y.shape[1], hidden=hidden, layers=layers)
     policy.set_normalization(x)
+    policy.to(dist.device)
     opt = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    policy.train()
-    t0, running = time.time(), None
-    for step in range(1, steps + 1):
-        idx = torch.randint(0, len(x), (batch,), generator=gen)
-        loss = torch.mean((policy(x[idx]) - y[idx]) ** 2)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if log and (step % log_every == 0 or step == steps):
-            log(f'bc step {step}/{steps} loss {running:.3g} ({time.time() - t0:.0f} s)')
+    batches = GlobalBatches(len(x), batch, dist, accum=grad_accum, seed=seed, mode='replacement')
+    t0 = time.time()
+
+    def loss_fn(model, idx, step):
+        out = model(x[idx].to(dist.device)).float()
+        return torch.mean((out - y[idx].to(dist.device)) ** 2), {}
+
+    def log_fn(rec):
+        if log and (rec['step'] % log_every == 0 or rec['step'] == steps):
+            log(f'bc step {rec["step"]}/{steps} loss {rec["loss"]:.3g} '
+                f'({time.time() - t0:.0f} s)')
+
+    checkpointer = (Checkpointer(checkpoint_dir, checkpoint_every, dist) if checkpoint_dir
+                    else None)
+    run = TrainLoop(policy, opt, loss_fn, batches, steps=steps, dist=dist, scheduler=sched,
+                    precision=precision, checkpointer=checkpointer, resume=resume,
+                    log_every=log_every, log_fn=log_fn).run()
+    if history is not None:
+        history.extend(run.history)
     policy.eval()
     with torch.no_grad():
-        full = torch.mean((policy(x) - y) ** 2).item()
+        full = torch.mean((policy(x.to(dist.device)).cpu() - y) ** 2).item()
     return policy, {'steps': steps, 'batch': batch, 'lr': lr, 'final_mse': full,
-                    'seconds': round(time.time() - t0, 1), 'samples': len(x)}
+                    'seconds': round(time.time() - t0, 1), 'samples': len(x), 'world': dist.world}

@@ -111,7 +111,19 @@ class TrainConfig:
     #: gap 0.09 and return 962 vs 0.25 and 666 from the RTN ranges, whose steps are too coarse).
     student_init: str = 'lsq'
     seed: int = 0
+    #: cpu | cuda | auto (cuda when there is one); under torchrun cuda means cuda:LOCAL_RANK.
     device: str = 'cpu'
+    #: fp32 | bf16 (the forward under torch.autocast(bfloat16); weights and Adam stay fp32).
+    precision: str = 'fp32'
+    #: micro-batches per step: `batch_size` is the global batch of one optimizer step, split
+    #: over the processes (torchrun) and then into `grad_accum` micro-batches.
+    grad_accum: int = 1
+    #: checkpoints (qail_ros.training): every `checkpoint_every` steps (0 = only when stopped by
+    #: SIGTERM / SIGINT) into `checkpoint_dir` (None = none); `resume` = a checkpoint (or a
+    #: directory of them) to continue from, or 'auto' (the latest in checkpoint_dir, if any).
+    checkpoint_every: int = 0
+    checkpoint_dir: str | None = None
+    resume: str | None = None
     log_every: int = 50
     progress: bool = True
     #: free-form facts carried to the results (task name, data sizes...).
@@ -180,6 +192,10 @@ class TrainConfig:
         if self.image_perturbation not in IMAGE_PERTURBATIONS:
             bad('image_perturbation', self.image_perturbation,
                 f'use one of {", ".join(IMAGE_PERTURBATIONS)}')
+        if str(self.device).split(':')[0] not in ('cpu', 'cuda', 'auto'):
+            bad('device', self.device, "use 'cpu', 'cuda' or 'auto'")
+        if self.precision not in ('fp32', 'bf16'):
+            bad('precision', self.precision, "use 'fp32' or 'bf16'")
         if self.student_init not in ('ptq', 'lsq'):
             bad('student_init', self.student_init, "use 'ptq' or 'lsq'")
         checks = [
@@ -203,6 +219,8 @@ class TrainConfig:
             ('onpolicy_fraction', 0 <= self.onpolicy_fraction < 1, 'must be in [0, 1)'),
             ('calib_samples', self.calib_samples >= 1, 'must be >= 1'),
             ('log_every', self.log_every >= 1, 'must be >= 1'),
+            ('grad_accum', self.grad_accum >= 1, 'must be >= 1'),
+            ('checkpoint_every', self.checkpoint_every >= 0, 'must be >= 0 (0 = off)'),
         ]
         for name, ok, why in checks:
             if not ok:

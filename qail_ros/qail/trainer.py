@@ -18,10 +18,13 @@ visited), the trainer collects every `onpolicy_every` steps, labels the states w
 them for wQBC with the same saliency and threshold, and keeps them in a bounded FIFO pool. This
 is the paper's `s ~ pi_q` sampled DAgger-style.
 
-Distributed: under torchrun (WORLD_SIZE > 1) the process group is initialised here, the student
-is wrapped in DistributedDataParallel, D_QAIL is split with a DistributedSampler, every rank
-collects its own on-policy states (different seeds), and only rank 0 logs and shows progress.
-A single process runs none of this.
+Distributed, precision, checkpoints: the steps run in `qail_ros.training.distributed.TrainLoop`.
+Under torchrun (WORLD_SIZE > 1) the process group is initialised there, the student is wrapped in
+DistributedDataParallel, every step's global batch (`batch_size`, whatever the number of
+processes) is drawn alike on every rank and each rank trains on its slice (in `grad_accum`
+micro-batches), every rank collects its own on-policy episodes (whole episodes, its own seeds),
+and only rank 0 logs, shows progress and writes checkpoints. A single process never touches
+torch.distributed.
 """
 from __future__ import annotations
 
@@ -55,13 +58,9 @@ Collector = Callable[[nn.Module, int], Tensor]
 
 def dist_info() -> tuple[int, int, bool]:
     """(rank, world_size, distributed) from torchrun's environment; inits the group if needed."""
-    world = int(os.environ.get('WORLD_SIZE', '1'))
-    if world <= 1:
-        return 0, 1, False
-    import torch.distributed as dist
-    if not dist.is_initialized():
-        dist.init_process_group(backend='nccl' if torch.cuda.is_available() else 'gloo')
-    return dist.get_rank(), dist.get_world_size(), True
+    from qail_ros.training.distributed import setup
+    d = setup('cpu' if int(os.environ.get('WORLD_SIZE', '1')) <= 1 else 'auto')
+    return d.rank, d.world, d.distributed
 
 
 def _quant():
@@ -174,17 +173,21 @@ class QAILTrainer:
         self.quantize_fn = quantize_fn
         self.saliency_groups = saliency_groups
         self.sis_cache = sis_cache
-        self.device = torch.device(config.device)
+        from qail_ros.training.distributed import setup
+        self.dist = setup(config.device)
+        self.device = self.dist.device
         self.teacher = teacher.to(self.device).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        self.rank, self.world, self.distributed = dist_info()
+        self.rank, self.world, self.distributed = (self.dist.rank, self.dist.world,
+                                                   self.dist.distributed)
         self.gen = torch.Generator().manual_seed(config.seed * 1000 + self.rank)
         self.threshold: float | None = None
         self.data_weights: Tensor | None = None
         self.pool_obs: Tensor | None = None
         self.pool_weights: Tensor | None = None
         self.history: list[dict[str, float]] = []
+        self.collected = 0
 
     # -- pieces --------------------------------------------------------------------------------
     @property
@@ -255,26 +258,24 @@ class QAILTrainer:
         return len(states)
 
     def _batches(self, index: Tensor):
-        """Endless batches of indices into `index`, epoch by epoch (DistributedSampler if DDP)."""
-        from torch.utils.data import BatchSampler, RandomSampler
-        n = len(index)
-        bs = min(self.config.batch_size, max(1, n // self.world))
-        if self.distributed:
-            from torch.utils.data.distributed import DistributedSampler
-            sampler = DistributedSampler(range(n), num_replicas=self.world, rank=self.rank,
-                                         shuffle=True, seed=self.config.seed, drop_last=True)
-        else:
-            sampler = RandomSampler(range(n), generator=self.gen)
-        epoch = 0
-        while True:
-            if hasattr(sampler, 'set_epoch'):
-                sampler.set_epoch(epoch)
-            for b in BatchSampler(sampler, bs, drop_last=True):
-                yield index[torch.as_tensor(b, dtype=torch.int64)]
-            epoch += 1
+        """The global batches of D_QAIL positions `index` (the same on every rank; each rank
+        trains on its slice): `qail_ros.training.distributed.GlobalBatches` over len(index)."""
+        from qail_ros.training.distributed import GlobalBatches
+        return GlobalBatches(len(index), self.config.batch_size, self.dist,
+                             accum=self.config.grad_accum, seed=self.config.seed * 1000)
+
+    def _trainer_state(self) -> dict[str, Any]:
+        return {'pool_obs': self.pool_obs, 'pool_weights': self.pool_weights,
+                'gen': self.gen.get_state(), 'collected': self.collected}
+
+    def _load_trainer_state(self, state: dict[str, Any]) -> None:
+        self.pool_obs, self.pool_weights = state['pool_obs'], state['pool_weights']
+        self.gen.set_state(state['gen'])
+        self.collected = state['collected']
 
     # -- the run -------------------------------------------------------------------------------
     def train(self, student: nn.Module | None = None) -> TrainResult:
+        from qail_ros.training.distributed import Checkpointer, TrainLoop
         cfg = self.config
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed * 1000 + self.rank)
@@ -293,28 +294,25 @@ class QAILTrainer:
                 index = torch.arange(len(self.data))
         else:
             index = torch.arange(len(self.data))
-        model = student.train()
-        if self.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-            model = DistributedDataParallel(student)
         params = [p for p in student.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         batches = self._batches(index)
+        # on-policy states per micro-batch of this rank: its share of the global extra states
         n_extra = int(round(cfg.batch_size * cfg.onpolicy_fraction)) if onpolicy else 0
-        collected = 0
-        bar = None
-        if cfg.progress and self.rank == 0:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=cfg.steps, desc=f'{cfg.canonical_method} {cfg.bits}', unit='step',
-                       leave=False)
-        for step in range(1, cfg.steps + 1):
+        n_extra = n_extra // (self.world * cfg.grad_accum) if n_extra else 0
+        self.collected = 0
+
+        def before_step(step: int) -> None:
             if onpolicy and (step == 1 or (step - 1) % cfg.onpolicy_every == 0):
-                collected += self._collect(student, (step - 1) // cfg.onpolicy_every)
-                student.train()
-            idx = next(batches)
-            obs = self.data.obs[idx].to(self.device)
-            act = self.data.act[idx].to(self.device)
-            w = self.data_weights[idx] if self.data_weights is not None else None
+                k = (step - 1) // cfg.onpolicy_every
+                # each rank rolls out its own whole episodes (its own round of seeds)
+                self.collected += self._collect(student, k * self.world + self.rank)
+
+        def loss_fn(model: nn.Module, idx: Tensor, step: int):
+            rows = index[idx]
+            obs = torch.as_tensor(self.data.obs[rows]).to(self.device)
+            act = torch.as_tensor(self.data.act[rows]).to(self.device)
+            w = self.data_weights[rows] if self.data_weights is not None else None
             states = obs
             if n_extra and self.pool_obs is not None and len(self.pool_obs):
                 pidx = torch.randint(len(self.pool_obs), (n_extra,), generator=self.gen)
@@ -338,32 +336,38 @@ class QAILTrainer:
                                      temperature=cfg.temperature,
                                      weights=None if w is None else w.to(self.device))
                 loss = total_loss(l_qail, l_qbc, cfg.lam)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                rec = {'step': step, 'loss': float(loss.detach())}
-                if l_qail is not None:
-                    rec['l_qail'] = float(l_qail.detach())
-                if l_qbc is not None:
-                    rec['l_qbc'] = float(l_qbc.detach())
-                rec['onpolicy_states'] = collected
-                self.history.append(rec)
-                if bar is not None:
-                    bar.set_postfix({k: f'{v:.4g}' for k, v in rec.items() if k != 'step'})
-            if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
+            rec: dict[str, Any] = {'onpolicy_states': self.collected}
+            if l_qail is not None:
+                rec['l_qail'] = l_qail
+            if l_qbc is not None:
+                rec['l_qbc'] = l_qbc
+            return loss, rec
+
+        checkpointer = (Checkpointer(cfg.checkpoint_dir, cfg.checkpoint_every, self.dist)
+                        if cfg.checkpoint_dir else None)
+        loop = TrainLoop(student, opt, loss_fn, batches, steps=cfg.steps, dist=self.dist,
+                         params=params, grad_clip=cfg.grad_clip, precision=cfg.precision,
+                         checkpointer=checkpointer, resume=cfg.resume, log_every=cfg.log_every,
+                         progress=(f'{cfg.canonical_method} {cfg.bits}' if cfg.progress
+                                   else None),
+                         before_step=before_step,
+                         # a branched policy (CILRS) leaves the branches of commands absent
+                         # from a batch, and its speed head, without gradients
+                         find_unused_parameters=True,
+                         # the student's buffers (quantizer flags, folded BN) never change
+                         sync_buffers=False,
+                         trainer_state=(self._trainer_state, self._load_trainer_state))
+        run = loop.run()
+        self.history = run.history
+        for rec in self.history:
+            rec['onpolicy_states'] = int(round(rec.get('onpolicy_states', 0)))
         student.eval()
         seconds = time.perf_counter() - t0
         if self.rank == 0:
             log.info('%s %s: %d steps in %.1f s, %d on-policy states, last %s',
-                     cfg.canonical_method, cfg.bits, cfg.steps, seconds, collected,
+                     cfg.canonical_method, cfg.bits, cfg.steps, seconds, self.collected,
                      self.history[-1] if self.history else {})
-        return TrainResult(student, cfg, self.history, self.threshold, collected, seconds)
+        return TrainResult(student, cfg, self.history, self.threshold, self.collected, seconds)
 
 
 def _head_slice(out: Any, n: int) -> Any:

@@ -86,3 +86,25 @@ def test_train_needs_data_and_a_task_or_data_set(tmp_path, capsys):
     assert '--task walker-stand' in capsys.readouterr().err
     assert main(['train', '--data', str(tmp_path / 'nope'), '-o', out]) == 2
     assert 'not a qail_ros data set' in capsys.readouterr().err
+
+
+def test_train_checkpoints_and_resumes_to_the_uninterrupted_student(tmp_path, capsys):
+    """--precision / --grad-accum / --checkpoint-every / --resume: 4 steps, then 4 more from
+    the checkpoint, give the student of 8 steps in one go (bit for bit, CPU)."""
+    from safetensors.torch import load_file
+    common = ['train', '--task', TASK, '--method', 'qail_qbc', '--bits', 'w4a4',
+              '--batch-size', '64', '--grad-accum', '2', '--precision', 'fp32',
+              '--onpolicy-every', '0', '--expert-episodes', '1', '--fp-episodes', '1',
+              '--eval-episodes', '0', '--no-progress', '--checkpoint-every', '4']
+    assert main(common + ['--steps', '8', '-o', str(tmp_path / 'full')]) == 0
+    assert main(common + ['--steps', '4', '-o', str(tmp_path / 'part')]) == 0
+    ck = tmp_path / 'part' / 'checkpoints'
+    assert (ck / 'latest').read_text().strip() == 'step-00000004'
+    assert main(common + ['--steps', '8', '--resume', str(ck), '-o',
+                          str(tmp_path / 'part')]) == 0
+    a = load_file(str(tmp_path / 'full' / 'policy.safetensors'))
+    b = load_file(str(tmp_path / 'part' / 'policy.safetensors'))
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+    hist = (tmp_path / 'part' / 'history.jsonl').read_text().splitlines()
+    assert json.loads(hist[-1])['step'] == 8
+    capsys.readouterr()
