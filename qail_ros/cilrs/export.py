@@ -175,8 +175,8 @@ def _build_openvino(kind: str, onnx_path: Path, out: Path, calibration: Sequence
         details['source_graph'] = 'the w8a8_ort QDQ graph (onnxruntime quantize_static scales)'
     else:
         feeds = _feeds(calibration)
-        nncf_opts = {k: v for k, v in options.items() if k in ('preset', 'fast_bias_correction',
-                                                                'ignored_types')}
+        nncf_keys = ('preset', 'fast_bias_correction', 'ignored_types')
+        nncf_opts = {k: v for k, v in options.items() if k in nncf_keys}
         model = ov.nncf_int8(model, feeds, **nncf_opts)
         import nncf
         details.update({'quantizer': f'NNCF {nncf.__version__} post-training quantization',
@@ -567,6 +567,7 @@ def run_export(source: Path, out: Path, args, *, kinds: Sequence[str] | None = N
     if getattr(args, 'json', False):
         log(json.dumps(report))
     return 0
+
 
 if __name__ == '__main__':
     import sys

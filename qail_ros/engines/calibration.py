@@ -122,15 +122,20 @@ def accuracy(engine, feeds: Sequence[Feed], reference: Sequence[dict[str, np.nda
 
 def time_engines(engines: dict[str, Any], feed: Feed, runs: int = 20,
                  warmup: int = 3) -> dict[str, dict[str, float]]:
-    """Median / p90 ms per engine, runs interleaved round-robin (load hits all alike)."""
+    """Median / p90 / min wall ms and median CPU ms (process time: every thread of this
+    process; time slices taken by other processes do not count, memory contention does)
+    per engine, runs interleaved round-robin (load on a shared machine hits all alike)."""
     for e in engines.values():
         for _ in range(max(warmup, 1)):
             e.infer(feed)
     times: dict[str, list[float]] = {k: [] for k in engines}
+    cpu: dict[str, list[float]] = {k: [] for k in engines}
     for _ in range(max(runs, 1)):
         for k, e in engines.items():
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             e.infer(feed)
             times[k].append((time.perf_counter() - t0) * 1e3)
+            cpu[k].append((time.process_time() - c0) * 1e3)
     return {k: {'ms': float(np.median(t)), 'p90_ms': float(np.percentile(t, 90)),
-                'min_ms': float(np.min(t))} for k, t in times.items()}
+                'min_ms': float(np.min(t)), 'cpu_ms': float(np.median(cpu[k]))}
+            for k, t in times.items()}

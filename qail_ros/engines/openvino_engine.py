@@ -177,4 +177,3 @@ class OpenVINOEngine(Engine):
         d = super().describe()
         d['runtime_precision'] = self.runtime_precision()
         return d
-
