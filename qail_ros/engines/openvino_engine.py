@@ -93,7 +93,7 @@ def read_ir(path: str | Path) -> tuple[bytes, bytes]:
 
 def nncf_int8(model, samples: Sequence[dict[str, np.ndarray]], *, preset: str | None = None,
               fast_bias_correction: bool = True, ignored_types: Iterable[str] = (),
-              subset_size: int | None = None):
+              ignored_patterns: Iterable[str] = (), subset_size: int | None = None):
     """NNCF post-training INT8 quantization of an ov.Model on calibration `samples` (each a
     name -> array feed of batch 1). Defaults are NNCF's own (preset PERFORMANCE: symmetric
     activations; per-channel weights), with every sample used (subset_size)."""
@@ -109,9 +109,10 @@ def nncf_int8(model, samples: Sequence[dict[str, np.ndarray]], *, preset: str | 
                               'fast_bias_correction': fast_bias_correction}
     if preset:
         kwargs['preset'] = getattr(nncf.QuantizationPreset, preset.upper())
-    types = list(ignored_types)
-    if types:
-        kwargs['ignored_scope'] = nncf.IgnoredScope(types=types)
+    types, patterns = list(ignored_types), list(ignored_patterns)
+    if types or patterns:
+        kwargs['ignored_scope'] = nncf.IgnoredScope(types=types, patterns=patterns,
+                                                    validate=False)
     import logging
     logging.getLogger('nncf').setLevel(logging.WARNING)
     return nncf.quantize(model, nncf.Dataset(samples), **kwargs)
@@ -154,10 +155,16 @@ class OpenVINOEngine(Engine):
         model = core.read_model(model=xml, weights=ov.Tensor(np.frombuffer(weights, np.uint8)))
         self.compiled = core.compile_model(model, 'CPU', self.compile_config())
         self.request = self.compiled.create_infer_request()
-        names = [i.get_any_name() for i in self.compiled.inputs]
-        if sorted(names) != sorted(self.manifest.inputs):
-            raise EngineError(f'{self.path.name}: graph inputs {names} differ from its '
-                              f'manifest {list(self.manifest.inputs)}: rebuild the engine')
+        # a port may carry several tensor names (OpenVINO merges them): match any of them
+        names = [set(i.get_names()) for i in self.compiled.inputs]
+        self._inputs = {}
+        for n in self.manifest.inputs:
+            port = next((i for i, ns in zip(self.compiled.inputs, names) if n in ns), None)
+            if port is None or len(names) != len(self.manifest.inputs):
+                raise EngineError(f'{self.path.name}: graph inputs {[sorted(x) for x in names]}'
+                                  f' differ from its manifest {list(self.manifest.inputs)}: '
+                                  'rebuild the engine')
+            self._inputs[n] = port
         self._outputs = {n: self.compiled.output(n) for n in self.manifest.outputs}
 
     def runtime_precision(self) -> str:
@@ -167,8 +174,8 @@ class OpenVINOEngine(Engine):
         return value.to_string() if hasattr(value, 'to_string') else str(value)
 
     def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feed = {n: np.ascontiguousarray(inputs[n], dtype=np.float32)
-                for n in self.manifest.inputs}
+        feed = {port: np.ascontiguousarray(inputs[n], dtype=np.float32)
+                for n, port in self._inputs.items()}
         res = self.request.infer(feed)
         return {n: np.array(res[o], dtype=np.float32, copy=True)
                 for n, o in self._outputs.items()}

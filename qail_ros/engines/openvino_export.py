@@ -37,7 +37,35 @@ def export_module_onnx(module, example: dict[str, np.ndarray], output_names: Seq
         torch.onnx.export(module.eval().float(), args, str(path), dynamo=False,
                           input_names=list(example), output_names=list(output_names),
                           opset_version=opset, do_constant_folding=True)
+    _no_float64(Path(path))
     return Path(path)
+
+
+def _no_float64(path: Path) -> None:
+    """Cast-to-double nodes and double constants (the TorchScript exporter's torch.linspace
+    and what constant folding made of them) become float32: OpenVINO's CPU plugin does not
+    compute in f64."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+    model = onnx.load(str(path))
+    changed = False
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if node.op_type == 'Cast' and attr.name == 'to' and attr.i == TensorProto.DOUBLE:
+                attr.i = TensorProto.FLOAT
+                changed = True
+            if node.op_type == 'Constant' and attr.name == 'value' and (
+                    attr.t.data_type == TensorProto.DOUBLE):
+                attr.t.CopyFrom(numpy_helper.from_array(
+                    numpy_helper.to_array(attr.t).astype(np.float32), attr.t.name))
+                changed = True
+    for i, init in enumerate(model.graph.initializer):
+        if init.data_type == TensorProto.DOUBLE:
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(
+                numpy_helper.to_array(init).astype(np.float32), init.name))
+            changed = True
+    if changed:
+        onnx.save(model, str(path))
 
 
 def build_openvino_engines(graph, out_dir: str | Path, name: str, *, fields: dict[str, Any],
