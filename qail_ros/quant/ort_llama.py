@@ -72,6 +72,11 @@ KV_DTYPES = ('float32', 'float16')
 #: how the prompt is run: 'int8' (a second graph with int8 GEMMs, per-token int8
 #: activations), 'nbits' (the decode graph's MatMulNBits), 'auto' (int8 on CPU when it can)
 PREFILLS = ('auto', 'int8', 'nbits')
+#: projections the int8 prefill graph leaves on MatMulNBits (per-block int8 activations): the
+#: input of down_proj (silu(gate) * up) is heavy-tailed, so one int8 scale per token loses
+#: its small values (measured: logits 8 % of their scale off the 4-bit graph's at the ~1 B
+#: layout with down_proj in int8)
+INT8_PREFILL_SKIP = ('down_proj',)
 
 
 def cuda_available() -> bool:
@@ -122,7 +127,7 @@ class OrtLlamaDecoder:
 
     def __init__(self, model: nn.Module, *, threads: int = 1, accuracy_level: int = 4,
                  capacity: int = 320, device: str = 'cpu', kv_dtype: str | None = None,
-                 prefill: str = 'auto'):
+                 prefill: str = 'auto', int8_prefill_skip: tuple[str, ...] = INT8_PREFILL_SKIP):
         if not ort_available():
             raise OrtInt4Error('onnxruntime / onnx are not installed: pip install onnxruntime '
                                'onnx')
@@ -156,6 +161,7 @@ class OrtLlamaDecoder:
         self.accuracy_level = accuracy_level
         self.threads = int(threads)
         self._int8 = False              # True while the int8 prefill graph is built
+        self._int8_skip = tuple(int8_prefill_skip)
         self.embed_tokens = inner.embed_tokens
         self.weight_bytes = 0
         #: weights the graph holds (linears in x out, adapters, norm vectors)
@@ -241,7 +247,8 @@ class OrtLlamaDecoder:
                                    'bits=4 or 8) or Int4WeightOnlyAWQ first')
         max_block = 128 if self.device == 'cuda' else 256
         ws = [_extract(m, name, max_bits=8, max_block=max_block) for m, name in zip(mods, names)]
-        if self._int8 and all(_per_channel(w) and w.input_scale is None for w in ws):
+        if self._int8 and all(_per_channel(w) and w.input_scale is None for w in ws) and not (
+                any(n.rsplit('.', 1)[-1] in self._int8_skip for n in names)):
             return self._int8_linear(g, x, ws)
         self.weight_bytes += sum(_weight_bytes(w) for w in ws)
         self.parameters += sum(w.n * w.k + (0 if w.bias is None else w.n) for w in ws)
