@@ -44,9 +44,13 @@ row (per token) to int8 symmetric (scale = max |x| / 127, stored as uint8 with z
 128, the u8 x s8 form the CPU's VNNI / AVX2 kernels take), `MatMulInteger` -> int32 -> times
 row scale x channel scale. MLAS runs that GEMM at ~1.6x the MatMulNBits 4-bit rate at
 prefill sizes (measured on a 2-core EPYC, M 276, K 2048, N 5504, one thread: 17 vs 28 ms of
-CPU time). Both graphs read and write the same KV-cache buffers; decode steps (one token)
-keep the 4-bit graph, whose weight stream is the decode floor. Cost: the int8 copy of the
-weights, 2x the 4-bit bytes (`prefill_weight_bytes`); `prefill='nbits'` runs the prompt
+CPU time). down_proj stays on MatMulNBits in that graph (INT8_PREFILL_SKIP: its input
+silu(gate) * up is heavy-tailed, and one int8 scale per token cost accuracy: at the ~1 B
+layout the prefill logits were 8.5 % of their scale off the float model with it, 5.3 % without
+it, 5.4 % for the all-MatMulNBits graph). Both graphs read and write the same KV-cache
+buffers; decode steps (one token) keep the 4-bit graph, whose weight stream is the decode
+floor. Cost: the int8 copy of the other weights plus down_proj's codes again
+(`prefill_weight_bytes`, ~2x the 4-bit bytes); `prefill='nbits'` runs the prompt
 through the 4-bit graph instead (no extra memory). 8-bit codes use the int8 prefill only on
 CPUs with VNNI (without it u8 x s8 products of full-range int8 codes can saturate).
 """
