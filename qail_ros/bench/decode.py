@@ -443,12 +443,17 @@ def time_actions(model, dtype, prompt: int, tokens: int, repeats: int,
 
 def _time_loop(start, step, tokens: int, repeats: int) -> dict[str, float]:
     """`repeats` actions (after one warm-up): start() = the prefill, then `tokens` times
-    state = step(state); medians in ms (per-token wall and thread CPU time)."""
+    state = step(state); medians in ms (per-token wall and thread CPU time; prefill and
+    action also in process CPU time, which time slices taken by other processes do not
+    inflate)."""
     prefill, per_token, action, cpu_token = [], [], [], []
+    cpu_prefill, cpu_action = [], []
     for r in range(repeats + 1):                 # the first action is warm-up
+        p0 = time.process_time()
         t0 = time.perf_counter()
         state = start()
         t1 = time.perf_counter()
+        p1 = time.process_time()
         steps = []
         for _ in range(tokens):
             s0, c0 = time.perf_counter(), time.thread_time()
@@ -457,14 +462,19 @@ def _time_loop(start, step, tokens: int, repeats: int) -> dict[str, float]:
             if r:
                 cpu_token.append((time.thread_time() - c0) * 1e3)
         t2 = time.perf_counter()
+        p2 = time.process_time()
         if r:
             prefill.append((t1 - t0) * 1e3)
             per_token += [s * 1e3 for s in steps]
             action.append((t2 - t0) * 1e3)
+            cpu_prefill.append((p1 - p0) * 1e3)
+            cpu_action.append((p2 - p0) * 1e3)
     return {'prefill_ms': statistics.median(prefill),
             'ms_per_token': statistics.median(per_token),
             'action_ms': statistics.median(action),
-            'cpu_ms_per_token': statistics.median(cpu_token)}
+            'cpu_ms_per_token': statistics.median(cpu_token),
+            'cpu_prefill_ms': statistics.median(cpu_prefill),
+            'cpu_action_ms': statistics.median(cpu_action)}
 
 
 def time_policy(path: str, precision: str, repeats: int, threads: int = 1,
@@ -668,6 +678,14 @@ def main(args: argparse.Namespace) -> int:
         # count time slices taken by other processes (memory-bandwidth contention still counts);
         # it covers the calling thread only, i.e. all the work at --threads 1
         out['cpu_ms_per_token'] = {p: r['cpu_ms_per_token'] for p, r in results.items()}
+        # process CPU time of the prefill and of the whole action (all threads of this
+        # process): at --threads 1 the work itself, robust to a loaded machine
+        out['cpu_prefill_ms'] = {p: r['cpu_prefill_ms'] for p, r in results.items()}
+        out['cpu_action_ms'] = {p: r['cpu_action_ms'] for p, r in results.items()}
+        if 'fp32' in results:
+            out['cpu_action_speedup_vs_fp32'] = {
+                p: results['fp32']['cpu_action_ms'] / r['cpu_action_ms']
+                for p, r in results.items()}
         out['cpu_fraction_of_floor'] = {p: r['floor_ms'] / r['cpu_ms_per_token']
                                         for p, r in results.items()}
         # weight bytes / ms per token, and that against max(bandwidth, the fastest of them)
