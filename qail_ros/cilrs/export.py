@@ -250,6 +250,8 @@ def build_engines(source: str | Path, out_dir: str | Path,
             return onnx_fp32
 
         def w8a8_onnx() -> Path:
+            if 'w8a8_ort' in paths:         # built or reused in this call, same calibration
+                return paths['w8a8_ort']
             if not onnx_w8a8.exists():
                 _build_w8a8(fused_onnx(), onnx_w8a8, calibration, w8a8_op_types)
             return onnx_w8a8
