@@ -81,7 +81,8 @@ def test_action_and_prefill_fraction_of_the_measured_gemm_peak(monkeypatch, caps
     from qail_ros.bench import decode
     monkeypatch.setitem(decode.LAYOUTS, 'small', (128, 256, 1, 2))
     monkeypatch.setattr(decode, 'measure_bandwidth_gbps', lambda mbytes=0, repeats=0: 5.0)
-    peaks = {'fp32': 40.0, 'bf16': 80.0, 'int8_torch': 150.0, 'int8': 160.0}
+    peaks = {'fp32': 40.0, 'bf16': 80.0, 'int8_torch': 150.0, 'int8': 160.0,
+             'cpu': {'fp32': 50.0, 'bf16': 90.0, 'int8_torch': 170.0, 'int8': 170.0}}
     seen = []
     monkeypatch.setattr(decode, 'measure_gemm_peak_gflops',
                         lambda m, k, n, repeats=5: seen.append((m, k, n)) or dict(peaks))
@@ -99,6 +100,9 @@ def test_action_and_prefill_fraction_of_the_measured_gemm_peak(monkeypatch, caps
     for p, peak in (('fp32', 40.0), ('int4_ort', 160.0)):
         want = flops / (out['prefill_ms'][p] / 1e3) / 1e9 / peak
         assert out['prefill_fraction_of_peak'][p] == pytest.approx(want)
+        cpu = flops / (out['cpu_prefill_ms'][p] / 1e3) / 1e9 / peaks['cpu'][
+            'int8' if p == 'int4_ort' else 'fp32']
+        assert out['cpu_prefill_fraction_of_peak'][p] == pytest.approx(cpu)
     assert out['prefill_mode']['int4_ort'] in ('int8', 'nbits')
     assert out['int4_action_speedup_vs_fp32'] == pytest.approx(
         out['action_ms']['fp32'] / out['int4_action_ms'])
@@ -107,5 +111,6 @@ def test_action_and_prefill_fraction_of_the_measured_gemm_peak(monkeypatch, caps
 def test_gemm_peak_is_measured():
     from qail_ros.bench.decode import measure_gemm_peak_gflops
     peak = measure_gemm_peak_gflops(16, 64, 64, repeats=1)
-    assert {'fp32', 'bf16', 'int8'} <= set(peak) and min(peak.values()) > 0
+    assert {'fp32', 'bf16', 'int8', 'cpu'} <= set(peak)
+    assert min(v for k, v in peak.items() if k != 'cpu') > 0 and min(peak['cpu'].values()) > 0
     assert peak['int8'] == max(v for k, v in peak.items() if k.startswith('int8_'))
