@@ -33,8 +33,14 @@ def openvino_engines(cilrs_engines):
     return build_engines(source, paths['fp32_torch'].parent, OPENVINO_KINDS, calibration=calib)
 
 
-def write_dataset(root, *, frames=24, episodes=4, height=64, width=128, state_dim=0, seed=0,
-                  val=(3,)):
+@pytest.fixture
+def write_dataset():
+    """The data-set writer below (a fixture: conftest modules are not importable by name)."""
+    return _write_dataset
+
+
+def _write_dataset(root, *, frames=24, episodes=4, height=64, width=128, state_dim=0, seed=0,
+                   val=(3,)):
     """A minimal qail_ros data set (manifest + one shard): smooth camera frames, speed under
     observation.command, optional observation.state; episode `val` ids form the val split."""
     import json

@@ -9,8 +9,6 @@ import pytest
 from qail_ros.engines import load_engine
 from qail_ros.engines.manifest import read_manifest
 
-from conftest import write_dataset
-
 torch = pytest.importorskip('torch', reason='engines are built from torch models')
 pytest.importorskip('onnxruntime', reason='onnxruntime engines (pip install -r requirements.txt)')
 
@@ -21,7 +19,7 @@ def _needs_openvino():
     pytest.importorskip('nncf', reason='OpenVINO INT8 engines are built by nncf')
 
 
-def test_recorded_frames_hold_out_the_val_split(tmp_path):
+def test_recorded_frames_hold_out_the_val_split(tmp_path, write_dataset):
     from qail_ros.engines.calibration import recorded_frames
     ds = write_dataset(tmp_path / 'ds', frames=24, episodes=4, val=(3,))
     rec = recorded_frames(ds, frames=10, holdout=4)
@@ -35,7 +33,7 @@ def test_recorded_frames_hold_out_the_val_split(tmp_path):
     assert not calib & {s['observation.images.image'].tobytes() for s in rec.holdout}
 
 
-def test_dataset_calibration_preprocesses_like_the_node(tmp_path, cilrs_engines):
+def test_dataset_calibration_preprocesses_like_the_node(tmp_path, cilrs_engines, write_dataset):
     from qail_ros.cilrs.config import preprocess_frame
     from qail_ros.cilrs.export import dataset_calibration
     from qail_ros.cilrs.model import load_checkpoint
@@ -54,7 +52,7 @@ def test_dataset_calibration_preprocesses_like_the_node(tmp_path, cilrs_engines)
 
 
 def test_export_cli_calibrates_on_the_dataset_and_reports_accuracy(tmp_path, cilrs_engines,
-                                                                   capsys):
+                                                                   capsys, write_dataset):
     from qail_ros.cli import main
     source, _, _ = cilrs_engines
     ds = write_dataset(tmp_path / 'ds', frames=12)
@@ -100,7 +98,7 @@ def load_engine_config(source):
     return load_checkpoint(source).config
 
 
-def test_auto_with_openvino_records_the_choice(tmp_path, cilrs_engines, capsys):
+def test_auto_with_openvino_records_the_choice(tmp_path, cilrs_engines, capsys, write_dataset):
     _needs_openvino()
     from qail_ros.cli import main
     source, _, _ = cilrs_engines
@@ -116,7 +114,7 @@ def test_auto_with_openvino_records_the_choice(tmp_path, cilrs_engines, capsys):
     assert load_engine(chosen).infer(load_engine(chosen).example_inputs())
 
 
-def test_openvino_mlp_state_policy(tmp_path):
+def test_openvino_mlp_state_policy(tmp_path, write_dataset):
     _needs_openvino()
     from qail_ros.physics.export import export_openvino_policy
     from qail_ros.physics.policy import MLPPolicy, save_policy
