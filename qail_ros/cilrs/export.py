@@ -482,7 +482,8 @@ def add_calibration_arguments(p) -> None:
     p.add_argument('--backend', default=None,
                    choices=('auto', 'torch', 'onnxruntime', 'openvino', 'torch-int8'),
                    help='auto: build every engine this machine runs, measure, keep the fastest '
-                   'within --max-abs-diff of FP (default: the --kinds list)')
+                   'within --max-abs-diff of FP (default: CILRS the standard kinds, a state '
+                   'policy its own back end, image policies openvino)')
     p.add_argument('--precision', default=None, help='with a back end: fp32, bf16, w8a8 (int8)')
     p.add_argument('--calibration', default=None, metavar='DATASET',
                    help='recorded data set (qail-ros dataset build) whose frames calibrate '
