@@ -88,7 +88,7 @@ def _export_image_policy(kind: str, policy, args) -> int:
         raise ParameterError(f'{kind} engines are built on the openvino back end here (the '
                              'vision towers also on onnxruntime / tensorrt: python -m '
                              'qail_ros.openvla.vision_engine)')
-    frames = None
+    frames = held = None
     if args.calibration:
         from qail_ros.dataset.reader import load_manifest
         from qail_ros.engines.calibration import recorded_frames
@@ -96,8 +96,10 @@ def _export_image_policy(kind: str, policy, args) -> int:
                 if k.startswith('observation.images.')]
         if not cams:
             raise ParameterError(f'data set {args.calibration} has no camera images')
-        rec = recorded_frames(args.calibration, frames=args.frames, holdout=0, keys=cams[:1])
+        rec = recorded_frames(args.calibration, frames=args.frames, holdout=args.holdout,
+                              keys=cams[:1])
         frames = [s[cams[0]] for s in rec.calibration]
+        held = [s[cams[0]] for s in rec.holdout]
     out = Path(args.out)
     if kind == 'conv':
         from qail_ros.policies.conv_action_regressor import ConvActionRegressor, export_openvino
@@ -105,13 +107,18 @@ def _export_image_policy(kind: str, policy, args) -> int:
         paths = export_openvino(ConvActionRegressor.load(policy), out,
                                 precisions=_precisions(args), frames=frames,
                                 name=args.name or Path(policy).stem,
-                                source_hash=content_hash(policy))
+                                source_hash=content_hash(policy), holdout=held)
     else:
         from qail_ros.openvla.vision_engine import build_vision_engine
         paths = {p: build_vision_engine(policy, out, backend='openvino', precision=p,
-                                        calibration_frames=frames) for p in _precisions(args)}
+                                        calibration_frames=frames, holdout_frames=held)
+                 for p in _precisions(args)}
+    from qail_ros.engines.manifest import read_manifest
     for precision, path in paths.items():
-        print(f'{precision:5s} {path} ({path.stat().st_size / 1e6:.1f} MB)')
+        acc = read_manifest(path)[1].details.get('accuracy')
+        note = (f", max |diff| vs FP {acc['max_abs_diff']:.2e} mean {acc['mean_abs_diff']:.2e}"
+                f" on {acc['frames']} held-out frames") if acc else ''
+        print(f'{precision:5s} {path} ({path.stat().st_size / 1e6:.1f} MB){note}')
     return 0
 
 

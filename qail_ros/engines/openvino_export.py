@@ -73,9 +73,13 @@ def build_openvino_engines(graph, out_dir: str | Path, name: str, *, fields: dic
                            output_names: Sequence[str] = (),
                            precisions: Sequence[str] = ('fp32', 'bf16', 'w8a8'),
                            calibration: Sequence[dict[str, np.ndarray]] = (),
-                           nncf_options: dict[str, Any] | None = None) -> dict[str, Path]:
+                           nncf_options: dict[str, Any] | None = None,
+                           holdout: Sequence[dict[str, np.ndarray]] = ()) -> dict[str, Path]:
     """Build (or reuse) OpenVINO engines of `graph` (an ONNX path, or a torch module exported
     with `example` inputs and `output_names`) in `out_dir` as `{name}_{precision}_openvino.ovz`.
+    With `holdout` feeds, each engine's max / mean abs difference to the float graph (the
+    torch module, or the ONNX graph on onnxruntime) goes into its manifest
+    (`details.accuracy`).
     """
     import json
 
@@ -129,4 +133,33 @@ def build_openvino_engines(graph, out_dir: str | Path, name: str, *, fields: dic
             paths[precision], _ = cache.get_or_build(
                 None, f'{name}_{precision}_openvino', backend='openvino', precision=precision,
                 build_fn=build, suffix=ov.SUFFIX, source_hash=key)
+        if holdout:
+            _record_accuracy(paths, graph, onnx, holdout, output_names or list(
+                fields['outputs']))
     return paths
+
+
+def _record_accuracy(paths: dict[str, Path], graph, onnx, holdout, output_names) -> None:
+    from qail_ros.engines.calibration import accuracy
+    from qail_ros.engines.manifest import read_manifest, write_manifest
+    from qail_ros.engines.registry import load_engine
+    if isinstance(graph, (str, Path)):
+        import onnxruntime as ort
+        sess = ort.InferenceSession(str(onnx()), providers=['CPUExecutionProvider'])
+        reference = [dict(zip(output_names, sess.run(list(output_names), dict(f))))
+                     for f in holdout]
+        what = 'the float ONNX graph on onnxruntime'
+    else:
+        import torch
+        with torch.no_grad():
+            reference = []
+            for f in holdout:
+                outs = graph(*(torch.from_numpy(np.asarray(v, np.float32)) for v in f.values()))
+                outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+                reference.append({n: o.numpy() for n, o in zip(output_names, outs)})
+        what = 'the float torch module'
+    for path in paths.values():
+        acc = accuracy(load_engine(path), holdout, reference)
+        engine_path, manifest = read_manifest(path)
+        manifest.details['accuracy'] = {**acc, 'reference': what}
+        write_manifest(manifest, engine_path.parent)

@@ -86,10 +86,11 @@ def _export_onnx(model, contract: dict, out: Path) -> Path:
 
 def build_vision_engine(model_path: str | Path, out_dir: str | Path, *,
                         backend: str = 'onnxruntime', precision: str | None = None,
-                        calibration_frames=None) -> Path:
+                        calibration_frames=None, holdout_frames=None) -> Path:
     """Export the towers + projector of the checkpoint at `model_path` and build an engine
     (file + manifest) in `out_dir`; returns the engine file's path. `calibration_frames`:
-    uint8 RGB frames for the openvino w8a8 engine's NNCF calibration."""
+    uint8 RGB frames for the openvino w8a8 engine's NNCF calibration; `holdout_frames`: frames
+    for its accuracy report against the float graph (manifest `details.accuracy`)."""
     from qail_ros.engines.base import device_id
     from qail_ros.engines.manifest import Manifest, cache_key, sha256_file, write_manifest
     from qail_ros.engines.registry import backend_class
@@ -118,7 +119,7 @@ def build_vision_engine(model_path: str | Path, out_dir: str | Path, *,
     device = 'cpu'
     if backend == 'openvino':
         return _build_openvino(model_path, config, contract, onnx_path, out_dir, precision,
-                               calibration_frames)
+                               calibration_frames, holdout_frames)
     if backend == 'tensorrt':
         from qail_ros.engines.tensorrt_engine import build_plan
         engine_path = build_plan(onnx_path, out_dir / f'openvla_vision_{precision}.plan',
@@ -141,20 +142,22 @@ def build_vision_engine(model_path: str | Path, out_dir: str | Path, *,
 
 
 def _build_openvino(model_path: Path, config, contract: dict, onnx_path: Path, out_dir: Path,
-                    precision: str, frames) -> Path:
+                    precision: str, frames, holdout=None) -> Path:
     import numpy as np
     import torch
 
     from qail_ros.engines.openvino_export import build_openvino_engines
     from qail_ros.openvla.policy import tower_inputs
+
+    def pixels(f):
+        x = torch.from_numpy(np.ascontiguousarray(f)).permute(2, 0, 1)[None].float() / 255
+        return {'pixel_values': tower_inputs(x, config.vit_specs).float().numpy()}
     feeds = []
     if precision == 'w8a8':
         if frames is None:
             rng = np.random.default_rng(0)
             frames = [rng.integers(0, 256, (224, 224, 3), np.uint8) for _ in range(16)]
-        for f in frames:
-            x = torch.from_numpy(np.ascontiguousarray(f)).permute(2, 0, 1)[None].float() / 255
-            feeds.append({'pixel_values': tower_inputs(x, config.vit_specs).float().numpy()})
+        feeds = [pixels(f) for f in frames]
     fields = {'architecture': {'name': ARCHITECTURE, 'config': contract['config']},
               'inputs': contract['inputs'], 'outputs': contract['outputs'],
               'normalisation': {'note': 'pixel_values as OpenVLAPolicy.pixel_values makes them '
@@ -163,7 +166,8 @@ def _build_openvino(model_path: Path, config, contract: dict, onnx_path: Path, o
               'details': {'source': str(model_path), 'onnx': onnx_path.name}}
     paths = build_openvino_engines(onnx_path, out_dir, 'openvla_vision', fields=fields,
                                    source_hash=_source_hash(model_path),
-                                   precisions=(precision,), calibration=feeds)
+                                   precisions=(precision,), calibration=feeds,
+                                   holdout=[pixels(f) for f in (holdout or [])])
     return paths[precision]
 
 

@@ -222,13 +222,14 @@ class ConvActionRegressor(nn.Module):
 def export_openvino(policy: ConvActionRegressor, out_dir: str | os.PathLike, *,
                     precisions: tuple[str, ...] = ('fp32', 'bf16', 'w8a8'),
                     frames: list[np.ndarray] | None = None, instruction: str = '',
-                    name: str = 'conv_action_regressor', source_hash: str | None = None
-                    ) -> dict[str, 'os.PathLike']:
+                    name: str = 'conv_action_regressor', source_hash: str | None = None,
+                    holdout: list[np.ndarray] | None = None) -> dict[str, 'os.PathLike']:
     """OpenVINO engines (qail_ros.engines, back end 'openvino') of the network: inputs
     'images' (1, 3, S, S) as `preprocess` makes them and 'instruction' (1, D) as
     `embed_instruction` makes it, output 'action' (1, 7) in [-1, 1]. w8a8 is NNCF INT8
     calibrated on `frames` (uint8 RGB camera frames, recorded ones for a deployed engine;
-    default: 16 seeded random frames). Returns {precision: engine path}."""
+    default: 16 seeded random frames); `holdout` frames (never calibrated on) give each
+    engine's accuracy against the float network in its manifest. Returns {precision: path}."""
     import hashlib
 
     from qail_ros.engines.openvino_export import build_openvino_engines
@@ -241,6 +242,8 @@ def export_openvino(policy: ConvActionRegressor, out_dir: str | os.PathLike, *,
     emb = (policy.embed_instruction(instruction).numpy() if policy.film is not None
            else np.zeros((1, dim), np.float32))
     feeds = [{'images': policy.preprocess(f).numpy(), 'instruction': emb} for f in frames]
+    held = [{'images': policy.preprocess(f).numpy(), 'instruction': emb}
+            for f in (holdout or [])]
 
     class _Engine(nn.Module):
         def __init__(self, net):
@@ -268,4 +271,5 @@ def export_openvino(policy: ConvActionRegressor, out_dir: str | os.PathLike, *,
     return build_openvino_engines(_Engine(policy), out_dir, name, fields=fields,
                                   source_hash=source_hash, example=feeds[0],
                                   output_names=['action'], precisions=precisions,
-                                  calibration=feeds if 'w8a8' in precisions else ())
+                                  calibration=feeds if 'w8a8' in precisions else (),
+                                  holdout=held)

@@ -142,8 +142,12 @@ def test_openvino_conv_image_policy(tmp_path):
     policy = ConvActionRegressor(ConvActionRegressorConfig(image_size=64, seed=0)).eval()
     frames = [np.random.default_rng(i).integers(0, 256, (64, 64, 3), np.uint8)
               for i in range(6)]
-    paths = export_openvino(policy, tmp_path, frames=frames, instruction='pick')
+    paths = export_openvino(policy, tmp_path, frames=frames[:4], instruction='pick',
+                            holdout=frames[4:])
     assert set(paths) == {'fp32', 'bf16', 'w8a8'}
+    acc = {p: read_manifest(path)[1].details['accuracy'] for p, path in paths.items()}
+    assert acc['fp32']['frames'] == 2 and acc['fp32']['max_abs_diff'] < 1e-5
+    assert acc['w8a8']['max_abs_diff'] > acc['fp32']['max_abs_diff']
     frame = frames[0]
     want = policy.predict(frame, 'pick')
     feed = {'images': policy.preprocess(frame).numpy(),
@@ -163,7 +167,11 @@ def test_openvino_vision_towers(tmp_path):
     from qail_ros.openvla.config import read_config
     from qail_ros.openvla.vision_engine import build_vision_engine, load_vision_engine
     model = Path(__file__).resolve().parents[2] / 'models' / 'openvla-tiny'
-    ov_path = build_vision_engine(model, tmp_path, backend='openvino', precision='fp32')
+    frames = [np.random.default_rng(i).integers(0, 256, (48, 64, 3), np.uint8) for i in range(2)]
+    ov_path = build_vision_engine(model, tmp_path, backend='openvino', precision='fp32',
+                                  holdout_frames=frames)
+    acc = read_manifest(ov_path)[1].details['accuracy']
+    assert acc['frames'] == 2 and acc['max_abs_diff'] < 1e-4
     ort_path = build_vision_engine(model, tmp_path, backend='onnxruntime')
     config = read_config(model)
     ov, ort = (load_vision_engine(p, config) for p in (ov_path, ort_path))
