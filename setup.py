@@ -52,6 +52,7 @@ setup(
         'ml': ['torch', 'safetensors'],
         'video': ['av'],
         'test': ['pytest', 'mcap-ros2-support'],
+        'openvino': ['openvino', 'nncf'],
     },
     zip_safe=False,
     maintainer='qail_ros maintainers',

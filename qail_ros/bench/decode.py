@@ -53,7 +53,17 @@ layout, 276 + 4 positions x 16 layers x 2 x 2048 float32 = 70 MB, 16 % of the IN
 OpenVLA-7B's 32 layers of 4096 it is 8 % of them). `kv_mb` (the mean per decode step) and
 `fraction_of_floor_with_kv` = (weights + KV) / bandwidth / measured show how far a step is from
 streaming everything it must read; `fraction_of_floor` stays the weights-only figure.
-action_ms = prefill + all decode steps. Memory
+action_ms = prefill + all decode steps. Prefill against the machine's compute: the GEMM peak is
+measured in the same run at the prefill's MLP shape (prompt x hidden x intermediate, the
+same thread count, best of several): fp32 (torch.mm), bf16 (torch.mm in bfloat16) and int8
+(the faster of torch._int_mm and onnxruntime's u8 x s8 MatMulInteger);
+`prefill_fraction_of_peak` = (useful prefill FLOPs / prefill time) / the peak of the precision's
+compute (the onnxruntime graphs: int8, their activations are int8; int4: bf16; int8 torch:
+fp32), useful FLOPs = 2 x prompt x decoder-layer linear weights + causal attention
+(2 x prompt^2 x hidden per layer) + one position of lm_head. `--prefill` chooses how the
+onnxruntime decoder graphs run the prompt (qail_ros.quant.ort_llama: 'int8', a second graph of
+int8 GEMMs with per-token int8 activations, the default on CPU for per-channel codes, or
+'nbits', the decode graph's MatMulNBits); `prefill_mode` says what ran. Memory
 per precision: model_mb = bytes the model holds (parameters, buffers, the kernels' packed
 weights and caches); rss_growth_mb = resident-set growth while it was built from the FP32
 model and run (includes transient copies and the KV cache; for int4_ort also onnxruntime's
@@ -133,6 +143,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         'tiny model)')
     parser.add_argument('--unnorm-key', default=None,
                         help="--policy: the data set key (default: the checkpoint's first)")
+    parser.add_argument('--prefill', choices=('auto', 'int8', 'nbits'), default='auto',
+                        help='how the onnxruntime decoder graphs run the prompt: int8 GEMMs '
+                        '(per-token int8 activations; auto = where the codes allow) or '
+                        'MatMulNBits (default %(default)s)')
 
 
 def measure_bandwidth_gbps(mbytes: int = 512, repeats: int = 5) -> float:
@@ -148,6 +162,78 @@ def measure_bandwidth_gbps(mbytes: int = 512, repeats: int = 5) -> float:
             reduce(x)
             best = min(best, time.perf_counter() - t0)
     return x.numel() * 4 / best / 1e9
+
+
+def measure_gemm_peak_gflops(m: int, k: int, n: int, repeats: int = 5) -> dict[str, float]:
+    """GFLOP/s of the best of `repeats` (m, k) x (k, n) GEMMs at torch's thread count: fp32
+    and bf16 torch.mm; int8 the faster of torch._int_mm and onnxruntime's u8 x s8
+    MatMulInteger (MLAS, the kernel family of the onnxruntime graphs). Wall-clock rates, and
+    under 'cpu' the same from process CPU time (what a loaded machine does not inflate)."""
+    import torch
+    flops = 2.0 * m * k * n
+    cpu: dict[str, float] = {}
+
+    def best(fn, name: str) -> float:
+        fn()
+        t = c = float('inf')
+        for _ in range(repeats):
+            c0, t0 = time.process_time(), time.perf_counter()
+            fn()
+            t = min(t, time.perf_counter() - t0)
+            c = min(c, time.process_time() - c0)
+        cpu[name] = flops / max(c, 1e-9) / 1e9
+        return flops / t / 1e9
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)
+    out = {'fp32': best(lambda: torch.mm(a, b), 'fp32')}
+    a16, b16 = a.bfloat16(), b.bfloat16()
+    out['bf16'] = best(lambda: torch.mm(a16, b16), 'bf16')
+    ai = torch.randint(-127, 128, (m, k), dtype=torch.int8, generator=g)
+    bi = torch.randint(-127, 128, (k, n), dtype=torch.int8, generator=g)
+    out['int8_torch'] = best(lambda: torch._int_mm(ai, bi), 'int8_torch')
+    try:
+        import numpy as np
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+        graph = helper.make_graph(
+            [helper.make_node('MatMulInteger', ['a', 'b', 'za'], ['y'])], 'gemm',
+            [helper.make_tensor_value_info('a', TensorProto.UINT8, [m, k])],
+            [helper.make_tensor_value_info('y', TensorProto.INT32, [m, n])],
+            initializer=[numpy_helper.from_array(bi.numpy(), 'b'),
+                         numpy_helper.from_array(np.uint8(128), 'za')])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)])
+        model.ir_version = 8
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        opts.inter_op_num_threads = 1
+        sess = ort.InferenceSession(model.SerializeToString(), opts,
+                                    providers=['CPUExecutionProvider'])
+        feed = {'a': (ai.numpy().astype(np.int16) + 128).astype(np.uint8)}
+        out['int8_ort'] = best(lambda: sess.run(None, feed), 'int8_ort')
+    except ImportError:
+        pass
+    out['int8'] = max(v for key, v in out.items() if key.startswith('int8_'))
+    cpu['int8'] = max(v for key, v in cpu.items() if key.startswith('int8_'))
+    out['cpu'] = cpu
+    return out
+
+
+#: the GEMM peak each precision's prefill computes at (its activations' type)
+PEAK_OF = {'fp32': 'fp32', 'bf16': 'bf16', 'int8': 'fp32', 'int4': 'bf16', 'int8_ort': 'int8',
+           'int4_ort': 'int8', 'int4_ort_layers': 'int8'}
+
+
+def prefill_flops(config, prompt: int) -> float:
+    """Useful FLOPs of a prefill: decoder-layer linears over every prompt position, causal
+    attention, and lm_head at the last position only (the one greedy decoding reads)."""
+    h, inter = int(config.hidden_size), int(config.intermediate_size)
+    heads = int(config.num_attention_heads)
+    kv = int(getattr(config, 'num_key_value_heads', None) or heads)
+    head_dim = int(getattr(config, 'head_dim', None) or h // heads)
+    per_layer = h * heads * head_dim + 2 * h * kv * head_dim + heads * head_dim * h + 3 * h * inter
+    layers = int(config.num_hidden_layers)
+    attention = 2.0 * prompt * prompt * heads * head_dim        # QK^T + PV, causal half each
+    return layers * (2.0 * prompt * per_layer + attention) + 2.0 * h * int(config.vocab_size)
 
 
 def _rss_mb() -> float:
@@ -252,7 +338,8 @@ def model_bytes(model) -> int:
     import torch
     if _is_decoder(model):      # the weights handed to onnxruntime + embeddings + KV cache
         emb = model.embed_tokens.weight
-        return model.weight_bytes + emb.numel() * emb.element_size() + model.cache_bytes
+        return (model.weight_bytes + getattr(model, 'prefill_weight_bytes', 0)
+                + emb.numel() * emb.element_size() + model.cache_bytes)
     seen, total = set(), 0
 
     def add(t):
@@ -288,7 +375,7 @@ def weight_only(bits: int, group_size: int = 0):
 
 
 def make_precision(fp32_model, precision: str, threads: int = 1, capacity: int = 320,
-                   group_size: int = 0):
+                   group_size: int = 0, prefill: str = 'auto'):
     """(model, activation dtype) at `precision`, from a deep copy of `fp32_model`, integer
     weights RTN per channel (`group_size` 0) or group-wise; 'int4_ort' gives an
     OrtLlamaDecoder (KV cache for `capacity` positions)."""
@@ -313,7 +400,8 @@ def make_precision(fp32_model, precision: str, threads: int = 1, capacity: int =
         from qail_ros.quant.ort_llama import OrtLlamaDecoder
         bits = 8 if precision == 'int8_ort' else 4
         quant.quantize_(model, weight_only(bits, group_size))
-        decoder = OrtLlamaDecoder(model, threads=threads, accuracy_level=4, capacity=capacity)
+        decoder = OrtLlamaDecoder(model, threads=threads, accuracy_level=4, capacity=capacity,
+                                  prefill=prefill)
         model.model.layers = nn.ModuleList()    # as the policy does: the graph owns them
         model.model.norm = nn.Identity()
         model.lm_head = nn.Identity()
@@ -361,12 +449,17 @@ def time_actions(model, dtype, prompt: int, tokens: int, repeats: int,
 
 def _time_loop(start, step, tokens: int, repeats: int) -> dict[str, float]:
     """`repeats` actions (after one warm-up): start() = the prefill, then `tokens` times
-    state = step(state); medians in ms (per-token wall and thread CPU time)."""
+    state = step(state); medians in ms (per-token wall and thread CPU time; prefill and
+    action also in process CPU time, which time slices taken by other processes do not
+    inflate)."""
     prefill, per_token, action, cpu_token = [], [], [], []
+    cpu_prefill, cpu_action = [], []
     for r in range(repeats + 1):                 # the first action is warm-up
+        p0 = time.process_time()
         t0 = time.perf_counter()
         state = start()
         t1 = time.perf_counter()
+        p1 = time.process_time()
         steps = []
         for _ in range(tokens):
             s0, c0 = time.perf_counter(), time.thread_time()
@@ -375,14 +468,19 @@ def _time_loop(start, step, tokens: int, repeats: int) -> dict[str, float]:
             if r:
                 cpu_token.append((time.thread_time() - c0) * 1e3)
         t2 = time.perf_counter()
+        p2 = time.process_time()
         if r:
             prefill.append((t1 - t0) * 1e3)
             per_token += [s * 1e3 for s in steps]
             action.append((t2 - t0) * 1e3)
+            cpu_prefill.append((p1 - p0) * 1e3)
+            cpu_action.append((p2 - p0) * 1e3)
     return {'prefill_ms': statistics.median(prefill),
             'ms_per_token': statistics.median(per_token),
             'action_ms': statistics.median(action),
-            'cpu_ms_per_token': statistics.median(cpu_token)}
+            'cpu_ms_per_token': statistics.median(cpu_token),
+            'cpu_prefill_ms': statistics.median(cpu_prefill),
+            'cpu_action_ms': statistics.median(cpu_action)}
 
 
 def time_policy(path: str, precision: str, repeats: int, threads: int = 1,
@@ -445,12 +543,24 @@ def main(args: argparse.Namespace) -> int:
           f'paths); integer weights RTN {quantization}; read bandwidth '
           f'{bandwidth_before:.2f} GB/s', flush=True)
     results: dict[str, dict[str, float]] = {}
+    prefill_modes: dict[str, str] = {}
+    gemm_peak = measure_gemm_peak_gflops(prompt, hidden, inter,
+                                         repeats=3 if args.small else 5)
+    print('GEMM peak at the prefill MLP shape '
+          f'({prompt} x {hidden} x {inter}): ' +
+          ', '.join(f'{k} {v:.1f}' for k, v in gemm_peak.items() if k != 'cpu') +
+          ' GFLOP/s (from CPU time: ' +
+          ', '.join(f'{k} {v:.1f}' for k, v in gemm_peak['cpu'].items()) + ')', flush=True)
+    pflops = prefill_flops(fp32.config, prompt)
     for precision in precisions:
         gc.collect()
         before = _rss_mb()
         model, dtype = make_precision(fp32, precision, int(args.threads),
-                                      capacity=prompt + args.tokens, group_size=group_size)
+                                      capacity=prompt + args.tokens, group_size=group_size,
+                                      prefill=getattr(args, 'prefill', 'auto'))
         timing = time_actions(model, dtype, prompt, args.tokens, args.repeats, cache)
+        if _is_decoder(model):
+            prefill_modes[precision] = model.prefill
         kv_dtype_bytes = 2 if dtype == torch.bfloat16 else 4     # the int4_ort graph: float32
         timing.update(weight_bytes=linear_weight_bytes(model, precision),
                       kv_bytes=kv_bytes_per_token(fp32.config, prompt, args.tokens,
@@ -474,6 +584,13 @@ def main(args: argparse.Namespace) -> int:
                       kv_mb=kvbytes / 2**20, floor_with_kv_ms=kv_floor_ms,
                       fraction_of_floor_with_kv=kv_floor_ms / timing['ms_per_token'],
                       effective_gbps=wbytes / timing['ms_per_token'] / 1e6)
+    for p, timing in results.items():
+        peak_key = PEAK_OF.get(p, 'fp32')
+        timing['prefill_gflops'] = pflops / (timing['prefill_ms'] / 1e3) / 1e9
+        timing['prefill_fraction_of_peak'] = timing['prefill_gflops'] / gemm_peak[peak_key]
+        timing['cpu_prefill_fraction_of_peak'] = (
+            pflops / (timing['cpu_prefill_ms'] / 1e3) / 1e9 / gemm_peak['cpu'][peak_key])
+        timing['prefill_peak'] = peak_key
     # a decode step that streams its weights faster than the reductions read memory shows
     # the reductions under-read the machine: the fastest such rate is a stricter peak
     peak = max([bandwidth] + [r['effective_gbps'] for r in results.values()])
@@ -491,13 +608,20 @@ def main(args: argparse.Namespace) -> int:
                                             int(args.threads), getattr(args, 'unnorm_key', None),
                                             group_size)
     fp = results.get('fp32', {}).get('ms_per_token')
+    fp_action = results.get('fp32', {}).get('action_ms')
     table('decode latency per token (median)',
           ['precision', 'ms/token', 'cpu ms/token', 'floor ms', 'of floor', 'of floor+KV',
-           'GB/s', 'prefill ms', 'action ms', 'weights MB', 'KV MB', 'model MB', 'vs fp32'],
+           'GB/s', 'prefill ms', 'of peak', 'action ms', 'action vs fp32', 'weights MB',
+           'KV MB', 'model MB', 'vs fp32'],
           [[p, r['ms_per_token'], r['cpu_ms_per_token'], r['floor_ms'], r['fraction_of_floor'],
             r['fraction_of_floor_with_kv'], r['effective_gbps'], r['prefill_ms'],
-            r['action_ms'], r['weight_mb'], r['kv_mb'], r['model_mb'],
+            r['prefill_fraction_of_peak'], r['action_ms'],
+            (fp_action / r['action_ms']) if fp_action else float('nan'), r['weight_mb'],
+            r['kv_mb'], r['model_mb'],
             (fp / r['ms_per_token']) if fp else float('nan')] for p, r in results.items()])
+    if prefill_modes:
+        print('prefill of the onnxruntime graphs: ' +
+              ', '.join(f'{p} {m}' for p, m in prefill_modes.items()))
     if policy:
         first = next(iter(policy.values()))
         n_params = max(r['parameters'] for r in policy.values())   # float: all still torch's
@@ -537,6 +661,22 @@ def main(args: argparse.Namespace) -> int:
             if fp:
                 out[f'{bits}_speedup_vs_fp32'] = fp / results[best]['ms_per_token']
         out['action_ms'] = {p: r['action_ms'] for p, r in results.items()}
+        if fp_action:
+            out['action_speedup_vs_fp32'] = {
+                p: fp_action / r['action_ms'] for p, r in results.items()}
+            for bits in ('int4', 'int8'):
+                if f'{bits}_action_ms' in out:
+                    out[f'{bits}_action_speedup_vs_fp32'] = fp_action / out[f'{bits}_action_ms']
+        out['gemm_peak_gflops'] = gemm_peak
+        out['gemm_peak_shape'] = [prompt, hidden, inter]
+        out['prefill_flops'] = pflops
+        out['prefill_gflops'] = {p: r['prefill_gflops'] for p, r in results.items()}
+        out['prefill_fraction_of_peak'] = {p: r['prefill_fraction_of_peak']
+                                           for p, r in results.items()}
+        out['prefill_peak'] = {p: r['prefill_peak'] for p, r in results.items()}
+        out['cpu_prefill_fraction_of_peak'] = {p: r['cpu_prefill_fraction_of_peak']
+                                               for p, r in results.items()}
+        out['prefill_mode'] = prefill_modes
         out['prefill_ms'] = {p: r['prefill_ms'] for p, r in results.items()}
         out['floor_ms'] = {p: r['floor_ms'] for p, r in results.items()}
         out['fraction_of_floor'] = {p: r['fraction_of_floor'] for p, r in results.items()}
@@ -550,6 +690,14 @@ def main(args: argparse.Namespace) -> int:
         # count time slices taken by other processes (memory-bandwidth contention still counts);
         # it covers the calling thread only, i.e. all the work at --threads 1
         out['cpu_ms_per_token'] = {p: r['cpu_ms_per_token'] for p, r in results.items()}
+        # process CPU time of the prefill and of the whole action (all threads of this
+        # process): at --threads 1 the work itself, robust to a loaded machine
+        out['cpu_prefill_ms'] = {p: r['cpu_prefill_ms'] for p, r in results.items()}
+        out['cpu_action_ms'] = {p: r['cpu_action_ms'] for p, r in results.items()}
+        if 'fp32' in results:
+            out['cpu_action_speedup_vs_fp32'] = {
+                p: results['fp32']['cpu_action_ms'] / r['cpu_action_ms']
+                for p, r in results.items()}
         out['cpu_fraction_of_floor'] = {p: r['floor_ms'] / r['cpu_ms_per_token']
                                         for p, r in results.items()}
         # weight bytes / ms per token, and that against max(bandwidth, the fastest of them)

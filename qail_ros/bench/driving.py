@@ -37,7 +37,12 @@ HELP = ('closed-loop CILRS driving (highway-env): FP vs PTQ-RTN vs QAIL vs QAIL+
         'collision and route completion of W4A4 students')
 
 ALL_METHODS = ('fp', 'ptq_rtn', 'qail', 'qail_qbc')
-LABELS = {'fp': 'FP32', 'ptq_rtn': 'PTQ-RTN', 'qail': 'QAIL', 'qail_qbc': 'QAIL+QBC'}
+#: engines of the FP model evaluated closed loop when asked (--methods fp,openvino_int8):
+#: openvino_int8 = NNCF INT8 calibrated on 100 camera frames of the FP policy driving the
+#: training town (seeds 5000+, as models/cilrs-highway's W8A8), run by EnginePolicy
+ENGINE_METHODS = ('openvino_int8',)
+LABELS = {'fp': 'FP32', 'ptq_rtn': 'PTQ-RTN', 'qail': 'QAIL', 'qail_qbc': 'QAIL+QBC',
+          'openvino_int8': 'OpenVINO INT8 (NNCF)'}
 METRICS = ('success_rate', 'collision_rate', 'route_completion')
 #: The CILRS paper's network (ResNet-34, 900x256 camera... ) costs ~14.5 GFLOPs per frame.
 PAPER_GFLOPS = 14.5
@@ -110,9 +115,10 @@ def _validate(s: dict[str, Any]) -> None:
     from qail_ros.driving.env import DENSITIES, LAYOUTS
     from qail_ros.errors import ParameterError
     from qail_ros.qail.config import parse_bits
-    bad = [m for m in s['methods'] if m not in ALL_METHODS]
+    bad = [m for m in s['methods'] if m not in ALL_METHODS + ENGINE_METHODS]
     if bad:
-        raise ParameterError(f'unknown methods {bad}: use {", ".join(ALL_METHODS)}')
+        raise ParameterError(f'unknown methods {bad}: use '
+                             f'{", ".join(ALL_METHODS + ENGINE_METHODS)}')
     bad = [t for t in s['towns'] if t not in LAYOUTS]
     if bad:
         raise ParameterError(f'unknown towns {bad}: use {", ".join(LAYOUTS)}')
@@ -233,9 +239,15 @@ def run(s: dict[str, Any], out: Path, retrain: bool, progress: bool, log) -> dic
     fp_eval = evaluate_policy(CILRSPolicy(model), s)
     log(f'fp: {_brief(fp_eval)} ({time.perf_counter() - t0:.0f}s)')
     results['fp'] = {'method': 'fp', 'bits': 'fp32', 'seeds': 1, 'metrics': _aggregate([fp_eval])}
+    if 'openvino_int8' in s['methods']:
+        t0 = time.perf_counter()
+        ev = evaluate_policy(openvino_int8_policy(model, out, s), s)
+        log(f'openvino_int8: {_brief(ev)} ({time.perf_counter() - t0:.0f}s)')
+        results['openvino_int8'] = {'method': 'openvino_int8', 'bits': 'w8a8', 'seeds': 1,
+                                    'metrics': _aggregate([ev])}
     runs: dict[str, tuple[str, str, list[dict[str, Any]]]] = {}
     size = (s['width'], s['height'])
-    quantized = [m for m in s['methods'] if m != 'fp']
+    quantized = [m for m in s['methods'] if m not in ('fp',) + ENGINE_METHODS]
     first = s.get('first_seed', 0)
     for seed in range(first, first + s['seeds']) if quantized else ():
         t0 = time.perf_counter()
@@ -282,6 +294,21 @@ def run(s: dict[str, Any], out: Path, retrain: bool, progress: bool, log) -> dic
                       'bc_history': meta.get('history', [])[-3:]},
             'demo_seconds': round(demo_s, 1),
             'seconds': round(time.perf_counter() - t_start, 1)}
+
+
+def openvino_int8_policy(model, out: Path, s: dict[str, Any]):
+    """The FP model's OpenVINO INT8 engine (NNCF, calibrated on 100 frames of the FP policy
+    driving the training town, seeds 5000+; cached under OUT/engines) as an EnginePolicy."""
+    from qail_ros.cilrs.export import build_engines
+    from qail_ros.driving.engine_policy import EnginePolicy
+    from qail_ros.driving.ship import CALIB_SEED, calibration_frames
+    calib = calibration_frames(model, n=100, view_m=s['view_m'])
+    details = {'camera': {'width': s['width'], 'height': s['height'], 'view_m': s['view_m']}}
+    paths = build_engines(out / 'cilrs_fp.safetensors', out / 'engines', ['w8a8_openvino'],
+                          calibration=calib, name='cilrs_fp', details=details,
+                          calibration_note=f'{len(calib)} camera frames of the FP policy on '
+                                           f'highway (seeds {CALIB_SEED}+)')
+    return EnginePolicy(paths['w8a8_openvino'])
 
 
 def _brief(ev: dict[str, Any]) -> str:

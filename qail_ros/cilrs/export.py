@@ -17,6 +17,18 @@ the same outputs ('branches' (1, 6, O), 'speed_pred' (1, 1)); see qail_ros/cilrs
               kernels with 4-bit numerics; without `w4a4_student`, the BN-folded model is
               LSQ-initialised from `calibration` (an untrained student: the latency and the
               numerics are real, the accuracy is that of PTQ)          torch-int8
+OpenVINO kinds (optional: `pip install openvino nncf`; qail_ros.engines.openvino_engine):
+  fp32_openvino      the BN-folded ONNX graph converted to OpenVINO IR, f32      openvino
+  bf16_openvino      the same IR compiled in bfloat16 (native on AVX512-BF16 / AMX)
+  w8a8_openvino      NNCF post-training INT8 of that IR, calibrated on ALL the `calibration`
+                     batches (recorded frames for a deployed engine), NNCF's defaults
+  w8a8_ort_openvino  OpenVINO compiling the w8a8_ort QDQ graph (our quantization, its kernels)
+
+Calibration from recorded data: `dataset_calibration(DATASET, config, frames=100)` gives the
+calibration batches (train split) and held-out batches; `export_auto` builds every kind this
+machine runs, reports each one's accuracy against FP on the held-out frames and its latency,
+and keeps the fastest within an accuracy bound (`qail-ros export CKPT -o DIR --backend auto
+--calibration DATASET`).
 """
 from __future__ import annotations
 
@@ -27,11 +39,12 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from qail_ros.cilrs.config import CILRSConfig
-from qail_ros.engines.cache import EngineCache
+from qail_ros.engines.cache import EngineCache, content_hash
 from qail_ros.engines.manifest import sha256_file
 
-__all__ = ['ENGINE_KINDS', 'build_engines', 'export_onnx', 'synthetic_calibration',
-           'quantize_w4a4']
+__all__ = ['ENGINE_KINDS', 'BASE_KINDS', 'OPENVINO_KINDS', 'build_engines', 'export_onnx',
+           'synthetic_calibration', 'quantize_w4a4', 'dataset_calibration', 'export_auto',
+           'available_kinds', 'kinds_for']
 
 #: engine kind -> (backend, precision, file suffix)
 ENGINE_KINDS: dict[str, tuple[str, str, str]] = {
@@ -40,7 +53,16 @@ ENGINE_KINDS: dict[str, tuple[str, str, str]] = {
     'fp32_ort': ('onnxruntime', 'fp32', '.onnx'),
     'w8a8_ort': ('onnxruntime', 'w8a8', '.onnx'),
     'w4a4_int8': ('torch-int8', 'w4a4', '.safetensors'),
+    'fp32_openvino': ('openvino', 'fp32', '.ovz'),
+    'bf16_openvino': ('openvino', 'bf16', '.ovz'),
+    'w8a8_openvino': ('openvino', 'w8a8', '.ovz'),
+    'w8a8_ort_openvino': ('openvino', 'w8a8', '.ovz'),
 }
+#: what build_engines makes by default (no optional back end needed)
+BASE_KINDS = ('fp32_torch', 'bf16_torch', 'fp32_ort', 'w8a8_ort', 'w4a4_int8')
+OPENVINO_KINDS = ('fp32_openvino', 'bf16_openvino', 'w8a8_openvino', 'w8a8_ort_openvino')
+#: the calibrated kinds: their cache key holds the calibration set's hash
+_CALIBRATED = ('w8a8_ort', 'w8a8_openvino', 'w8a8_ort_openvino')
 
 Batch = tuple[np.ndarray, np.ndarray]   # (image (N, 3, H, W), speed (N, 1)), normalised
 
@@ -128,13 +150,58 @@ def _build_w8a8(onnx_fp32: Path, out: Path, calibration: Sequence[Batch],
             'quantized_ops': list(op_types) if op_types else 'every op onnxruntime quantizes'}
 
 
+def _feeds(batches: Sequence[Batch]) -> list[dict[str, np.ndarray]]:
+    """Calibration batches as engine feeds, one frame each (NNCF and the engines run batch 1)."""
+    out = []
+    for image, speed in batches:
+        for i in range(len(image)):
+            out.append({'image': np.ascontiguousarray(image[i:i + 1], np.float32),
+                        'speed': np.ascontiguousarray(speed[i:i + 1], np.float32)})
+    return out
+
+
+def _build_openvino(kind: str, onnx_path: Path, out: Path, calibration: Sequence[Batch],
+                    options: dict[str, Any]) -> dict[str, Any]:
+    from qail_ros.engines import openvino_engine as ov
+    model = ov.convert_onnx(onnx_path)
+    details: dict[str, Any] = {'ir': 'OpenVINO IR (model.xml + model.bin in one zip)'}
+    if kind == 'fp32_openvino':
+        details['source_graph'] = 'the BatchNorm-folded FP32 ONNX graph'
+    elif kind == 'bf16_openvino':
+        details['source_graph'] = 'the BatchNorm-folded FP32 ONNX graph'
+        details['compute'] = ('bfloat16 (INFERENCE_PRECISION_HINT bf16) where the CPU has it, '
+                              'else float32')
+    elif kind == 'w8a8_ort_openvino':
+        details['source_graph'] = 'the w8a8_ort QDQ graph (onnxruntime quantize_static scales)'
+    else:
+        feeds = _feeds(calibration)
+        nncf_keys = ('preset', 'fast_bias_correction', 'ignored_types')
+        nncf_opts = {k: v for k, v in options.items() if k in nncf_keys}
+        model = ov.nncf_int8(model, feeds, **nncf_opts)
+        import nncf
+        details.update({'quantizer': f'NNCF {nncf.__version__} post-training quantization',
+                        'calibration_frames': len(feeds),
+                        'nncf_options': nncf_opts or 'NNCF defaults (preset performance, '
+                                                     'fast bias correction)',
+                        'weights': 'int8 symmetric per-output-channel',
+                        'activations': 'int8 per-tensor (static)'})
+    if options.get('compile') and kind in ('w8a8_openvino', 'w8a8_ort_openvino'):
+        details['compile'] = dict(options['compile'])
+    details.update(ov.ir_details(model))
+    ov.save_ir(model, out)
+    return details
+
+
 def build_engines(source: str | Path, out_dir: str | Path,
-                  kinds: Sequence[str] = tuple(ENGINE_KINDS), *,
+                  kinds: Sequence[str] = BASE_KINDS, *,
                   calibration: Sequence[Batch] | None = None,
                   w4a4_student: str | Path | None = None, name: str | None = None,
                   cache: EngineCache | None = None, details: dict[str, Any] | None = None,
                   calibration_note: str | None = None,
-                  w8a8_op_types: Sequence[str] | None = None) -> dict[str, Path]:
+                  w8a8_op_types: Sequence[str] | None = None,
+                  openvino_options: dict[str, Any] | None = None,
+                  names: dict[str, str] | None = None,
+                  rebuilt: list[str] | None = None) -> dict[str, Path]:
     """Build (or reuse from the cache) every engine kind for a CILRS checkpoint.
 
     source: save_checkpoint's safetensors (the FP model). w4a4_student: a quant.save_quantized
@@ -144,8 +211,15 @@ def build_engines(source: str | Path, out_dir: str | Path,
     student file's). calibration_note: where the calibration batches come from (manifest).
     w8a8_op_types: ONNX op types w8a8_ort quantizes (None: all onnxruntime supports; ('Conv',)
     keeps the small MLP heads in float, see models/cilrs-highway/README.md).
+    openvino_options: w8a8_openvino's NNCF options ('preset', 'fast_bias_correction',
+    'ignored_types') and the OpenVINO INT8 engines' compile settings ('compile': {...}); they
+    are part of the cache key. names: file name (without suffix) per kind (default
+    `{name}_{kind}`). rebuilt: a list that gets the kinds built now (not reused).
+    The cache key of every engine is taken from the checkpoint's tensors (content_hash), not
+    its file bytes; calibrated kinds add the calibration set's hash.
     Returns {kind: engine path}; each engine has its manifest next to it.
     """
+    import json
     import tempfile
 
     from qail_ros.cilrs.model import load_checkpoint
@@ -159,18 +233,28 @@ def build_engines(source: str | Path, out_dir: str | Path,
     calibration = calibration or synthetic_calibration(config)
     cache = cache or EngineCache(out_dir)
     name = name or source.stem
-    src_hash = sha256_file(source)
-    extra = {**(details or {}), 'source_model_sha256': src_hash}
+    src_hash = content_hash(source)
+    ov_options = dict(openvino_options or {})
+    extra = {**(details or {}), 'source_model_sha256': sha256_file(source),
+             'source_content_hash': src_hash}
     if calibration_note:
         extra['calibration'] = calibration_note
     paths: dict[str, Path] = {}
     with tempfile.TemporaryDirectory(prefix='cilrs-export-') as tmp:
         onnx_fp32 = Path(tmp) / 'fp32.onnx'
+        onnx_w8a8 = Path(tmp) / 'w8a8.onnx'
 
         def fused_onnx() -> Path:
             if not onnx_fp32.exists():
                 export_onnx(model.fused(), onnx_fp32)
             return onnx_fp32
+
+        def w8a8_onnx() -> Path:
+            if 'w8a8_ort' in paths:         # built or reused in this call, same calibration
+                return paths['w8a8_ort']
+            if not onnx_w8a8.exists():
+                _build_w8a8(fused_onnx(), onnx_w8a8, calibration, w8a8_op_types)
+            return onnx_w8a8
 
         for kind in kinds:
             backend, precision, suffix = ENGINE_KINDS[kind]
@@ -194,6 +278,11 @@ def build_engines(source: str | Path, out_dir: str | Path,
                 def build(p):
                     return _fields(fused_config, _build_w8a8(fused_onnx(), p, calibration,
                                                              w8a8_op_types))
+            elif backend == 'openvino':
+                def build(p, _kind=kind):
+                    graph = w8a8_onnx() if _kind == 'w8a8_ort_openvino' else fused_onnx()
+                    return _fields(fused_config, _build_openvino(_kind, graph, p, calibration,
+                                                                 ov_options))
             else:
                 def build(p):
                     from qail_ros import quant
@@ -209,15 +298,17 @@ def build_engines(source: str | Path, out_dir: str | Path,
                         'activations': 'int4 per-tensor (unsigned after ReLU), static',
                         'kernels': 'torch._int_mm int8 (4-bit codes), im2col convolutions',
                         'origin': origin})
-            w4_hash = sha256_file(w4a4_student) if (kind == 'w4a4_int8' and w4a4_student) \
+            w4_hash = content_hash(w4a4_student) if (kind == 'w4a4_int8' and w4a4_student) \
                 else None
             key_source = w4_hash or src_hash
-            if kind in ('w8a8_ort', 'w4a4_int8') and w4_hash is None:
+            if (kind in _CALIBRATED or kind == 'w4a4_int8') and w4_hash is None:
                 key_source = f'{src_hash}+calib{_calib_hash(calibration)}'
-                if kind == 'w8a8_ort' and w8a8_op_types:
+                if kind in ('w8a8_ort', 'w8a8_ort_openvino') and w8a8_op_types:
                     key_source += '+ops' + ','.join(w8a8_op_types)
+            if kind in ('w8a8_openvino', 'w8a8_ort_openvino') and ov_options:
+                key_source += '+ov' + json.dumps(ov_options, sort_keys=True, default=str)
 
-            calibrated = kind == 'w8a8_ort' or (kind == 'w4a4_int8' and w4a4_student is None)
+            calibrated = kind in _CALIBRATED or (kind == 'w4a4_int8' and w4a4_student is None)
 
             def build_with_extra(p, _build=build, _calibrated=calibrated):
                 fields = _build(p)
@@ -226,9 +317,13 @@ def build_engines(source: str | Path, out_dir: str | Path,
                                      **fields['details']}
                 return fields
 
-            paths[kind], _ = cache.get_or_build(source, f'{name}_{kind}', backend=backend,
-                                                precision=precision, build_fn=build_with_extra,
-                                                suffix=suffix, source_hash=key_source)
+            file_name = (names or {}).get(kind) or f'{name}_{kind}'
+            paths[kind], built = cache.get_or_build(source, file_name, backend=backend,
+                                                    precision=precision,
+                                                    build_fn=build_with_extra, suffix=suffix,
+                                                    source_hash=key_source)
+            if built and rebuilt is not None:
+                rebuilt.append(kind)
     return paths
 
 
@@ -241,11 +336,120 @@ def _calib_hash(batches: Sequence[Batch]) -> str:
     return h.hexdigest()[:16]
 
 
+def dataset_calibration(dataset: str | Path, config: CILRSConfig, *, frames: int = 100,
+                        holdout: int = 32) -> tuple[list[Batch], list[Batch], dict[str, Any]]:
+    """(calibration batches, held-out batches, source facts) from a recorded data set.
+
+    The image is the data set's first camera (`observation.images.*`), preprocessed as the
+    cilrs_policy node does (`preprocess_frame`: resized to the engine's input, normalised); the
+    speed in m/s is `observation.command[0]` (the speed topic mapped under `command:`), else
+    `observation.state[0]`, else 0. Calibration frames come from the train split, held-out
+    frames from the val split (qail_ros.engines.calibration.recorded_frames).
+    """
+    from qail_ros.cilrs.config import preprocess_frame
+    from qail_ros.dataset.reader import load_manifest
+    from qail_ros.engines.calibration import recorded_frames
+    from qail_ros.errors import ParameterError
+    features = list(load_manifest(dataset)['features'])
+    cams = [k for k in features if k.startswith('observation.images.')]
+    if not cams:
+        raise ParameterError(f'data set {dataset} has no camera images (observation.images.*): '
+                             'CILRS calibrates on recorded camera frames')
+    speed_key = next((k for k in ('observation.command', 'observation.state')
+                      if k in features), None)
+    keys = [cams[0]] + ([speed_key] if speed_key else [])
+    rec = recorded_frames(dataset, frames=frames, holdout=holdout, keys=keys)
+
+    def batch(sample) -> Batch:
+        speed = float(np.asarray(sample[speed_key]).reshape(-1)[0]) if speed_key else 0.0
+        x = preprocess_frame(np.asarray(sample[cams[0]]), speed, config)
+        return x['image'], x['speed']
+    source = {**rec.source, 'image_key': cams[0], 'speed_key': speed_key or 'none (0 m/s)'}
+    return [batch(s) for s in rec.calibration], [batch(s) for s in rec.holdout], source
+
+
+def available_kinds(include_w4a4: bool = False) -> list[str]:
+    """The engine kinds this machine can build and run: the torch / onnxruntime ones, bf16
+    only where the CPU computes bfloat16 natively, OpenVINO's when openvino + nncf import."""
+    import importlib.util
+
+    from qail_ros.engines.openvino_engine import bf16_native, nncf_available
+    kinds = ['fp32_torch', 'fp32_ort']
+    if importlib.util.find_spec('onnxruntime') is not None:
+        kinds.append('w8a8_ort')
+    else:
+        kinds.remove('fp32_ort')
+    if bf16_native():
+        kinds.append('bf16_torch')
+    if include_w4a4:
+        kinds.append('w4a4_int8')
+    if nncf_available():
+        kinds += ['fp32_openvino', 'w8a8_openvino']
+        if bf16_native():
+            kinds.append('bf16_openvino')
+        if 'w8a8_ort' in kinds:
+            kinds.append('w8a8_ort_openvino')
+    return kinds
+
+
+def kinds_for(backend: str, precision: str | None = None) -> list[str]:
+    """Engine kinds of one back end (and precision): 'openvino' + 'w8a8' -> ['w8a8_openvino'];
+    'auto' -> available_kinds()."""
+    if backend == 'auto':
+        return available_kinds()
+    alias = {'int8': 'w8a8'}
+    precision = alias.get(precision or '', precision)
+    kinds = [k for k, (b, p, _) in ENGINE_KINDS.items() if b == backend and
+             (precision is None or p == precision) and k != 'w8a8_ort_openvino']
+    if not kinds:
+        have = sorted({f'{b}/{p}' for b, p, _ in ENGINE_KINDS.values()})
+        raise ValueError(f'no CILRS engine for back end {backend!r} precision {precision!r}; '
+                         f'known: {have}')
+    return kinds
+
+
+def export_auto(source: str | Path, out_dir: str | Path, *,
+                calibration: Sequence[Batch], holdout: Sequence[Batch],
+                kinds: Sequence[str] | None = None, max_abs_diff: float | None = None,
+                threads: int = 1, runs: int = 20, name: str | None = None,
+                calibration_note: str | None = None,
+                details: dict[str, Any] | None = None, w4a4_student: str | Path | None = None,
+                openvino_options: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
+    """`--backend auto`: build `kinds` (default: every kind this machine runs), measure each
+    on the held-out frames (accuracy vs the FP32 torch model, latency at `threads`), keep the
+    fastest within `max_abs_diff`; the measurements and the choice go into the manifests.
+    Returns (the chosen engine's path, the selection)."""
+    from qail_ros.cilrs.model import load_checkpoint
+    from qail_ros.engines.calibration import reference_outputs
+    from qail_ros.engines.select import DEFAULT_MAX_ABS_DIFF, record_choice, select_fastest
+    kinds = list(kinds or available_kinds(include_w4a4=w4a4_student is not None))
+    paths = build_engines(source, out_dir, kinds, calibration=calibration, name=name,
+                          calibration_note=calibration_note, details=details,
+                          w4a4_student=w4a4_student, openvino_options=openvino_options)
+    model = load_checkpoint(source)
+    feeds = _feeds(holdout)
+
+    def fp(feed):
+        import torch
+        with torch.no_grad():
+            b, s = model(torch.from_numpy(feed['image']), torch.from_numpy(feed['speed']))
+        return {'branches': b.numpy(), 'speed_pred': s.numpy()}
+    reference = reference_outputs(fp, feeds)
+    bound = DEFAULT_MAX_ABS_DIFF if max_abs_diff is None else float(max_abs_diff)
+    result = select_fastest(paths, feeds, reference, max_abs_diff=bound, threads=threads,
+                            runs=runs)
+    chosen = record_choice(paths, result, {'reference': 'the FP32 torch model (checkpoint)'})
+    return chosen, result
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m qail_ros.cilrs.export`: build a CILRS engine set into a directory.
 
     Without --checkpoint a seeded (untrained) model is used: engines for trying the node and
-    measuring latency, not for driving.
+    measuring latency, not for driving. --calibration DATASET calibrates the INT8 engines on
+    recorded frames (--frames of them) instead of synthetic ones; --backend auto builds every
+    kind this machine runs and keeps the fastest within --max-abs-diff of FP on held-out
+    frames (the same as `qail-ros export CKPT --backend auto`).
     """
     import argparse
 
@@ -256,7 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--resnet', type=int, default=18, choices=(18, 34))
     p.add_argument('--height', type=int, default=256)
     p.add_argument('--width', type=int, default=900)
-    p.add_argument('--kinds', default=','.join(ENGINE_KINDS))
+    p.add_argument('--kinds', default=','.join(BASE_KINDS),
+                   help=f'comma-separated subset of {",".join(ENGINE_KINDS)}')
+    add_calibration_arguments(p)
     p.add_argument('--out', default='models/cilrs')
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -266,10 +472,103 @@ def main(argv: list[str] | None = None) -> int:
         model = build_model(CILRSConfig(resnet=args.resnet, height=args.height,
                                         width=args.width))
         source = save_checkpoint(model, out / f'cilrs_r{args.resnet}.safetensors')
-    paths = build_engines(source, out, [k for k in args.kinds.split(',') if k],
-                          w4a4_student=args.w4a4_student)
+    kinds = [k for k in args.kinds.split(',') if k]
+    return run_export(source, out, args, kinds=kinds if args.backend is None else None,
+                      w4a4_student=args.w4a4_student)
+
+
+def add_calibration_arguments(p) -> None:
+    """--backend / --precision / --calibration / --frames / --holdout / --max-abs-diff."""
+    p.add_argument('--backend', default=None,
+                   choices=('auto', 'torch', 'onnxruntime', 'openvino', 'torch-int8'),
+                   help='auto: build every engine this machine runs, measure, keep the fastest '
+                   'within --max-abs-diff of FP (default: CILRS the standard kinds, a state '
+                   'policy its own back end, image policies openvino)')
+    p.add_argument('--precision', default=None, help='with a back end: fp32, bf16, w8a8 (int8)')
+    p.add_argument('--calibration', default=None, metavar='DATASET',
+                   help='recorded data set (qail-ros dataset build) whose frames calibrate '
+                   'the INT8 engines and judge every engine against FP (held-out frames)')
+    p.add_argument('--frames', type=int, default=100,
+                   help='calibration frames taken from DATASET (default %(default)s)')
+    p.add_argument('--holdout', type=int, default=32,
+                   help='held-out frames of DATASET for the accuracy report (default '
+                   '%(default)s)')
+    p.add_argument('--max-abs-diff', type=float, default=None,
+                   help='auto: accuracy bound, max |engine - FP| on held-out frames (default '
+                   '0.05)')
+    p.add_argument('--threads', type=int, default=1, help='threads the engines are timed at')
+    p.add_argument('--runs', type=int, default=20, help='auto: timed runs per candidate')
+
+
+def record_accuracy(path: Path, report: dict[str, Any]) -> None:
+    """Write an accuracy report into an engine's manifest (`details.accuracy`)."""
+    from qail_ros.engines.manifest import read_manifest, write_manifest
+    engine_path, manifest = read_manifest(path)
+    manifest.details['accuracy'] = report
+    write_manifest(manifest, engine_path.parent)
+
+
+def run_export(source: Path, out: Path, args, *, kinds: Sequence[str] | None = None,
+               w4a4_student: str | Path | None = None, name: str | None = None,
+               log=print) -> int:
+    """Build (auto: and choose) engines of the CILRS checkpoint `source` as `args` say;
+    prints one line per engine with its accuracy on held-out frames."""
+    import json
+
+    from qail_ros.cilrs.model import load_checkpoint
+    from qail_ros.engines.calibration import accuracy, reference_outputs
+    from qail_ros.engines.registry import load_engine
+    config = load_checkpoint(source).config
+    holdout: list[Batch] = []
+    note = None
+    if args.calibration:
+        calib, holdout, facts = dataset_calibration(args.calibration, config,
+                                                    frames=args.frames, holdout=args.holdout)
+        note = (f"{facts['calibration_frames']} recorded frames of {facts['dataset']} "
+                f"(manifest sha256 {facts['dataset_manifest_sha256'][:12]}...; held out: "
+                f"{facts['holdout_frames']} from the {facts['holdout_from']})")
+    else:
+        calib = synthetic_calibration(config, min(args.frames, 8))
+        holdout = synthetic_calibration(config, min(args.holdout, 8), seed=123)
+        note = f'{len(calib)} synthetic camera-like frames (no --calibration DATASET)'
+    if args.backend == 'auto':
+        chosen, result = export_auto(source, out, calibration=calib, holdout=holdout,
+                                     max_abs_diff=args.max_abs_diff, threads=args.threads,
+                                     runs=args.runs, name=name, calibration_note=note,
+                                     w4a4_student=w4a4_student)
+        for kind, row in result['candidates'].items():
+            mark = '*' if kind == result['chosen'] else ' '
+            log(f"{mark} {kind:18s} {row['ms']:9.2f} ms  max |diff| {row['max_abs_diff']:.2e} "
+                f"mean {row['mean_abs_diff']:.2e}{'' if row['eligible'] else '  (over bound)'}")
+        log(f"chosen: {result['chosen']} -> {chosen}")
+        if getattr(args, 'json', False):
+            log(json.dumps({'engine': str(chosen), **result}))
+        return 0
+    if args.backend is not None:
+        kinds = kinds_for(args.backend, args.precision)
+    paths = build_engines(source, out, kinds or BASE_KINDS, calibration=calib, name=name,
+                          calibration_note=note, w4a4_student=w4a4_student)
+    model = load_checkpoint(source)
+    feeds = _feeds(holdout)
+
+    def fp(feed):
+        import torch
+        with torch.no_grad():
+            b, s = model(torch.from_numpy(feed['image']), torch.from_numpy(feed['speed']))
+        return {'branches': b.numpy(), 'speed_pred': s.numpy()}
+    reference = reference_outputs(fp, feeds)
+    report = {}
     for kind, path in paths.items():
-        print(f'{kind:12s} {path} ({path.stat().st_size / 1e6:.1f} MB)')
+        acc = accuracy(load_engine(path, threads=args.threads), feeds, reference)
+        report[kind] = {'engine': str(path), **acc}
+        record_accuracy(path, {**acc, 'reference': 'the FP32 torch model (checkpoint)',
+                               'frames_from': note if not args.calibration else
+                               f'held-out frames of {args.calibration}'})
+        log(f'{kind:18s} {path} ({path.stat().st_size / 1e6:.1f} MB) max |diff| vs FP '
+            f"{acc['max_abs_diff']:.2e} mean {acc['mean_abs_diff']:.2e} on {acc['frames']} "
+            'held-out frames')
+    if getattr(args, 'json', False):
+        log(json.dumps(report))
     return 0
 
 

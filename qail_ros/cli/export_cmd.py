@@ -6,6 +6,20 @@
 
 POLICY is a `qail-ros train` output directory or policy.safetensors (a QAIL student: W4A4 /
 W8A8 / W3A3 / W2A4 -> the 'torch-int8' back end) or an FP MLPPolicy file (-> 'torch', fp32).
+A CILRS checkpoint (qail_ros.cilrs save_checkpoint) builds CILRS engines, a ConvActionRegressor
+file or an OpenVLA checkpoint directory builds OpenVINO engines (conv policy / vision towers):
+
+    qail-ros export cilrs.safetensors -o engines --backend auto --calibration runs/ds
+    qail-ros export cilrs.safetensors -o engines --backend openvino --precision w8a8 \
+        --calibration runs/ds --frames 100
+    qail-ros export fp_policy.safetensors -o engines --backend openvino --precision w8a8 \
+        --calibration runs/ds
+
+--calibration DATASET calibrates every INT8 engine (NNCF for OpenVINO, onnxruntime's static
+quantization) on --frames recorded frames of a `qail-ros dataset build` data set and reports
+each engine's max / mean abs difference to FP on held-out frames (also in its manifest);
+--backend auto builds every engine this machine runs and keeps the fastest within
+--max-abs-diff (measurements and choice in the manifest).
 Writes OUT/NAME.safetensors and OUT/NAME.safetensors.json (architecture, precision, back end,
 input spec, normalisation, source policy and data set hashes), after checking that the engine,
 loaded as the state_policy node loads it, gives the source model's actions.
@@ -28,6 +42,84 @@ def add_arguments(parser):
                              'the manifest, its states into the export check')
     parser.add_argument('--json', action='store_true',
                         help='print the manifest as one JSON object on the last line')
+    from qail_ros.cilrs.export import add_calibration_arguments
+    add_calibration_arguments(parser)
+
+
+def source_kind(path) -> str:
+    """'cilrs', 'conv', 'openvla' or 'mlp' (physics policies and QAIL students)."""
+    import json
+    from pathlib import Path
+    path = Path(path)
+    if path.is_dir():
+        cfg = path / 'config.json'
+        try:
+            model_type = json.loads(cfg.read_text()).get('model_type', '')
+        except (OSError, ValueError, AttributeError):
+            model_type = ''
+        return 'openvla' if model_type == 'openvla' else 'mlp'
+    if path.suffix == '.safetensors' and path.is_file():
+        from safetensors import safe_open
+        try:
+            with safe_open(str(path), framework='np') as f:
+                meta = f.metadata() or {}
+        except Exception:  # noqa: BLE001 - not safetensors: the MLP loader says why
+            return 'mlp'
+        from qail_ros.cilrs.model import CHECKPOINT_FORMAT
+        if meta.get('format') == CHECKPOINT_FORMAT:
+            return 'cilrs'
+        if meta.get('class') == 'ConvActionRegressor':
+            return 'conv'
+    return 'mlp'
+
+
+def _precisions(args) -> tuple[str, ...]:
+    p = {'int8': 'w8a8'}.get(args.precision or '', args.precision)
+    return (p,) if p else ('fp32', 'bf16', 'w8a8')
+
+
+def _export_image_policy(kind: str, policy, args) -> int:
+    """Conv image policy / OpenVLA towers -> OpenVINO engines (calibrated on DATASET's
+    camera frames when given)."""
+    from pathlib import Path
+
+    from qail_ros.errors import ParameterError
+    if args.backend not in (None, 'openvino', 'auto'):
+        raise ParameterError(f'{kind} engines are built on the openvino back end here (the '
+                             'vision towers also on onnxruntime / tensorrt: python -m '
+                             'qail_ros.openvla.vision_engine)')
+    frames = held = None
+    if args.calibration:
+        from qail_ros.dataset.reader import load_manifest
+        from qail_ros.engines.calibration import recorded_frames
+        cams = [k for k in load_manifest(args.calibration)['features']
+                if k.startswith('observation.images.')]
+        if not cams:
+            raise ParameterError(f'data set {args.calibration} has no camera images')
+        rec = recorded_frames(args.calibration, frames=args.frames, holdout=args.holdout,
+                              keys=cams[:1])
+        frames = [s[cams[0]] for s in rec.calibration]
+        held = [s[cams[0]] for s in rec.holdout]
+    out = Path(args.out)
+    if kind == 'conv':
+        from qail_ros.policies.conv_action_regressor import ConvActionRegressor, export_openvino
+        from qail_ros.engines.cache import content_hash
+        paths = export_openvino(ConvActionRegressor.load(policy), out,
+                                precisions=_precisions(args), frames=frames,
+                                name=args.name or Path(policy).stem,
+                                source_hash=content_hash(policy), holdout=held)
+    else:
+        from qail_ros.openvla.vision_engine import build_vision_engine
+        paths = {p: build_vision_engine(policy, out, backend='openvino', precision=p,
+                                        calibration_frames=frames, holdout_frames=held)
+                 for p in _precisions(args)}
+    from qail_ros.engines.manifest import read_manifest
+    for precision, path in paths.items():
+        acc = read_manifest(path)[1].details.get('accuracy')
+        note = (f", max |diff| vs FP {acc['max_abs_diff']:.2e} mean {acc['mean_abs_diff']:.2e}"
+                f" on {acc['frames']} held-out frames") if acc else ''
+        print(f'{precision:5s} {path} ({path.stat().st_size / 1e6:.1f} MB){note}')
+    return 0
 
 
 def main(args) -> int:
@@ -47,6 +139,30 @@ def main(args) -> int:
     elif args.task:
         raise ParameterError("--task goes with policy 'fp' only (a trained policy knows its "
                              'task)')
+    kind = source_kind(policy)
+    if kind == 'cilrs':
+        from pathlib import Path
+
+        from qail_ros.cilrs.export import run_export
+        return run_export(Path(policy), Path(args.out), args, name=args.name)
+    if kind in ('conv', 'openvla'):
+        return _export_image_policy(kind, policy, args)
+    if args.backend == 'openvino':
+        from qail_ros.physics.export import export_openvino_policy
+        built = export_openvino_policy(policy, args.out, precisions=_precisions(args),
+                                       name=args.name, dataset=args.calibration or args.data,
+                                       frames=args.frames, holdout=args.holdout,
+                                       threads=args.threads)
+        for precision, (path, manifest) in built.items():
+            acc = manifest.details['accuracy']
+            print(f"{precision:5s} {path}: max |engine - source| {acc['max_abs_diff']:.2e}, "
+                  f"mean {acc['mean_abs_diff']:.2e} over {acc['frames']} held-out states")
+        if args.json:
+            print(json.dumps({p: m.to_dict() for p, (_, m) in built.items()}))
+        return 0
+    if args.backend not in (None, 'torch', 'torch-int8'):
+        raise ParameterError(f'--backend {args.backend} for a state policy: use openvino, or '
+                             'leave it out (torch / torch-int8 by the policy file)')
     engine, manifest = export_policy(policy, args.out, name=args.name, dataset=args.data)
     print(f'wrote {engine} and {engine.name}.json')
     print(describe(manifest))

@@ -11,9 +11,14 @@ Back ends (registry, `register_backend` adds more, e.g. an INT4 weight-only LLM 
   onnxruntime  FP32 or static W8A8 ONNX graphs on the CPU execution provider
   torch-int8   W4A4 / W8A8 from qail_ros.quant on int8 kernels (torch._int_mm), packed weights
   tensorrt     a TensorRT plan built from ONNX on an NVIDIA GPU (imported lazily)
-The cache (`EngineCache`) rebuilds an engine whenever the source model hash, back-end version,
-device or precision in its key changes. Nothing here imports torch or onnxruntime until an
-engine of that back end is loaded. See docs/engines.md.
+  openvino     OpenVINO IR (one .ovz file) on x86 / ARM CPUs: FP32, BF16, NNCF INT8 (optional:
+               pip install openvino nncf)
+The cache (`EngineCache`) rebuilds an engine whenever the source model hash (from the tensors,
+not the file bytes), back-end version, device or precision in its key changes.
+`calibration` reads calibration / held-out frames from a recorded data set and reports
+accuracy; `select` is `--backend auto` (the fastest engine within an accuracy bound).
+Nothing here imports torch, onnxruntime or openvino until an engine of that back end is
+loaded. See docs/engines.md.
 """
 from __future__ import annotations
 

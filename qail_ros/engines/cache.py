@@ -1,6 +1,10 @@
 """A safe engine cache: reuse a built engine only when everything it depends on is unchanged.
 
-Key = sha256(source model hash, back end, back-end version, device id, precision). The entry
+Key = sha256(source model hash, back end, back-end version, device id, precision). The source
+model hash is taken from its CONTENT (`content_hash`): for a safetensors file, the tensors'
+names, dtypes, shapes and bytes in name order plus its metadata as sorted JSON, so two
+processes that save the same tensors get the same key although safetensors writes the header
+(its metadata map) in a different order each time; other files are hashed whole. The entry
 `<root>/<name>.<ext>` + manifest is reused when its manifest's cache_key equals the key computed
 now AND the engine file's sha256 matches the manifest; otherwise it is rebuilt (written to a
 temporary name, then renamed, so a crash never leaves a half-written engine under the real
@@ -18,13 +22,73 @@ from qail_ros.engines.base import EngineError, device_id
 from qail_ros.engines.manifest import (Manifest, cache_key, read_manifest, sha256_file,
                                        write_manifest)
 
-__all__ = ['EngineCache', 'BuildFn']
+__all__ = ['EngineCache', 'BuildFn', 'content_hash', 'safetensors_content_hash']
 
 log = logging.getLogger('qail_ros.engines')
 
 #: build_fn(engine_path) writes the engine file and returns the manifest fields it knows:
 #: architecture, inputs, outputs, normalisation, details.
 BuildFn = Callable[[Path], dict[str, Any]]
+
+_CONTENT_VERSION = 'qail_ros.content/1'
+
+
+def safetensors_content_hash(path: str | Path) -> str:
+    """sha256 of a safetensors file's tensors (name, dtype, shape, bytes; in name order) and
+    metadata (sorted JSON): equal for equal tensors whatever order the header was written in.
+
+    Reads the header itself (no torch): 8-byte little-endian header length, the JSON header,
+    then the data; a file that is not valid safetensors raises EngineError.
+    """
+    import hashlib
+    import json
+    import struct
+    path = Path(path)
+    h = hashlib.sha256(_CONTENT_VERSION.encode())
+    with open(path, 'rb') as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise EngineError(f'{path} is not a safetensors file (shorter than its header)')
+        (n,) = struct.unpack('<Q', raw)
+        size = path.stat().st_size
+        if n > size - 8:
+            raise EngineError(f'{path} is not a safetensors file (header of {n} bytes)')
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise EngineError(f'{path} is not a safetensors file ({exc})') from None
+        base = 8 + n
+        meta = header.pop('__metadata__', None) or {}
+        h.update(json.dumps(meta, sort_keys=True).encode())
+        for name in sorted(header):
+            spec = header[name]
+            start, end = (int(v) for v in spec['data_offsets'])
+            h.update(json.dumps([name, spec['dtype'], list(spec['shape']), end - start])
+                     .encode())
+            f.seek(base + start)
+            left = end - start
+            while left:
+                block = f.read(min(left, 1 << 20))
+                if not block:
+                    raise EngineError(f'{path}: tensor {name!r} is truncated')
+                h.update(block)
+                left -= len(block)
+    return h.hexdigest()
+
+
+def content_hash(path: str | Path) -> str:
+    """The hash a source model is keyed by: `safetensors_content_hash` for .safetensors files,
+    a hash over the sorted (name, content hash) of the files of a directory, sha256 of the
+    bytes for anything else."""
+    import hashlib
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob('*') if p.is_file())
+        text = '\n'.join(f'{p.relative_to(path)} {content_hash(p)}' for p in files)
+        return hashlib.sha256(text.encode()).hexdigest()
+    if path.suffix == '.safetensors':
+        return safetensors_content_hash(path)
+    return sha256_file(path)
 
 
 class EngineCache:
@@ -43,10 +107,10 @@ class EngineCache:
                      source_hash: str | None = None) -> tuple[Path, bool]:
         """(engine path, rebuilt?) for `source` built by `build_fn` into `<root>/<name><suffix>`.
 
-        `source_hash` defaults to the sha256 of the source file.
+        `source_hash` defaults to the source's `content_hash` (its tensors for safetensors).
         """
         from qail_ros.engines.registry import backend_class
-        source_hash = source_hash or sha256_file(source)
+        source_hash = source_hash or content_hash(source)
         version = backend_class(backend).backend_version()
         dev = device_id(device)
         key = cache_key(source_hash, backend, version, dev, precision)

@@ -20,6 +20,7 @@ BACKENDS: dict[str, str] = {
     'onnxruntime': 'qail_ros.engines.ort_engine:OrtEngine',
     'torch-int8': 'qail_ros.engines.int_engine:IntEngine',
     'tensorrt': 'qail_ros.engines.tensorrt_engine:TensorRTEngine',
+    'openvino': 'qail_ros.engines.openvino_engine:OpenVINOEngine',
 }
 
 #: architecture name -> 'module:function(config dict) -> torch.nn.Module' (FP model factory)

@@ -13,6 +13,10 @@ engine registry with its manifest (architecture 'openvla-vision', the model's so
   tensorrt     a serialized plan built from that graph (fp16 or fp32), tied to the GPU and
                the TensorRT version like every plan (qail_ros.engines.tensorrt_engine;
                imported only when used, needs the tensorrt package and an NVIDIA GPU)
+  openvino     that graph as OpenVINO IR (qail_ros.engines.openvino_engine; x86 and ARM
+               CPUs): fp32, bf16 (bfloat16 compute where the CPU has it) or w8a8 (NNCF INT8,
+               calibrated on camera frames: `calibration_frames`, recorded ones for a
+               deployed engine; default 16 seeded random frames)
 The policy then feeds the engine's patch tokens to the backbone instead of running the torch
 towers (`OpenVLAModel.vision_engine`).
 """
@@ -30,7 +34,8 @@ __all__ = ['ARCHITECTURE', 'build_vision_engine', 'load_vision_engine', 'vision_
            'main']
 
 ARCHITECTURE = 'openvla-vision'
-BACKENDS = {'onnxruntime': ('fp32',), 'tensorrt': ('fp16', 'fp32')}
+BACKENDS = {'onnxruntime': ('fp32',), 'tensorrt': ('fp16', 'fp32'),
+            'openvino': ('fp32', 'bf16', 'w8a8')}
 
 
 def vision_contract(config) -> dict[str, Any]:
@@ -80,9 +85,12 @@ def _export_onnx(model, contract: dict, out: Path) -> Path:
 
 
 def build_vision_engine(model_path: str | Path, out_dir: str | Path, *,
-                        backend: str = 'onnxruntime', precision: str | None = None) -> Path:
+                        backend: str = 'onnxruntime', precision: str | None = None,
+                        calibration_frames=None, holdout_frames=None) -> Path:
     """Export the towers + projector of the checkpoint at `model_path` and build an engine
-    (file + manifest) in `out_dir`; returns the engine file's path."""
+    (file + manifest) in `out_dir`; returns the engine file's path. `calibration_frames`:
+    uint8 RGB frames for the openvino w8a8 engine's NNCF calibration; `holdout_frames`: frames
+    for its accuracy report against the float graph (manifest `details.accuracy`)."""
     from qail_ros.engines.base import device_id
     from qail_ros.engines.manifest import Manifest, cache_key, sha256_file, write_manifest
     from qail_ros.engines.registry import backend_class
@@ -109,6 +117,9 @@ def build_vision_engine(model_path: str | Path, out_dir: str | Path, *,
     _export_onnx(load_model(model_path, config=config), contract, onnx_path)
     engine_path = onnx_path
     device = 'cpu'
+    if backend == 'openvino':
+        return _build_openvino(model_path, config, contract, onnx_path, out_dir, precision,
+                               calibration_frames, holdout_frames)
     if backend == 'tensorrt':
         from qail_ros.engines.tensorrt_engine import build_plan
         engine_path = build_plan(onnx_path, out_dir / f'openvla_vision_{precision}.plan',
@@ -128,6 +139,36 @@ def build_vision_engine(model_path: str | Path, out_dir: str | Path, *,
         details={'source': str(model_path), 'onnx': onnx_path.name})
     write_manifest(manifest, out_dir)
     return engine_path
+
+
+def _build_openvino(model_path: Path, config, contract: dict, onnx_path: Path, out_dir: Path,
+                    precision: str, frames, holdout=None) -> Path:
+    import numpy as np
+    import torch
+
+    from qail_ros.engines.openvino_export import build_openvino_engines
+    from qail_ros.openvla.policy import tower_inputs
+
+    def pixels(f):
+        x = torch.from_numpy(np.ascontiguousarray(f)).permute(2, 0, 1)[None].float() / 255
+        return {'pixel_values': tower_inputs(x, config.vit_specs).float().numpy()}
+    feeds = []
+    if precision == 'w8a8':
+        if frames is None:
+            rng = np.random.default_rng(0)
+            frames = [rng.integers(0, 256, (224, 224, 3), np.uint8) for _ in range(16)]
+        feeds = [pixels(f) for f in frames]
+    fields = {'architecture': {'name': ARCHITECTURE, 'config': contract['config']},
+              'inputs': contract['inputs'], 'outputs': contract['outputs'],
+              'normalisation': {'note': 'pixel_values as OpenVLAPolicy.pixel_values makes them '
+                                        "(each tower's resize and mean / std, channels "
+                                        'stacked)'},
+              'details': {'source': str(model_path), 'onnx': onnx_path.name}}
+    paths = build_openvino_engines(onnx_path, out_dir, 'openvla_vision', fields=fields,
+                                   source_hash=_source_hash(model_path),
+                                   precisions=(precision,), calibration=feeds,
+                                   holdout=[pixels(f) for f in (holdout or [])])
+    return paths[precision]
 
 
 def load_vision_engine(path: str | Path, config, *, threads: int = 1):
@@ -154,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--out', required=True, help='output directory (engine + manifest)')
     parser.add_argument('--backend', choices=sorted(BACKENDS), default='onnxruntime')
     parser.add_argument('--precision', default=None,
-                        help='fp32 (onnxruntime) | fp16 or fp32 (tensorrt; default fp16)')
+                        help='fp32 (onnxruntime) | fp16 or fp32 (tensorrt; default fp16) | '
+                        'fp32, bf16 or w8a8 (openvino)')
     args = parser.parse_args(argv)
     path = build_vision_engine(args.model, args.out, backend=args.backend,
                                precision=args.precision)

@@ -155,3 +155,67 @@ def describe(manifest) -> str:
     return (f"{manifest.engine_file}: {manifest.precision} on {manifest.backend}, task "
             f"{d.get('task')}, max |engine - source| {check.get('max_abs_diff', float('nan')):.2g}"
             f" over {check.get('states', 0)} states")
+
+
+def export_openvino_policy(source: str | Path, out_dir: str | Path, *,
+                           precisions: tuple[str, ...] = ('fp32',), name: str | None = None,
+                           dataset: str | Path | None = None, frames: int = 100,
+                           holdout: int = 32, threads: int = 1) -> dict[str, tuple[Path, Any]]:
+    """OpenVINO engines of an FP MLPPolicy (fp32 / bf16 / w8a8; w8a8 calibrated by NNCF on
+    `frames` recorded states of `dataset`, else on states drawn from the policy's own
+    normalisation). Each engine's manifest gets its accuracy against the source model on held
+    out states (`details.accuracy`). Returns {precision: (engine path, manifest)}."""
+    import torch
+
+    from qail_ros.engines.cache import content_hash
+    from qail_ros.engines.calibration import accuracy, recorded_frames
+    from qail_ros.engines.manifest import read_manifest, write_manifest
+    from qail_ros.engines.openvino_export import build_openvino_engines
+    from qail_ros.engines.registry import load_engine
+    from qail_ros.qail.physics_tasks import STUDENT_FORMAT, load_any_policy
+    source = Path(source)
+    if source.is_dir():
+        source = source / 'policy.safetensors'
+    model, info = load_any_policy(source)
+    if info.get('format') == STUDENT_FORMAT:
+        raise EngineError(f'{source} is a QAIL student: it runs on the torch-int8 back end '
+                          '(qail-ros export without --backend); the openvino back end builds '
+                          'engines of FP MLPPolicy files (fp32, bf16, or NNCF w8a8)')
+    model = model.float().eval()
+    arch = dict(model.config)
+    task = (info.get('meta') or {}).get('task')
+    if dataset is not None:
+        rec = recorded_frames(dataset, frames=frames, holdout=holdout,
+                              keys=['observation.state'])
+        calib = [s['observation.state'].astype(np.float32) for s in rec.calibration]
+        held = [s['observation.state'].astype(np.float32) for s in rec.holdout]
+        frames_from = rec.source
+    else:
+        states = _probe_states(model, None, frames + holdout)
+        calib, held = list(states[:frames]), list(states[frames:])
+        frames_from = {'synthetic': 'states drawn from the policy normalisation'}
+    feeds = [{'state': s.reshape(1, -1)} for s in calib]
+    fields = {'architecture': {'name': 'mlp', 'config': arch},
+              'inputs': {'state': {'shape': [1, int(arch['obs_dim'])], 'dtype': 'float32'}},
+              'outputs': {'action': {'shape': [1, int(arch['act_dim'])], 'dtype': 'float32'}},
+              'normalisation': {'state': 'raw observation vector; the engine subtracts '
+                                         'obs_mean and divides by obs_std (stored in it)',
+                                'action': 'values in [-1, 1] (tanh output)'},
+              'details': {'task': task, 'source_file': str(source),
+                          'source_format': info.get('format'), 'calibration': frames_from}}
+    paths = build_openvino_engines(model, out_dir, name or f"{task or 'policy'}",
+                                   fields=fields, source_hash=content_hash(source),
+                                   example={'state': feeds[0]['state']},
+                                   output_names=['action'], precisions=precisions,
+                                   calibration=feeds if 'w8a8' in precisions else ())
+    held_feeds = [{'state': s.reshape(1, -1)} for s in held] or feeds[:8]
+    with torch.no_grad():
+        ref = [{'action': model(torch.from_numpy(f['state'])).numpy()} for f in held_feeds]
+    out = {}
+    for precision, path in paths.items():
+        acc = accuracy(load_engine(path, threads=threads), held_feeds, ref)
+        engine_path, manifest = read_manifest(path)
+        manifest.details['accuracy'] = {**acc, 'reference': f'the source policy {source.name}'}
+        write_manifest(manifest, engine_path.parent)
+        out[precision] = (engine_path, manifest)
+    return out

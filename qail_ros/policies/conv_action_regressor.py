@@ -217,3 +217,59 @@ class ConvActionRegressor(nn.Module):
         model = cls(ConvActionRegressorConfig(**json.loads(meta['config'])))
         model.load_state_dict(load_file(path))
         return model
+
+
+def export_openvino(policy: ConvActionRegressor, out_dir: str | os.PathLike, *,
+                    precisions: tuple[str, ...] = ('fp32', 'bf16', 'w8a8'),
+                    frames: list[np.ndarray] | None = None, instruction: str = '',
+                    name: str = 'conv_action_regressor', source_hash: str | None = None,
+                    holdout: list[np.ndarray] | None = None) -> dict[str, 'os.PathLike']:
+    """OpenVINO engines (qail_ros.engines, back end 'openvino') of the network: inputs
+    'images' (1, 3, S, S) as `preprocess` makes them and 'instruction' (1, D) as
+    `embed_instruction` makes it, output 'action' (1, 7) in [-1, 1]. w8a8 is NNCF INT8
+    calibrated on `frames` (uint8 RGB camera frames, recorded ones for a deployed engine;
+    default: 16 seeded random frames); `holdout` frames (never calibrated on) give each
+    engine's accuracy against the float network in its manifest. Returns {precision: path}."""
+    import hashlib
+
+    from qail_ros.engines.openvino_export import build_openvino_engines
+    cfg = policy.config
+    if frames is None:
+        rng = np.random.default_rng(0)
+        frames = [rng.integers(0, 256, (cfg.image_size, cfg.image_size, 3), np.uint8)
+                  for _ in range(16)]
+    dim = max(1, cfg.instruction_dim)
+    emb = (policy.embed_instruction(instruction).numpy() if policy.film is not None
+           else np.zeros((1, dim), np.float32))
+    feeds = [{'images': policy.preprocess(f).numpy(), 'instruction': emb} for f in frames]
+    held = [{'images': policy.preprocess(f).numpy(), 'instruction': emb}
+            for f in (holdout or [])]
+
+    class _Engine(nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, images, instruction):
+            return self.net(images, instruction if self.net.film is not None else None)
+
+    if source_hash is None:
+        h = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode())
+        for k, v in sorted(policy.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().contiguous().numpy().tobytes())
+        source_hash = h.hexdigest()
+    s = cfg.image_size
+    fields = {'architecture': {'name': 'conv-action-regressor',
+                               'config': dataclasses.asdict(cfg)},
+              'inputs': {'images': {'shape': [1, 3, s, s], 'dtype': 'float32'},
+                         'instruction': {'shape': [1, dim], 'dtype': 'float32'}},
+              'outputs': {'action': {'shape': [1, cfg.action_dim], 'dtype': 'float32'}},
+              'normalisation': {'images': 'RGB / 255, resized to the side, ImageNet mean/std '
+                                          '(ConvActionRegressor.preprocess)',
+                                'instruction': 'hash_instruction vector (embed_instruction)'}}
+    return build_openvino_engines(_Engine(policy), out_dir, name, fields=fields,
+                                  source_hash=source_hash, example=feeds[0],
+                                  output_names=['action'], precisions=precisions,
+                                  calibration=feeds if 'w8a8' in precisions else (),
+                                  holdout=held)

@@ -35,6 +35,24 @@ kept); a model whose rope depends on the sequence (dynamic scaling) is refused. 
 projection's output. Batch 1 (a robot's policy), float32 activations; accuracy_level 4
 quantizes activations per block to int8 (outputs within ~1e-3 of the output scale of the
 float reference), 1 computes in float32.
+
+Prefill (`prefill='int8'`, the CPU default when every linear is per channel): the prompt (OpenVLA:
+256 image patches + ~20 tokens, ~93 % of an action at 1 thread) runs through a SECOND graph
+of the same layers whose linears are int8 GEMMs: the same codes stored as int8 (exact: a
+per-channel 4-bit code is an int8 value times the channel's scale), activations quantized per
+row (per token) to int8 symmetric (scale = max |x| / 127, stored as uint8 with zero point
+128, the u8 x s8 form the CPU's VNNI / AVX2 kernels take), `MatMulInteger` -> int32 -> times
+row scale x channel scale. MLAS runs that GEMM at ~1.6x the MatMulNBits 4-bit rate at
+prefill sizes (measured on a 2-core EPYC, M 276, K 2048, N 5504, one thread: 17 vs 28 ms of
+CPU time). down_proj stays on MatMulNBits in that graph (INT8_PREFILL_SKIP: its input
+silu(gate) * up is heavy-tailed, and one int8 scale per token cost accuracy: at the ~1 B
+layout the prefill logits were 8.5 % of their scale off the float model with it, 5.3 % without
+it, 5.4 % for the all-MatMulNBits graph). Both graphs read and write the same KV-cache
+buffers; decode steps (one token) keep the 4-bit graph, whose weight stream is the decode
+floor. Cost: the int8 copy of the other weights plus down_proj's codes again
+(`prefill_weight_bytes`, ~2x the 4-bit bytes); `prefill='nbits'` runs the prompt
+through the 4-bit graph instead (no extra memory). 8-bit codes use the int8 prefill only on
+CPUs with VNNI (without it u8 x s8 products of full-range int8 codes can saturate).
 """
 from __future__ import annotations
 
@@ -45,7 +63,8 @@ from torch import Tensor, nn
 from qail_ros.quant.ort_int4 import (OrtInt4Error, _concat, _extract, _fusable, _Graph,
                                      _is_int4, _is_silu, _weight_bytes, ort_available)
 
-__all__ = ['OrtLlamaDecoder', 'llama_parts', 'cuda_available', 'DEVICES', 'KV_DTYPES']
+__all__ = ['OrtLlamaDecoder', 'llama_parts', 'cuda_available', 'DEVICES', 'KV_DTYPES',
+           'PREFILLS']
 
 #: the KV cache's capacity grows in steps of this many positions
 CAPACITY_STEP = 64
@@ -54,6 +73,14 @@ DEVICES = ('cpu', 'cuda')
 #: KV cache (and attention) dtype: float32 (CPU default), float16 (CUDA; on CPU measured
 #: slower: 27.9 vs 25.5 ms/token at the ~1 B layout)
 KV_DTYPES = ('float32', 'float16')
+#: how the prompt is run: 'int8' (a second graph with int8 GEMMs, per-token int8
+#: activations), 'nbits' (the decode graph's MatMulNBits), 'auto' (int8 on CPU when it can)
+PREFILLS = ('auto', 'int8', 'nbits')
+#: projections the int8 prefill graph leaves on MatMulNBits (per-block int8 activations): the
+#: input of down_proj (silu(gate) * up) is heavy-tailed, so one int8 scale per token loses
+#: its small values (measured: logits 8 % of their scale off the 4-bit graph's at the ~1 B
+#: layout with down_proj in int8)
+INT8_PREFILL_SKIP = ('down_proj',)
 
 
 def cuda_available() -> bool:
@@ -89,6 +116,12 @@ def llama_parts(model: nn.Module) -> tuple[nn.Module, nn.Module, object]:
     return inner, head, cfg
 
 
+def _per_channel(w) -> bool:
+    """True when a weight's blocks share each row's scale and zero point (per channel)."""
+    return w.scales.shape[1] == 1 or not bool((w.scales != w.scales[:, :1]).any() or (
+        w.zeros != w.zeros[:, :1]).any())
+
+
 class OrtLlamaDecoder:
     """The decoder layers + final norm + lm_head of a Llama as one onnxruntime session with
     an in-place KV cache (see the module docstring). Inference only, batch 1."""
@@ -97,7 +130,8 @@ class OrtLlamaDecoder:
     EXTERNAL_DATA_BYTES = 1 << 30
 
     def __init__(self, model: nn.Module, *, threads: int = 1, accuracy_level: int = 4,
-                 capacity: int = 320, device: str = 'cpu', kv_dtype: str | None = None):
+                 capacity: int = 320, device: str = 'cpu', kv_dtype: str | None = None,
+                 prefill: str = 'auto', int8_prefill_skip: tuple[str, ...] = INT8_PREFILL_SKIP):
         if not ort_available():
             raise OrtInt4Error('onnxruntime / onnx are not installed: pip install onnxruntime '
                                'onnx')
@@ -130,12 +164,35 @@ class OrtLlamaDecoder:
         self.max_positions = int(getattr(cfg, 'max_position_embeddings', 4096))
         self.accuracy_level = accuracy_level
         self.threads = int(threads)
+        self._int8 = False              # True while the int8 prefill graph is built
+        self._int8_skip = tuple(int8_prefill_skip)
         self.embed_tokens = inner.embed_tokens
         self.weight_bytes = 0
         #: weights the graph holds (linears in x out, adapters, norm vectors)
         self.parameters = 0
+        if prefill not in PREFILLS:
+            raise OrtInt4Error(f'prefill {prefill!r}: choose one of {list(PREFILLS)}')
         self.session = self._session(self._build(inner, head, float(cfg.rms_norm_eps)))
+        #: bytes of the int8 prefill graph's weights (0 without one)
+        self.prefill_weight_bytes = 0
+        self.prefill_session = None
+        self.prefill = 'nbits'
+        why = self._int8_prefill_blocker(inner, head) if prefill != 'nbits' else 'asked'
+        if why is None:
+            counted = self.weight_bytes, self.parameters
+            self._int8 = True
+            self.prefill_session = self._session(self._build(inner, head,
+                                                             float(cfg.rms_norm_eps)))
+            self._int8 = False
+            # float weights (norms, adapters, a float lm_head) the second graph holds again
+            self.prefill_weight_bytes += self.weight_bytes - counted[0]
+            self.weight_bytes, self.parameters = counted
+            self.prefill = 'int8'
+        elif prefill == 'int8':
+            raise OrtInt4Error(f'prefill int8 is not possible here: {why}; use prefill '
+                               "'nbits'")
         self._io = None                 # bound by _ensure_capacity (the KV buffers)
+        self._io_prefill = None
         self._capacity = 0
         self._kv: list = []
         self.position = 0
@@ -194,6 +251,9 @@ class OrtLlamaDecoder:
                                    'bits=4 or 8) or Int4WeightOnlyAWQ first')
         max_block = 128 if self.device == 'cuda' else 256
         ws = [_extract(m, name, max_bits=8, max_block=max_block) for m, name in zip(mods, names)]
+        if self._int8 and all(_per_channel(w) and w.input_scale is None for w in ws) and not (
+                any(n.rsplit('.', 1)[-1] in self._int8_skip for n in names)):
+            return self._int8_linear(g, x, ws)
         self.weight_bytes += sum(_weight_bytes(w) for w in ws)
         self.parameters += sum(w.n * w.k + (0 if w.bias is None else w.n) for w in ws)
         if len(ws) == 1:
@@ -201,6 +261,63 @@ class OrtLlamaDecoder:
         if _fusable(ws):
             return g.matmul_nbits(x, _concat(ws), self.accuracy_level)
         return g.op('Concat', [g.matmul_nbits(x, w, self.accuracy_level) for w in ws], axis=-1)
+
+    # -- int8 prefill ---------------------------------------------------------------------
+    def _int8_prefill_blocker(self, inner: nn.Module, head: nn.Module) -> str | None:
+        """None when the int8 prefill graph can be built, else why not."""
+        if self.device != 'cpu':
+            return f'device {self.device!r} (the int8 prefill graph is for the CPU)'
+        from qail_ros.engines.base import cpu_features
+        vnni = bool({'avx512_vnni', 'avx_vnni', 'asimddp'} & set(cpu_features()))
+        mods = [(f'layers.{i}.{n}', getattr(getattr(layer, part), n))
+                for i, layer in enumerate(inner.layers)
+                for part, names in (('self_attn', ('q_proj', 'k_proj', 'v_proj', 'o_proj')),
+                                    ('mlp', ('gate_proj', 'up_proj', 'down_proj')))
+                for n in names]
+        from qail_ros.quant.lora import LoRALinear
+        for name, m in mods:
+            m = m.base if isinstance(m, LoRALinear) else m
+            try:
+                w = _extract(m, name, max_bits=8)
+            except OrtInt4Error as exc:
+                return str(exc)
+            if not _per_channel(w):
+                return f'{name} is group-wise quantized (int8 prefill needs per-channel codes)'
+            if w.input_scale is not None:
+                return f'{name} has AWQ input scales'
+            if w.bits > 4 and not vnni:
+                return f'{name} has 8-bit codes and this CPU has no VNNI (u8 x s8 saturation)'
+        return None
+
+    def _int8_linear(self, g: _Graph, x: str, ws: list) -> str:
+        """y = x @ W^T for per-channel codes: per-row int8 activations, MatMulInteger with
+        the codes as int8, int32 -> float times row scale and channel scale (+ bias)."""
+        xq, row_scale = self._rows_int8(g, x)
+        b = np.concatenate([(w.codes.numpy().astype(np.int16) - w.zeros.numpy()[:, :1])
+                            .astype(np.int8) for w in ws]).T.copy()          # (k, n) int8
+        col = np.concatenate([w.scales.numpy()[:, 0] for w in ws]).astype(np.float32)
+        self.prefill_weight_bytes += b.size + col.size * 4
+        acc = g.op('MatMulInteger', [xq, g._init('Bq', b), g._init('zp', np.uint8(128))])
+        y = g.op('Mul', [g.op('Mul', [g.op('Cast', [acc], to=1), row_scale]),
+                         g._init('cs', col)])
+        if any(w.bias is not None for w in ws):
+            bias = np.concatenate([w.bias.numpy() if w.bias is not None else np.zeros(w.n)
+                                   for w in ws]).astype(np.float32)
+            y = g.op('Add', [y, g._init('bias', bias)])
+        return y
+
+    def _rows_int8(self, g: _Graph, x: str) -> tuple[str, str]:
+        """(uint8 codes with zero point 128, float row scales (..., 1)) of activations x:
+        symmetric int8 per row (token), scale = max |x| / 127; once per input."""
+        cache = g.__dict__.setdefault('_rowq', {})
+        if x not in cache:
+            top = g.op('ReduceMax', [g.op('Abs', [x])], axes=[-1], keepdims=1)
+            scale = g.op('Div', [g.op('Max', [top, g._init('eps', np.float32(1e-12))]),
+                                 g._init('c127', np.float32(127.0))])
+            q = g.op('Round', [g.op('Div', [x, scale])])
+            u8 = g.op('Cast', [g.op('Add', [q, g._init('c128', np.float32(128.0))])], to=2)
+            cache[x] = (u8, scale)
+        return cache[x]
 
     def _norm(self, g: _Graph, x: str, norm: nn.Module, eps: float) -> str:
         self.parameters += norm.weight.numel()
@@ -328,14 +445,19 @@ class OrtLlamaDecoder:
                 buf[:, :, :self.position] = old.numpy()[:, :, :self.position]
             new.append(ort.OrtValue.ortvalue_from_numpy(buf, self.device, 0))
         self._kv, self._capacity = new, cap     # CPU OrtValues keep their numpy buffers alive
-        io = self.session.io_binding()
+        self._io = self._bind(self.session)
+        if self.prefill_session is not None:     # the same KV buffers
+            self._io_prefill = self._bind(self.prefill_session)
+
+    def _bind(self, session):
+        io = session.io_binding()
         io.bind_output('logits', 'cpu')            # first: output 0 of get_outputs()
         for i in range(self.layers):
             for j, kind in enumerate(('key', 'value')):
                 v = self._kv[2 * i + j]
                 io.bind_ortvalue_input(f'past_{kind}_{i}', v)
                 io.bind_ortvalue_output(f'present_{kind}_{i}', v)
-        self._io = io
+        return io
 
     @property
     def capacity(self) -> int:
@@ -370,11 +492,12 @@ class OrtLlamaDecoder:
         self._ensure_capacity(total)
         x = inputs_embeds.detach()
         x = x if x.dtype is torch.float32 else x.float()
-        io = self._io
+        prefill = s > 1 and self.prefill_session is not None
+        io = self._io_prefill if prefill else self._io
         io.bind_cpu_input('inputs_embeds', np.ascontiguousarray(x.numpy()))
         io.bind_cpu_input('seqlens_k', np.array([total - 1], np.int32))
         io.bind_cpu_input('total_sequence_length', np.array(total, np.int32))
-        self.session.run_with_iobinding(io)
+        (self.prefill_session if prefill else self.session).run_with_iobinding(io)
         self.position = total
         # a copy: onnxruntime reuses the output buffer on the next step
         return torch.from_numpy(np.array(io.get_outputs()[0].numpy(), copy=True))

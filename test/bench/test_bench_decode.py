@@ -73,3 +73,44 @@ def test_floor_uses_the_median_bandwidth_reading(monkeypatch, capsys):
     assert out['bandwidth_readings_gbps'] == [4.0, 50.0, 6.0]
     assert out['bandwidth_gbps'] == 6.0
     assert out['int4_floor_ms'] == pytest.approx(out['weight_mb']['int4'] * 2**20 / 6e9 * 1e3)
+
+
+def test_action_and_prefill_fraction_of_the_measured_gemm_peak(monkeypatch, capsys):
+    """action_ms per precision, and prefill FLOPs / prefill time against the GEMM peak of the
+    precision's compute (int8 for the onnxruntime graph), measured in the same run."""
+    from qail_ros.bench import decode
+    monkeypatch.setitem(decode.LAYOUTS, 'small', (128, 256, 1, 2))
+    monkeypatch.setattr(decode, 'measure_bandwidth_gbps', lambda mbytes=0, repeats=0: 5.0)
+    peaks = {'fp32': 40.0, 'bf16': 80.0, 'int8_torch': 150.0, 'int8': 160.0,
+             'cpu': {'fp32': 50.0, 'bf16': 90.0, 'int8_torch': 170.0, 'int8': 170.0}}
+    seen = []
+    monkeypatch.setattr(decode, 'measure_gemm_peak_gflops',
+                        lambda m, k, n, repeats=5: seen.append((m, k, n)) or dict(peaks))
+    args = argparse.Namespace(small=True, threads=1, tokens=2, prompt=8, repeats=1,
+                              precisions='fp32,int4_ort', json=True)
+    assert decode.main(args) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert seen == [(8, 128, 256)]                      # the prefill's MLP GEMM shape
+    assert out['gemm_peak_gflops'] == peaks
+    assert set(out['action_ms']) == set(out['prefill_fraction_of_peak']) == {'fp32', 'int4_ort'}
+    assert out['prefill_peak'] == {'fp32': 'fp32', 'int4_ort': 'int8'}
+    # 1 layer: 2 x 8 x (4 x 128^2 + 3 x 128 x 256) + attention 2 x 8^2 x 128 + lm_head
+    flops = 2 * 8 * (4 * 128 ** 2 + 3 * 128 * 256) + 2 * 64 * 128 + 2 * 128 * 32064
+    assert out['prefill_flops'] == pytest.approx(flops)
+    for p, peak in (('fp32', 40.0), ('int4_ort', 160.0)):
+        want = flops / (out['prefill_ms'][p] / 1e3) / 1e9 / peak
+        assert out['prefill_fraction_of_peak'][p] == pytest.approx(want)
+        cpu = flops / (out['cpu_prefill_ms'][p] / 1e3) / 1e9 / peaks['cpu'][
+            'int8' if p == 'int4_ort' else 'fp32']
+        assert out['cpu_prefill_fraction_of_peak'][p] == pytest.approx(cpu)
+    assert out['prefill_mode']['int4_ort'] in ('int8', 'nbits')
+    assert out['int4_action_speedup_vs_fp32'] == pytest.approx(
+        out['action_ms']['fp32'] / out['int4_action_ms'])
+
+
+def test_gemm_peak_is_measured():
+    from qail_ros.bench.decode import measure_gemm_peak_gflops
+    peak = measure_gemm_peak_gflops(16, 64, 64, repeats=1)
+    assert {'fp32', 'bf16', 'int8', 'cpu'} <= set(peak)
+    assert min(v for k, v in peak.items() if k != 'cpu') > 0 and min(peak['cpu'].values()) > 0
+    assert peak['int8'] == max(v for k, v in peak.items() if k.startswith('int8_'))

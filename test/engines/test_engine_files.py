@@ -162,6 +162,6 @@ def test_tensorrt_engine(cilrs_engines):
 
 def test_import_is_lean():
     code = ('import sys, qail_ros.engines, qail_ros.cilrs, qail_ros.nodes.cilrs_policy; '
-            'heavy = [m for m in ("torch", "onnxruntime", "onnx", "tensorrt") '
+            'heavy = [m for m in ("torch", "onnxruntime", "onnx", "tensorrt", "openvino", "nncf") '
             'if m in sys.modules]; print(heavy); assert not heavy')
     subprocess.run([sys.executable, '-c', code], check=True)

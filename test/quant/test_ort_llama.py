@@ -234,3 +234,41 @@ def test_cuda_device_needs_onnxruntime_gpu():
     else:
         with pytest.raises(OrtInt4Error, match='install onnxruntime-gpu'):
             OrtLlamaDecoder(model, device='cuda')
+
+
+def test_int8_prefill_graph_for_per_channel_codes():
+    """Per-channel INT4: the prompt runs through the int8-GEMM graph (per-token int8
+    activations) sharing the KV cache with the 4-bit decode graph; logits within 3 % of the
+    float reference's scale, decode steps after it agree with the all-MatMulNBits decoder."""
+    model = _llama()
+    quant.quantize_(model, quant.WeightOnlyRTN(bits=4, granularity='per_channel',
+                                               exclude=['lm_head']))
+    fast = OrtLlamaDecoder(model)
+    plain = OrtLlamaDecoder(model, prefill='nbits')
+    assert fast.prefill == 'int8' and fast.prefill_session is not None
+    assert plain.prefill == 'nbits' and plain.prefill_session is None
+    int8_per_layer = 4 * HIDDEN * HIDDEN + 2 * HIDDEN * INTER     # down_proj stays 4-bit
+    down = HIDDEN * INTER // 2                                     # its 4-bit codes again
+    head = 512 * HIDDEN * 4
+    # int8 copy of the codes (a byte each) + float32 channel scales + the float head again
+    low = 2 * (int8_per_layer + down) + head
+    assert low <= fast.prefill_weight_bytes <= low * 1.1
+    assert fast.weight_bytes == plain.weight_bytes
+    embeds = torch.randn(1, 40, HIDDEN, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        ref = model(inputs_embeds=embeds).logits[0, -1]
+    fast.reset()
+    got = fast.step(embeds)[0]
+    assert float((got - ref).abs().max()) < 0.03 * float(ref.abs().max())
+    a, b = _greedy_decoder(fast, embeds, 6), _greedy_decoder(plain, embeds, 6)
+    assert float((a - b).abs().max()) < 0.03 * float(b.abs().max())
+    assert torch.equal(a, _greedy_decoder(fast, embeds, 6))          # reset repeats exactly
+
+
+def test_int8_prefill_needs_per_channel_codes():
+    model = _rtn(_llama())                                           # group 64
+    assert OrtLlamaDecoder(model).prefill == 'nbits'
+    with pytest.raises(OrtInt4Error, match='group-wise'):
+        OrtLlamaDecoder(model, prefill='int8')
+    with pytest.raises(OrtInt4Error, match='prefill'):
+        OrtLlamaDecoder(model, prefill='fast')
