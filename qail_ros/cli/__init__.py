@@ -24,6 +24,8 @@ COMMANDS = {
     'dataset': 'qail_ros.cli.dataset_cmd',
     'export': 'qail_ros.cli.export_cmd',
     'monitor': 'qail_ros.cli.monitor_cmd',
+    'train-expert': 'qail_ros.cli.train_expert_cmd',
+    'train-fp': 'qail_ros.cli.train_fp_cmd',
 }
 
 
