@@ -1,12 +1,13 @@
-"""QAIL on the DeepMind Control tasks of `qail_ros.physics`: data, training, saving, evaluation.
+"""QAIL on the physics tasks of `qail_ros.physics`: data, training, saving, evaluation.
 
 The glue between the generic trainer and the physics package, shared by `qail-ros train`,
 `qail-ros eval` and `qail-ros bench physics`:
 
-- D_QAIL for a task = D_E (rollouts of the shipped expert: LQR or SAC) ∪ D_FP (rollouts of the
-  shipped FP MLP policy), each labelled with the acting policy's own (clean) action. The data
-  seeds depend on the training seed and never overlap the evaluation seeds (0, 1, ...).
-- The teacher is the shipped FP policy; the student is its quantized copy.
+- D_QAIL for a task = D_E (rollouts of the expert: LQR or SAC) ∪ D_FP (rollouts of the FP MLP
+  policy), each labelled with the acting policy's own (clean) action; both come from a teacher
+  directory (`qail-ros train-expert -o DIR`, passed as `teacher_dir`) or the task's shipped one.
+  The data seeds depend on the training seed and never overlap the evaluation seeds (0, 1, ...).
+- The teacher is the FP policy; the student is its quantized copy.
 - On-policy QBC rolls the student out in the task (environment seeds from 100000 up).
 - A trained student is saved as one safetensors file (its state dict, LSQ steps included) whose
   metadata holds the task, the FP architecture and the TrainConfig, so `load_trained` can rebuild
@@ -43,9 +44,13 @@ class PolicyFileError(QailRosError, ValueError):
 
 
 def obs_groups(task: str) -> list[list[int]]:
-    """State dimensions grouped by dm_control observation key (e.g. position, velocity)."""
+    """State dimensions grouped by dm_control observation key (e.g. position, velocity); one
+    group per dimension for other tasks."""
     from qail_ros.physics.tasks import make_env
-    spec = make_env(task).env.observation_spec()
+    env = make_env(task)
+    if not hasattr(getattr(env, 'env', None), 'observation_spec'):
+        return [[i] for i in range(env.obs_dim)]
+    spec = env.env.observation_spec()
     groups, start = [], 0
     for v in spec.values():
         n = int(np.prod(v.shape))
@@ -56,8 +61,10 @@ def obs_groups(task: str) -> list[list[int]]:
 
 def build_qail_data(task: str, *, expert_episodes: int = 10, fp_episodes: int = 10,
                     seed: int = 0, max_steps: int | None = None, teacher: nn.Module | None = None,
-                    expert_noise: float = 0.0) -> ImitationData:
-    """D_QAIL = D_E ∪ D_FP for `task`, from the shipped expert and FP policy.
+                    expert_noise: float = 0.0,
+                    teacher_dir: str | Path | None = None) -> ImitationData:
+    """D_QAIL = D_E ∪ D_FP for `task`, from the expert and FP policy of `teacher_dir` (default:
+    the task's shipped ones; `teacher` overrides the FP policy).
 
     `expert_noise` (std, action units) perturbs the executed expert actions, not the labels
     (DART-style), to widen the states the demonstrations cover.
@@ -67,11 +74,11 @@ def build_qail_data(task: str, *, expert_episodes: int = 10, fp_episodes: int = 
     base = DATA_SEED_BASE + 1000 * seed
     parts: dict[str, Any] = {}
     if expert_episodes > 0:
-        r = rollout(load_expert(task), task, expert_episodes, base, max_steps=max_steps,
-                    action_noise=expert_noise)
+        r = rollout(load_expert(task, teacher=teacher_dir), task, expert_episodes, base,
+                    max_steps=max_steps, action_noise=expert_noise)
         parts['expert'] = (r.obs, r.act)
     if fp_episodes > 0:
-        fp = teacher if teacher is not None else load_fp_policy(task)
+        fp = teacher if teacher is not None else load_fp_policy(task, teacher_dir)
         r = rollout(fp, task, fp_episodes, base + 500, max_steps=max_steps)
         parts['fp'] = (r.obs, r.act)
     return ImitationData.from_sources(**parts)
@@ -114,16 +121,26 @@ def data_from_datasets(fp: str | Path | None = None, expert: str | Path | None =
 def dataset_task(root: str | Path) -> str | None:
     """The physics task a data set was recorded on (its single task text), if it is one."""
     from qail_ros.dataset.reader import load_manifest
-    from qail_ros.physics.tasks import TASKS
+    from qail_ros.physics.tasks import resolve_task
     tasks = [t for t in load_manifest(root).get('tasks', []) if t]
-    return tasks[0] if len(tasks) == 1 and tasks[0] in TASKS else None
+    if len(tasks) != 1:
+        return None
+    try:
+        resolve_task(tasks[0])
+    except QailRosError:
+        return None
+    return tasks[0]
 
 
 def load_teacher(path: str | Path) -> nn.Module:
-    """The FP teacher: an MLPPolicy file, or an fp32 'mlp' engine written by qail-ros export."""
+    """The FP teacher: a teacher directory (qail-ros train-expert), an MLPPolicy file, or an
+    fp32 'mlp' engine written by qail-ros export."""
     from qail_ros.engines.manifest import manifest_path, read_manifest
     from qail_ros.physics.policy import build_mlp, load_policy
     path = Path(path)
+    if path.is_dir():
+        from qail_ros.physics.models import load_fp_policy
+        return load_fp_policy(None, path)
     if manifest_path(path).is_file():
         engine, manifest = read_manifest(path)
         if manifest.architecture.get('name') != 'mlp' or manifest.precision != 'fp32':
@@ -143,11 +160,17 @@ def load_teacher(path: str | Path) -> nn.Module:
 
 
 def make_collector(task: str, *, episodes: int = 2, max_steps: int | None = None,
-                   seed: int = 0) -> Callable[[nn.Module, int], torch.Tensor]:
-    """On-policy QBC collector: round k rolls the student out on fresh environment seeds."""
+                   seed: int = 0, on_round: Callable[[nn.Module, int], None] | None = None
+                   ) -> Callable[[nn.Module, int], torch.Tensor]:
+    """On-policy QBC collector: round k rolls the student out on fresh environment seeds.
+
+    `on_round(student, k)` is called first (e.g. to evaluate the student after k rounds of
+    training: bench physics --curve)."""
     from qail_ros.physics.closed_loop import rollout
 
     def collect(student: nn.Module, k: int) -> torch.Tensor:
+        if on_round is not None:
+            on_round(student, k)
         r = rollout(student, task, episodes, ONPOLICY_SEED_BASE + 1000 * seed + k * episodes,
                     max_steps=max_steps)
         return torch.from_numpy(r.obs)
@@ -156,16 +179,23 @@ def make_collector(task: str, *, episodes: int = 2, max_steps: int | None = None
 
 def train_on_task(task: str, config: TrainConfig, *, data: ImitationData | None = None,
                   teacher: nn.Module | None = None, quantize_fn=None,
-                  data_kwargs: dict[str, Any] | None = None) -> TrainResult:
-    """Quantize the task's FP policy and fine-tune it with `config.method` (on-policy if set)."""
+                  data_kwargs: dict[str, Any] | None = None,
+                  teacher_dir: str | Path | None = None,
+                  on_round: Callable[[nn.Module, int], None] | None = None) -> TrainResult:
+    """Quantize the task's FP policy and fine-tune it with `config.method` (on-policy if set).
+
+    The FP policy is `teacher`, else that of `teacher_dir`, else the task's shipped one.
+    `on_round(student, k)` runs before on-policy round k (after k * onpolicy_every steps)."""
     from qail_ros.physics.models import load_fp_policy
-    teacher = teacher if teacher is not None else load_fp_policy(task)
+    teacher = teacher if teacher is not None else load_fp_policy(task, teacher_dir)
     if data is None:
-        data = build_qail_data(task, seed=config.seed, teacher=teacher, **(data_kwargs or {}))
+        data = build_qail_data(task, seed=config.seed, teacher=teacher,
+                               teacher_dir=teacher_dir, **(data_kwargs or {}))
     collector = None
     if config.onpolicy_every > 0 and config.uses_qbc:
         collector = make_collector(task, episodes=config.onpolicy_episodes,
-                                   max_steps=config.onpolicy_max_steps, seed=config.seed)
+                                   max_steps=config.onpolicy_max_steps, seed=config.seed,
+                                   on_round=on_round)
     trainer = QAILTrainer(teacher, config, data, collector=collector, quantize_fn=quantize_fn)
     return trainer.train()
 
@@ -233,10 +263,13 @@ def load_any_policy(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     from safetensors import safe_open
     path = Path(path)
     if path.is_dir():
-        path = path / 'policy.safetensors'
+        # a qail-ros train output, else a teacher directory (its FP policy)
+        path = path / ('policy.safetensors' if (path / 'policy.safetensors').is_file()
+                       or not (path / 'fp_policy.safetensors').is_file()
+                       else 'fp_policy.safetensors')
     if not path.is_file():
-        raise PolicyFileError(f'no policy at {path}: pass a .safetensors file or a directory '
-                              'written by qail-ros train')
+        raise PolicyFileError(f'no policy at {path}: pass a .safetensors file, a directory '
+                              'written by qail-ros train or a teacher directory')
     try:
         with safe_open(str(path), framework='pt') as f:
             fmt = (f.metadata() or {}).get('format')
@@ -248,6 +281,7 @@ def load_any_policy(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     from qail_ros.physics.policy import FORMAT, load_policy
     if fmt == FORMAT:
         policy = load_policy(path)
-        return policy, {'format': FORMAT, 'meta': getattr(policy, 'meta', {})}
+        meta = getattr(policy, 'meta', {}) or {}
+        return policy, {'format': FORMAT, 'meta': meta, 'task': meta.get('task')}
     raise PolicyFileError(f'{path} has format {fmt!r}: expected {STUDENT_FORMAT!r} (qail-ros '
                           f'train) or {FORMAT!r} (an FP MLPPolicy)')
