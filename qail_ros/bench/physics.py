@@ -72,7 +72,8 @@ def add_arguments(parser):
                         help='retention against training steps: comma-separated budgets, e.g. '
                              '2000,5000,20000 (multiples of --onpolicy-every)')
     parser.add_argument('--first-seed', type=int, default=0,
-                        help='training seeds first-seed .. first-seed + seeds - 1 (default 0)')
+                        help='training seeds first-seed .. first-seed + seeds - 1 (default 0); '
+                             'with --merge, the seeds join those of the same methods in OUT')
     parser.add_argument('--bits', action='append', default=None,
                         help='bit widths, e.g. w4a4 (default) or w4a4,w3a3; the first is the '
                              'main one')
@@ -233,6 +234,8 @@ def run_task(task: str, bits_list: list[str], methods: list[str], s: dict[str, A
                           probes.get(run_key))
         if len(run_key) == 3:
             out[key]['steps'] = run_key[2]
+        out[key]['seed_ids'] = list(range(first, first + s['seeds']))
+        out[key]['train_steps'] = run_key[2] if len(run_key) == 3 else s['steps']
     if 'fp' not in methods:
         out['fp']['reference_only'] = True
     return out
@@ -453,6 +456,36 @@ def write_outputs(result: dict[str, Any], out: Path) -> dict[str, str]:
     return files
 
 
+def _same_protocol(kept: Any, entry: Any) -> bool:
+    """Two entries of one method measured on other training seeds, otherwise alike."""
+    if not (isinstance(kept, dict) and isinstance(entry, dict)):
+        return False
+    keys = ('method', 'bits', 'episodes', 'steps', 'train_steps')
+    same = all(kept.get(k) == entry.get(k) for k in keys)
+    a, b = set(kept.get('seed_ids') or ()), set(entry.get('seed_ids') or ())
+    return same and bool(a) and bool(b) and not a & b
+
+
+def _combine_seeds(kept: dict[str, Any], entry: dict[str, Any],
+                   fp_mean: float | None) -> dict[str, Any]:
+    """One entry over the training seeds of both (bench physics --merge --first-seed K)."""
+    pairs = sorted(zip(kept['seed_ids'] + entry['seed_ids'], kept['returns'] + entry['returns']))
+    n_k, n_e = kept['seeds'], entry['seeds']
+    train = [kept.get('train_seconds', 0.0)] * n_k + [entry.get('train_seconds', 0.0)] * n_e
+    probes = None
+    if 'attdiv' in kept and 'attdiv' in entry:
+        probes = [{k: kept[k] for k in ('attdiv', 'gap')}] * n_k + [
+            {k: entry[k] for k in ('attdiv', 'gap')}] * n_e
+    out = _entry(entry['method'], entry['bits'], [r for _, r in pairs], fp_mean,
+                 train if 'train_seconds' in entry else [], probes)
+    for k in ('steps', 'train_steps'):
+        if k in entry:
+            out[k] = entry[k]
+    out['seed_ids'] = [i for i, _ in pairs]
+    out['run'] = ', '.join(dict.fromkeys(f'{kept.get("run")}, {entry.get("run")}'.split(', ')))
+    return out
+
+
 def _merge_task(result: dict[str, Any], task: str, measured: dict[str, Any],
                 run: dict[str, Any], merge: bool) -> None:
     """Put one task's measured methods into `result`, keeping the others (per method)."""
@@ -460,6 +493,9 @@ def _merge_task(result: dict[str, Any], task: str, measured: dict[str, Any],
     run_key = f'{task} {",".join(bits_list)}'
     if merge and result['runs'].get(run_key, {}).get('methods') not in (None, methods):
         run_key += f' [{",".join(methods)}]'
+    first = run['settings'].get('first_seed', 0)
+    if first:
+        run_key += f' seeds {first}..{first + run["settings"]["seeds"] - 1}'
     for entry in measured.values():
         if isinstance(entry, dict):
             entry['run'] = run_key
@@ -470,6 +506,8 @@ def _merge_task(result: dict[str, Any], task: str, measured: dict[str, Any],
         if (key == 'fp' and isinstance(kept, dict) and isinstance(entry, dict)
                 and kept.get('episodes', 0) >= entry.get('episodes', 0)):
             continue
+        if merge and _same_protocol(kept, entry):
+            entry = _combine_seeds(kept, entry, merged.get('fp', {}).get('mean'))
         merged[key] = entry
     result['results'][task] = merged
     result['runs'][run_key] = run

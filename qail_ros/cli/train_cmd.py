@@ -23,11 +23,13 @@ PHYSICS_DEFAULTS = {'steps': 2000, 'lr': 3e-4, 'batch_size': 256, 'onpolicy_ever
 
 def add_arguments(parser):
     parser.add_argument('--task', default=None,
-                        help='physics task, e.g. cartpole-balance, walker-stand (default: the '
-                             "task of --data's recordings)")
+                        help="physics task: DeepMind Control domain-task, gym:ENV_ID or "
+                             "module:factory (default: the task of --data's recordings or of "
+                             'the --teacher directory)')
     parser.add_argument('--teacher', default=None,
-                        help="FP policy: MLPPolicy file or fp32 engine (default: the task's "
-                             'shipped FP policy)')
+                        help='FP policy: a teacher directory (qail-ros train-expert; its expert '
+                             "gives D_E), an MLPPolicy file or an fp32 engine (default: the "
+                             "task's shipped FP policy and expert)")
     parser.add_argument('--data', default=None,
                         help='data set of recorded FP rollouts (D_FP; qail-ros dataset build)')
     parser.add_argument('--expert-data', default=None,
@@ -75,19 +77,23 @@ def _episodes(args) -> tuple[int, int]:
 
 def resolve_task(args) -> str | None:
     """--task, else the task the data set was recorded on, else the teacher's."""
+    from pathlib import Path
+
     from qail_ros.errors import ParameterError
-    from qail_ros.physics.tasks import task_spec
+    from qail_ros.physics.tasks import check_task
     if args.task:
-        task_spec(args.task)
-        return args.task
+        return check_task(args.task)
     if args.data:
         from qail_ros.qail.physics_tasks import dataset_task
         task = dataset_task(args.data)
         if task:
             return task
         return None
-    raise ParameterError('name the task (--task walker-stand) or give recorded data (--data '
-                         'DATASET)')
+    if args.teacher and Path(args.teacher).is_dir():
+        from qail_ros.physics.models import teacher_task
+        return teacher_task(args.teacher)
+    raise ParameterError('name the task (--task walker-stand), a teacher directory (--teacher '
+                         'DIR) or give recorded data (--data DATASET)')
 
 
 def build_config(args):
@@ -153,9 +159,10 @@ def main(args) -> int:
             from qail_ros.errors import ParameterError
             raise ParameterError('--expert-episodes / --fp-episodes simulate the task: pass '
                                  '--task')
+        teacher_dir = args.teacher if args.teacher and Path(args.teacher).is_dir() else None
         parts.append(build_qail_data(task, expert_episodes=expert_episodes,
                                      fp_episodes=fp_episodes, seed=config.seed,
-                                     teacher=teacher))
+                                     teacher=teacher, teacher_dir=teacher_dir))
     if not parts:
         from qail_ros.errors import ParameterError
         raise ParameterError('no training data: give --data DATASET (recorded rollouts) or '

@@ -45,6 +45,8 @@ def add_arguments(parser):
     fp.add_argument('--fp-noise-episodes', type=int, default=20,
                     help='demonstrations with action noise, clean labels (20)')
     fp.add_argument('--fp-hidden', type=int, default=256, help='FP MLP width (256)')
+    fp.add_argument('--fp-eval-episodes', type=int, default=10,
+                    help='episodes evaluating expert, FP policy and random policy (10)')
     parser.add_argument('--threads', type=int, default=1, help='torch threads (default 1)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     parser.add_argument('--json', action='store_true',
@@ -112,13 +114,15 @@ def main(args) -> int:
     if not args.no_fp:
         eta = T.estimate_fp_seconds(task, episodes=args.fp_episodes,
                                     noise_episodes=args.fp_noise_episodes, steps=args.fp_steps,
-                                    hidden=args.fp_hidden, layers=3)
+                                    hidden=args.fp_hidden, layers=3,
+                                    eval_episodes=args.fp_eval_episodes)
         print(f'2/2 FP MLP (3 x {args.fp_hidden}) by behaviour cloning: '
               f'{args.fp_episodes} + {args.fp_noise_episodes} demonstrations, {args.fp_steps} '
               f'steps; expected {T.fmt_seconds(eta)}', flush=True)
         manifest = T.train_fp(out, task, episodes=args.fp_episodes,
                               noise_episodes=args.fp_noise_episodes, steps=args.fp_steps,
-                              hidden=args.fp_hidden, command=command_line(),
+                              hidden=args.fp_hidden, eval_episodes=args.fp_eval_episodes,
+                              command=command_line(),
                               log=lambda m: print(m, flush=True))
         result['manifest'] = str(out / 'manifest.json')
         result['fp'] = manifest['fp_policy']['return']

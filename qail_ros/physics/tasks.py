@@ -115,7 +115,8 @@ def resolve_task(task: str) -> TaskSpec:
         env_id = task[len(GYM_PREFIX):]
         registry = _gym().envs.registry
         if env_id not in registry:
-            close = sorted(k for k in registry if env_id.split('-v')[0].lower() in k.lower())
+            import difflib
+            close = difflib.get_close_matches(env_id, list(registry), n=5, cutoff=0.6)
             raise UnknownTaskError(f'unknown Gymnasium env {env_id!r} in task {task!r}'
                                    + (f': did you mean {", ".join(close[:5])}?' if close else
                                       ': see gymnasium.envs.registry (MuJoCo envs need '
@@ -165,6 +166,7 @@ class PhysicsEnv:
     max_steps: int
     spec: TaskSpec
     terminated: bool = False
+    last_obs: np.ndarray | None = None
 
     def reset(self) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
@@ -217,14 +219,16 @@ class DMControlEnv(PhysicsEnv):
 
     def reset(self) -> np.ndarray:
         self.terminated = False
-        return self.flatten(self.env.reset().observation)
+        self.last_obs = self.flatten(self.env.reset().observation)
+        return self.last_obs
 
     def step(self, action) -> tuple[np.ndarray, float, bool]:
         """Apply an action in [-1, 1] (clipped); return (obs, reward, episode_done)."""
         ts = self.env.step(self._scale(action, self._low, self._high))
         # a suite episode ends by its time limit (discount 1); discount 0 is a real termination
         self.terminated = bool(ts.last()) and float(ts.discount or 0.0) == 0.0
-        return self.flatten(ts.observation), float(ts.reward or 0.0), bool(ts.last())
+        self.last_obs = self.flatten(ts.observation)
+        return self.last_obs, float(ts.reward or 0.0), bool(ts.last())
 
 
 class _MujocoView:
@@ -281,7 +285,8 @@ class GymEnv(PhysicsEnv):
             obs, _ = self.env.reset(seed=self.seed)
             self.env.action_space.seed(self.seed)
             self._seeded = True
-        return np.asarray(obs, dtype=np.float32).ravel()
+        self.last_obs = np.asarray(obs, dtype=np.float32).ravel()
+        return self.last_obs
 
     def step(self, action) -> tuple[np.ndarray, float, bool]:
         a = self._scale(action, self._low, self._high).reshape(self.env.action_space.shape)
@@ -290,7 +295,8 @@ class GymEnv(PhysicsEnv):
         self._steps += 1
         self.terminated = bool(terminated)
         done = bool(terminated or truncated) or self._steps >= self.max_steps
-        return np.asarray(obs, dtype=np.float32).ravel(), float(reward), done
+        self.last_obs = np.asarray(obs, dtype=np.float32).ravel()
+        return self.last_obs, float(reward), done
 
 
 def _load_factory(spec: TaskSpec):
