@@ -178,6 +178,8 @@ def run_task(task: str, bits_list: list[str], methods: list[str], s: dict[str, A
     teacher = load_fp_policy(task, teacher_dir)
     out: dict[str, Any] = {}
     curve = s.get('curve') or []
+    log(f'{task}: expected {_fmt_s(estimate_task_seconds(task, teacher, bits_list, methods, s))}'
+        ' on this machine now')
     # FP is always measured: it is the reference of every retention figure.
     t0 = time.perf_counter()
     fp_returns = evaluate_policy(teacher, task, s['episodes'])
@@ -239,6 +241,35 @@ def run_task(task: str, bits_list: list[str], methods: list[str], s: dict[str, A
     if 'fp' not in methods:
         out['fp']['reference_only'] = True
     return out
+
+
+def _fmt_s(seconds: float) -> str:
+    from qail_ros.physics.teacher import fmt_seconds
+    return fmt_seconds(seconds)
+
+
+def estimate_task_seconds(task: str, teacher, bits_list: list[str], methods: list[str],
+                          s: dict[str, Any]) -> float:
+    """Expected seconds of run_task with settings `s` (a short measurement of the env step and
+    of a quantized training step on this machine)."""
+    from qail_ros.qail.config import TrainConfig
+    from qail_ros.qail.physics_tasks import estimate_train_seconds, measure_costs
+    probe = TrainConfig(method='qail_qbc', bits=bits_list[0], steps=1)
+    costs = measure_costs(task, teacher, probe)
+    ep = costs['episode_steps']
+    per_seed = (s['expert_episodes'] + s['fp_episodes']) * ep * costs['env_s']
+    curve = s.get('curve') or []
+    for bits in bits_list:
+        for method in methods:
+            if method == 'fp' or (curve and method == 'ptq_rtn'):
+                continue
+            every = 0 if method in OFFLINE else s['onpolicy_every']
+            cfg = TrainConfig(method=OFFLINE.get(method, method), bits=bits, steps=s['steps'],
+                              onpolicy_every=every, onpolicy_episodes=s['onpolicy_episodes'],
+                              onpolicy_max_steps=s['onpolicy_max_steps'])
+            evals = max(1, len(curve)) * s['episodes']
+            per_seed += estimate_train_seconds(cfg, costs, eval_episodes=evals)
+    return 1.3 * (s['episodes'] * ep * costs['env_s'] + s['seeds'] * per_seed)
 
 
 def _curve_seed(task, bits_list, methods, s, seed, data, teacher, progress, log, runs,

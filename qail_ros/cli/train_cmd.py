@@ -169,6 +169,13 @@ def main(args) -> int:
                              'simulated episodes (--expert-episodes / --fp-episodes > 0)')
     data = parts[0] if len(parts) == 1 else ImitationData.concat(parts)
     data.ids = torch.arange(len(data), dtype=torch.int64)
+    if task:
+        from qail_ros.physics.teacher import fmt_seconds
+        from qail_ros.qail.physics_tasks import estimate_train_seconds, measure_costs
+        eta = estimate_train_seconds(config, measure_costs(task, teacher, config),
+                                     eval_episodes=args.eval_episodes)
+        print(f'{config.canonical_method} {config.bits}, {config.steps} steps on {len(data)} '
+              f'samples: expected {fmt_seconds(eta)}', flush=True)
     result = train_on_task(task, config, data=data, teacher=teacher)
     meta = {'data': data.counts()}
     if args.data:

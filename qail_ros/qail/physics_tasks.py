@@ -32,7 +32,8 @@ from qail_ros.qail.trainer import QAILTrainer, TrainResult, make_student
 __all__ = ['STUDENT_FORMAT', 'PolicyFileError', 'obs_groups', 'build_qail_data',
            'dataset_pairs', 'data_from_datasets', 'load_teacher', 'dataset_task',
            'make_collector', 'train_on_task', 'evaluate_policy', 'save_trained', 'load_trained',
-           'load_any_policy', 'DATA_SEED_BASE', 'ONPOLICY_SEED_BASE']
+           'load_any_policy', 'measure_costs', 'estimate_train_seconds', 'DATA_SEED_BASE',
+           'ONPOLICY_SEED_BASE']
 
 STUDENT_FORMAT = 'qail_ros.qail.student/1'
 DATA_SEED_BASE = 20_000      # + 1000 * training seed: demonstrations and FP rollouts
@@ -285,3 +286,55 @@ def load_any_policy(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         return policy, {'format': FORMAT, 'meta': meta, 'task': meta.get('task')}
     raise PolicyFileError(f'{path} has format {fmt!r}: expected {STUDENT_FORMAT!r} (qail-ros '
                           f'train) or {FORMAT!r} (an FP MLPPolicy)')
+
+
+def measure_costs(task: str, teacher: nn.Module, config: TrainConfig) -> dict[str, float]:
+    """Seconds per env step (with a policy call on a batch of 2), per training step of the
+    quantized student (batch `config.batch_size`, plus its on-policy share) and per FP-policy
+    step in a batched evaluation: a second or two of measurement, for the expected times."""
+    import time
+
+    from qail_ros.physics.tasks import make_env
+    env = make_env(task, 0)
+    env.reset()
+    rng = np.random.default_rng(0)
+    t0, n = time.perf_counter(), 0
+    while n < 300 and time.perf_counter() - t0 < 0.5:
+        _, _, done = env.step(rng.uniform(-1, 1, env.act_dim))
+        n += 1
+        if done:
+            env.reset()
+    env_s = (time.perf_counter() - t0) / n
+    x = torch.randn(max(2, config.batch_size), env.obs_dim) * teacher.obs_std + teacher.obs_mean
+    with torch.random.fork_rng():
+        student = make_student(teacher, config, x[:256])
+        opt = torch.optim.Adam([q for q in student.parameters() if q.requires_grad], 3e-4)
+        batch = torch.cat([x, x[:len(x) // 2]]) if config.uses_qbc else x
+        t0, k = time.perf_counter(), 0
+        while k < 20 and time.perf_counter() - t0 < 0.7:
+            loss = (student(batch) - teacher(batch).detach()).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            k += 1
+        step_s = (time.perf_counter() - t0) / k
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            for _ in range(20):
+                student(x[:2])
+            act_s = (time.perf_counter() - t0) / 20
+    return {'env_s': env_s + act_s / 2, 'step_s': step_s, 'episode_steps': env.max_steps}
+
+
+def estimate_train_seconds(config: TrainConfig, costs: dict[str, float], *, samples: int = 0,
+                           eval_episodes: int = 0) -> float:
+    """Expected seconds of one `qail-ros train` run: simulated D_QAIL episodes (`samples` env
+    steps), the training steps, the on-policy rounds and the final evaluation."""
+    ep = costs['episode_steps']
+    sim = samples * costs['env_s']
+    train = config.steps * costs['step_s'] if config.trains else 0.0
+    if config.trains and config.uses_qbc and config.onpolicy_every > 0:
+        rounds = 1 + (config.steps - 1) // config.onpolicy_every
+        steps = config.onpolicy_max_steps or ep
+        train += rounds * config.onpolicy_episodes * min(steps, ep) * costs['env_s']
+    return sim + train + eval_episodes * ep * costs['env_s']
