@@ -48,20 +48,22 @@ def teacher_dir(task: str | None = None, teacher: str | Path | None = None) -> P
 
 
 def teacher_task(teacher: str | Path) -> str:
-    """The task a teacher directory was trained on (its manifest.json, else the FP policy's
-    metadata)."""
+    """The task a teacher directory was trained on (its manifest.json, the SAC run's settings,
+    or the task named in the expert's or FP policy's metadata)."""
     path = teacher_dir(None, teacher)
-    manifest = path / 'manifest.json'
-    if manifest.is_file():
-        task = json.loads(manifest.read_text()).get('task')
-        if task:
-            return task
-    fp = path / 'fp_policy.safetensors'
-    if fp.is_file():
-        from qail_ros.physics.policy import read_metadata
-        task = read_metadata(fp)['meta'].get('task')
-        if task:
-            return task
+    for name in ('manifest.json', 'expert_settings.json'):
+        if (path / name).is_file():
+            task = json.loads((path / name).read_text()).get('task')
+            if task:
+                return task
+    from safetensors import safe_open
+    for name in ('expert.safetensors', 'fp_policy.safetensors'):
+        if (path / name).is_file():
+            with safe_open(str(path / name), framework='pt') as f:
+                md = f.metadata() or {}
+            task = md.get('task') or json.loads(md.get('meta', '{}')).get('task')
+            if task:
+                return task
     raise MissingModelError(f'teacher directory {path} names no task (no manifest.json): pass '
                             '--task')
 

@@ -163,3 +163,15 @@ def test_module_factory_and_early_termination(monkeypatch):
     for _ in range(5):
         env.step(np.array([0.0]))
     assert env.terminated is True
+
+
+def test_teacher_directory_names_its_task_before_the_fp_policy_exists(tmp_path):
+    from qail_ros.physics.models import MissingModelError, save_expert, teacher_task
+    from qail_ros.physics.sac import SACActor
+    with pytest.raises(MissingModelError, match='names no task'):
+        teacher_task(tmp_path)
+    save_expert(SACActor(3, 1, hidden=8), 'gym:Pendulum-v1', 'sac',
+                path=tmp_path / 'expert.safetensors')
+    assert teacher_task(tmp_path) == 'gym:Pendulum-v1'
+    with pytest.raises(MissingModelError, match='train-expert'):
+        physics.load_fp_policy(None, tmp_path)
