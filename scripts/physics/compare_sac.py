@@ -2,6 +2,7 @@
 
   pip install stable-baselines3==2.9.2       # only this script needs it
   python scripts/physics/compare_sac.py --task gym:Pendulum-v1 --steps 6000 --json
+  python scripts/physics/compare_sac.py --update-cost 100     # only the cost of one update
 
 Both: 2 x 256 actor and twin critics, Adam lr 3e-4, batch 256, gamma 0.99, tau 0.005, learned
 temperature (target entropy -act_dim), one gradient step per env step, --start-steps random
@@ -51,6 +52,35 @@ def sb3(task: str, steps: int, start: int, seed: int) -> tuple[object, float]:
     return actor, seconds
 
 
+def update_cost(task: str, n: int, repeats: int = 3) -> dict[str, list[float]]:
+    """ms per gradient update of each, interleaved (`repeats` x `n` updates), same batch 256
+    and networks, on a replay buffer of random transitions."""
+    from stable_baselines3 import SAC as SB3SAC
+
+    from qail_ros.physics.sac import SAC, ReplayBuffer, SACConfig
+    from qail_ros.physics.tasks import make_env
+    env = make_env(task, 0)
+    rng = np.random.default_rng(0)
+    agent = SAC(env.obs_dim, env.act_dim, SACConfig())
+    buf = ReplayBuffer(env.obs_dim, env.act_dim, 5000)
+    for _ in range(5000):
+        buf.add(rng.standard_normal(env.obs_dim), rng.uniform(-1, 1, env.act_dim), 0.0,
+                rng.standard_normal(env.obs_dim), 1.0)
+    model = SB3SAC('MlpPolicy', env.env, batch_size=256, learning_starts=0, buffer_size=5000,
+                   policy_kwargs={'net_arch': [256, 256]}, device='cpu', verbose=0)
+    model.learn(total_timesteps=300)   # fills its buffer
+    out: dict[str, list[float]] = {'qail_ros': [], 'stable-baselines3': []}
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            agent.update(buf)
+        out['qail_ros'].append(round(1e3 * (time.perf_counter() - t0) / n, 2))
+        t0 = time.perf_counter()
+        model.train(gradient_steps=n, batch_size=256)
+        out['stable-baselines3'].append(round(1e3 * (time.perf_counter() - t0) / n, 2))
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--task', default='gym:Pendulum-v1',
@@ -59,9 +89,18 @@ def main() -> int:
     p.add_argument('--start-steps', type=int, default=1000)
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--episodes', type=int, default=10)
+    p.add_argument('--update-cost', type=int, default=0, metavar='N',
+                   help='only time N updates of each, three times interleaved (ms per update)')
     p.add_argument('--json', action='store_true')
     args = p.parse_args()
     torch.set_num_threads(1)
+    if args.update_cost:
+        ms = update_cost(args.task, args.update_cost)
+        for name, v in ms.items():
+            print(f'{name}: {", ".join(map(str, v))} ms per update')
+        if args.json:
+            print(json.dumps({'task': args.task, 'ms_per_update': ms}))
+        return 0
     from qail_ros.physics.closed_loop import evaluate
     rows = {}
     for name, fn in (('qail_ros', ours), ('stable-baselines3', sb3)):
