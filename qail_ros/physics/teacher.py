@@ -283,7 +283,10 @@ def train_expert(task: str, out: str | Path, settings: dict[str, Any] | None = N
             rets = evaluate(agent.actor, task, s['eval_episodes'], seed=0)
             mean = float(np.mean(rets))
             state['history'].append([state['env_steps'], round(mean, 2)])
-            if mean > state['best'] or not (out / 'expert.safetensors').is_file():
+            saved = mean > state['best'] or not (out / 'expert.safetensors').is_file()
+            note(kind='eval', ret_mean=round(mean, 2), ret_std=round(float(np.std(rets)), 2),
+                 best=round(max(mean, state['best']), 2), saved=saved)
+            if saved:
                 state['best'] = max(mean, state['best'])
                 save_expert(agent.actor, task, 'sac', path=out / 'expert.safetensors', meta={
                     'algorithm': 'SAC (qail_ros.physics.sac)', 'env_steps': state['env_steps'],
