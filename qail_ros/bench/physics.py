@@ -55,6 +55,9 @@ PAPER_TABLE7 = {
 #: physics.md keeps everything from this line on when the benchmark rewrites the file.
 FULL = {'seeds': 3, 'episodes': 10, 'steps': 2000, 'expert_episodes': 10, 'fp_episodes': 10,
         'onpolicy_every': 250, 'onpolicy_episodes': 2, 'onpolicy_max_steps': None}
+#: D_E and D_FP each get at least this many states (more episodes where episodes end early;
+#: 10 episodes of a 1000-step DeepMind Control task already have them). --min-states 0: off
+MIN_STATES = 10000
 QUICK = {'seeds': 1, 'episodes': 2, 'steps': 60, 'expert_episodes': 1, 'fp_episodes': 1,
          'onpolicy_every': 30, 'onpolicy_episodes': 1, 'onpolicy_max_steps': 200}
 
@@ -88,6 +91,9 @@ def add_arguments(parser):
     parser.add_argument('--lr', type=float, default=3e-4, help='Adam learning rate (3e-4)')
     parser.add_argument('--expert-episodes', type=int, default=None, help='D_E episodes (10)')
     parser.add_argument('--fp-episodes', type=int, default=None, help='D_FP episodes (10)')
+    parser.add_argument('--min-states', type=int, default=None,
+                        help=f'at least this many states in D_E and in D_FP: more episodes '
+                             f'where they end early ({MIN_STATES}; --quick 0)')
     parser.add_argument('--onpolicy-every', type=int, default=None,
                         help='on-policy QBC rollout interval in steps (250; 0 = off)')
     parser.add_argument('--out', default='bench-results/physics',
@@ -107,6 +113,11 @@ def settings_from(args) -> dict[str, Any]:
         if v is not None:
             base[key] = v
     base['lr'] = args.lr
+    min_states = getattr(args, 'min_states', None)
+    if min_states is None:
+        min_states = 0 if args.quick else MIN_STATES
+    if min_states:
+        base['min_states'] = int(min_states)
     if getattr(args, 'first_seed', 0):
         base['first_seed'] = int(args.first_seed)
     curve = csv_list([args.curve] if getattr(args, 'curve', None) else None)
@@ -194,7 +205,7 @@ def run_task(task: str, bits_list: list[str], methods: list[str], s: dict[str, A
         t0 = time.perf_counter()
         data = build_qail_data(task, expert_episodes=s['expert_episodes'],
                                fp_episodes=s['fp_episodes'], seed=seed, teacher=teacher,
-                               teacher_dir=teacher_dir)
+                               teacher_dir=teacher_dir, min_states=s.get('min_states', 0))
         log(f'{task}: seed {seed}: D_QAIL {data.counts()} ({time.perf_counter() - t0:.1f}s)')
         gen = torch.Generator().manual_seed(seed)
         states = data.obs[torch.randperm(len(data), generator=gen)[:512]]

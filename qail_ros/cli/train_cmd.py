@@ -160,9 +160,12 @@ def main(args) -> int:
             raise ParameterError('--expert-episodes / --fp-episodes simulate the task: pass '
                                  '--task')
         teacher_dir = args.teacher if args.teacher and Path(args.teacher).is_dir() else None
+        # default episode counts: at least 10000 states per source (bench physics' rule)
+        min_states = 10000 if args.expert_episodes is None and args.fp_episodes is None else 0
         parts.append(build_qail_data(task, expert_episodes=expert_episodes,
                                      fp_episodes=fp_episodes, seed=config.seed,
-                                     teacher=teacher, teacher_dir=teacher_dir))
+                                     teacher=teacher, teacher_dir=teacher_dir,
+                                     min_states=min_states))
     if not parts:
         from qail_ros.errors import ParameterError
         raise ParameterError('no training data: give --data DATASET (recorded rollouts) or '

@@ -62,26 +62,38 @@ def obs_groups(task: str) -> list[list[int]]:
 
 def build_qail_data(task: str, *, expert_episodes: int = 10, fp_episodes: int = 10,
                     seed: int = 0, max_steps: int | None = None, teacher: nn.Module | None = None,
-                    expert_noise: float = 0.0,
-                    teacher_dir: str | Path | None = None) -> ImitationData:
+                    expert_noise: float = 0.0, teacher_dir: str | Path | None = None,
+                    min_states: int = 0) -> ImitationData:
     """D_QAIL = D_E ∪ D_FP for `task`, from the expert and FP policy of `teacher_dir` (default:
     the task's shipped ones; `teacher` overrides the FP policy).
 
     `expert_noise` (std, action units) perturbs the executed expert actions, not the labels
-    (DART-style), to widen the states the demonstrations cover.
+    (DART-style), to widen the states the demonstrations cover. `min_states`: each source
+    rolls out more episodes (in batches of its episode count, on the next seeds) until it has
+    at least this many states, so a task whose episodes end early (a Gymnasium termination)
+    gets as much data as one whose episodes last their time limit.
     """
     from qail_ros.physics.models import load_expert, load_fp_policy
     from qail_ros.physics.closed_loop import rollout
     base = DATA_SEED_BASE + 1000 * seed
+
+    def collect(policy, episodes: int, first: int, noise: float) -> tuple:
+        obs, act, start = [], [], first
+        while True:
+            r = rollout(policy, task, episodes, start, max_steps=max_steps, action_noise=noise)
+            obs.append(r.obs)
+            act.append(r.act)
+            start += episodes
+            if sum(len(o) for o in obs) >= min_states or start - first >= 50 * episodes:
+                return np.concatenate(obs), np.concatenate(act)
+
     parts: dict[str, Any] = {}
     if expert_episodes > 0:
-        r = rollout(load_expert(task, teacher=teacher_dir), task, expert_episodes, base,
-                    max_steps=max_steps, action_noise=expert_noise)
-        parts['expert'] = (r.obs, r.act)
+        parts['expert'] = collect(load_expert(task, teacher=teacher_dir), expert_episodes, base,
+                                  expert_noise)
     if fp_episodes > 0:
         fp = teacher if teacher is not None else load_fp_policy(task, teacher_dir)
-        r = rollout(fp, task, fp_episodes, base + 500, max_steps=max_steps)
-        parts['fp'] = (r.obs, r.act)
+        parts['fp'] = collect(fp, fp_episodes, base + 500, 0.0)
     return ImitationData.from_sources(**parts)
 
 

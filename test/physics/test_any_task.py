@@ -175,3 +175,18 @@ def test_teacher_directory_names_its_task_before_the_fp_policy_exists(tmp_path):
     assert teacher_task(tmp_path) == 'gym:Pendulum-v1'
     with pytest.raises(MissingModelError, match='train-expert'):
         physics.load_fp_policy(None, tmp_path)
+
+
+def test_qail_data_tops_up_short_episodes_to_min_states(tmp_path):
+    from qail_ros.physics.models import save_expert
+    from qail_ros.physics.sac import SACActor
+    from qail_ros.qail.physics_tasks import build_qail_data
+    task = 'gym:Pendulum-v1'                                   # 200-step episodes
+    save_expert(SACActor(3, 1, hidden=8), task, 'sac', path=tmp_path / 'expert.safetensors')
+    physics.save_policy(physics.MLPPolicy(3, 1, hidden=8), tmp_path / 'fp_policy.safetensors',
+                        {'task': task})
+    plain = build_qail_data(task, expert_episodes=1, fp_episodes=1, teacher_dir=tmp_path)
+    assert plain.counts() == {'expert': 200, 'fp': 200, 'student': 0}
+    topped = build_qail_data(task, expert_episodes=1, fp_episodes=1, teacher_dir=tmp_path,
+                             min_states=500)
+    assert topped.counts() == {'expert': 600, 'fp': 600, 'student': 0}
