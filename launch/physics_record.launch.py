@@ -4,7 +4,7 @@
         task:=cartpole-balance episodes:=10 output_dir:=runs/wt/bags
     ros2 launch qail_ros physics_record.launch.py engine:=... task:=... episodes:=10
 
-physics_bridge steps the DeepMind Control task and publishes /state and /image_raw (one stamp
+physics_bridge steps the physics task and publishes /state and /image_raw (one stamp
 per step); state_policy runs the FP engine (`qail-ros export` of the FP policy) and publishes
 /action, /state_policy/raw_outputs and /state_policy/policy_timing stamped like the state;
 fp_recorder (config/physics_record.yaml) writes one bag per episode, paired by stamp, with the
@@ -37,11 +37,12 @@ def generate_launch_description():
         DeclareLaunchArgument('engine', default_value='',
                               description='FP engine of the task (qail-ros export FP_POLICY)'),
         DeclareLaunchArgument('task', default_value='cartpole-balance',
-                              description='DeepMind Control task, e.g. walker-stand'),
+                              description='physics task: domain-task (walker-stand), gym:ENV_ID '
+                                          'or module:factory'),
         DeclareLaunchArgument('episodes', default_value='10',
                               description='episodes to record, then the launch ends'),
         DeclareLaunchArgument('max_steps', default_value='0',
-                              description="steps per episode; 0 = the task's 1000"),
+                              description="steps per episode; 0 = the task's own limit"),
         DeclareLaunchArgument('seed', default_value='1000',
                               description='seed of the first episode (then +1 each); '
                                           'evaluation uses 0.. so keep data seeds apart'),

@@ -5,12 +5,22 @@
 #   bash scripts/walkthrough.sh                      # cartpole-balance, full size (~5 min)
 #   TASK=walker-stand EPISODES=20 STEPS=2000 bash scripts/walkthrough.sh
 #   TINY=1 bash scripts/walkthrough.sh               # the CI size (~1 min)
+#   TEACHER=runs/teachers/cartpole-swingup bash scripts/walkthrough.sh   # your own teacher
+#   TASK=gym:InvertedPendulum-v5 bash scripts/walkthrough.sh  # no teacher yet: trains one
+#                                                    # first (qail-ros train-expert, 30 min)
 #
 # Every step is a plain qail-ros command; the script only chains them. Results go to $OUT.
 set -euo pipefail
 
+TEACHER=${TEACHER:-}
+QAIL_ROS=${QAIL_ROS:-qail-ros}
+PY=${PY:-python3}
+if [[ -n "$TEACHER" && -z "${TASK:-}" ]]; then
+  TASK=$($PY -c 'import json, sys; print(json.load(open(sys.argv[1]))["task"])' \
+    "$TEACHER/manifest.json")
+fi
 TASK=${TASK:-cartpole-balance}
-OUT=${OUT:-runs/walkthrough/$TASK}
+OUT=${OUT:-runs/walkthrough/$(echo "$TASK" | tr -c 'A-Za-z0-9._\n-' '_')}
 if [[ -n "${TINY:-}" ]]; then
   EPISODES=${EPISODES:-3}; MAX_STEPS=${MAX_STEPS:-100}; STEPS=${STEPS:-60}
   DRIVE_EPISODES=${DRIVE_EPISODES:-2}; EVAL_EPISODES=${EVAL_EPISODES:-0}
@@ -19,15 +29,30 @@ else
   DRIVE_EPISODES=${DRIVE_EPISODES:-5}; EVAL_EPISODES=${EVAL_EPISODES:-10}
 fi
 BITS=${BITS:-w4a4}
-QAIL_ROS=${QAIL_ROS:-qail-ros}
+EXPERT_FLAGS=${EXPERT_FLAGS:-}           # e.g. --minutes 10 (train-expert, when no teacher)
 LAUNCH_FLAGS=${LAUNCH_FLAGS:-}            # e.g. --composed: every node in one process
 
 say() { printf '\n== %s\n' "$*"; }
 rm -rf "$OUT"
 mkdir -p "$OUT"
 
-say "0. the shipped FP policy of $TASK as an engine"
-$QAIL_ROS export fp --task "$TASK" -o "$OUT/engines" --name fp32
+if [[ -z "$TEACHER" ]] && ! $QAIL_ROS eval --task "$TASK" --policy fp --episodes 1 \
+    >/dev/null 2>&1; then
+  say "-1. no FP policy ships for $TASK: train its teacher (SAC expert + FP MLP)"
+  TEACHER="$OUT/teacher"
+  if [[ -n "${TINY:-}" ]]; then
+    EXPERT_FLAGS="--steps 2000 --fp-steps 200 --fp-episodes 2 --fp-noise-episodes 2 $EXPERT_FLAGS"
+  fi
+  $QAIL_ROS train-expert --task "$TASK" -o "$TEACHER" --no-progress $EXPERT_FLAGS
+fi
+
+if [[ -n "$TEACHER" ]]; then
+  say "0. the FP policy of the teacher $TEACHER ($TASK) as an engine"
+  $QAIL_ROS export fp --teacher "$TEACHER" -o "$OUT/engines" --name fp32
+else
+  say "0. the shipped FP policy of $TASK as an engine"
+  $QAIL_ROS export fp --task "$TASK" -o "$OUT/engines" --name fp32
+fi
 
 say "1. record D_FP: the FP engine drives $TASK, fp_recorder writes one bag per episode"
 $QAIL_ROS launch physics_record $LAUNCH_FLAGS task:="$TASK" \

@@ -10,6 +10,15 @@ different times (each result names its run, whose command and commit are listed)
 
     qail-ros bench physics --task walker-stand --bits w4a4 --seeds 3 --episodes 10
     qail-ros bench physics --quick          # one task, tiny budget: a smoke test (~1 min)
+    qail-ros bench physics --teacher runs/swingup --methods fp,ptq_rtn,qail,qail_qbc
+    qail-ros bench physics --task hopper-stand --methods fp,qail_qbc --curve 2000,5000,20000
+
+Any task works: `--teacher DIR` (a `qail-ros train-expert` output) gives its FP policy and
+expert, and the task (its manifest); without it the task's shipped models are used. `--curve
+N1,N2,...` measures retention against training steps: each trained method runs once per seed
+to the largest budget and its student is evaluated after N1, N2, ... steps (the learning rate is
+constant and nothing else depends on the total, so each point is what a run of that many steps
+gives; methods without on-policy QBC train once per budget).
 """
 from __future__ import annotations
 
@@ -46,14 +55,28 @@ PAPER_TABLE7 = {
 #: physics.md keeps everything from this line on when the benchmark rewrites the file.
 FULL = {'seeds': 3, 'episodes': 10, 'steps': 2000, 'expert_episodes': 10, 'fp_episodes': 10,
         'onpolicy_every': 250, 'onpolicy_episodes': 2, 'onpolicy_max_steps': None}
+#: D_E and D_FP each get at least this many states (more episodes where episodes end early;
+#: 10 episodes of a 1000-step DeepMind Control task already have them). --min-states 0: off
+MIN_STATES = 10000
 QUICK = {'seeds': 1, 'episodes': 2, 'steps': 60, 'expert_episodes': 1, 'fp_episodes': 1,
          'onpolicy_every': 30, 'onpolicy_episodes': 1, 'onpolicy_max_steps': 200}
 
 
 def add_arguments(parser):
     parser.add_argument('--task', action='append', default=None,
-                        help='task(s), repeatable or comma-separated (default: every task with '
-                             'a shipped FP policy; --quick: cartpole-balance)')
+                        help='task(s), repeatable or comma-separated: DeepMind Control '
+                             "domain-task, gym:ENV_ID or module:factory (default: every task "
+                             'with a shipped FP policy, or the --teacher tasks; --quick: '
+                             'cartpole-balance)')
+    parser.add_argument('--teacher', action='append', default=None,
+                        help='teacher directory (qail-ros train-expert -o DIR), repeatable: '
+                             'its FP policy and expert for its task')
+    parser.add_argument('--curve', default=None,
+                        help='retention against training steps: comma-separated budgets, e.g. '
+                             '2000,5000,20000 (multiples of --onpolicy-every)')
+    parser.add_argument('--first-seed', type=int, default=0,
+                        help='training seeds first-seed .. first-seed + seeds - 1 (default 0); '
+                             'with --merge, the seeds join those of the same methods in OUT')
     parser.add_argument('--bits', action='append', default=None,
                         help='bit widths, e.g. w4a4 (default) or w4a4,w3a3; the first is the '
                              'main one')
@@ -68,6 +91,9 @@ def add_arguments(parser):
     parser.add_argument('--lr', type=float, default=3e-4, help='Adam learning rate (3e-4)')
     parser.add_argument('--expert-episodes', type=int, default=None, help='D_E episodes (10)')
     parser.add_argument('--fp-episodes', type=int, default=None, help='D_FP episodes (10)')
+    parser.add_argument('--min-states', type=int, default=None,
+                        help=f'at least this many states in D_E and in D_FP: more episodes '
+                             f'where they end early ({MIN_STATES}; --quick 0)')
     parser.add_argument('--onpolicy-every', type=int, default=None,
                         help='on-policy QBC rollout interval in steps (250; 0 = off)')
     parser.add_argument('--out', default='bench-results/physics',
@@ -83,10 +109,21 @@ def settings_from(args) -> dict[str, Any]:
     base = dict(QUICK if args.quick else FULL)
     for key in ('seeds', 'episodes', 'steps', 'expert_episodes', 'fp_episodes',
                 'onpolicy_every'):
-        v = getattr(args, key)
+        v = getattr(args, key, None)
         if v is not None:
             base[key] = v
     base['lr'] = args.lr
+    min_states = getattr(args, 'min_states', None)
+    if min_states is None:
+        min_states = 0 if args.quick else MIN_STATES
+    if min_states:
+        base['min_states'] = int(min_states)
+    if getattr(args, 'first_seed', 0):
+        base['first_seed'] = int(args.first_seed)
+    curve = csv_list([args.curve] if getattr(args, 'curve', None) else None)
+    if curve:
+        base['curve'] = sorted({int(n) for n in curve})
+        base['steps'] = base['curve'][-1]
     return base
 
 
@@ -137,7 +174,7 @@ def probe_student(student, teacher, states, mean, std) -> tuple[dict[str, float]
 
 def run_task(task: str, bits_list: list[str], methods: list[str], s: dict[str, Any],
              progress: bool, log, maps: dict[str, Any] | None = None,
-             main_bits: str | None = None) -> dict[str, Any]:
+             main_bits: str | None = None, teacher_dir: str | None = None) -> dict[str, Any]:
     """Measure every method x bit width on one task; returns {key: entry}.
 
     Each trained student is also probed on 512 states of its D_QAIL: AttDiv against the FP
@@ -149,8 +186,11 @@ def run_task(task: str, bits_list: list[str], methods: list[str], s: dict[str, A
     from qail_ros.qail.config import TrainConfig
     from qail_ros.qail.physics_tasks import build_qail_data, evaluate_policy, train_on_task
 
-    teacher = load_fp_policy(task)
+    teacher = load_fp_policy(task, teacher_dir)
     out: dict[str, Any] = {}
+    curve = s.get('curve') or []
+    log(f'{task}: expected {_fmt_s(estimate_task_seconds(task, teacher, bits_list, methods, s))}'
+        ' on this machine now')
     # FP is always measured: it is the reference of every retention figure.
     t0 = time.perf_counter()
     fp_returns = evaluate_policy(teacher, task, s['episodes'])
@@ -160,17 +200,23 @@ def run_task(task: str, bits_list: list[str], methods: list[str], s: dict[str, A
     runs: dict[tuple[str, str], list] = {}
     times: dict[tuple[str, str], list] = {}
     probes: dict[tuple[str, str], list] = {}
-    for seed in range(s['seeds']):
+    first = s.get('first_seed', 0)
+    for seed in range(first, first + s['seeds']):
         t0 = time.perf_counter()
         data = build_qail_data(task, expert_episodes=s['expert_episodes'],
-                               fp_episodes=s['fp_episodes'], seed=seed, teacher=teacher)
+                               fp_episodes=s['fp_episodes'], seed=seed, teacher=teacher,
+                               teacher_dir=teacher_dir, min_states=s.get('min_states', 0))
         log(f'{task}: seed {seed}: D_QAIL {data.counts()} ({time.perf_counter() - t0:.1f}s)')
         gen = torch.Generator().manual_seed(seed)
         states = data.obs[torch.randperm(len(data), generator=gen)[:512]]
         mean, std = data.obs.mean(0), data.obs.std(0)
-        if maps is not None and seed == 0:
+        if maps is not None and seed == first:
             from qail_ros.qail.saliency import state_saliency
             maps['fp'] = state_saliency(teacher, states, mean=mean, std=std).mean(0)
+        if curve:
+            _curve_seed(task, bits_list, methods, s, seed, data, teacher, progress, log, runs,
+                        times)
+            continue
         for bits in bits_list:
             for method in methods:
                 if method == 'fp':
@@ -187,18 +233,100 @@ def run_task(task: str, bits_list: list[str], methods: list[str], s: dict[str, A
                 runs.setdefault((method, bits), []).append(returns)
                 times.setdefault((method, bits), []).append(res.seconds)
                 probes.setdefault((method, bits), []).append(probe)
-                if maps is not None and seed == 0:
+                if maps is not None and seed == first:
                     maps[f'{method} {bits}'] = s_map
                 log(f'{task}: seed {seed} {bits} {method}: {sum(returns) / len(returns):.1f} '
                     f'(train {res.seconds:.1f}s, on-policy states {res.onpolicy_states}, '
                     f'AttDiv {probe["attdiv"]:.4f}, gap {probe["gap"]:.4f})')
-    for (method, bits), per_seed in runs.items():
+    for run_key, per_seed in runs.items():
+        method, bits = run_key[:2]
         key = method if bits == (main_bits or bits_list[0]) else f'{method}_{bits}'
-        out[key] = _entry(method, bits, per_seed, fp_mean, times[(method, bits)],
-                          probes[(method, bits)])
+        if len(run_key) == 3:   # a curve point
+            key = f'{key}@{run_key[2]}'
+        out[key] = _entry(method, bits, per_seed, fp_mean, times.get(run_key, []),
+                          probes.get(run_key))
+        if len(run_key) == 3:
+            out[key]['steps'] = run_key[2]
+        out[key]['seed_ids'] = list(range(first, first + s['seeds']))
+        out[key]['train_steps'] = run_key[2] if len(run_key) == 3 else s['steps']
     if 'fp' not in methods:
         out['fp']['reference_only'] = True
     return out
+
+
+def _fmt_s(seconds: float) -> str:
+    from qail_ros.physics.teacher import fmt_seconds
+    return fmt_seconds(seconds)
+
+
+def estimate_task_seconds(task: str, teacher, bits_list: list[str], methods: list[str],
+                          s: dict[str, Any]) -> float:
+    """Expected seconds of run_task with settings `s` (a short measurement of the env step and
+    of a quantized training step on this machine)."""
+    from qail_ros.qail.config import TrainConfig
+    from qail_ros.qail.physics_tasks import estimate_train_seconds, measure_costs
+    probe = TrainConfig(method='qail_qbc', bits=bits_list[0], steps=1)
+    costs = measure_costs(task, teacher, probe)
+    ep = costs['episode_steps']
+    per_seed = (s['expert_episodes'] + s['fp_episodes']) * ep * costs['env_s']
+    curve = s.get('curve') or []
+    for bits in bits_list:
+        for method in methods:
+            if method == 'fp' or (curve and method == 'ptq_rtn'):
+                continue
+            every = 0 if method in OFFLINE else s['onpolicy_every']
+            cfg = TrainConfig(method=OFFLINE.get(method, method), bits=bits, steps=s['steps'],
+                              onpolicy_every=every, onpolicy_episodes=s['onpolicy_episodes'],
+                              onpolicy_max_steps=s['onpolicy_max_steps'])
+            evals = max(1, len(curve)) * s['episodes']
+            per_seed += estimate_train_seconds(cfg, costs, eval_episodes=evals)
+    return 1.3 * (s['episodes'] * ep * costs['env_s'] + s['seeds'] * per_seed)
+
+
+def _curve_seed(task, bits_list, methods, s, seed, data, teacher, progress, log, runs,
+                times) -> None:
+    """One training seed of --curve: each method trained to the largest budget, its student
+    evaluated after every budget (on-policy QBC methods: during one run; others: one run per
+    budget)."""
+    from qail_ros.qail.config import TrainConfig
+    from qail_ros.qail.physics_tasks import evaluate_policy, train_on_task
+    curve = s['curve']
+    for bits in bits_list:
+        for method in methods:
+            if method in ('fp', 'ptq_rtn'):
+                continue
+            every = 0 if method in OFFLINE else s['onpolicy_every']
+
+            def config(steps):
+                return TrainConfig(method=OFFLINE.get(method, method), bits=bits, steps=steps,
+                                   lr=s['lr'], seed=seed, onpolicy_every=every,
+                                   onpolicy_episodes=s['onpolicy_episodes'],
+                                   onpolicy_max_steps=s['onpolicy_max_steps'],
+                                   progress=progress, extra={'task': task})
+            cfg = config(curve[-1])
+            t0 = time.perf_counter()
+            if cfg.uses_qbc and every > 0:
+                points = {n // every: n for n in curve[:-1]}
+
+                def on_round(student, k, points=points):
+                    if k in points:
+                        rets = evaluate_policy(student, task, s['episodes'])
+                        runs.setdefault((method, bits, points[k]), []).append(rets)
+                        times.setdefault((method, bits, points[k]), []).append(
+                            time.perf_counter() - t0)
+                        log(f'{task}: seed {seed} {bits} {method} after {points[k]} steps: '
+                            f'{sum(rets) / len(rets):.1f}')
+                res = train_on_task(task, cfg, data=data, teacher=teacher, on_round=on_round)
+                results = [(curve[-1], res)]
+            else:
+                results = [(n, train_on_task(task, config(n), data=data, teacher=teacher))
+                           for n in curve]
+            for n, res in results:
+                rets = evaluate_policy(res.student, task, s['episodes'])
+                runs.setdefault((method, bits, n), []).append(rets)
+                times.setdefault((method, bits, n), []).append(res.seconds)
+                log(f'{task}: seed {seed} {bits} {method} after {n} steps: '
+                    f'{sum(rets) / len(rets):.1f} (train {res.seconds:.1f}s)')
 
 
 def _num(v: float | None) -> str:
@@ -266,6 +394,18 @@ def markdown(result: dict[str, Any]) -> str:
                          f'{e["seeds"]} | {e["episodes"]} | {means} | {e["seed_std"]:.1f} | '
                          f'{e.get("train_seconds", 0):.0f} | {_num(e.get("attdiv"))} | '
                          f'{_num(e.get("gap"))} |')
+    curve = [(task, e) for task, r in res.items() for e in r.values()
+             if isinstance(e, dict) and 'steps' in e]
+    if curve:
+        lines += ['', '## Retention against training steps (--curve)', '',
+                  '| Task | Method | Bits | training steps | return | of FP | per-seed means |',
+                  '|' + '---|' * 7]
+        for task, e in sorted(curve, key=lambda te: (te[0], te[1]['method'], te[1]['bits'],
+                                                     te[1]['steps'])):
+            means = ', '.join(f'{m:.1f}' for m in e['seed_means'])
+            ret = f'{100 * e["retention"]:.1f}%' if 'retention' in e else '-'
+            lines.append(f'| {task} | {LABELS.get(e["method"], e["method"])} | {e["bits"]} | '
+                         f'{e["steps"]} | {e["mean"]:.1f} ± {e["std"]:.1f} | {ret} | {means} |')
     lines += ['', '## How it was made', '']
     for name, run in result.get('runs', {}).items():
         st = {k: v for k, v in run.get('settings', {}).items() if k != 'main_bits'}
@@ -298,9 +438,42 @@ def plot(result: dict[str, Any], path: Path) -> Path:
         ax.set_xticks(range(len(keys)), labels, rotation=45, ha='right', fontsize=8)
         ax.set_title(task, fontsize=10)
         ax.set_ylabel('return')
-        ax.set_ylim(0, 1050)
+        if means and min(means) >= 0 and max(means) <= 1000:
+            ax.set_ylim(0, 1050)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_curve(result: dict[str, Any], path: Path) -> Path | None:
+    """Share of FP return against training steps (--curve), one line per task x method."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    lines: dict[tuple[str, str, str], list] = {}
+    for task, r in result['results'].items():
+        for e in r.values():
+            if isinstance(e, dict) and 'steps' in e and 'retention' in e:
+                lines.setdefault((task, e['method'], e['bits']), []).append(e)
+    if not lines:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (task, method, bits), es in sorted(lines.items()):
+        es = sorted(es, key=lambda e: e['steps'])
+        fp = es[0]['mean'] / es[0]['retention']
+        ys = [100 * e['mean'] / fp for e in es]
+        err = [100 * e['seed_std'] / fp for e in es]
+        ax.errorbar([e['steps'] for e in es], ys, yerr=err, marker='o', capsize=3,
+                    label=f'{task} {LABELS.get(method, method)} {bits}')
+    ax.axhline(95, color='gray', ls='--', lw=1)
+    ax.set_xscale('log')
+    ax.set_xlabel('training steps')
+    ax.set_ylabel('% of FP return (error bar: std of seed means)')
+    ax.legend(fontsize=8)
+    fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
@@ -319,7 +492,40 @@ def write_outputs(result: dict[str, Any], out: Path) -> dict[str, str]:
                             f'{e.get("retention", 1.0):.4f},{e.get("train_seconds", 0):.1f}\n')
     write_markdown(out / 'physics.md', markdown(result))
     plot(result, out / 'physics.png')
-    return {k: str(out / f'physics.{k}') for k in ('json', 'csv', 'md', 'png')}
+    files = {k: str(out / f'physics.{k}') for k in ('json', 'csv', 'md', 'png')}
+    if plot_curve(result, out / 'physics_curve.png'):
+        files['curve_png'] = str(out / 'physics_curve.png')
+    return files
+
+
+def _same_protocol(kept: Any, entry: Any) -> bool:
+    """Two entries of one method measured on other training seeds, otherwise alike."""
+    if not (isinstance(kept, dict) and isinstance(entry, dict)):
+        return False
+    keys = ('method', 'bits', 'episodes', 'steps', 'train_steps')
+    same = all(kept.get(k) == entry.get(k) for k in keys)
+    a, b = set(kept.get('seed_ids') or ()), set(entry.get('seed_ids') or ())
+    return same and bool(a) and bool(b) and not a & b
+
+
+def _combine_seeds(kept: dict[str, Any], entry: dict[str, Any],
+                   fp_mean: float | None) -> dict[str, Any]:
+    """One entry over the training seeds of both (bench physics --merge --first-seed K)."""
+    pairs = sorted(zip(kept['seed_ids'] + entry['seed_ids'], kept['returns'] + entry['returns']))
+    n_k, n_e = kept['seeds'], entry['seeds']
+    train = [kept.get('train_seconds', 0.0)] * n_k + [entry.get('train_seconds', 0.0)] * n_e
+    probes = None
+    if 'attdiv' in kept and 'attdiv' in entry:
+        probes = [{k: kept[k] for k in ('attdiv', 'gap')}] * n_k + [
+            {k: entry[k] for k in ('attdiv', 'gap')}] * n_e
+    out = _entry(entry['method'], entry['bits'], [r for _, r in pairs], fp_mean,
+                 train if 'train_seconds' in entry else [], probes)
+    for k in ('steps', 'train_steps'):
+        if k in entry:
+            out[k] = entry[k]
+    out['seed_ids'] = [i for i, _ in pairs]
+    out['run'] = ', '.join(dict.fromkeys(f'{kept.get("run")}, {entry.get("run")}'.split(', ')))
+    return out
 
 
 def _merge_task(result: dict[str, Any], task: str, measured: dict[str, Any],
@@ -329,6 +535,9 @@ def _merge_task(result: dict[str, Any], task: str, measured: dict[str, Any],
     run_key = f'{task} {",".join(bits_list)}'
     if merge and result['runs'].get(run_key, {}).get('methods') not in (None, methods):
         run_key += f' [{",".join(methods)}]'
+    first = run['settings'].get('first_seed', 0)
+    if first:
+        run_key += f' seeds {first}..{first + run["settings"]["seeds"] - 1}'
     for entry in measured.values():
         if isinstance(entry, dict):
             entry['run'] = run_key
@@ -339,6 +548,8 @@ def _merge_task(result: dict[str, Any], task: str, measured: dict[str, Any],
         if (key == 'fp' and isinstance(kept, dict) and isinstance(entry, dict)
                 and kept.get('episodes', 0) >= entry.get('episodes', 0)):
             continue
+        if merge and _same_protocol(kept, entry):
+            entry = _combine_seeds(kept, entry, merged.get('fp', {}).get('mean'))
         merged[key] = entry
     result['results'][task] = merged
     result['runs'][run_key] = run
@@ -349,19 +560,22 @@ def main(args) -> int:
 
     from qail_ros.bench.report import emit_json, environment, table
     from qail_ros.errors import ParameterError
-    from qail_ros.physics.models import shipped_tasks
-    from qail_ros.physics.tasks import task_spec
+    from qail_ros.physics.models import shipped_tasks, teacher_task
+    from qail_ros.physics.tasks import check_task
     from qail_ros.qail.config import parse_bits
 
     torch.set_num_threads(max(1, args.threads))
     s = settings_from(args)
+    teachers: dict[str, str] = {}
+    for d in csv_list(getattr(args, 'teacher', None)):
+        teachers[teacher_task(d)] = d
     tasks = csv_list(args.task)
     if not tasks:
-        tasks = ['cartpole-balance'] if args.quick else shipped_tasks()
+        tasks = list(teachers) or (['cartpole-balance'] if args.quick else shipped_tasks())
     if args.quick:
         tasks = tasks[:1]
     for t in tasks:
-        task_spec(t)
+        check_task(t)
     bits_list = [b.lower() for b in csv_list(args.bits)] or ['w4a4']
     for b in bits_list:
         parse_bits(b)
@@ -371,10 +585,17 @@ def main(args) -> int:
         raise ParameterError(f'unknown methods {bad}: use {", ".join(ALL_METHODS)}')
     if s['seeds'] < 1 or s['episodes'] < 1:
         raise ParameterError('--seeds and --episodes must be >= 1')
-    missing = [t for t in tasks if t not in shipped_tasks()]
+    if s.get('curve'):
+        every = s['onpolicy_every']
+        odd = [n for n in s['curve'] if n < 1 or (every and n % every)]
+        if odd:
+            raise ParameterError(f'--curve budgets {odd} must be positive multiples of '
+                                 f'--onpolicy-every ({every})')
+    missing = [t for t in tasks if t not in teachers and t not in shipped_tasks()]
     if missing:
-        raise ParameterError(f'no shipped FP policy for {missing}: train them '
-                             f'(scripts/physics/) or pick from {shipped_tasks()}')
+        raise ParameterError(f'no FP policy for {missing}: train one with qail-ros train-expert '
+                             f'--task TASK -o DIR and pass --teacher DIR (shipped: '
+                             f'{shipped_tasks()})')
     out = Path(args.out)
     result: dict[str, Any] = {'benchmark': 'physics', 'results': {}, 'runs': {}}
     s['main_bits'] = bits_list[0]
@@ -394,10 +615,11 @@ def main(args) -> int:
         t0 = time.perf_counter()
         maps: dict[str, Any] = {}
         measured = run_task(task, bits_list, methods, s, not args.no_progress, log, maps,
-                            main_bits=s['main_bits'])
+                            main_bits=s['main_bits'], teacher_dir=teachers.get(task))
         if len(maps) > 1:
+            from qail_ros.physics.tasks import task_slug
             from qail_ros.qail.attdiv import save_saliency_png
-            name = f'physics_saliency_{task}_{"_".join(bits_list)}.png'
+            name = f'physics_saliency_{task_slug(task)}_{"_".join(bits_list)}.png'
             fig = save_saliency_png(list(maps.values()), out / name,
                                     titles=list(maps),
                                     suptitle=f'{task}: mean state saliency per dimension '
@@ -407,7 +629,8 @@ def main(args) -> int:
             'command': command, 'commit': commit,
             'date': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
             'seconds': round(time.perf_counter() - t0, 1),
-            'settings': dict(s), 'bits': bits_list, 'methods': methods}))
+            'settings': dict(s), 'bits': bits_list, 'methods': methods,
+            **({'teacher': teachers[task]} if task in teachers else {})}))
     if args.merge and (out / 'physics.json').is_file():
         # read again: another run may have written the file while this one trained
         fresh = json.loads((out / 'physics.json').read_text())

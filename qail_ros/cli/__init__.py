@@ -26,6 +26,8 @@ COMMANDS = {
     'monitor': 'qail_ros.cli.monitor_cmd',
     'replay': 'qail_ros.cli.replay_cmd',
     'verify': 'qail_ros.cli.verify_cmd',
+    'train-expert': 'qail_ros.cli.train_expert_cmd',
+    'train-fp': 'qail_ros.cli.train_fp_cmd',
 }
 
 

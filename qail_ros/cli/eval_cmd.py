@@ -3,6 +3,7 @@
     qail-ros eval --task walker-stand --policy runs/ws            # a `qail-ros train` output
     qail-ros eval --task walker-stand --policy fp                  # the shipped FP policy
     qail-ros eval --task walker-stand --policy expert --episodes 10
+    qail-ros eval --teacher runs/swingup --policy fp       # a qail-ros train-expert output
 """
 from __future__ import annotations
 
@@ -11,10 +12,14 @@ HELP = 'evaluate a policy (trained student, FP policy file, fp, expert) on a phy
 
 def add_arguments(parser):
     parser.add_argument('--task', default=None,
-                        help='physics task (default: the task a student file was trained on)')
+                        help='physics task: domain-task, gym:ENV_ID or module:factory (default: '
+                             "the task the policy or --teacher was trained on)")
     parser.add_argument('--policy', required=True,
-                        help="a qail-ros train directory or .safetensors file, or 'fp' / "
-                             "'expert' for the shipped models")
+                        help="a qail-ros train directory or .safetensors file, a teacher "
+                             "directory (its FP policy), or 'fp' / 'expert' (of --teacher, or "
+                             "the task's shipped models)")
+    parser.add_argument('--teacher', default=None,
+                        help="teacher directory (qail-ros train-expert) of 'fp' / 'expert'")
     parser.add_argument('--episodes', type=int, default=10, help='episodes (default 10)')
     parser.add_argument('--seed', type=int, default=0,
                         help='first environment seed (episode i uses seed + i)')
@@ -29,7 +34,7 @@ def main(args) -> int:
 
     from qail_ros.bench.report import emit_json, table
     from qail_ros.errors import ParameterError
-    from qail_ros.physics.tasks import task_spec
+    from qail_ros.physics.tasks import check_task
     from qail_ros.qail.physics_tasks import evaluate_policy, load_any_policy
 
     torch.set_num_threads(max(1, args.threads))
@@ -37,17 +42,20 @@ def main(args) -> int:
         raise ParameterError(f'--episodes must be >= 1, got {args.episodes}')
     info = {}
     if args.policy in ('fp', 'expert'):
+        from qail_ros.physics.models import load_expert, load_fp_policy, teacher_task
+        if args.teacher and not args.task:
+            args.task = teacher_task(args.teacher)
         if not args.task:
-            raise ParameterError(f'--policy {args.policy} needs --task')
-        from qail_ros.physics.models import load_expert, load_fp_policy
-        policy = (load_fp_policy if args.policy == 'fp' else load_expert)(args.task)
+            raise ParameterError(f'--policy {args.policy} needs --task or --teacher DIR')
+        policy = (load_fp_policy(args.task, args.teacher) if args.policy == 'fp'
+                  else load_expert(args.task, teacher=args.teacher))
         info = {'format': args.policy}
     else:
         policy, info = load_any_policy(args.policy)
     task = args.task or info.get('task')
     if not task:
         raise ParameterError(f'{args.policy} does not name its task: pass --task')
-    task_spec(task)
+    check_task(task)
     if info.get('task') and info['task'] != task:
         print(f'note: policy trained on {info["task"]}, evaluated on {task}')
     returns = evaluate_policy(policy, task, args.episodes, args.seed)

@@ -23,11 +23,13 @@ PHYSICS_DEFAULTS = {'steps': 2000, 'lr': 3e-4, 'batch_size': 256, 'onpolicy_ever
 
 def add_arguments(parser):
     parser.add_argument('--task', default=None,
-                        help='physics task, e.g. cartpole-balance, walker-stand (default: the '
-                             "task of --data's recordings)")
+                        help="physics task: DeepMind Control domain-task, gym:ENV_ID or "
+                             "module:factory (default: the task of --data's recordings or of "
+                             'the --teacher directory)')
     parser.add_argument('--teacher', default=None,
-                        help="FP policy: MLPPolicy file or fp32 engine (default: the task's "
-                             'shipped FP policy)')
+                        help='FP policy: a teacher directory (qail-ros train-expert; its expert '
+                             "gives D_E), an MLPPolicy file or an fp32 engine (default: the "
+                             "task's shipped FP policy and expert)")
     parser.add_argument('--data', default=None,
                         help='data set of recorded FP rollouts (D_FP; qail-ros dataset build)')
     parser.add_argument('--expert-data', default=None,
@@ -95,19 +97,23 @@ def _episodes(args) -> tuple[int, int]:
 
 def resolve_task(args) -> str | None:
     """--task, else the task the data set was recorded on, else the teacher's."""
+    from pathlib import Path
+
     from qail_ros.errors import ParameterError
-    from qail_ros.physics.tasks import task_spec
+    from qail_ros.physics.tasks import check_task
     if args.task:
-        task_spec(args.task)
-        return args.task
+        return check_task(args.task)
     if args.data:
         from qail_ros.qail.physics_tasks import dataset_task
         task = dataset_task(args.data)
         if task:
             return task
         return None
-    raise ParameterError('name the task (--task walker-stand) or give recorded data (--data '
-                         'DATASET)')
+    if args.teacher and Path(args.teacher).is_dir():
+        from qail_ros.physics.models import teacher_task
+        return teacher_task(args.teacher)
+    raise ParameterError('name the task (--task walker-stand), a teacher directory (--teacher '
+                         'DIR) or give recorded data (--data DATASET)')
 
 
 def build_config(args):
@@ -180,9 +186,13 @@ def main(args) -> int:
             from qail_ros.errors import ParameterError
             raise ParameterError('--expert-episodes / --fp-episodes simulate the task: pass '
                                  '--task')
+        teacher_dir = args.teacher if args.teacher and Path(args.teacher).is_dir() else None
+        # default episode counts: at least 10000 states per source (bench physics' rule)
+        min_states = 10000 if args.expert_episodes is None and args.fp_episodes is None else 0
         parts.append(build_qail_data(task, expert_episodes=expert_episodes,
                                      fp_episodes=fp_episodes, seed=config.seed,
-                                     teacher=teacher))
+                                     teacher=teacher, teacher_dir=teacher_dir,
+                                     min_states=min_states))
     if not parts:
         from qail_ros.errors import ParameterError
         raise ParameterError('no training data: give --data DATASET (recorded rollouts) or '
@@ -191,6 +201,13 @@ def main(args) -> int:
     data.ids = torch.arange(len(data), dtype=torch.int64)
     from qail_ros.training.distributed import TrainingInterrupted, setup, teardown
     dist = setup(config.device)
+    if task and dist.is_main:
+        from qail_ros.physics.teacher import fmt_seconds
+        from qail_ros.qail.physics_tasks import estimate_train_seconds, measure_costs
+        eta = estimate_train_seconds(config, measure_costs(task, teacher, config),
+                                     eval_episodes=args.eval_episodes)
+        print(f'{config.canonical_method} {config.bits}, {config.steps} steps on {len(data)} '
+              f'samples: expected {fmt_seconds(eta)}', flush=True)
     try:
         result = train_on_task(task, config, data=data, teacher=teacher)
     except TrainingInterrupted as exc:

@@ -1,6 +1,7 @@
-"""physics_bridge: a DeepMind Control task (qail_ros.physics) behind robot-style topics.
+"""physics_bridge: a physics task (qail_ros.physics) behind robot-style topics.
 
-Steps a dm_control task and talks like a robot driver to a state policy, so a policy node
+Steps any physics task (a DeepMind Control `domain-task`, `gym:ENV_ID` or your `module:factory`;
+docs/physics.md) and talks like a robot driver to a state policy, so a policy node
 drives it closed-loop, fp_recorder records it, and the result is the same bag a robot makes:
 
 Publishes (every simulation step, state before the image, both with the same header stamp)
@@ -8,8 +9,9 @@ Publishes (every simulation step, state before the image, both with the same hea
               (layout.data_offset = 2, the stamp in the two leading values; dim[0].label
               'state'): the task's flat observation vector (`qail_ros.physics.make_env`)
   image_raw   sensor_msgs/Image rgb8 (`image_width` x `image_height`), frame_id 'camera': the
-              side view of the task (`camera`: schematic, mujoco or auto; see
-              qail_ros.physics.render)
+              view of the task (`camera`: schematic, mujoco, state or auto; schematic
+              falls back to MuJoCo's renderer or a state plot for a body it does not
+              know; see qail_ros.physics.render)
   ~/episode   std_msgs/String, JSON of each finished episode (index, seed, return, steps,
               success) and the running mean return
 
@@ -21,9 +23,9 @@ Subscribes
 Stepping: a timer at `rate_hz`. With `synchronous` (like CARLA's synchronous mode) a step waits
 for the action answering the last state (stamp equal to the state's or newer), at most
 `control_timeout_s`, then goes on with the last action. Episodes last `max_steps` steps (0: the
-task's own 1000) and follow each other with seeds seed, seed+1, ...; `episodes` > 0 stops after
-that many and, with `shutdown_when_done`, ends the process's spin (every node is cleaned up, so
-a recorder in the launch closes its bags).
+task's own time limit, e.g. 1000) or until the env ends them, and follow each other with seeds
+seed, seed+1, ...; `episodes` > 0 stops after that many and, with `shutdown_when_done`, ends the
+process's spin (every node is cleaned up, so a recorder in the launch closes its bags).
 
 Recording: with `recorder_control_topic` (e.g. /fp_recorder/control) the bridge tells the
 recorder where episodes end: 'episode_end success' when the return reached `success_return`
@@ -60,16 +62,17 @@ class PhysicsBridge(SynchronousStepping, Node):
     def __init__(self, **kwargs):
         super().__init__('physics_bridge', **kwargs)
         p = self.declare_parameter
-        self.task = p('task', 'cartpole-balance', 'DeepMind Control task, e.g. walker-stand').value
+        self.task = p('task', 'cartpole-balance', 'physics task: domain-task (walker-stand), '
+                      'gym:ENV_ID or module:factory').value
         self.seed = p('seed', 0, 'seed of the first episode; then +1 each').value
         self.episodes = p('episodes', 0, 'episodes to run; 0 = until stopped').value
-        self.max_steps = p('max_steps', 0, "steps per episode; 0 = the task's own (1000)").value
+        self.max_steps = p('max_steps', 0, "steps per episode; 0 = the task's own limit").value
         self.rate_hz = p('rate_hz', 50.0, 'simulation steps per wall-clock second at most').value
         self.synchronous = p('synchronous', True, 'wait for the action answering the last '
                              'state before stepping').value
         self.control_timeout_s = p('control_timeout_s', 1.0, 'longest wait for an action in '
                                    'synchronous mode').value
-        self.camera = p('camera', 'schematic', 'schematic | mujoco | auto').value
+        self.camera = p('camera', 'schematic', 'schematic | mujoco | state | auto').value
         self.image_width = p('image_width', 96, 'camera width, pixels').value
         self.image_height = p('image_height', 72, 'camera height, pixels').value
         self.view_m = p('view_m', 4.0, 'metres across the schematic camera').value
@@ -109,10 +112,12 @@ class PhysicsBridge(SynchronousStepping, Node):
 
     def _validate(self) -> None:
         from qail_ros.physics.render import CAMERAS
-        from qail_ros.physics.tasks import TASKS
+        from qail_ros.physics.tasks import UnknownTaskError, resolve_task
         problems = []
-        if self.task not in TASKS:
-            problems.append(f"task must be one of {', '.join(TASKS)}, not '{self.task}'")
+        try:
+            resolve_task(self.task)
+        except UnknownTaskError as exc:
+            problems.append(str(exc))
         if self.camera not in CAMERAS:
             problems.append(f"camera must be one of {', '.join(CAMERAS)}, not '{self.camera}'")
         if self.image_width < 16 or self.image_height < 16:

@@ -2,10 +2,10 @@
 
 A policy is any callable mapping a float32 tensor (B, obs_dim) to actions (B, act_dim) in
 [-1, 1] — an nn.Module such as MLPPolicy, a quantized copy of one, or an expert. The episodes of
-one call run in lockstep (every suite task lasts exactly max_steps), so the policy is called once
-per step on a batch of all episodes: cheap for wide MLPs. Episode i uses environment seed
-`seed + i`, so results are reproducible and two policies evaluated with the same seed face the
-same initial states.
+one call run in lockstep, so the policy is called once per step on a batch of all running
+episodes: cheap for wide MLPs (an episode its env ends early drops out of the batch). Episode i
+uses environment seed `seed + i`, so results are reproducible and two policies evaluated with
+the same seed face the same initial states.
 """
 from __future__ import annotations
 
@@ -42,7 +42,9 @@ def rollout(policy: Callable, task: str, episodes: int = 1, seed: int = 0, *,
 
     `action_noise` adds Gaussian noise (std, in action units) to the executed action — not to the
     recorded one — e.g. to widen the state distribution of demonstrations (DART-style).
-    `max_steps` truncates episodes (returns are then partial).
+    `max_steps` truncates episodes (returns are then partial). An episode that its env ends
+    early (a Gymnasium termination) stops there; the others go on, and the policy is called on
+    the batch of running episodes only.
     """
     import torch
 
@@ -53,37 +55,42 @@ def rollout(policy: Callable, task: str, episodes: int = 1, seed: int = 0, *,
     rng = np.random.default_rng(seed + 7919 if noise_seed is None else noise_seed)
     obs = np.stack([e.reset() for e in envs])
     returns = np.zeros(episodes)
-    obs_log, act_log = [], []
+    running = np.ones(episodes, bool)
+    obs_log: list[list[np.ndarray]] = [[] for _ in range(episodes)]
+    act_log: list[list[np.ndarray]] = [[] for _ in range(episodes)]
     was_training = getattr(policy, 'training', False)
     if hasattr(policy, 'eval'):
         policy.eval()
     try:
         with torch.no_grad():
             for _ in range(steps):
-                out = policy(torch.from_numpy(obs))
+                live = np.flatnonzero(running)
+                if live.size == 0:
+                    break
+                out = policy(torch.from_numpy(np.ascontiguousarray(obs[live])))
                 if isinstance(out, torch.Tensor):
                     out = out.detach().cpu().float().numpy()
-                act = np.asarray(out, dtype=np.float32).reshape(episodes, -1)
-                if record:
-                    obs_log.append(obs)
-                    act_log.append(act)
+                act = np.asarray(out, dtype=np.float32).reshape(live.size, -1)
                 run = act
                 if action_noise > 0:
                     run = np.clip(act + action_noise * rng.standard_normal(act.shape), -1, 1)
-                nxt = []
-                for i, e in enumerate(envs):
-                    o, r, _ = e.step(run[i])
+                for j, i in enumerate(live):
+                    if record:
+                        obs_log[i].append(obs[i].copy())
+                        act_log[i].append(act[j])
+                    o, r, done = envs[i].step(run[j])
                     returns[i] += r
-                    nxt.append(o)
-                obs = np.stack(nxt)
+                    obs[i] = o
+                    if done:
+                        running[i] = False
     finally:
         if was_training and hasattr(policy, 'train'):
             policy.train()
     if record:
-        # Time-major logs -> episode-major arrays.
-        o = np.stack(obs_log, 1).reshape(episodes * steps, -1).astype(np.float32)
-        a = np.stack(act_log, 1).reshape(episodes * steps, -1).astype(np.float32)
-        ep = np.repeat(np.arange(episodes, dtype=np.int64), steps)
+        od, ad = envs[0].obs_dim, envs[0].act_dim
+        o = np.concatenate([np.asarray(x, np.float32).reshape(-1, od) for x in obs_log])
+        a = np.concatenate([np.asarray(x, np.float32).reshape(-1, ad) for x in act_log])
+        ep = np.concatenate([np.full(len(x), i, np.int64) for i, x in enumerate(obs_log)])
     else:
         o = np.zeros((0, envs[0].obs_dim), np.float32)
         a = np.zeros((0, envs[0].act_dim), np.float32)

@@ -71,8 +71,10 @@ def export_policy(source: str | Path, out_dir: str | Path, *, name: str | None =
     from qail_ros.qail.physics_tasks import STUDENT_FORMAT, load_any_policy
 
     source = Path(source)
-    if source.is_dir():
-        source = source / 'policy.safetensors'
+    if source.is_dir():  # a qail-ros train output, else a teacher directory (its FP policy)
+        source = source / ('fp_policy.safetensors' if not (source / 'policy.safetensors').is_file()
+                           and (source / 'fp_policy.safetensors').is_file()
+                           else 'policy.safetensors')
     model, info = load_any_policy(source)
     student = info.get('format') == STUDENT_FORMAT
     arch = dict(info['architecture']) if student else dict(model.config)
@@ -89,7 +91,9 @@ def export_policy(source: str | Path, out_dir: str | Path, *, name: str | None =
         precision, backend = bits, 'torch-int8'
     else:
         precision, backend = 'fp32', 'torch'
-    name = name or f"{task or 'policy'}_{precision}"
+    if not name:
+        from qail_ros.physics.tasks import task_slug
+        name = f"{task_slug(task) if task else 'policy'}_{precision}"
     engine_path = out_dir / f'{name}.safetensors'
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         tmp_path = Path(tmp) / engine_path.name

@@ -1,9 +1,10 @@
-"""Camera images of a physics task: MuJoCo's renderer, or a schematic side view without OpenGL.
+"""Camera images of a physics task: MuJoCo's renderer, a schematic side view, or a state plot.
 
     camera = make_camera(env, 'schematic', width=96, height=72)
     rgb = camera.render()                  # (height, width, 3) uint8
 
-- 'mujoco': dm_control's own camera 0 (the suite's tracking side camera). Needs an OpenGL back
+- 'mujoco': dm_control's own camera 0 (the suite's tracking side camera), or MuJoCo's renderer
+  on a Gymnasium MuJoCo env's model (its camera 0, else the free camera). Needs an OpenGL back
   end: MUJOCO_GL=egl (headless GPU or Mesa's EGL) or osmesa, set before dm_control is first
   imported (`qail_ros.physics.tasks` sets 'disable' otherwise).
 - 'schematic': a numpy drawing of the same side view (x horizontal, z up) from the simulation
@@ -12,7 +13,14 @@
   walkers stay in view. No OpenGL, identical on every machine (CI, laptops), a few hundred
   microseconds at 96x72. It shows exactly what the state says, which is what a camera topic
   for recording and for policies that take images needs here.
-- 'auto': mujoco when it renders, else schematic (one log line says which).
+  The side view suits planar bodies (SIDE_VIEW: cartpole, walker, hopper, cheetah, finger,
+  ...); for any other body (reacher and point_mass move in x-y, quadrupeds in 3-D) 'schematic'
+  falls back to MuJoCo's renderer when MUJOCO_GL allows it, else to the state plot.
+- 'state': a plain plot of the observation vector (one bar per dimension, scaled by the largest
+  magnitude seen), for tasks without a MuJoCo model (classic-control Gymnasium envs, your own)
+  and the fallback above.
+- 'auto': mujoco when it renders, else schematic where it knows the body, else state (one log
+  line says which).
 """
 from __future__ import annotations
 
@@ -23,11 +31,18 @@ import numpy as np
 
 from qail_ros.errors import ParameterError
 
-__all__ = ['CAMERAS', 'SchematicCamera', 'MujocoCamera', 'make_camera']
+__all__ = ['CAMERAS', 'SIDE_VIEW', 'SchematicCamera', 'MujocoCamera', 'StatePlotCamera',
+           'make_camera']
 
 log = logging.getLogger('qail_ros.physics')
 
-CAMERAS = ('auto', 'schematic', 'mujoco')
+CAMERAS = ('auto', 'schematic', 'mujoco', 'state')
+#: bodies (dm_control domains, Gymnasium MuJoCo env names) that move in the x-z plane, which
+#: the schematic side view draws faithfully
+SIDE_VIEW = frozenset({
+    'cartpole', 'walker', 'hopper', 'cheetah', 'finger', 'acrobot', 'pendulum', 'ball_in_cup',
+    'manipulator', 'humanoid', 'humanoid_CMU', 'InvertedPendulum', 'InvertedDoublePendulum',
+    'Hopper', 'Walker2d', 'HalfCheetah', 'Humanoid', 'HumanoidStandup'})
 
 _PLANE, _SPHERE, _CAPSULE, _ELLIPSOID, _CYLINDER, _BOX = 0, 2, 3, 4, 5, 6
 _SKY = np.array([180, 205, 235], np.uint8)
@@ -120,25 +135,81 @@ class MujocoCamera:
                 '(or osmesa) before starting the node, or use camera:=schematic') from None
 
     def render(self) -> np.ndarray:
-        return np.ascontiguousarray(self.env.physics.render(self.height, self.width,
-                                                            camera_id=0))
+        physics = self.env.physics
+        if hasattr(physics, 'render'):   # dm_control
+            return np.ascontiguousarray(physics.render(self.height, self.width, camera_id=0))
+        import mujoco
+        model = physics.model
+        if getattr(self, '_model', None) is not model:
+            self._renderer = mujoco.Renderer(model, self.height, self.width)
+            self._model = model
+        self._renderer.update_scene(physics.data, camera=0 if model.ncam > 0 else -1)
+        return np.ascontiguousarray(self._renderer.render())
+
+
+class StatePlotCamera:
+    """The observation vector as bars (green up, red down) around a mid line, each dimension
+    scaled by the largest magnitude it has shown so far; needs no MuJoCo and no OpenGL."""
+
+    kind = 'state'
+
+    def __init__(self, env, width: int = 96, height: int = 72):
+        self.env = env
+        self.width, self.height = int(width), int(height)
+        self._scale = np.ones(int(env.obs_dim))
+
+    def render(self) -> np.ndarray:
+        obs = np.asarray(getattr(self.env, 'last_obs', None) if getattr(
+            self.env, 'last_obs', None) is not None else np.zeros(len(self._scale)), np.float64)
+        obs = np.nan_to_num(obs.ravel()[:len(self._scale)])
+        self._scale = np.maximum(self._scale, np.abs(obs))
+        img = np.empty((self.height, self.width, 3), np.uint8)
+        img[:] = 245
+        mid = self.height // 2
+        img[mid] = 120
+        n = len(obs)
+        edges = np.linspace(0, self.width, n + 1).astype(int)
+        for i, v in enumerate(obs / self._scale):
+            x0, x1 = edges[i], max(edges[i] + 1, edges[i + 1] - 1)
+            h = int(round(abs(v) * (mid - 1)))
+            if v >= 0:
+                img[mid - h:mid, x0:x1] = (40, 160, 60)
+            else:
+                img[mid + 1:mid + 1 + h, x0:x1] = (200, 60, 40)
+        return img
+
+
+def _knows_body(env) -> bool:
+    spec = getattr(env, 'spec', None)
+    return getattr(spec, 'view', None) in SIDE_VIEW
 
 
 def make_camera(env, kind: str = 'auto', width: int = 96, height: int = 72,
                 view_m: float = 4.0):
-    """A camera for `env` (a qail_ros.physics PhysicsEnv); see the module doc for the kinds."""
+    """A camera for `env` (a qail_ros.physics env); see the module doc for the kinds and the
+    fallbacks."""
     if kind not in CAMERAS:
         raise ParameterError(f"camera must be one of {', '.join(CAMERAS)}, not '{kind}'")
-    if kind in ('auto', 'mujoco') and os.environ.get('MUJOCO_GL', 'disable') != 'disable':
+    if kind == 'state':
+        return StatePlotCamera(env, width, height)
+    has_model = env.physics is not None
+    gl = os.environ.get('MUJOCO_GL', 'disable') != 'disable'
+    if kind == 'mujoco' and not has_model:
+        raise ParameterError(f'camera:=mujoco needs a MuJoCo model; task {env.task!r} has none: '
+                             'use camera:=state')
+    if kind == 'mujoco' and not gl:
+        raise ParameterError('camera:=mujoco needs an OpenGL back end: start the node with '
+                             'MUJOCO_GL=egl (or osmesa) in its environment, or use '
+                             'camera:=schematic')
+    known = has_model and _knows_body(env)
+    if has_model and gl and (kind in ('auto', 'mujoco') or not known):
         try:
             return MujocoCamera(env, width, height)
         except ParameterError:
             if kind == 'mujoco':
                 raise
-            log.info('MuJoCo rendering unavailable (MUJOCO_GL=%s): schematic camera',
-                     os.environ.get('MUJOCO_GL'))
-    elif kind == 'mujoco':
-        raise ParameterError('camera:=mujoco needs an OpenGL back end: start the node with '
-                             'MUJOCO_GL=egl (or osmesa) in its environment, or use '
-                             'camera:=schematic')
-    return SchematicCamera(env, width, height, view_m)
+            log.info('MuJoCo rendering unavailable (MUJOCO_GL=%s)', os.environ.get('MUJOCO_GL'))
+    if known:
+        return SchematicCamera(env, width, height, view_m)
+    log.info('the schematic view does not know the body of %s: state plot camera', env.task)
+    return StatePlotCamera(env, width, height)

@@ -1,12 +1,13 @@
-"""QAIL on the DeepMind Control tasks of `qail_ros.physics`: data, training, saving, evaluation.
+"""QAIL on the physics tasks of `qail_ros.physics`: data, training, saving, evaluation.
 
 The glue between the generic trainer and the physics package, shared by `qail-ros train`,
 `qail-ros eval` and `qail-ros bench physics`:
 
-- D_QAIL for a task = D_E (rollouts of the shipped expert: LQR or SAC) ∪ D_FP (rollouts of the
-  shipped FP MLP policy), each labelled with the acting policy's own (clean) action. The data
-  seeds depend on the training seed and never overlap the evaluation seeds (0, 1, ...).
-- The teacher is the shipped FP policy; the student is its quantized copy.
+- D_QAIL for a task = D_E (rollouts of the expert: LQR or SAC) ∪ D_FP (rollouts of the FP MLP
+  policy), each labelled with the acting policy's own (clean) action; both come from a teacher
+  directory (`qail-ros train-expert -o DIR`, passed as `teacher_dir`) or the task's shipped one.
+  The data seeds depend on the training seed and never overlap the evaluation seeds (0, 1, ...).
+- The teacher is the FP policy; the student is its quantized copy.
 - On-policy QBC rolls the student out in the task (environment seeds from 100000 up).
 - A trained student is saved as one safetensors file (its state dict, LSQ steps included) whose
   metadata holds the task, the FP architecture and the TrainConfig, so `load_trained` can rebuild
@@ -31,7 +32,8 @@ from qail_ros.qail.trainer import QAILTrainer, TrainResult, make_student
 __all__ = ['STUDENT_FORMAT', 'PolicyFileError', 'obs_groups', 'build_qail_data',
            'dataset_pairs', 'data_from_datasets', 'load_teacher', 'dataset_task',
            'make_collector', 'train_on_task', 'evaluate_policy', 'save_trained', 'load_trained',
-           'load_any_policy', 'DATA_SEED_BASE', 'ONPOLICY_SEED_BASE']
+           'load_any_policy', 'measure_costs', 'estimate_train_seconds', 'DATA_SEED_BASE',
+           'ONPOLICY_SEED_BASE']
 
 STUDENT_FORMAT = 'qail_ros.qail.student/1'
 DATA_SEED_BASE = 20_000      # + 1000 * training seed: demonstrations and FP rollouts
@@ -43,9 +45,13 @@ class PolicyFileError(QailRosError, ValueError):
 
 
 def obs_groups(task: str) -> list[list[int]]:
-    """State dimensions grouped by dm_control observation key (e.g. position, velocity)."""
+    """State dimensions grouped by dm_control observation key (e.g. position, velocity); one
+    group per dimension for other tasks."""
     from qail_ros.physics.tasks import make_env
-    spec = make_env(task).env.observation_spec()
+    env = make_env(task)
+    if not hasattr(getattr(env, 'env', None), 'observation_spec'):
+        return [[i] for i in range(env.obs_dim)]
+    spec = env.env.observation_spec()
     groups, start = [], 0
     for v in spec.values():
         n = int(np.prod(v.shape))
@@ -56,24 +62,38 @@ def obs_groups(task: str) -> list[list[int]]:
 
 def build_qail_data(task: str, *, expert_episodes: int = 10, fp_episodes: int = 10,
                     seed: int = 0, max_steps: int | None = None, teacher: nn.Module | None = None,
-                    expert_noise: float = 0.0) -> ImitationData:
-    """D_QAIL = D_E ∪ D_FP for `task`, from the shipped expert and FP policy.
+                    expert_noise: float = 0.0, teacher_dir: str | Path | None = None,
+                    min_states: int = 0) -> ImitationData:
+    """D_QAIL = D_E ∪ D_FP for `task`, from the expert and FP policy of `teacher_dir` (default:
+    the task's shipped ones; `teacher` overrides the FP policy).
 
     `expert_noise` (std, action units) perturbs the executed expert actions, not the labels
-    (DART-style), to widen the states the demonstrations cover.
+    (DART-style), to widen the states the demonstrations cover. `min_states`: each source
+    rolls out more episodes (in batches of its episode count, on the next seeds) until it has
+    at least this many states, so a task whose episodes end early (a Gymnasium termination)
+    gets as much data as one whose episodes last their time limit.
     """
     from qail_ros.physics.models import load_expert, load_fp_policy
     from qail_ros.physics.closed_loop import rollout
     base = DATA_SEED_BASE + 1000 * seed
+
+    def collect(policy, episodes: int, first: int, noise: float) -> tuple:
+        obs, act, start = [], [], first
+        while True:
+            r = rollout(policy, task, episodes, start, max_steps=max_steps, action_noise=noise)
+            obs.append(r.obs)
+            act.append(r.act)
+            start += episodes
+            if sum(len(o) for o in obs) >= min_states or start - first >= 50 * episodes:
+                return np.concatenate(obs), np.concatenate(act)
+
     parts: dict[str, Any] = {}
     if expert_episodes > 0:
-        r = rollout(load_expert(task), task, expert_episodes, base, max_steps=max_steps,
-                    action_noise=expert_noise)
-        parts['expert'] = (r.obs, r.act)
+        parts['expert'] = collect(load_expert(task, teacher=teacher_dir), expert_episodes, base,
+                                  expert_noise)
     if fp_episodes > 0:
-        fp = teacher if teacher is not None else load_fp_policy(task)
-        r = rollout(fp, task, fp_episodes, base + 500, max_steps=max_steps)
-        parts['fp'] = (r.obs, r.act)
+        fp = teacher if teacher is not None else load_fp_policy(task, teacher_dir)
+        parts['fp'] = collect(fp, fp_episodes, base + 500, 0.0)
     return ImitationData.from_sources(**parts)
 
 
@@ -114,16 +134,26 @@ def data_from_datasets(fp: str | Path | None = None, expert: str | Path | None =
 def dataset_task(root: str | Path) -> str | None:
     """The physics task a data set was recorded on (its single task text), if it is one."""
     from qail_ros.dataset.reader import load_manifest
-    from qail_ros.physics.tasks import TASKS
+    from qail_ros.physics.tasks import resolve_task
     tasks = [t for t in load_manifest(root).get('tasks', []) if t]
-    return tasks[0] if len(tasks) == 1 and tasks[0] in TASKS else None
+    if len(tasks) != 1:
+        return None
+    try:
+        resolve_task(tasks[0])
+    except QailRosError:
+        return None
+    return tasks[0]
 
 
 def load_teacher(path: str | Path) -> nn.Module:
-    """The FP teacher: an MLPPolicy file, or an fp32 'mlp' engine written by qail-ros export."""
+    """The FP teacher: a teacher directory (qail-ros train-expert), an MLPPolicy file, or an
+    fp32 'mlp' engine written by qail-ros export."""
     from qail_ros.engines.manifest import manifest_path, read_manifest
     from qail_ros.physics.policy import build_mlp, load_policy
     path = Path(path)
+    if path.is_dir():
+        from qail_ros.physics.models import load_fp_policy
+        return load_fp_policy(None, path)
     if manifest_path(path).is_file():
         engine, manifest = read_manifest(path)
         if manifest.architecture.get('name') != 'mlp' or manifest.precision != 'fp32':
@@ -143,11 +173,17 @@ def load_teacher(path: str | Path) -> nn.Module:
 
 
 def make_collector(task: str, *, episodes: int = 2, max_steps: int | None = None,
-                   seed: int = 0) -> Callable[[nn.Module, int], torch.Tensor]:
-    """On-policy QBC collector: round k rolls the student out on fresh environment seeds."""
+                   seed: int = 0, on_round: Callable[[nn.Module, int], None] | None = None
+                   ) -> Callable[[nn.Module, int], torch.Tensor]:
+    """On-policy QBC collector: round k rolls the student out on fresh environment seeds.
+
+    `on_round(student, k)` is called first (e.g. to evaluate the student after k rounds of
+    training: bench physics --curve)."""
     from qail_ros.physics.closed_loop import rollout
 
     def collect(student: nn.Module, k: int) -> torch.Tensor:
+        if on_round is not None:
+            on_round(student, k)
         r = rollout(student, task, episodes, ONPOLICY_SEED_BASE + 1000 * seed + k * episodes,
                     max_steps=max_steps)
         return torch.from_numpy(r.obs)
@@ -156,16 +192,23 @@ def make_collector(task: str, *, episodes: int = 2, max_steps: int | None = None
 
 def train_on_task(task: str, config: TrainConfig, *, data: ImitationData | None = None,
                   teacher: nn.Module | None = None, quantize_fn=None,
-                  data_kwargs: dict[str, Any] | None = None) -> TrainResult:
-    """Quantize the task's FP policy and fine-tune it with `config.method` (on-policy if set)."""
+                  data_kwargs: dict[str, Any] | None = None,
+                  teacher_dir: str | Path | None = None,
+                  on_round: Callable[[nn.Module, int], None] | None = None) -> TrainResult:
+    """Quantize the task's FP policy and fine-tune it with `config.method` (on-policy if set).
+
+    The FP policy is `teacher`, else that of `teacher_dir`, else the task's shipped one.
+    `on_round(student, k)` runs before on-policy round k (after k * onpolicy_every steps)."""
     from qail_ros.physics.models import load_fp_policy
-    teacher = teacher if teacher is not None else load_fp_policy(task)
+    teacher = teacher if teacher is not None else load_fp_policy(task, teacher_dir)
     if data is None:
-        data = build_qail_data(task, seed=config.seed, teacher=teacher, **(data_kwargs or {}))
+        data = build_qail_data(task, seed=config.seed, teacher=teacher,
+                               teacher_dir=teacher_dir, **(data_kwargs or {}))
     collector = None
     if config.onpolicy_every > 0 and config.uses_qbc:
         collector = make_collector(task, episodes=config.onpolicy_episodes,
-                                   max_steps=config.onpolicy_max_steps, seed=config.seed)
+                                   max_steps=config.onpolicy_max_steps, seed=config.seed,
+                                   on_round=on_round)
     trainer = QAILTrainer(teacher, config, data, collector=collector, quantize_fn=quantize_fn)
     return trainer.train()
 
@@ -233,10 +276,13 @@ def load_any_policy(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     from safetensors import safe_open
     path = Path(path)
     if path.is_dir():
-        path = path / 'policy.safetensors'
+        # a qail-ros train output, else a teacher directory (its FP policy)
+        path = path / ('policy.safetensors' if (path / 'policy.safetensors').is_file()
+                       or not (path / 'fp_policy.safetensors').is_file()
+                       else 'fp_policy.safetensors')
     if not path.is_file():
-        raise PolicyFileError(f'no policy at {path}: pass a .safetensors file or a directory '
-                              'written by qail-ros train')
+        raise PolicyFileError(f'no policy at {path}: pass a .safetensors file, a directory '
+                              'written by qail-ros train or a teacher directory')
     try:
         with safe_open(str(path), framework='pt') as f:
             fmt = (f.metadata() or {}).get('format')
@@ -248,6 +294,59 @@ def load_any_policy(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     from qail_ros.physics.policy import FORMAT, load_policy
     if fmt == FORMAT:
         policy = load_policy(path)
-        return policy, {'format': FORMAT, 'meta': getattr(policy, 'meta', {})}
+        meta = getattr(policy, 'meta', {}) or {}
+        return policy, {'format': FORMAT, 'meta': meta, 'task': meta.get('task')}
     raise PolicyFileError(f'{path} has format {fmt!r}: expected {STUDENT_FORMAT!r} (qail-ros '
                           f'train) or {FORMAT!r} (an FP MLPPolicy)')
+
+
+def measure_costs(task: str, teacher: nn.Module, config: TrainConfig) -> dict[str, float]:
+    """Seconds per env step (with a policy call on a batch of 2), per training step of the
+    quantized student (batch `config.batch_size`, plus its on-policy share) and per FP-policy
+    step in a batched evaluation: a second or two of measurement, for the expected times."""
+    import time
+
+    from qail_ros.physics.tasks import make_env
+    env = make_env(task, 0)
+    env.reset()
+    rng = np.random.default_rng(0)
+    t0, n = time.perf_counter(), 0
+    while n < 300 and time.perf_counter() - t0 < 0.5:
+        _, _, done = env.step(rng.uniform(-1, 1, env.act_dim))
+        n += 1
+        if done:
+            env.reset()
+    env_s = (time.perf_counter() - t0) / n
+    x = torch.randn(max(2, config.batch_size), env.obs_dim) * teacher.obs_std + teacher.obs_mean
+    with torch.random.fork_rng():
+        student = make_student(teacher, config, x[:256])
+        opt = torch.optim.Adam([q for q in student.parameters() if q.requires_grad], 3e-4)
+        batch = torch.cat([x, x[:len(x) // 2]]) if config.uses_qbc else x
+        t0, k = time.perf_counter(), 0
+        while k < 20 and time.perf_counter() - t0 < 0.7:
+            loss = (student(batch) - teacher(batch).detach()).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            k += 1
+        step_s = (time.perf_counter() - t0) / k
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            for _ in range(20):
+                student(x[:2])
+            act_s = (time.perf_counter() - t0) / 20
+    return {'env_s': env_s + act_s / 2, 'step_s': step_s, 'episode_steps': env.max_steps}
+
+
+def estimate_train_seconds(config: TrainConfig, costs: dict[str, float], *, samples: int = 0,
+                           eval_episodes: int = 0) -> float:
+    """Expected seconds of one `qail-ros train` run: simulated D_QAIL episodes (`samples` env
+    steps), the training steps, the on-policy rounds and the final evaluation."""
+    ep = costs['episode_steps']
+    sim = samples * costs['env_s']
+    train = config.steps * costs['step_s'] if config.trains else 0.0
+    if config.trains and config.uses_qbc and config.onpolicy_every > 0:
+        rounds = 1 + (config.steps - 1) // config.onpolicy_every
+        steps = config.onpolicy_max_steps or ep
+        train += rounds * config.onpolicy_episodes * min(steps, ep) * costs['env_s']
+    return sim + train + eval_episodes * ep * costs['env_s']
