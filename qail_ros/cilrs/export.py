@@ -160,6 +160,21 @@ def _feeds(batches: Sequence[Batch]) -> list[dict[str, np.ndarray]]:
     return out
 
 
+def _fp_reference(source, holdout):
+    """(the held-out frames as engine feeds, the FP checkpoint's outputs on them)."""
+    from qail_ros.cilrs.model import load_checkpoint
+    from qail_ros.engines.calibration import reference_outputs
+    model = load_checkpoint(source)
+    feeds = _feeds(holdout)
+
+    def fp(feed):
+        import torch
+        with torch.no_grad():
+            b, s = model(torch.from_numpy(feed['image']), torch.from_numpy(feed['speed']))
+        return {'branches': b.numpy(), 'speed_pred': s.numpy()}
+    return feeds, reference_outputs(fp, feeds)
+
+
 def _build_openvino(kind: str, onnx_path: Path, out: Path, calibration: Sequence[Batch],
                     options: dict[str, Any]) -> dict[str, Any]:
     from qail_ros.engines import openvino_engine as ov
@@ -419,22 +434,12 @@ def export_auto(source: str | Path, out_dir: str | Path, *,
     on the held-out frames (accuracy vs the FP32 torch model, latency at `threads`), keep the
     fastest within `max_abs_diff`; the measurements and the choice go into the manifests.
     Returns (the chosen engine's path, the selection)."""
-    from qail_ros.cilrs.model import load_checkpoint
-    from qail_ros.engines.calibration import reference_outputs
     from qail_ros.engines.select import DEFAULT_MAX_ABS_DIFF, record_choice, select_fastest
     kinds = list(kinds or available_kinds(include_w4a4=w4a4_student is not None))
     paths = build_engines(source, out_dir, kinds, calibration=calibration, name=name,
                           calibration_note=calibration_note, details=details,
                           w4a4_student=w4a4_student, openvino_options=openvino_options)
-    model = load_checkpoint(source)
-    feeds = _feeds(holdout)
-
-    def fp(feed):
-        import torch
-        with torch.no_grad():
-            b, s = model(torch.from_numpy(feed['image']), torch.from_numpy(feed['speed']))
-        return {'branches': b.numpy(), 'speed_pred': s.numpy()}
-    reference = reference_outputs(fp, feeds)
+    feeds, reference = _fp_reference(source, holdout)
     bound = DEFAULT_MAX_ABS_DIFF if max_abs_diff is None else float(max_abs_diff)
     result = select_fastest(paths, feeds, reference, max_abs_diff=bound, threads=threads,
                             runs=runs)
@@ -516,7 +521,7 @@ def run_export(source: Path, out: Path, args, *, kinds: Sequence[str] | None = N
     import json
 
     from qail_ros.cilrs.model import load_checkpoint
-    from qail_ros.engines.calibration import accuracy, reference_outputs
+    from qail_ros.engines.calibration import accuracy
     from qail_ros.engines.registry import load_engine
     config = load_checkpoint(source).config
     holdout: list[Batch] = []
@@ -548,15 +553,7 @@ def run_export(source: Path, out: Path, args, *, kinds: Sequence[str] | None = N
         kinds = kinds_for(args.backend, args.precision)
     paths = build_engines(source, out, kinds or BASE_KINDS, calibration=calib, name=name,
                           calibration_note=note, w4a4_student=w4a4_student)
-    model = load_checkpoint(source)
-    feeds = _feeds(holdout)
-
-    def fp(feed):
-        import torch
-        with torch.no_grad():
-            b, s = model(torch.from_numpy(feed['image']), torch.from_numpy(feed['speed']))
-        return {'branches': b.numpy(), 'speed_pred': s.numpy()}
-    reference = reference_outputs(fp, feeds)
+    feeds, reference = _fp_reference(source, holdout)
     report = {}
     for kind, path in paths.items():
         acc = accuracy(load_engine(path, threads=args.threads), feeds, reference)

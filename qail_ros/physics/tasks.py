@@ -353,6 +353,21 @@ def episode_steps(task: str) -> int:
     return make_env(task, 0).max_steps
 
 
+def env_step_seconds(env: PhysicsEnv, budget_s: float = 0.5, max_steps: int = 300) -> float:
+    """Seconds per step of `env` under random actions (reset at episode ends), measured for
+    at most `budget_s` / `max_steps` steps: what the expected-time estimates build on."""
+    import time
+    rng = np.random.default_rng(0)
+    env.reset()
+    t0, n = time.perf_counter(), 0
+    while n < max_steps and time.perf_counter() - t0 < budget_s:
+        _, _, done = env.step(rng.uniform(-1, 1, env.act_dim))
+        n += 1
+        if done:
+            env.reset()
+    return (time.perf_counter() - t0) / max(n, 1)
+
+
 def task_slug(task: str) -> str:
     """A file-name friendly form of a task name (gym:Pendulum-v1 -> gym_Pendulum-v1)."""
     return ''.join(c if c.isalnum() or c in '-_.' else '_' for c in task)

@@ -90,17 +90,10 @@ def _measure(task: str, s: dict[str, Any]) -> tuple[float, float]:
     import torch
 
     from qail_ros.physics.sac import SAC, ReplayBuffer, SACConfig
-    from qail_ros.physics.tasks import make_env
+    from qail_ros.physics.tasks import env_step_seconds, make_env
     env = make_env(task, 0)
+    env_s = env_step_seconds(env, budget_s=1.0)
     rng = np.random.default_rng(0)
-    env.reset()
-    t0, n = time.perf_counter(), 0
-    while n < 300 and time.perf_counter() - t0 < 1.0:
-        _, _, done = env.step(rng.uniform(-1, 1, env.act_dim))
-        n += 1
-        if done:
-            env.reset()
-    env_s = (time.perf_counter() - t0) / n
     agent = SAC(env.obs_dim, env.act_dim, SACConfig(hidden=s['hidden'], batch=s['batch']))
     buf = ReplayBuffer(env.obs_dim, env.act_dim, 512)
     for _ in range(512):
@@ -314,17 +307,9 @@ def estimate_fp_seconds(task: str, *, episodes: int, noise_episodes: int, steps:
     import torch
 
     from qail_ros.physics.policy import MLPPolicy
-    from qail_ros.physics.tasks import make_env
+    from qail_ros.physics.tasks import env_step_seconds, make_env
     env = make_env(task, 0)
-    rng = np.random.default_rng(0)
-    env.reset()
-    t0, n = time.perf_counter(), 0
-    while n < 300 and time.perf_counter() - t0 < 0.5:
-        _, _, done = env.step(rng.uniform(-1, 1, env.act_dim))
-        n += 1
-        if done:
-            env.reset()
-    env_s = (time.perf_counter() - t0) / n
+    env_s = env_step_seconds(env)
     policy = MLPPolicy(env.obs_dim, env.act_dim, hidden, layers)
     opt = torch.optim.AdamW(policy.parameters(), 1e-3)
     x = torch.randn(batch, env.obs_dim)

@@ -306,17 +306,9 @@ def measure_costs(task: str, teacher: nn.Module, config: TrainConfig) -> dict[st
     step in a batched evaluation: a second or two of measurement, for the expected times."""
     import time
 
-    from qail_ros.physics.tasks import make_env
+    from qail_ros.physics.tasks import env_step_seconds, make_env
     env = make_env(task, 0)
-    env.reset()
-    rng = np.random.default_rng(0)
-    t0, n = time.perf_counter(), 0
-    while n < 300 and time.perf_counter() - t0 < 0.5:
-        _, _, done = env.step(rng.uniform(-1, 1, env.act_dim))
-        n += 1
-        if done:
-            env.reset()
-    env_s = (time.perf_counter() - t0) / n
+    env_s = env_step_seconds(env)
     x = torch.randn(max(2, config.batch_size), env.obs_dim) * teacher.obs_std + teacher.obs_mean
     with torch.random.fork_rng():
         student = make_student(teacher, config, x[:256])
