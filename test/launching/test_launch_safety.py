@@ -1,14 +1,12 @@
 """A launch never runs on silently: a router port held by another program, a required node
 that dies or stops on a fatal error (a full disk) each end `qail-ros launch` with a non-zero
 exit code and a line naming the cause; `orin_vla` runs on the secure profile."""
-import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -151,27 +149,10 @@ def test_non_required_node_exit_keeps_the_launch_running(env, record_launch, tmp
     assert launch.proc.returncode == 0, out
 
 
-@contextlib.contextmanager
-def _small_tmpfs(megabytes: int):
-    if os.geteuid() != 0:
-        pytest.skip('mounting a small tmpfs needs root')
-    path = tempfile.mkdtemp(prefix='qail_ros_small_fs_')
-    done = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={megabytes}m', 'tmpfs', path],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        os.rmdir(path)
-        pytest.skip(f'cannot mount a tmpfs here: {done.stderr.strip()}')
-    try:
-        yield Path(path)
-    finally:
-        subprocess.run(['umount', '-l', path], capture_output=True)
-        with contextlib.suppress(OSError):
-            os.rmdir(path)
-
-
-def test_disk_almost_full_ends_the_record_launch_with_an_error(env, record_launch):
+def test_disk_almost_full_ends_the_record_launch_with_an_error(env, record_launch,
+                                                               small_filesystem):
     from rosbags.highlevel import AnyReader
-    with _small_tmpfs(48) as disk:
+    with small_filesystem(48) as disk:
         # 320x240 rgb8 at 30 Hz is ~7 MB/s: below 40 MB free within about a second.
         launch = Launch(record_launch, f'output_dir:={disk}', 'min_free_mb:=40.0',
                         '--duration', '60', env=env)

@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,25 +18,6 @@ from qail_ros.errors import BagError, ParameterError
 from qail_ros.recording import BagWriterThread
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@contextlib.contextmanager
-def small_filesystem(megabytes: int):
-    """A tmpfs of `megabytes` (a real ENOSPC); skips where this user may not mount one."""
-    if os.geteuid() != 0:
-        pytest.skip('mounting a small tmpfs needs root')
-    path = tempfile.mkdtemp(prefix='qail_ros_small_fs_')
-    done = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={megabytes}m', 'tmpfs', path],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        os.rmdir(path)
-        pytest.skip(f'cannot mount a tmpfs here: {done.stderr.strip()}')
-    try:
-        yield Path(path)
-    finally:
-        subprocess.run(['umount', '-l', path], capture_output=True)
-        with contextlib.suppress(OSError):
-            os.rmdir(path)
 
 
 def mcap_messages(path: Path) -> int:
@@ -58,7 +38,7 @@ def _image(i: int):
                  data=data)
 
 
-def test_disk_full_written_count_is_what_the_bag_holds():
+def test_disk_full_written_count_is_what_the_bag_holds(small_filesystem):
     with small_filesystem(3) as fs:
         errors = []
         writer = BagWriterThread(on_error=errors.append, chunk_size=1 << 18).start()
