@@ -80,6 +80,24 @@ class TimerHandle(abc.ABC):
         ...
 
 
+class PeriodicTimer(TimerHandle):
+    """What every timer of the embedded runtime keeps: its period, callback and counts."""
+
+    def __init__(self, period_s: float, callback: Callable[[], None]):
+        self.period_ns = max(1, int(round(period_s * 1e9)))
+        self.callback = callback
+        self._canceled = False
+        self.fired = 0
+        self.skipped = 0
+
+    @property
+    def timer_period_ns(self) -> int:
+        return self.period_ns
+
+    def is_canceled(self) -> bool:
+        return self._canceled
+
+
 class NodeHandle(abc.ABC):
     """What a runtime gives one node. `Node` wraps it; nodes never touch it directly."""
 

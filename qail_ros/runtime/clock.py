@@ -18,6 +18,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from qail_ros.runtime.api import PeriodicTimer
+
 __all__ = ['SimClock', 'SimTimer', 'attach', 'use_sim_time', 'CLOCK_TOPIC', 'CLOCK_TYPE']
 
 CLOCK_TOPIC = '/clock'
@@ -32,24 +34,13 @@ def use_sim_time(handle: Any) -> bool:
     return bool(value)
 
 
-class SimTimer:
+class SimTimer(PeriodicTimer):
     """A timer on sim time (the TimerHandle methods nodes use)."""
 
     def __init__(self, clock: 'SimClock', period_s: float, callback: Callable[[], None]):
-        self.period_ns = max(1, int(round(period_s * 1e9)))
-        self.callback = callback
+        super().__init__(period_s, callback)
         self._clock = clock
-        self._canceled = False
         self.next_ns: int | None = None     # set from the first /clock
-        self.fired = 0
-        self.skipped = 0
-
-    @property
-    def timer_period_ns(self) -> int:
-        return self.period_ns
-
-    def is_canceled(self) -> bool:
-        return self._canceled
 
     def cancel(self) -> None:
         self._canceled = True

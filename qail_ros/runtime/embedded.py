@@ -38,8 +38,8 @@ from typing import Any, Callable
 from qail_ros.errors import ParameterError, TransportError
 from qail_ros.messages import deserialize, get_class
 from qail_ros.runtime import params as _params
-from qail_ros.runtime.api import (NodeHandle, PublisherHandle, QoS, Runtime, SubscriptionHandle,
-                                  TimerHandle)
+from qail_ros.runtime.api import (NodeHandle, PeriodicTimer, PublisherHandle, QoS, Runtime,
+                                  SubscriptionHandle)
 
 __all__ = ['EmbeddedRuntime', 'EmbeddedNodeHandle', 'EmbeddedPublisher', 'EmbeddedSubscription',
            'EmbeddedTimer', 'Executor', 'resolve_name', 'ros_log_line']
@@ -167,26 +167,15 @@ class _Serialized:
         self.data = data
 
 
-class EmbeddedTimer(TimerHandle):
+class EmbeddedTimer(PeriodicTimer):
     """A periodic timer whose deadlines are `start + k * period` (no drift)."""
 
     def __init__(self, executor: 'Executor', period_s: float, callback: Callable[[], None],
                  owner: 'EmbeddedNodeHandle | None' = None):
-        self.period_ns = max(1, int(round(period_s * 1e9)))
-        self.callback = callback
+        super().__init__(period_s, callback)
         self.owner = owner
         self._executor = executor
-        self._canceled = False
         self.next_ns = time.monotonic_ns() + self.period_ns
-        self.fired = 0
-        self.skipped = 0
-
-    @property
-    def timer_period_ns(self) -> int:
-        return self.period_ns
-
-    def is_canceled(self) -> bool:
-        return self._canceled
 
     def cancel(self) -> None:
         self._canceled = True
