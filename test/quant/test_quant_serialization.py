@@ -90,6 +90,11 @@ def test_int8_codes_take_one_byte(tmp_path):
     with safe_open(str(path), framework='pt') as f:
         q = f.get_tensor('mlp.0.qweight')
     assert q.dtype == torch.int8 and q.shape == (64, 1024)
+    layer = model.mlp[0]
+    with torch.no_grad():
+        codes = layer.weight_quant.int_codes(layer.weight)
+    assert torch.equal(q.to(torch.int64), codes.reshape(64, -1).to(torch.int64))  # as stored
+    assert int(q.min()) < 0 < int(q.max())         # signed codes, not bytes of something else
 
 
 @pytest.mark.parametrize('cfg', [quant.WeightOnlyRTN(bits=4), quant.W4A4LSQ()],
