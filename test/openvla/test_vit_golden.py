@@ -3,13 +3,13 @@ implementation on the same random weights.
 
 The towers are written from timm's VisionTransformer (OpenVLA runs timm's
 vit_large_patch14_reg4_dinov2 and vit_so400m_patch14_siglip). timm itself cannot be installed
-beside the pinned CPU torch here: it needs torchvision, and PyPI's torchvision wheel fails to
-import against torch 2.13.0+cpu (`RuntimeError: operator torchvision::nms does not exist`). The
-reference is therefore transformers' Dinov2WithRegistersModel / Dinov2Model /
-SiglipVisionModel (a pinned dependency), run with eager attention, their own default activation
-and LayerNorm eps, on small configs that keep every flag of the real towers
-(config.TIMM_SPECS): class and register tokens, where the position embedding applies, layer
-scale, the GELU variant, the MAP head's parameters.
+beside the pinned CPU torch here: it needs torchvision, and PyPI's torchvision wheels (0.28.0
+and 0.29.1 both) fail to import against torch 2.13.0+cpu with `RuntimeError: operator
+torchvision::nms does not exist`. The reference is therefore transformers'
+Dinov2WithRegistersModel / Dinov2Model / SiglipVisionModel (a pinned dependency), run with eager
+attention, their own default activation and LayerNorm eps, on small configs that keep every
+flag of the real towers (config.TIMM_SPECS): class and register tokens, where the position
+embedding applies, layer scale, the GELU variant, the MAP head's parameters.
 
 The weight mapping is the one timm applies to DINOv2 checkpoints: registers become `reg_token`,
 the class token absorbs its position embedding (timm's reg4 model has `no_embed_class`), q/k/v
@@ -126,8 +126,9 @@ def siglip_to_ours(hf) -> dict:
 def hf_dinov2(spec, seed: int):
     """The reference DINOv2 tower (with registers when the spec has them), eager attention,
     transformers' defaults for everything the sizes do not set (GELU, eps, qkv bias)."""
+    assert spec.mlp_dim % spec.embed_dim == 0          # transformers takes an integer ratio
     common = dict(hidden_size=spec.embed_dim, num_hidden_layers=spec.depth,
-                  num_attention_heads=spec.num_heads, mlp_ratio=spec.mlp_dim / spec.embed_dim,
+                  num_attention_heads=spec.num_heads, mlp_ratio=spec.mlp_dim // spec.embed_dim,
                   image_size=spec.image_size, patch_size=spec.patch_size,
                   attn_implementation='eager')
     if spec.reg_tokens:

@@ -73,10 +73,12 @@ def test_saliency_heat_map_differs_exactly_where_the_maps_differ(tmp_path):
     px = _decode_png(path).astype(np.int16)
     assert px.shape == (320, 960, 3)
     panels = [px[:, 320 * k:320 * (k + 1)] for k in range(3)]
-    boxes = [_drawn_box(p) for p in panels]
-    r0, r1, c0, c1 = boxes[0]
-    assert boxes[1] == boxes[0] == boxes[2] and r1 - r0 > 100 and c1 - c0 > 100
-    heat = [p[r0:r1, c0:c1] for p in panels]
+    heat = []
+    for panel in panels:                             # each heat map, cropped where it is drawn
+        r0, r1, c0, c1 = _drawn_box(panel)
+        assert r1 - r0 > 200 and c1 - c0 > 200
+        heat.append(panel[r0:r1, c0:c1])
+    assert heat[0].shape == heat[1].shape == heat[2].shape
     np.testing.assert_array_equal(heat[2], heat[0])  # the same map draws the same pixels
     changed = (heat[1] != heat[0]).any(axis=2)
     h, w = changed.shape
