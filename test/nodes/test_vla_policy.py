@@ -178,8 +178,10 @@ def test_int4_precision_runs_on_int4_kernels(rt):
     check_action_from_tokens(result, p)
     fp32 = make_policy('instruction:=stack the cups').policy.predict(rgb(1), 'stack the cups')
     assert not np.array_equal(result.bin_logits, fp32.bin_logits)   # really another model
-    corr = np.corrcoef(result.bin_logits.ravel(), fp32.bin_logits.ravel())[0, 1]
-    assert corr > 0.9, corr
+    # the first action token sees the same context in both (later ones follow each model's
+    # own earlier tokens): its bin logits are the FP32 ones up to 4-bit weight noise
+    corr = np.corrcoef(result.bin_logits[0], fp32.bin_logits[0])[0, 1]
+    assert corr > 0.95, corr
 
 
 def test_int4_ort_precision_runs_on_onnxruntime(rt):
