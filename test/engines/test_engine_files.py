@@ -154,7 +154,7 @@ def test_build_engines_uses_the_cache(cilrs_engines):
 def _as_tensorrt_plan(src, plan, backend_version: str, device: str):
     """A manifest for `plan` saying it is a TensorRT fp32 plan of the engine `src`."""
     import dataclasses
-    from qail_ros.engines.manifest import Manifest, write_manifest
+    from qail_ros.engines.manifest import write_manifest
     _, m = read_manifest(src)
     write_manifest(dataclasses.replace(
         m, engine_file=plan.name, engine_sha256=sha256_file(plan), backend='tensorrt',

@@ -402,7 +402,8 @@ def record_launch_ros_fixture() -> dict:
     versions = []
     for module in (launch, launch_ros):      # package.xml beside a source checkout's package
         xml = Path(module.__file__).parents[1] / 'package.xml'
-        found = re.search(r'<version>([^<]+)</version>', xml.read_text()) if xml.is_file() else None
+        text = xml.read_text() if xml.is_file() else ''
+        found = re.search(r'<version>([^<]+)</version>', text)
         versions.append(f'{module.__name__} {found.group(1) if found else "(installed)"}')
     out['recorded_with'] = ', '.join(versions)
     LAUNCH_ROS_FIXTURE.write_text(json.dumps(out, indent=1) + '\n')

@@ -244,8 +244,8 @@ def test_a_wrong_activation_or_token_layout_is_caught(pixels):
 def test_fused_backbone_concatenates_both_towers(pixels):
     """VisionBackbone (OpenVLA's dinosiglip): channels 0-2 to DINOv2, 3-5 to SigLIP, patch
     features concatenated: the two references' second-to-last-layer patch tokens."""
-    dino_spec, siglip_spec = small(DINO_ID, mlp_dim=128), small(SIGLIP_ID, embed_dim=24,
-                                                                 mlp_dim=72)
+    dino_spec = small(DINO_ID, mlp_dim=128)
+    siglip_spec = small(SIGLIP_ID, embed_dim=24, mlp_dim=72)
     dino, siglip = hf_dinov2(dino_spec, seed=3), hf_siglip(siglip_spec, seed=4)
     backbone = VisionBackbone([dino_spec, siglip_spec]).eval()
     state = {f'featurizer.{k}': v for k, v in dinov2_to_ours(dino, dino_spec).items()}
