@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from qail_ros.engines import EngineCache, EngineError, ManifestMismatchError, load_engine
@@ -150,14 +151,63 @@ def test_build_engines_uses_the_cache(cilrs_engines):
     assert {k: p.stat().st_mtime_ns for k, p in again.items()} == before
 
 
-def test_tensorrt_engine(cilrs_engines):
-    from qail_ros.engines.tensorrt_engine import tensorrt_available
-    if not tensorrt_available():
-        pytest.skip('tensorrt is not installed (needs an NVIDIA GPU): the TensorRT path is '
-                    'documented in docs/engines.md, untested here')
-    from qail_ros.engines.tensorrt_engine import build_plan
+def _as_tensorrt_plan(src, plan, backend_version: str, device: str):
+    """A manifest for `plan` saying it is a TensorRT fp32 plan of the engine `src`."""
+    import dataclasses
+    from qail_ros.engines.manifest import write_manifest
+    _, m = read_manifest(src)
+    write_manifest(dataclasses.replace(
+        m, engine_file=plan.name, engine_sha256=sha256_file(plan), backend='tensorrt',
+        backend_version=backend_version, device=device), plan.parent)
+
+
+def test_tensorrt_without_tensorrt_names_what_to_install(cilrs_engines, tmp_path, monkeypatch):
+    """Where the tensorrt package is missing (forced here even where it is installed): building
+    a plan and loading a plan whose manifest matches this machine fail with the install hint,
+    before anything else happens; the back-end version reads 'absent'."""
+    from qail_ros.engines import tensorrt_engine
+    from qail_ros.engines.base import device_id
+    monkeypatch.setitem(sys.modules, 'tensorrt', None)      # `import tensorrt` fails
+    assert tensorrt_engine.tensorrt_available() is False
+    assert tensorrt_engine.TensorRTEngine.backend_version() == 'absent'
     _, paths, _ = cilrs_engines
-    build_plan(paths['fp32_ort'], paths['fp32_ort'].with_suffix('.plan'), 'fp32')
+    plan = tmp_path / 'cilrs.plan'
+    with pytest.raises(EngineError, match=r'tensorrt Python package and an NVIDIA GPU.*'
+                                          r'pip install tensorrt'):
+        tensorrt_engine.build_plan(paths['fp32_ort'], plan, 'fp32')
+    assert not plan.exists()
+    plan.write_bytes(b'a plan from a machine with tensorrt')
+    _as_tensorrt_plan(paths['fp32_ort'], plan, 'absent', device_id())
+    with pytest.raises(EngineError, match='tensorrt Python package and an NVIDIA GPU'):
+        load_engine(plan)
+    # the precision check comes first: a TensorRT plan is never 'w4a4'
+    m = json.loads(manifest_path(plan).read_text())
+    manifest_path(plan).write_text(json.dumps({**m, 'precision': 'w4a4'}))
+    with pytest.raises(EngineError, match="does not run precision 'w4a4'"):
+        load_engine(plan)
+
+
+def test_tensorrt_plan_matches_onnxruntime(cilrs_engines, tmp_path):
+    """On a GPU with tensorrt: an fp32 plan of the fp32 ONNX graph gives the onnxruntime
+    engine's outputs, through load_engine."""
+    from qail_ros.engines.tensorrt_engine import TensorRTEngine, build_plan, tensorrt_available
+    if not tensorrt_available():
+        pytest.skip('tensorrt is not installed (needs an NVIDIA GPU); the missing-package path '
+                    'is test_tensorrt_without_tensorrt_names_what_to_install')
+    from qail_ros.engines.base import device_id
+    _, paths, _ = cilrs_engines
+    plan = build_plan(paths['fp32_ort'], tmp_path / 'cilrs.plan', 'fp32')
+    assert plan.stat().st_size > 0
+    _as_tensorrt_plan(paths['fp32_ort'], plan, TensorRTEngine.backend_version(),
+                      device_id('cuda'))
+    trt = load_engine(plan, device='cuda')
+    ort = load_engine(paths['fp32_ort'])
+    assert trt.backend == 'tensorrt' and trt.precision == 'fp32'
+    inputs = ort.example_inputs(seed=3)
+    want, got = ort.infer(inputs), trt.infer(inputs)
+    assert set(got) == set(want)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-3, atol=1e-3)
 
 
 def test_import_is_lean():

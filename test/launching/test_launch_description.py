@@ -1,4 +1,5 @@
 """Launch files evaluated through the launch shim (qail_ros.launching.description / shim)."""
+import json
 import os
 import runpy
 import sys
@@ -286,26 +287,42 @@ COMPLEX_LAUNCH = '''
     '''
 
 
-@pytest.mark.parametrize('which', ['orin_vla', 'complex'])
-def test_shim_agrees_with_real_launch_ros_if_installed(tmp_path, which):
-    """On a ROS 2 machine: the real launch_ros resolves a launch file exactly as the shim does
-    (names, absolute namespaces, parameter files, dicts with their YAML types and file keys,
-    remappings). Run here against the launch / launch_ros jazzy sources (see docs/launch.md)."""
-    pytest.importorskip('launch_ros', reason='launch_ros (ROS 2) is not installed here')
+#: What the real launch / launch_ros (jazzy) make of PARITY_CASES, recorded by running this file
+#: as a script where they are importable (see record_launch_ros_fixture); paths under the share
+#: directory are written as $SHARE.
+LAUNCH_ROS_FIXTURE = Path(__file__).with_name('launch_ros_jazzy_nodes.json')
+PARITY_CASES = {
+    'orin_vla': ['instruction:=stack the cups', 'image_topic:=/wrist/image_raw'],
+    'complex': ['robot:=r2'],
+}
+
+
+def _parity_launch_file(which: str, directory: Path) -> Path:
     if which == 'orin_vla':
-        path = find_launch_file('orin_vla')
-        args = ['instruction:=stack the cups', 'image_topic:=/wrist/image_raw']
-    else:
-        path = write_launch(tmp_path, COMPLEX_LAUNCH)
-        args = ['robot:=r2']
-    try:
-        real = _real_launch_ros_nodes(path, args)
-    except LookupError:
-        pytest.skip('qail_ros is not in the ament index of this ROS 2 install')
+        return find_launch_file('orin_vla')
+    return write_launch(directory, COMPLEX_LAUNCH)
+
+
+def _portable(nodes: list[dict]) -> list[dict]:
+    """Nodes as JSON would hold them (tuples -> lists), the share directory as $SHARE."""
+    share = os.path.realpath(share_dir())
+
+    def walk(v):
+        if isinstance(v, str) and (v == share or v.startswith(share + os.sep)):
+            return '$SHARE' + v[len(share):]
+        if isinstance(v, (list, tuple)):
+            return [walk(x) for x in v]
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items()}
+        return v
+    return walk(nodes)
+
+
+def _shim_nodes(path: Path, arguments: list[str], tmp: Path) -> list[dict]:
+    """What the embedded launcher passes each node, in _real_launch_ros_nodes' terms."""
+    tmp.mkdir(exist_ok=True)
     ours = []
-    tmp = tmp_path / 'params'
-    tmp.mkdir()
-    for node in load_launch_file(path, args).nodes:
+    for node in load_launch_file(path, arguments).nodes:
         argv = launcher.ros_argv(node, str(tmp))
         files = [argv[i + 1] for i, a in enumerate(argv) if a == '--params-file']
         params = []
@@ -318,7 +335,79 @@ def test_shim_agrees_with_real_launch_ros_if_installed(tmp_path, which):
         ours.append({'package': node.package, 'executable': node.executable, 'name': node.name,
                      'namespace': node.namespace, 'parameters': params,
                      'remappings': node.remappings})
-    assert ours == real
+    return ours
+
+
+@pytest.mark.parametrize('which', sorted(PARITY_CASES))
+def test_shim_agrees_with_recorded_launch_ros(tmp_path, which):
+    """Everywhere: the shim resolves each case exactly as the real launch_ros did when the
+    fixture was recorded (names, absolute namespaces, parameter files in order, dict parameters
+    with their YAML types and file section, remappings)."""
+    recorded = json.loads(LAUNCH_ROS_FIXTURE.read_text())
+    assert recorded['arguments'] == PARITY_CASES
+    path = _parity_launch_file(which, tmp_path)
+    ours = _portable(_shim_nodes(path, PARITY_CASES[which], tmp_path / 'params'))
+    assert ours == recorded['cases'][which]
+
+
+def test_recorded_launch_ros_fixture_holds_launch_ros_choices():
+    """The recording shows launch_ros's own choices, which naive ones would miss: dict
+    parameters of a named node in a namespace go under its full name (else /**), substituted
+    values are read as YAML but plain strings stay strings, nested dicts are flattened."""
+    recorded = json.loads(LAUNCH_ROS_FIXTURE.read_text())
+    assert recorded['recorded_with'].startswith('launch ') and 'launch_ros' in \
+        recorded['recorded_with']
+    cam, policy = recorded['cases']['complex']
+    assert cam['name'] == 'cam_r2' and cam['namespace'] == '/r2'
+    assert cam['parameters'][0] == '$SHARE/config/orin_vla.yaml'
+    assert cam['parameters'][1] == ['/r2/cam_r2', {'flag': True, 'mixed': 'xr2',
+                                                   'plain': '1.0', 'rate_hz': 2.5,
+                                                   'size.w': 4}]
+    assert cam['remappings'] == [['image_raw', '/r2/img']]
+    assert policy['parameters'] == [['/**', {'instruction': 'go'}]]
+    assert [n['executable'] for n in recorded['cases']['orin_vla']] == [
+        'camera_source', 'vla_policy', 'power_monitor']
+
+
+@pytest.mark.parametrize('which', sorted(PARITY_CASES))
+def test_shim_agrees_with_real_launch_ros_if_installed(tmp_path, which):
+    """On a ROS 2 machine: the real launch_ros, run now, resolves each case as the shim does."""
+    pytest.importorskip('launch_ros', reason='launch_ros (ROS 2) is not installed here; '
+                        'test_shim_agrees_with_recorded_launch_ros compares with its recording')
+    path = _parity_launch_file(which, tmp_path)
+    try:
+        real = _real_launch_ros_nodes(path, PARITY_CASES[which])
+    except LookupError:
+        pytest.skip('qail_ros is not in the ament index of this ROS 2 install')
+    assert _shim_nodes(path, PARITY_CASES[which], tmp_path / 'params') == real
+
+
+def record_launch_ros_fixture() -> dict:
+    """Run the real launch / launch_ros on PARITY_CASES and write LAUNCH_ROS_FIXTURE.
+
+    Needs `launch`, `launch_ros` (their Python sources suffice, with rclpy, lifecycle_msgs,
+    osrf_pycommon, lark, packaging) and qail_ros in the ament index (AMENT_PREFIX_PATH holding
+    share/ament_index/resource_index/packages/qail_ros and share/qail_ros -> this checkout).
+    """
+    import re
+    import tempfile
+
+    import launch
+    import launch_ros
+    out: dict = {'arguments': PARITY_CASES, 'cases': {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for which, arguments in PARITY_CASES.items():
+            out['cases'][which] = _portable(
+                _real_launch_ros_nodes(_parity_launch_file(which, Path(tmp)), arguments))
+    versions = []
+    for module in (launch, launch_ros):      # package.xml beside a source checkout's package
+        xml = Path(module.__file__).parents[1] / 'package.xml'
+        text = xml.read_text() if xml.is_file() else ''
+        found = re.search(r'<version>([^<]+)</version>', text)
+        versions.append(f'{module.__name__} {found.group(1) if found else "(installed)"}')
+    out['recorded_with'] = ', '.join(versions)
+    LAUNCH_ROS_FIXTURE.write_text(json.dumps(out, indent=1) + '\n')
+    return out
 
 
 def test_dict_parameters_are_written_as_wildcard_parameter_files(tmp_path):
@@ -360,3 +449,10 @@ def test_physics_launch_files_end_with_the_bridge(name):
     assert bridge.shutdown_on_exit
     assert all(not n.shutdown_on_exit for n in spec.nodes if n is not bridge)
     assert spec.node('state_policy').parameters[-1]['engine'] == '/x/e.safetensors'
+
+
+if __name__ == '__main__':
+    if sys.argv[1:] != ['--record']:
+        sys.exit(f'usage: python {sys.argv[0]} --record   (rewrites {LAUNCH_ROS_FIXTURE.name} '
+                 'from the real launch_ros)')
+    print(json.dumps(record_launch_ros_fixture(), indent=1))

@@ -80,6 +80,26 @@ def test_qlora_student_trains_adapters_only_and_deploys_on_int4_kernel(small, st
 
 
 def test_env_images_feed_the_model(small):
+    """An environment image reaches both towers at their input size, each with its own
+    normalisation (ImageNet mean/std for DINOv2, 0.5/0.5 for SigLIP), batch entries apart."""
     env = TabletopEnv('lift', 0)
     obs = env.observe()
-    assert small.pixel_values(obs.image[None]).shape == (1, 6, 48, 48)
+    image = obs.image
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    assert image.std() > 5                              # a rendered scene, not a blank frame
+    px = small.pixel_values(image[None])
+    assert px.shape == (1, 6, 48, 48)
+    dino, siglip = small.config.vit_specs
+    assert dino.image_size == siglip.image_size == 48
+    x = torch.from_numpy(image.astype(np.float32) / 255).permute(2, 0, 1)[None]
+    if image.shape[:2] != (48, 48):
+        x = torch.nn.functional.interpolate(x, size=(48, 48), mode='bicubic',
+                                            align_corners=False, antialias=True)
+    for part, spec in ((px[:, :3], dino), (px[:, 3:], siglip)):
+        mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
+        std = torch.tensor(spec.std).view(1, 3, 1, 1)
+        torch.testing.assert_close(part, (x - mean) / std, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(px[:, :3], px[:, 3:])     # two normalisations, not one
+    both = small.pixel_values(np.stack([image, image[::-1]]))
+    torch.testing.assert_close(both[:1], px)
+    assert not torch.allclose(both[1], px[0])

@@ -124,10 +124,25 @@ def test_control_serialises_as_carla_msgs_does(rt, engines):
 
 
 def test_other_image_sizes_are_resized(rt, engines):
+    """A 120x200 frame is resized by nearest neighbour (row i*120//48, column j*200//96) to the
+    engine's 48x96: its inputs and its control are those of the already-resized frame."""
     policy = make_policy(engines['fp32_ort'])
-    inputs = policy.preprocess(Bridge().frame(2, 1, h=120, w=200))
+    big = Bridge().frame(2, 1, h=120, w=200)
+    pixels = np.random.default_rng(2).integers(0, 256, (120, 200, 3), dtype=np.uint8)
+    picked = pixels[(np.arange(48) * 120 // 48)[:, None], (np.arange(96) * 200 // 96)[None, :]]
+    small = from_numpy(np.ascontiguousarray(picked), 'rgb8', stamp=1,
+                       frame_id='ego_vehicle/rgb_front')
+    inputs = policy.preprocess(big)
     assert inputs['image'].shape == (1, 3, 48, 96)
-    assert policy.step(Bridge().frame(2, 1, h=120, w=200)) is not None
+    np.testing.assert_array_equal(inputs['image'], policy.preprocess(small)['image'])
+    c = policy.config
+    want = (picked.transpose(2, 0, 1) / 255.0 - np.reshape(c.mean, (3, 1, 1))) / np.reshape(
+        c.std, (3, 1, 1))
+    np.testing.assert_allclose(inputs['image'][0], want, rtol=1e-5, atol=1e-5)
+    a, b = policy.step(big), policy.step(small)
+    assert (a.throttle, a.steer, a.brake) == (b.throttle, b.steer, b.brake)
+    other = policy.step(Bridge().frame(3, 2, h=120, w=200))   # and the pixels matter
+    assert (other.throttle, other.steer, other.brake) != (a.throttle, a.steer, a.brake)
 
 
 def test_latest_frame_policy_never_blocks_the_camera_and_counts_drops(rt, engines):

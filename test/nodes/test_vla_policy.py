@@ -131,12 +131,57 @@ def test_latest_frame_policy_counts_drops(rt):
     assert policy_io.timing_from_msg(harness.got['timing'][-1]).dropped_frames == 4
 
 
+def rgb(seed: int) -> np.ndarray:
+    """The pixels of Harness.frame(seed, ...)."""
+    return np.random.default_rng(seed).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+
+
+def check_action_from_tokens(result, policy) -> None:
+    """The action is OpenVLA's decoding of the greedy tokens, recomputed here from the
+    checkpoint's config.json: token -> bin centre of 256 uniform bins over [-1, 1] ->
+    0.5 (a + 1) (q99 - q01) + q01 where the mask is set (the gripper stays in [-1, 1]); each
+    action token is the top one among the bin logits."""
+    import json
+    stats = json.loads((TINY / 'config.json').read_text())['norm_stats']['bridge_orig']['action']
+    q01, q99 = np.array(stats['q01']), np.array(stats['q99'])
+    mask = np.array(stats['mask'])
+    vocab = policy.action_tokenizer.vocab_size
+    bins = np.linspace(-1.0, 1.0, 256)
+    centres = (bins[:-1] + bins[1:]) / 2
+    k = np.clip(vocab - result.tokens - 1, 0, 254)
+    np.testing.assert_allclose(result.normalized, centres[k], rtol=0, atol=1e-12)
+    want = np.where(mask, 0.5 * (centres[k] + 1) * (q99 - q01) + q01, centres[k])
+    np.testing.assert_allclose(result.action, want, rtol=1e-12, atol=1e-12)
+    assert np.all(result.action[mask] >= q01[mask]) and np.all(result.action[mask] <= q99[mask])
+    assert np.all(np.abs(result.action[~mask]) <= 1.0)
+    is_action = (result.tokens >= vocab - 256) & (result.tokens < vocab)
+    top_bin = np.argmax(result.bin_logits, axis=1)
+    np.testing.assert_array_equal(top_bin[is_action], (vocab - 1 - result.tokens)[is_action])
+
+
 def test_int4_precision_runs_on_int4_kernels(rt):
+    """precision int4: the decoder's linear layers become torch int4-kernel layers (lm_head
+    and the towers stay float), the node's action is the library's, decoded from the greedy
+    tokens, and the INT4 logits follow the FP32 model's."""
+    from qail_ros.quant.integer import Int4WeightOnlyLinear
     policy = make_policy('precision:=int4', 'instruction:=stack the cups')
-    assert policy.policy.precision == 'int4' and policy.policy.int4_state == 'kernel'
-    harness = Harness()
-    action = policy.step(harness.frame(1, 7))
-    assert action.shape == (7,) and np.all(np.isfinite(action))
+    p = policy.policy
+    assert p.precision == 'int4' and p.int4_state == 'kernel'
+    lm = p.model.language_model
+    int4 = [n for n, m in lm.named_modules() if isinstance(m, Int4WeightOnlyLinear)]
+    layers = lm.config.num_hidden_layers
+    assert len(int4) == 7 * layers and not any('lm_head' in n for n in int4)
+    assert not any(isinstance(m, Int4WeightOnlyLinear) for m in p.model.vision_backbone.modules())
+    action = policy.step(Harness().frame(1, 7))
+    result = p.predict(rgb(1), 'stack the cups')
+    np.testing.assert_array_equal(action, result.action)
+    check_action_from_tokens(result, p)
+    fp32 = make_policy('instruction:=stack the cups').policy.predict(rgb(1), 'stack the cups')
+    assert not np.array_equal(result.bin_logits, fp32.bin_logits)   # really another model
+    # the first action token sees the same context in both (later ones follow each model's
+    # own earlier tokens): its bin logits are the FP32 ones up to 4-bit weight noise
+    corr = np.corrcoef(result.bin_logits[0], fp32.bin_logits[0])[0, 1]
+    assert corr > 0.95, corr
 
 
 def test_int4_ort_precision_runs_on_onnxruntime(rt):
@@ -203,4 +248,18 @@ def test_defaults_run_the_shipped_tiny_model(rt):
     d = node.policy.describe()
     assert Path(d['path']).name == 'openvla-tiny' and d['precision'] == 'fp32'
     assert node.policy.unnorm_key == 'bridge_orig'
-    assert node.step(Harness().frame(2, 3)).shape == (7,)
+    action = node.step(Harness().frame(2, 3))
+    p = node.policy
+    result = p.predict(rgb(2), 'wave')
+    np.testing.assert_array_equal(action, result.action)
+    check_action_from_tokens(result, p)
+    # deterministic: the same frame and instruction give the same logits, bit for bit
+    again = p.predict(rgb(2), 'wave')
+    np.testing.assert_array_equal(again.bin_logits, result.bin_logits)
+    np.testing.assert_array_equal(again.tokens, result.tokens)
+    # the instruction and the image both reach the decoder
+    other_text = p.predict(rgb(2), 'open the drawer')
+    other_frame = p.predict(rgb(5), 'wave')
+    for other in (other_text, other_frame):
+        assert np.abs(other.bin_logits - result.bin_logits).max() > 1e-3
+        check_action_from_tokens(other, p)

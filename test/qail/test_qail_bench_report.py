@@ -35,9 +35,34 @@ def test_outputs_table_paper_and_kept_analysis(tmp_path):
     assert 'abc123' in md and '0.0100' in md
     assert json.loads((tmp_path / 'physics.json').read_text())['results']['walker-stand']
     assert (tmp_path / 'physics.csv').read_text().count('\n') == 5
-    assert (tmp_path / 'physics.png').read_bytes()[:4] == b'\x89PNG'
+    check_bar_plot(tmp_path / 'physics.png')
     # an analysis written below the marker survives the next write
     (tmp_path / 'physics.md').write_text(md + '\n' + ANALYSIS_MARKER + '\n## Analysis\nours\n')
     write_outputs(fake_result(), tmp_path)
     assert (tmp_path / 'physics.md').read_text().endswith('## Analysis\nours\n')
     assert set(files) == {'json', 'csv', 'md', 'png'}
+
+
+def check_bar_plot(path):
+    """physics.png, decoded: one 4.5 x 3.6 inch panel at 100 dpi with the FP32 bar grey,
+    PTQ red and the QAIL bars blue; bar heights follow the means (FP32 995 > QAIL+QBC 985 >
+    W3A3 850 > PTQ 600 on a 0-1050 axis)."""
+    import numpy as np
+    from PIL import Image
+    with Image.open(path) as im:
+        assert im.format == 'PNG'
+        px = np.asarray(im.convert('RGB')).astype(int)
+    assert px.shape == (360, 450, 3)
+
+    def top(rgb):                       # top and bottom row of the bars in this colour
+        match = np.abs(px - rgb).sum(axis=2) < 30
+        cols = np.flatnonzero(match.sum(axis=0) > 50)   # bar bodies, not label text
+        assert cols.size > 20, rgb
+        rows = np.flatnonzero(match[:, cols].mean(axis=1) > 0.3)   # rows across the bars
+        return rows[0], rows[-1]
+    grey, red, blue = top((127, 127, 127)), top((214, 39, 40)), top((31, 119, 180))
+    assert grey[1] == red[1] == blue[1]            # bars stand on the same axis
+    assert grey[0] < red[0] and blue[0] < red[0]   # FP32 and QAIL+QBC above PTQ
+    base = red[1]
+    ratio = (base - red[0]) / (base - grey[0])
+    assert abs(ratio - 600 / 995) < 0.05, ratio

@@ -60,8 +60,55 @@ def test_bench_physics_quick(tmp_path, capsys):
     assert res['runs'][f'{TASK} w4a4']['commit']
     for ext in ('json', 'csv', 'md', 'png'):
         assert (tmp_path / f'physics.{ext}').is_file()
-    md = (tmp_path / 'physics.md').read_text()
-    assert 'QAIL+QBC W4A4' in md and '652' in md  # ours beside the paper's Table 7
+    check_physics_outputs(tmp_path, res)
+
+
+def table_rows(md: str, first: str) -> tuple[list[str], list[list[str]]]:
+    """The header and body rows (as cell lists) of the Markdown table whose header starts
+    with `first`."""
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f'| {first} |'))
+    cells = []
+    for line in lines[start:]:
+        if not line.startswith('|'):
+            break
+        cells.append([c.strip() for c in line.strip().strip('|').split('|')])
+    return cells[0], cells[2:]
+
+
+def check_physics_outputs(out, res):
+    """Each method's figures are those of its own episode returns, and physics.md / .csv print
+    them: ours from the JSON, the paper's columns from Table 7, mean retention recomputed."""
+    import numpy as np
+
+    from qail_ros.bench.physics import LABELS, PAPER_TABLE7
+    r = res['results'][TASK]
+    fp = r['fp']
+    assert fp['mean'] > 900                      # the shipped FP policy balances
+    head, rows = table_rows((out / 'physics.md').read_text(), 'Task')
+    row = next(c for c in rows if c[0] == TASK)
+    assert row[head.index('FP32 (ours)')] == f'{fp["mean"]:.0f} ± {fp["std"]:.0f}'
+    csv = {tuple(line.split(',')[:3]): line.split(',')
+           for line in (out / 'physics.csv').read_text().splitlines()[1:]}
+    for key in ('ptq_rtn', 'qail', 'qail_qbc', 'qail_wqbc'):
+        e = r[key]
+        flat = [x for rs in e['returns'] for x in rs]
+        assert len(flat) == e['episodes'] * e['seeds']
+        assert e['mean'] == pytest.approx(np.mean(flat), abs=0.01)   # returns kept to 0.01
+        assert e['std'] == pytest.approx(np.std(flat), abs=0.01)
+        assert e['seed_means'] == pytest.approx([np.mean(rs) for rs in e['returns']], abs=0.01)
+        assert e['retention'] == pytest.approx(e['mean'] / fp['mean'])
+        col = head.index(f'{LABELS[key]} W4A4')
+        assert row[col] == (f'{e["mean"]:.0f} ± {e["std"]:.0f} '
+                            f'({100 * e["retention"]:.0f}%)'), key
+        line = csv[(TASK, key, 'w4a4')]
+        assert float(line[3]) == pytest.approx(e['mean'], abs=0.005)
+        assert float(line[8]) == pytest.approx(e['retention'], abs=5e-5)
+        mean_ret = next(c for c in rows if c[0] == '**mean retention**')
+        assert mean_ret[col] == f'{100 * e["retention"]:.1f}%'    # one task: its retention
+    paper = PAPER_TABLE7[TASK]
+    assert row[-3:] == [str(paper['fp']), str(paper['lppd']), str(paper['qail_qbc'])]
+    assert head[-3:] == ['paper FP32', 'paper LPPD INT4', 'paper QAIL+QBC INT4']
 
 
 def test_bench_physics_merge_keeps_the_methods_it_did_not_run(tmp_path, capsys):

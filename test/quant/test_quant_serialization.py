@@ -90,13 +90,51 @@ def test_int8_codes_take_one_byte(tmp_path):
     with safe_open(str(path), framework='pt') as f:
         q = f.get_tensor('mlp.0.qweight')
     assert q.dtype == torch.int8 and q.shape == (64, 1024)
+    layer = model.mlp[0]
+    with torch.no_grad():
+        codes = layer.weight_quant.int_codes(layer.weight)
+    assert torch.equal(q.to(torch.int64), codes.reshape(64, -1).to(torch.int64))  # as stored
+    assert int(q.min()) < 0 < int(q.max())         # signed codes, not bytes of something else
 
 
-def test_load_into_an_instance_also_works(tmp_path):
-    model = quant.quantize_(factory(), quant.WeightOnlyRTN(bits=4))
+@pytest.mark.parametrize('cfg', [quant.WeightOnlyRTN(bits=4), quant.W4A4LSQ()],
+                         ids=lambda c: c.scheme)
+def test_load_into_an_instance_restores_codes_scales_and_outputs(cfg, tmp_path):
+    """Loading into a differently initialised instance replaces every weight: the same codes,
+    scales and zero points per layer, the same float parameters and buffers, the same outputs."""
+    torch.manual_seed(0)
+    model = quant.quantize_(factory(), cfg, calibration=torch.randn(8, 3, 8, 8)).eval()
     path = quant.save_quantized(model, tmp_path / 'p.safetensors')
+    torch.manual_seed(1)
     target = Policy()
+    with torch.no_grad():
+        target.obs_scale.fill_(2.0)
+        target.mlp[3].weight.uniform_()               # LayerNorm: a float layer
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        assert not torch.allclose(target(x), model(x))  # the instance starts out different
     assert quant.load_quantized(target, path) is target
+    assert not target.training
+    layers = {n: m for n, m in model.named_modules() if hasattr(m, 'weight_quant')}
+    loaded = {n: m for n, m in target.named_modules() if hasattr(m, 'weight_quant')}
+    assert sorted(loaded) == sorted(layers) and len(layers) == 4
+    with torch.no_grad():
+        for name, m in layers.items():
+            t, wq = loaded[name], m.weight_quant
+            assert torch.equal(t.weight_quant.scale, wq.scale), name
+            assert torch.equal(t.weight_quant.zero_point, wq.zero_point), name
+            assert torch.equal(t.weight_quant.int_codes(t.weight), wq.int_codes(m.weight)), name
+            torch.testing.assert_close(t.quantized_weight(), m.quantized_weight(),
+                                       rtol=0, atol=0)
+            if m.input_quant is not None:
+                assert torch.equal(t.input_quant.scale, m.input_quant.scale), name
+        float_keys = [k for k in model.state_dict() if k.split('.')[-1] != 'weight'
+                      or k.rsplit('.', 1)[0] not in layers]
+        assert {'obs_scale', 'mlp.3.weight', 'mlp.3.bias', 'mlp.0.bias'} <= set(float_keys)
+        want, got = model.state_dict(), target.state_dict()
+        for k in float_keys:
+            torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, msg=k)
+        torch.testing.assert_close(target(x), model(x), rtol=0, atol=0)
 
 
 def test_errors_name_the_problem(tmp_path):
