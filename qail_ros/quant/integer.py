@@ -40,10 +40,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qail_ros.quant.modules import QuantConv2d, QuantLinear
+from qail_ros.quant.modules_util import INFO_ATTR, set_module
 from qail_ros.quant.packing import pack_int4, unpack_int4
 
 __all__ = ['convert_to_integer', 'IntLinear', 'IntConv2d', 'Int4WeightOnlyLinear',
-           'Int8WeightOnlyLinear', 'INTEGER_MODULES', 'int4_kernel_available']
+           'Int8WeightOnlyLinear', 'WeightOnlyLinear', 'INTEGER_MODULES',
+           'int4_kernel_available']
 
 log = logging.getLogger('qail_ros.quant')
 
@@ -178,7 +180,10 @@ class IntConv2d(_StaticActMixin, nn.Module):
                 f'w{self.bits_w}a{self.bits_a}, int8 kernel (int8 NHWC im2col)')
 
 
-class _WeightOnlyBase(nn.Module):
+class WeightOnlyLinear(nn.Module):
+    """Base of the weight-only integer layers (Int4WeightOnlyLinear, Int8WeightOnlyLinear):
+    per-group scale / zero point, optional bias and AWQ input scale, `codes()` and
+    `dequantized_weight()`."""
     def _init_common(self, m: QuantLinear) -> Tensor:
         wq = m.weight_quant
         self.in_features, self.out_features = m.in_features, m.out_features
@@ -233,7 +238,7 @@ class _Int4MM(torch.autograd.Function):
         return grad @ w, None, None
 
 
-class Int4WeightOnlyLinear(_WeightOnlyBase):
+class Int4WeightOnlyLinear(WeightOnlyLinear):
     """Weight-only linear with <= 4-bit codes: torch's CPU int4 kernel, or a float fallback.
 
     `compute_dtype` (default bfloat16): float32 inputs are cast to it for the kernel and the
@@ -309,7 +314,7 @@ class Int4WeightOnlyLinear(_WeightOnlyBase):
                 f'w{self.bits} group_size={self.group_size}, {path}')
 
 
-class Int8WeightOnlyLinear(_WeightOnlyBase):
+class Int8WeightOnlyLinear(WeightOnlyLinear):
     """Weight-only linear with 5..8-bit codes, stored as int8 / uint8 bytes.
 
     Default: a float matmul with the weight dequantized once (cached), because torch 2.13's
@@ -395,7 +400,6 @@ def convert_to_integer(model: nn.Module, *,
     Layers that have no integer path stay fake-quantized and are listed (log and
     `quantization_report(model)['integer']`). The converted model is for inference only.
     """
-    from qail_ros.quant.api import INFO_ATTR, _set_module
     converted, kept = {}, {}
     targets = [(n, m) for n, m in model.named_modules() if isinstance(m, (QuantLinear,
                                                                           QuantConv2d))]
@@ -410,7 +414,7 @@ def convert_to_integer(model: nn.Module, *,
         if not name:
             raise ValueError('the model itself is a quantized layer: wrap it in nn.Sequential '
                              'to convert it')
-        _set_module(model, name, new)
+        set_module(model, name, new)
         converted[name] = type(new).__name__
     info = getattr(model, INFO_ATTR, None)
     if info is not None:

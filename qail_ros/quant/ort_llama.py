@@ -60,8 +60,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from qail_ros.quant.ort_int4 import (OrtInt4Error, _concat, _extract, _fusable, _Graph,
-                                     _is_int4, _is_silu, _weight_bytes, ort_available)
+from qail_ros.quant.ort_int4 import (MatMulNBitsGraph, OrtInt4Error, concat_weights,
+                                     extract_weight, fusable, is_int4_linear, is_silu,
+                                     matmul_nbits_bytes, ort_available)
 
 __all__ = ['OrtLlamaDecoder', 'llama_parts', 'cuda_available', 'DEVICES', 'KV_DTYPES',
            'PREFILLS']
@@ -209,7 +210,7 @@ class OrtLlamaDecoder:
         return (cos[0, :, :half].float().numpy().copy(),
                 sin[0, :, :half].float().numpy().copy())
 
-    def _linear(self, g: _Graph, x: str, mods: list[nn.Module], names: list[str]) -> str:
+    def _linear(self, g: MatMulNBitsGraph, x: str, mods: list[nn.Module], names: list[str]) -> str:
         """MatMulNBits over one or more INT4 projections of the same input (outputs
         concatenated on the last axis), plus their LoRA adapters when they have them."""
         from qail_ros.quant.lora import LoRALinear
@@ -220,7 +221,7 @@ class OrtLlamaDecoder:
             return y
         return g.op('Add', [y, self._lora(g, x, mods, adapters)])
 
-    def _lora(self, g: _Graph, x: str, mods: list[nn.Module], adapters: list) -> str:
+    def _lora(self, g: MatMulNBitsGraph, x: str, mods: list[nn.Module], adapters: list) -> str:
         """sum_i scaling_i B_i A_i x for the projections' adapters, as two float32 MatMuls:
         A stacked (sum of ranks x in), B block-diagonal (sum of ranks x outputs, zero columns
         for projections without one); in float32 beside the INT4 base, as LoRALinear."""
@@ -243,23 +244,25 @@ class OrtLlamaDecoder:
         low = g.op('MatMul', [x, g._init('lora_a', a_t)])
         return g.op('MatMul', [low, g._init('lora_b', b_t)])
 
-    def _base_linear(self, g: _Graph, x: str, mods: list[nn.Module], names: list[str]) -> str:
+    def _base_linear(self, g: MatMulNBitsGraph, x: str, mods: list[nn.Module],
+                     names: list[str]) -> str:
         for m, name in zip(mods, names):
-            if not _is_int4(m, max_bits=8):
+            if not is_int4_linear(m, max_bits=8):
                 raise OrtInt4Error(f'{name} ({type(m).__name__}) is not INT4 / INT8 '
                                    'weight-only: quantize_ the decoder with WeightOnlyRTN('
                                    'bits=4 or 8) or Int4WeightOnlyAWQ first')
         max_block = 128 if self.device == 'cuda' else 256
-        ws = [_extract(m, name, max_bits=8, max_block=max_block) for m, name in zip(mods, names)]
+        ws = [extract_weight(m, name, max_bits=8, max_block=max_block)
+              for m, name in zip(mods, names)]
         if self._int8 and all(_per_channel(w) and w.input_scale is None for w in ws) and not (
                 any(n.rsplit('.', 1)[-1] in self._int8_skip for n in names)):
             return self._int8_linear(g, x, ws)
-        self.weight_bytes += sum(_weight_bytes(w) for w in ws)
+        self.weight_bytes += sum(matmul_nbits_bytes(w) for w in ws)
         self.parameters += sum(w.n * w.k + (0 if w.bias is None else w.n) for w in ws)
         if len(ws) == 1:
             return g.matmul_nbits(x, ws[0], self.accuracy_level)
-        if _fusable(ws):
-            return g.matmul_nbits(x, _concat(ws), self.accuracy_level)
+        if fusable(ws):
+            return g.matmul_nbits(x, concat_weights(ws), self.accuracy_level)
         return g.op('Concat', [g.matmul_nbits(x, w, self.accuracy_level) for w in ws], axis=-1)
 
     # -- int8 prefill ---------------------------------------------------------------------
@@ -278,7 +281,7 @@ class OrtLlamaDecoder:
         for name, m in mods:
             m = m.base if isinstance(m, LoRALinear) else m
             try:
-                w = _extract(m, name, max_bits=8)
+                w = extract_weight(m, name, max_bits=8)
             except OrtInt4Error as exc:
                 return str(exc)
             if not _per_channel(w):
@@ -289,7 +292,7 @@ class OrtLlamaDecoder:
                 return f'{name} has 8-bit codes and this CPU has no VNNI (u8 x s8 saturation)'
         return None
 
-    def _int8_linear(self, g: _Graph, x: str, ws: list) -> str:
+    def _int8_linear(self, g: MatMulNBitsGraph, x: str, ws: list) -> str:
         """y = x @ W^T for per-channel codes: per-row int8 activations, MatMulInteger with
         the codes as int8, int32 -> float times row scale and channel scale (+ bias)."""
         xq, row_scale = self._rows_int8(g, x)
@@ -306,7 +309,7 @@ class OrtLlamaDecoder:
             y = g.op('Add', [y, g._init('bias', bias)])
         return y
 
-    def _rows_int8(self, g: _Graph, x: str) -> tuple[str, str]:
+    def _rows_int8(self, g: MatMulNBitsGraph, x: str) -> tuple[str, str]:
         """(uint8 codes with zero point 128, float row scales (..., 1)) of activations x:
         symmetric int8 per row (token), scale = max |x| / 127; once per input."""
         cache = g.__dict__.setdefault('_rowq', {})
@@ -319,7 +322,7 @@ class OrtLlamaDecoder:
             cache[x] = (u8, scale)
         return cache[x]
 
-    def _norm(self, g: _Graph, x: str, norm: nn.Module, eps: float) -> str:
+    def _norm(self, g: MatMulNBitsGraph, x: str, norm: nn.Module, eps: float) -> str:
         self.parameters += norm.weight.numel()
         w = g._init('norm', norm.weight.detach().float().numpy())
         return g.op('SimplifiedLayerNormalization', [x, w], axis=-1, epsilon=eps,
@@ -329,7 +332,7 @@ class OrtLlamaDecoder:
         """The decoder as an onnx ModelProto (weights as initializers)."""
         from onnx import TensorProto
         from onnx import helper as h
-        g = _Graph(self.hidden)
+        g = MatMulNBitsGraph(self.hidden)
         f32, i32 = TensorProto.FLOAT, TensorProto.INT32
         half = self.kv_dtype == 'float16'
         kv_t = TensorProto.FLOAT16 if half else f32
@@ -366,7 +369,7 @@ class OrtLlamaDecoder:
             o = self._linear(g, att, [attn.o_proj], [f'{p}.self_attn.o_proj'])
             x = g.op('Add', [x, o])
             hs = self._norm(g, x, layer.post_attention_layernorm, eps)
-            if not _is_silu(getattr(mlp, 'act_fn', None)):
+            if not is_silu(getattr(mlp, 'act_fn', None)):
                 raise OrtInt4Error(f'{p}.mlp: activation {type(mlp.act_fn).__name__} is not '
                                    'SiLU: the graph implements LLaMA\'s gated-SiLU MLP only')
             inter = int(mlp.gate_proj.out_features)
@@ -383,7 +386,7 @@ class OrtLlamaDecoder:
                               g._init('end', np.array([np.iinfo(np.int64).max], np.int64)),
                               g._init('axis', np.array([1], np.int64))])
         hs = self._norm(g, last, inner.norm, eps)
-        if _is_int4(head, max_bits=8):
+        if is_int4_linear(head, max_bits=8):
             logits = self._linear(g, hs, [head], ['lm_head'])
         else:
             w = head.weight.detach().float()

@@ -30,6 +30,7 @@ from torch import nn
 from qail_ros.errors import QailRosError
 from qail_ros.quant.config import config_from_dict
 from qail_ros.quant.modules import QuantConv2d, QuantLinear
+from qail_ros.quant.modules_util import INFO_ATTR
 from qail_ros.quant.packing import pack_codes, unpack_codes
 
 __all__ = ['save_quantized', 'load_quantized', 'QuantizedFileError', 'FORMAT']
@@ -50,7 +51,6 @@ def save_quantized(model: nn.Module, path: str | Path) -> Path:
     """Write a model quantized with `quantize_` (fake-quant form) to `path` (.safetensors)."""
     from safetensors.torch import save_file
 
-    from qail_ros.quant.api import INFO_ATTR
     from qail_ros.quant.integer import INTEGER_MODULES
     info = getattr(model, INFO_ATTR, None)
     if info is None:
@@ -126,14 +126,14 @@ def load_quantized(model_or_factory: nn.Module | Callable[[], nn.Module],
     """
     from safetensors.torch import load_file
 
-    from qail_ros.quant.api import _quantize
+    from qail_ros.quant.api import prepare_quantized
     header = read_header(path)
     model = model_or_factory if isinstance(model_or_factory, nn.Module) else model_or_factory()
     if not isinstance(model, nn.Module):
         raise QuantizedFileError(f'load_quantized needs an nn.Module or a factory returning '
                                  f'one, got {type(model).__name__}')
     config = config_from_dict(header['config'])
-    _quantize(model, config, calibration=None, require_calibration=False)
+    prepare_quantized(model, config)
     layers = _layers(model)
     if sorted(layers) != sorted(header['layers']):
         raise QuantizedFileError(f'{path} holds quantized layers {sorted(header["layers"])} but '
