@@ -16,6 +16,7 @@ import fnmatch
 import logging
 from typing import Any
 
+import torch
 from torch import nn
 
 from qail_ros.quant.config import (Int4WeightOnlyAWQ, LSQ, QuantConfig, QuantConfigError,
@@ -30,7 +31,7 @@ __all__ = ['quantize_', 'prepare_quantized', 'split_parameters', 'quantization_r
 log = logging.getLogger('qail_ros.quant')
 
 
-def _is_plain(m: nn.Module, base: type) -> bool:
+def _is_plain(m: nn.Module, base: type[nn.Module]) -> bool:
     """A layer we can swap safely: the base type or a subclass that keeps its forward."""
     return isinstance(m, base) and type(m).forward is base.forward
 
@@ -45,7 +46,7 @@ def _select(model: nn.Module, config: QuantConfig) -> tuple[list[str], dict[str,
     weight_only_linear = isinstance(config, Int4WeightOnlyAWQ)
     supported: tuple[type, ...] = (nn.Linear,) if weight_only_linear else (nn.Linear, nn.Conv2d)
     already = QUANT_MODULES + _integer_types()
-    inside_mha = set()
+    inside_mha: set[str] = set()
     for name, m in model.named_modules():
         if isinstance(m, nn.MultiheadAttention):
             inside_mha.update(f'{name}.{c}' if name else c for c, _ in m.named_modules()
@@ -83,7 +84,7 @@ def _select(model: nn.Module, config: QuantConfig) -> tuple[list[str], dict[str,
     return chosen, skipped
 
 
-def _weight_quantizer(layer: nn.Module, name: str, bits: int, *, symmetric: bool,
+def _weight_quantizer(layer: nn.Linear | nn.Conv2d, name: str, bits: int, *, symmetric: bool,
                       granularity: str, group_size: int, learnable: bool = False,
                       init: str = 'minmax') -> FakeQuantizer:
     w = layer.weight
@@ -101,7 +102,7 @@ def _weight_quantizer(layer: nn.Module, name: str, bits: int, *, symmetric: bool
 
 
 def _input_quantizer(bits: int, *, signed: bool | None, symmetric: bool, learnable: bool,
-                     init: str, device) -> FakeQuantizer:
+                     init: str, device: torch.device) -> FakeQuantizer:
     """Per-tensor quantizer of a layer input; symmetric ones may pick their sign from data."""
     if not symmetric:  # min/max range with a zero point: unsigned codes
         return FakeQuantizer(bits, signed=False, symmetric=False, init=init,
@@ -111,7 +112,8 @@ def _input_quantizer(bits: int, *, signed: bool | None, symmetric: bool, learnab
                          auto_sign=signed is None).to(device)
 
 
-def _quantizers(layer: nn.Module, name: str, config: QuantConfig):
+def _quantizers(layer: nn.Linear | nn.Conv2d, name: str, config: QuantConfig
+                ) -> tuple[FakeQuantizer | None, FakeQuantizer | None]:
     """(weight quantizer, input quantizer) for one layer under `config`."""
     dev = layer.weight.device
     if isinstance(config, WeightOnlyRTN):
@@ -187,11 +189,15 @@ def _quantize(model: nn.Module, config: QuantConfig, *, calibration: Calibration
         plan = []
         for name in chosen:
             layer = model.get_submodule(name)
+            if not isinstance(layer, (nn.Linear, nn.Conv2d)):  # _select chose only these
+                raise QuantConfigError(f'layer {name} is {type(layer).__name__}, not nn.Linear '
+                                       'or nn.Conv2d')
             plan.append((name, layer, *_quantizers(layer, name, config)))
         input_quants = []
         for name, layer, wq, iq in plan:
-            cls = QuantLinear if isinstance(layer, nn.Linear) else QuantConv2d
-            set_module(model, name, cls.from_float(layer, wq, iq))
+            new = (QuantLinear.from_float(layer, wq, iq) if isinstance(layer, nn.Linear)
+                   else QuantConv2d.from_float(layer, wq, iq))
+            set_module(model, name, new)
             if iq is not None:
                 input_quants.append((name, iq))
         if input_quants and calibration is not None:
@@ -240,7 +246,8 @@ def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
     """
     q_ids = {id(p) for m in model.modules() if isinstance(m, FakeQuantizer)
              for p in m.parameters()}
-    model_params, quant_params = [], []
+    model_params: list[nn.Parameter] = []
+    quant_params: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (quant_params if id(p) in q_ids else model_params).append(p)

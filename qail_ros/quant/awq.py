@@ -70,12 +70,20 @@ def awq_search(weight: Tensor, x: Tensor, quantizer: FakeQuantizer,
     return s, alpha, errors
 
 
+def _linear(model: nn.Module, name: str) -> nn.Linear:
+    layer = model.get_submodule(name)
+    if not isinstance(layer, nn.Linear):  # quantize_ selects only nn.Linear for AWQ
+        raise QuantConfigError(f'layer {name} is {type(layer).__name__}: AWQ quantizes '
+                               'nn.Linear layers only')
+    return layer
+
+
 def _collect_inputs(model: nn.Module, names: list[str], calibration: Calibration,
                     max_samples: int) -> dict[str, Tensor]:
     store: dict[str, list[Tensor]] = {n: [] for n in names}
     hooks = []
     for name in names:
-        layer = model.get_submodule(name)
+        layer = _linear(model, name)
 
         def hook(mod, args, name=name, k=layer.in_features):
             store[name].append(args[0].detach().reshape(-1, k).float().cpu())
@@ -106,11 +114,11 @@ def apply_awq(model: nn.Module, config: Int4WeightOnlyAWQ, names: list[str],
     saved weights) the layers get unit scales and uninitialised quantizers.
     """
     for name in names:  # fail before touching the model
-        _make_quantizer(config, model.get_submodule(name).weight, name)
+        _make_quantizer(config, _linear(model, name).weight, name)
     inputs = _collect_inputs(model, names, calibration, config.max_samples) if use_data else {}
     alphas = {}
     for name in names:
-        layer = model.get_submodule(name)
+        layer = _linear(model, name)
         wq = _make_quantizer(config, layer.weight, name)
         new = QuantLinear.from_float(layer, wq, None)
         if use_data:

@@ -69,11 +69,22 @@ def _int_mm(a: Tensor, b: Tensor) -> Tensor:
     return a.to(torch.int32) @ b.to(torch.int32)
 
 
-class _StaticActMixin:
+class _StaticActMixin(nn.Module):
     """Input quantization and the integer product shared by IntLinear and IntConv2d."""
+    qweight: Tensor
+    w_scale: Tensor
+    x_scale: Tensor
+    x_zero: Tensor
+    bias: Tensor | None
+    _wt: Tensor
+    _corr: Tensor | None
+    _out_scale: Tensor
 
     def _init_static(self, m: QuantLinear | QuantConv2d) -> None:
         wq, iq = m.weight_quant, m.input_quant
+        if wq is None or iq is None:
+            raise ValueError(f'{type(self).__name__} needs a layer with weight and input '
+                             'quantizers (weight-only layers: Int4/Int8WeightOnlyLinear)')
         codes = wq.int_codes(m.weight.detach()).reshape(m.weight.shape[0], -1)
         self.bits_w, self.bits_a = wq.bits, iq.bits
         self.qmin, self.qmax = iq.qmin, iq.qmax
@@ -125,11 +136,14 @@ class IntLinear(_StaticActMixin, nn.Module):
 
 class IntConv2d(_StaticActMixin, nn.Module):
     """Conv2d (groups=1, zero padding) as im2col + the int8 product of IntLinear."""
+    _wt_hwc: Tensor
 
     def __init__(self, m: QuantConv2d):
         super().__init__()
         self.out_channels = m.out_channels
         self.kernel_size, self.stride = tuple(m.kernel_size), tuple(m.stride)
+        if isinstance(m.padding, str):
+            raise ValueError('Conv2d with string padding has no integer path')
         self.padding, self.dilation = tuple(m.padding), tuple(m.dilation)
         self._init_static(m)
         # weight columns in the (kh, kw, C) order of the channels-last im2col, as _int_mm's B
@@ -184,8 +198,16 @@ class WeightOnlyLinear(nn.Module):
     """Base of the weight-only integer layers (Int4WeightOnlyLinear, Int8WeightOnlyLinear):
     per-group scale / zero point, optional bias and AWQ input scale, `codes()` and
     `dequantized_weight()`."""
+    bias: Tensor | None
+    input_scale: Tensor | None
+    scale: Tensor
+    zero_point: Tensor
+    qweight: Tensor
+
     def _init_common(self, m: QuantLinear) -> Tensor:
         wq = m.weight_quant
+        if wq is None:
+            raise ValueError(f'{type(self).__name__} needs a layer with a weight quantizer')
         self.in_features, self.out_features = m.in_features, m.out_features
         self.bits = wq.bits
         self.signed = wq._signed
@@ -202,6 +224,10 @@ class WeightOnlyLinear(nn.Module):
         self.register_buffer('scale', per_group(wq.scale))
         self.register_buffer('zero_point', per_group(wq.zero_point))
         return wq.int_codes(m.weight.detach())
+
+    def codes(self) -> Tensor:
+        """The integer weight codes q, (n, k) int32."""
+        raise NotImplementedError
 
     def dequantized_weight(self) -> Tensor:
         """(q - z) * s as a float (n, k) tensor."""
@@ -342,7 +368,7 @@ class Int8WeightOnlyLinear(WeightOnlyLinear):
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
         x2 = self._prep(x)
-        if self._kernel and x2.device.type == 'cpu':
+        if self._kscale is not None and x2.device.type == 'cpu':  # set iff self._kernel
             y = torch._weight_int8pack_mm(x2.float().contiguous(), self.qweight,
                                           self._kscale).to(x2.dtype)
         else:
@@ -361,8 +387,8 @@ class Int8WeightOnlyLinear(WeightOnlyLinear):
 INTEGER_MODULES = (IntLinear, IntConv2d, Int4WeightOnlyLinear, Int8WeightOnlyLinear)
 
 
-def _integer_module(m: nn.Module, int4_compute_dtype, int8_weight_kernel: bool
-                    ) -> tuple[nn.Module | None, str]:
+def _integer_module(m: QuantLinear | QuantConv2d, int4_compute_dtype: torch.dtype | None,
+                    int8_weight_kernel: bool) -> tuple[nn.Module | None, str]:
     """(integer replacement, '') or (None, reason it stays fake-quantized)."""
     wq, iq = m.weight_quant, m.input_quant
     if wq is None:

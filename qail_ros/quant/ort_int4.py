@@ -102,7 +102,7 @@ class Int4Weight:
         return self.codes.shape[1]
 
 
-def extract_weight(layer: nn.Module, name: str, max_bits: int = 4,
+def extract_weight(layer: nn.Module | None, name: str, max_bits: int = 4,
                    max_block: int = _BLOCKS[0]) -> Int4Weight:
     """Codes, scales and zero points of an Int4WeightOnlyLinear or weight-only QuantLinear
     (up to `max_bits`: 4, or 8 for the whole-graph decoder's 8-bit MatMulNBits), in
@@ -194,7 +194,7 @@ class MatMulNBitsGraph:
         self._count += 1
         return f'{stem}{self._count}'
 
-    def _init(self, stem: str, array: np.ndarray) -> str:
+    def _init(self, stem: str, array: np.ndarray | np.generic) -> str:
         from onnx import numpy_helper
         name = self._name(stem)
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
@@ -392,9 +392,13 @@ def fusable(ws: list[Int4Weight]) -> bool:
     """Whether weights can be concatenated into one MatMulNBits (same K, block, input scale)."""
     first = ws[0]
     return all(w.k == first.k and w.block == first.block and w.bits == first.bits
-               and (w.input_scale is None) == (first.input_scale is None)
-               and (w.input_scale is None or torch.equal(w.input_scale, first.input_scale))
-               for w in ws)
+               and _same_scale(w.input_scale, first.input_scale) for w in ws)
+
+
+def _same_scale(a: Tensor | None, b: Tensor | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return torch.equal(a, b)
 
 
 @torch.no_grad()

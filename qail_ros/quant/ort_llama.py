@@ -56,6 +56,8 @@ CPUs with VNNI (without it u8 x s8 products of full-range int8 codes can saturat
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -103,9 +105,10 @@ def _require_cuda() -> None:
 _STATIC_ROPE = ('default', 'linear', 'llama3', None)
 
 
-def llama_parts(model: nn.Module) -> tuple[nn.Module, nn.Module, object]:
+def llama_parts(model: nn.Module) -> tuple[Any, Any, Any]:
     """(the LlamaModel with .layers / .norm / .embed_tokens / .rotary_emb, lm_head, config)
-    of a transformers LlamaForCausalLM-like model; a clear error for anything else."""
+    of a transformers LlamaForCausalLM-like model; a clear error for anything else. Typed Any:
+    the parts are read by attribute name (duck typing), whatever their classes."""
     inner = getattr(model, 'model', None)
     head = getattr(model, 'lm_head', None)
     cfg = getattr(model, 'config', None)
@@ -176,7 +179,7 @@ class OrtLlamaDecoder:
         self.session = self._session(self._build(inner, head, float(cfg.rms_norm_eps)))
         #: bytes of the int8 prefill graph's weights (0 without one)
         self.prefill_weight_bytes = 0
-        self.prefill_session = None
+        self.prefill_session: Any = None
         self.prefill = 'nbits'
         why = self._int8_prefill_blocker(inner, head) if prefill != 'nbits' else 'asked'
         if why is None:
@@ -192,15 +195,15 @@ class OrtLlamaDecoder:
         elif prefill == 'int8':
             raise OrtInt4Error(f'prefill int8 is not possible here: {why}; use prefill '
                                "'nbits'")
-        self._io = None                 # bound by _ensure_capacity (the KV buffers)
-        self._io_prefill = None
+        self._io: Any = None            # bound by _ensure_capacity (the KV buffers)
+        self._io_prefill: Any = None
         self._capacity = 0
         self._kv: list = []
         self.position = 0
         self._ensure_capacity(min(int(capacity), self.max_positions))
 
     # -- graph ------------------------------------------------------------------------------
-    def _rotary_cache(self, inner: nn.Module) -> tuple[np.ndarray, np.ndarray]:
+    def _rotary_cache(self, inner: Any) -> tuple[np.ndarray, np.ndarray]:
         """cos, sin (max_positions, head_dim / 2) from the model's rotary module."""
         pos = torch.arange(self.max_positions)[None]
         probe = torch.zeros(1, 1, self.head_dim)
@@ -210,18 +213,18 @@ class OrtLlamaDecoder:
         return (cos[0, :, :half].float().numpy().copy(),
                 sin[0, :, :half].float().numpy().copy())
 
-    def _linear(self, g: MatMulNBitsGraph, x: str, mods: list[nn.Module], names: list[str]) -> str:
+    def _linear(self, g: MatMulNBitsGraph, x: str, mods: list[Any], names: list[str]) -> str:
         """MatMulNBits over one or more INT4 projections of the same input (outputs
         concatenated on the last axis), plus their LoRA adapters when they have them."""
         from qail_ros.quant.lora import LoRALinear
         adapters = [m if isinstance(m, LoRALinear) else None for m in mods]
-        mods = [m.base if a is not None else m for m, a in zip(mods, adapters)]
+        mods = [a.base if a is not None else m for m, a in zip(mods, adapters)]
         y = self._base_linear(g, x, mods, names)
         if not any(a is not None for a in adapters):
             return y
         return g.op('Add', [y, self._lora(g, x, mods, adapters)])
 
-    def _lora(self, g: MatMulNBitsGraph, x: str, mods: list[nn.Module], adapters: list) -> str:
+    def _lora(self, g: MatMulNBitsGraph, x: str, mods: list[Any], adapters: list) -> str:
         """sum_i scaling_i B_i A_i x for the projections' adapters, as two float32 MatMuls:
         A stacked (sum of ranks x in), B block-diagonal (sum of ranks x outputs, zero columns
         for projections without one); in float32 beside the INT4 base, as LoRALinear."""
@@ -244,7 +247,7 @@ class OrtLlamaDecoder:
         low = g.op('MatMul', [x, g._init('lora_a', a_t)])
         return g.op('MatMul', [low, g._init('lora_b', b_t)])
 
-    def _base_linear(self, g: MatMulNBitsGraph, x: str, mods: list[nn.Module],
+    def _base_linear(self, g: MatMulNBitsGraph, x: str, mods: list[Any],
                      names: list[str]) -> str:
         for m, name in zip(mods, names):
             if not is_int4_linear(m, max_bits=8):
@@ -266,7 +269,7 @@ class OrtLlamaDecoder:
         return g.op('Concat', [g.matmul_nbits(x, w, self.accuracy_level) for w in ws], axis=-1)
 
     # -- int8 prefill ---------------------------------------------------------------------
-    def _int8_prefill_blocker(self, inner: nn.Module, head: nn.Module) -> str | None:
+    def _int8_prefill_blocker(self, inner: Any, head: Any) -> str | None:
         """None when the int8 prefill graph can be built, else why not."""
         if self.device != 'cpu':
             return f'device {self.device!r} (the int8 prefill graph is for the CPU)'
@@ -322,13 +325,13 @@ class OrtLlamaDecoder:
             cache[x] = (u8, scale)
         return cache[x]
 
-    def _norm(self, g: MatMulNBitsGraph, x: str, norm: nn.Module, eps: float) -> str:
+    def _norm(self, g: MatMulNBitsGraph, x: str, norm: Any, eps: float) -> str:
         self.parameters += norm.weight.numel()
         w = g._init('norm', norm.weight.detach().float().numpy())
         return g.op('SimplifiedLayerNormalization', [x, w], axis=-1, epsilon=eps,
                     stash_type=1)
 
-    def _build(self, inner: nn.Module, head: nn.Module, eps: float):
+    def _build(self, inner: Any, head: Any, eps: float):
         """The decoder as an onnx ModelProto (weights as initializers)."""
         from onnx import TensorProto
         from onnx import helper as h
@@ -336,7 +339,7 @@ class OrtLlamaDecoder:
         f32, i32 = TensorProto.FLOAT, TensorProto.INT32
         half = self.kv_dtype == 'float16'
         kv_t = TensorProto.FLOAT16 if half else f32
-        kv_shape = [1, self.kv_heads, 'capacity', self.head_dim]
+        kv_shape: list[int | str] = [1, self.kv_heads, 'capacity', self.head_dim]
         g.inputs = [h.make_tensor_value_info('inputs_embeds', f32, [1, 'S', self.hidden]),
                     h.make_tensor_value_info('seqlens_k', i32, [1]),
                     h.make_tensor_value_info('total_sequence_length', i32, [])]

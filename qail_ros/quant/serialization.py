@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -66,8 +67,8 @@ def save_quantized(model: nn.Module, path: str | Path) -> Path:
     for name, m in layers.items():
         prefix = f'{name}.' if name else ''
         wq = m.weight_quant
-        entry = {'kind': 'conv2d' if isinstance(m, QuantConv2d) else 'linear',
-                 'shape': list(m.weight.shape)}
+        entry: dict[str, Any] = {'kind': 'conv2d' if isinstance(m, QuantConv2d) else 'linear',
+                                 'shape': list(m.weight.shape)}
         if wq is not None:
             if not bool(wq.initialized):
                 raise QuantizedFileError(f'layer {name}: weight quantizer not initialised')
@@ -152,6 +153,10 @@ def load_quantized(model_or_factory: nn.Module | Callable[[], nn.Module],
             codes = unpack_codes(packed, entry['bits'], entry['codes_per_row'],
                                  signed=entry['signed'])
             wq = m.weight_quant
+            if wq is None:
+                raise QuantizedFileError(f'{path}: layer {name} has quantized weights but the '
+                                         'model built from its config quantizes none: wrong '
+                                         'file or architecture')
             view = wq._view(codes.float())
             scale = tensors[prefix + 'weight_quant.scale'].to(view.dtype)
             zero = tensors[prefix + 'weight_quant.zero_point'].to(view.dtype)

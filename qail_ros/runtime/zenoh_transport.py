@@ -53,6 +53,7 @@ from typing import Any, Callable
 from qail_ros.errors import TransportError
 from qail_ros import messages as _messages
 from qail_ros.messages import normalize_type, type_hash
+from qail_ros.runtime.logs import RosFormatter, StderrHandler
 
 __all__ = [
     'DEFAULT_ROUTER', 'ADMIN_SPACE', 'domain_id', 'router_endpoint', 'ros_type_name',
@@ -69,10 +70,9 @@ log = logging.getLogger('qail_ros.runtime.zenoh')
 
 def _ensure_log_handler() -> None:
     """Print transport warnings ROS-style on stderr unless the application set up logging."""
-    from qail_ros.runtime.embedded import _RosFormatter, _StderrHandler
     if not log.handlers and not logging.getLogger().handlers:
-        handler = _StderrHandler()
-        handler.setFormatter(_RosFormatter('qail_ros.zenoh'))
+        handler = StderrHandler()
+        handler.setFormatter(RosFormatter('qail_ros.zenoh'))
         log.addHandler(handler)
 
 
