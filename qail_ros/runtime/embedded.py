@@ -32,7 +32,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from qail_ros.errors import ParameterError, TransportError
 from qail_ros.messages import deserialize, get_class
@@ -40,6 +40,9 @@ import qail_ros.runtime.params as _params
 from qail_ros.runtime.api import (NodeHandle, PeriodicTimer, PublisherHandle, QoS, Runtime,
                                   SubscriptionHandle)
 from qail_ros.runtime.logs import make_node_logger, ros_log_line
+
+if TYPE_CHECKING:
+    from qail_ros.runtime.zenoh_transport import ZenohTransport
 
 __all__ = ['EmbeddedRuntime', 'EmbeddedNodeHandle', 'EmbeddedPublisher', 'EmbeddedSubscription',
            'EmbeddedTimer', 'Executor', 'resolve_name', 'ros_log_line']
@@ -470,7 +473,7 @@ class EmbeddedRuntime(Runtime):
         self._lock = threading.RLock()
         self._initialized = False
         self._global = _params.RosArgs()
-        self._transport = None
+        self._transport: ZenohTransport | None = None
         self._transport_failed = False
 
     # -- lifecycle ----------------------------------------------------------------------------
