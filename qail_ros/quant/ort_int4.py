@@ -190,13 +190,15 @@ class MatMulNBitsGraph:
         self.inputs = [helper.make_tensor_value_info('x', TensorProto.FLOAT, ['M', k])]
         self._count = 0
 
-    def _name(self, stem: str) -> str:
+    def fresh_name(self, stem: str) -> str:
+        """A name not used yet in this graph: `stem` + a counter."""
         self._count += 1
         return f'{stem}{self._count}'
 
-    def _init(self, stem: str, array: np.ndarray | np.generic) -> str:
+    def const(self, stem: str, array: np.ndarray | np.generic) -> str:
+        """Add `array` as an initializer (a constant of the graph); its name."""
         from onnx import numpy_helper
-        name = self._name(stem)
+        name = self.fresh_name(stem)
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
@@ -204,22 +206,22 @@ class MatMulNBitsGraph:
         n, k, block = w.n, w.k, w.block
         blocks = -(-k // block)
         if w.input_scale is not None:            # AWQ: (x / s) @ Q(W * s)^T
-            a = self.op('Div', [a, self._init('s', w.input_scale.numpy())])
+            a = self.op('Div', [a, self.const('s', w.input_scale.numpy())])
         packed = _pack_nibbles if w.bits == 4 else np.asarray
         b = packed(_padded_codes(w).reshape(n, blocks, block))
-        ins = [a, self._init('B', b), self._init('scales', w.scales.numpy().reshape(-1))]
+        ins = [a, self.const('B', b), self.const('scales', w.scales.numpy().reshape(-1))]
         if bool((w.zeros != 2 ** (w.bits - 1)).any()):      # else the op's default
-            ins.append(self._init('zp', packed(w.zeros.numpy()).reshape(-1)))
+            ins.append(self.const('zp', packed(w.zeros.numpy()).reshape(-1)))
         if w.bias is not None:
-            ins += [''] * (5 - len(ins)) + [self._init('bias', w.bias.numpy())]
-        out = self._name('y')
+            ins += [''] * (5 - len(ins)) + [self.const('bias', w.bias.numpy())]
+        out = self.fresh_name('y')
         self.nodes.append(self._h.make_node(
             'MatMulNBits', ins, [out], domain='com.microsoft', K=k, N=n, bits=w.bits,
             block_size=block, accuracy_level=accuracy_level))
         return out
 
     def op(self, op_type: str, ins: list[str], **attrs) -> str:
-        out = self._name(op_type.lower())
+        out = self.fresh_name(op_type.lower())
         self.nodes.append(self._h.make_node(op_type, ins, [out], **attrs))
         return out
 

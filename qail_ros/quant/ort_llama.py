@@ -244,8 +244,8 @@ class OrtLlamaDecoder:
         self.weight_bytes += (a_t.size + b_t.size) * 4
         self.parameters += sum(a.lora_a.numel() + a.lora_b.numel() for a in adapters
                                if a is not None)
-        low = g.op('MatMul', [x, g._init('lora_a', a_t)])
-        return g.op('MatMul', [low, g._init('lora_b', b_t)])
+        low = g.op('MatMul', [x, g.const('lora_a', a_t)])
+        return g.op('MatMul', [low, g.const('lora_b', b_t)])
 
     def _base_linear(self, g: MatMulNBitsGraph, x: str, mods: list[Any],
                      names: list[str]) -> str:
@@ -303,13 +303,13 @@ class OrtLlamaDecoder:
                             .astype(np.int8) for w in ws]).T.copy()          # (k, n) int8
         col = np.concatenate([w.scales.numpy()[:, 0] for w in ws]).astype(np.float32)
         self.prefill_weight_bytes += b.size + col.size * 4
-        acc = g.op('MatMulInteger', [xq, g._init('Bq', b), g._init('zp', np.uint8(128))])
+        acc = g.op('MatMulInteger', [xq, g.const('Bq', b), g.const('zp', np.uint8(128))])
         y = g.op('Mul', [g.op('Mul', [g.op('Cast', [acc], to=1), row_scale]),
-                         g._init('cs', col)])
+                         g.const('cs', col)])
         if any(w.bias is not None for w in ws):
             bias = np.concatenate([w.bias.numpy() if w.bias is not None else np.zeros(w.n)
                                    for w in ws]).astype(np.float32)
-            y = g.op('Add', [y, g._init('bias', bias)])
+            y = g.op('Add', [y, g.const('bias', bias)])
         return y
 
     def _rows_int8(self, g: MatMulNBitsGraph, x: str) -> tuple[str, str]:
@@ -318,16 +318,16 @@ class OrtLlamaDecoder:
         cache = g.__dict__.setdefault('_rowq', {})
         if x not in cache:
             top = g.op('ReduceMax', [g.op('Abs', [x])], axes=[-1], keepdims=1)
-            scale = g.op('Div', [g.op('Max', [top, g._init('eps', np.float32(1e-12))]),
-                                 g._init('c127', np.float32(127.0))])
+            scale = g.op('Div', [g.op('Max', [top, g.const('eps', np.float32(1e-12))]),
+                                 g.const('c127', np.float32(127.0))])
             q = g.op('Round', [g.op('Div', [x, scale])])
-            u8 = g.op('Cast', [g.op('Add', [q, g._init('c128', np.float32(128.0))])], to=2)
+            u8 = g.op('Cast', [g.op('Add', [q, g.const('c128', np.float32(128.0))])], to=2)
             cache[x] = (u8, scale)
         return cache[x]
 
     def _norm(self, g: MatMulNBitsGraph, x: str, norm: Any, eps: float) -> str:
         self.parameters += norm.weight.numel()
-        w = g._init('norm', norm.weight.detach().float().numpy())
+        w = g.const('norm', norm.weight.detach().float().numpy())
         return g.op('SimplifiedLayerNormalization', [x, w], axis=-1, epsilon=eps,
                     stash_type=1)
 
@@ -345,7 +345,7 @@ class OrtLlamaDecoder:
                     h.make_tensor_value_info('total_sequence_length', i32, [])]
         outputs = []
         cos, sin = self._rotary_cache(inner)
-        cos_name, sin_name = (g._init(n, c.astype(self._np_kv)) for n, c in
+        cos_name, sin_name = (g.const(n, c.astype(self._np_kv)) for n, c in
                               (('cos', cos), ('sin', sin)))
         x = 'inputs_embeds'
         for i, layer in enumerate(inner.layers):
@@ -359,7 +359,7 @@ class OrtLlamaDecoder:
                                [f'{p}.self_attn.{n}' for n in ('q_proj', 'k_proj', 'v_proj')])
             if half:                            # attention in float16, the rest float32
                 qkv = g.op('Cast', [qkv], to=kv_t)
-            att = g._name('attn')
+            att = g.fresh_name('attn')
             g.nodes.append(h.make_node(
                 'GroupQueryAttention',
                 [qkv, '', '', f'past_key_{i}', f'past_value_{i}', 'seqlens_k',
@@ -378,16 +378,16 @@ class OrtLlamaDecoder:
             inter = int(mlp.gate_proj.out_features)
             gu = self._linear(g, hs, [mlp.gate_proj, mlp.up_proj],
                               [f'{p}.mlp.gate_proj', f'{p}.mlp.up_proj'])
-            split = g._init('split', np.array([inter, inter], np.int64))
-            gate, up = g._name('gate'), g._name('up')
+            split = g.const('split', np.array([inter, inter], np.int64))
+            gate, up = g.fresh_name('gate'), g.fresh_name('up')
             g.nodes.append(h.make_node('Split', [gu, split], [gate, up], axis=-1))
             act = g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up])
             down = self._linear(g, act, [mlp.down_proj], [f'{p}.mlp.down_proj'])
             x = g.op('Add', [x, down])
         # the last position only: OpenVLA's greedy decode reads nothing else
-        last = g.op('Slice', [x, g._init('start', np.array([-1], np.int64)),
-                              g._init('end', np.array([np.iinfo(np.int64).max], np.int64)),
-                              g._init('axis', np.array([1], np.int64))])
+        last = g.op('Slice', [x, g.const('start', np.array([-1], np.int64)),
+                              g.const('end', np.array([np.iinfo(np.int64).max], np.int64)),
+                              g.const('axis', np.array([1], np.int64))])
         hs = self._norm(g, last, inner.norm, eps)
         if is_int4_linear(head, max_bits=8):
             logits = self._linear(g, hs, [head], ['lm_head'])
@@ -395,11 +395,11 @@ class OrtLlamaDecoder:
             w = head.weight.detach().float()
             self.weight_bytes += w.numel() * 4
             self.parameters += w.numel()
-            logits = g.op('MatMul', [hs, g._init('lm_head', w.t().contiguous().numpy())])
+            logits = g.op('MatMul', [hs, g.const('lm_head', w.t().contiguous().numpy())])
             if getattr(head, 'bias', None) is not None:
-                logits = g.op('Add', [logits, g._init('lm_bias',
+                logits = g.op('Add', [logits, g.const('lm_bias',
                                                       head.bias.detach().float().numpy())])
-        g.nodes.append(h.make_node('Reshape', [logits, g._init(
+        g.nodes.append(h.make_node('Reshape', [logits, g.const(
             'shape', np.array([1, self.vocab], np.int64))], ['logits']))
         outputs.insert(0, h.make_tensor_value_info('logits', f32, [1, self.vocab]))
         graph = h.make_graph(g.nodes, 'qail_ort_llama', g.inputs, outputs,
