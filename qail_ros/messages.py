@@ -58,7 +58,7 @@ def normalize_type(name: str) -> str:
     return '/'.join(parts)
 
 
-def get_class(name: str | type) -> type:
+def get_class(name: str | type) -> type[Any]:
     """Message class for a type name (or pass a class through)."""
     if isinstance(name, type):
         return name

@@ -23,10 +23,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from qail_ros.errors import ParameterError
 from qail_ros.runtime import Node
+
+if TYPE_CHECKING:
+    from qail_ros.bag.reader import BagMessage
 
 __all__ = ['BagPlayer', 'add_play_arguments', 'play_main', 'recorded_qos']
 
@@ -89,13 +93,13 @@ class BagPlayer(Node):
         self.published = 0
         self.loops = 0
         self.done = False
-        self._it = None
-        self._pending = None
-        self._t0 = None
+        self._it: Iterator[BagMessage] | None = None
+        self._pending: BagMessage | None = None
+        self._t0 = 0.0                  # wall time of the first message, set by _restart
         self._bag0 = 0
         self._last_clock_wall = 0.0
         self._bag_now = 0
-        self._started_wall = None
+        self._started_wall: float | None = None
         self.timer = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -117,7 +121,8 @@ class BagPlayer(Node):
 
     def _publish_clock(self, bag_ns: int) -> None:
         from qail_ros import messages as m
-        self.clock_pub.publish(m.new('rosgraph_msgs/msg/Clock', clock=m.time_from_ns(bag_ns)))
+        if self.clock_pub is not None:
+            self.clock_pub.publish(m.new('rosgraph_msgs/msg/Clock', clock=m.time_from_ns(bag_ns)))
         self._last_clock_wall = time.monotonic()
 
     def timer_callback(self) -> None:
@@ -126,7 +131,8 @@ class BagPlayer(Node):
         if self._it is None:
             self._restart()
         now = time.monotonic()
-        if self.duration_s is not None and now - self._started_wall >= self.duration_s:
+        if (self.duration_s is not None and self._started_wall is not None
+                and now - self._started_wall >= self.duration_s):
             return self._finish()
         while self._pending is not None:
             topic, stamp, msg = self._pending
@@ -138,7 +144,7 @@ class BagPlayer(Node):
             self.publishers[topic].publish(msg)
             self._bag_now = stamp
             self.published += 1
-            self._pending = next(self._it, None)
+            self._pending = next(self._it, None) if self._it is not None else None
         if self._pending is None:
             if self.loop and self.published:
                 self.loops += 1

@@ -18,11 +18,16 @@ import logging
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from qail_ros.bag.scan import QAIL_METADATA, McapScan, scan_mcap, scan_messages
 from qail_ros.bag.types import BagTypes
 from qail_ros.errors import BagError
+
+if TYPE_CHECKING:
+    from rosbags.interfaces import Connection, ConnectionExtRosbag2
+    from rosbags.rosbag1 import Reader as Reader1
+    from rosbags.rosbag2 import Reader
 
 __all__ = ['BagReader', 'BagMessage', 'TopicInfo', 'storage_files', 'read_metadata',
            'rollback_sqlite', 'check_metadata', 'BAG_SUFFIXES']
@@ -127,6 +132,14 @@ def _fmt(msgdef) -> str:
     return {'MSG': 'msg', 'IDL': 'idl'}.get(name, '')
 
 
+def _ext2(conn: Connection) -> ConnectionExtRosbag2:
+    """The rosbag2 part (QoS, serialization format) of a connection of a rosbag2 reader."""
+    from rosbags.interfaces import ConnectionExtRosbag2
+    if not isinstance(conn.ext, ConnectionExtRosbag2):
+        raise BagError(f'topic {conn.topic}: not a rosbag2 connection')
+    return conn.ext
+
+
 class BagReader:
     """Read a bag (directory, .mcap, .db3, metadata.yaml or ROS 1 .bag); a context manager."""
 
@@ -139,11 +152,11 @@ class BagReader:
         self.compression = ('', '')      # (format, mode) as metadata.yaml says
         self.custom_metadata: dict[str, str] = {}
         self.metadata: dict | None = None
-        self.types: BagTypes | None = None
-        self._reader = None               # rosbags Reader (rosbag2) / rosbag1 Reader
+        self.types: BagTypes              # set by _make_types, once the topics are known
+        self._reader: Reader | list[Reader] | None = None  # rosbags rosbag2 Reader(s)
         self._storages: list = []         # rosbags storage readers, in file order
         self._scans: list[McapScan] = []
-        self._ros1 = None
+        self._ros1: Reader1 | None = None
         self._topics: dict[str, TopicInfo] = {}
         self.start_ns = 0
         self.end_ns = 0
@@ -213,11 +226,12 @@ class BagReader:
                            'or not a rosbag2 bag') from None
         self._reader = reader
         self.metadata = meta
-        if target.is_dir():
+        if meta is not None:  # target is a directory
             self.storage = meta.get('storage_identifier', '') if meta else ''
             self.version = int(meta.get('version', 0)) if meta else 0
             self.ros_distro = str(meta.get('ros_distro') or '') if meta else ''
-            self._storages = list(reader.storage.storages)
+            # the multi-file storage of rosbags' Reader (not in its ReaderProtocol)
+            self._storages = list(reader.storage.storages)  # type: ignore[attr-defined]
             self.compression = (str(meta.get('compression_format') or ''),
                                 str(meta.get('compression_mode') or '').lower())
         else:
@@ -225,9 +239,10 @@ class BagReader:
             self._storages = [reader.storage]
         self.custom_metadata = dict(getattr(reader.storage.metadata, 'custom', None) or {})
         for conn in reader.connections:
+            ext = _ext2(conn)
             self._add_topic(conn.topic, conn.msgtype, conn.msgcount,
-                            list(conn.ext.offered_qos_profiles), conn.msgdef.data,
-                            _fmt(conn.msgdef), conn.digest, conn.ext.serialization_format)
+                            list(ext.offered_qos_profiles), conn.msgdef.data,
+                            _fmt(conn.msgdef), conn.digest, ext.serialization_format)
         self._fill_definitions()
         count = reader.message_count
         self.start_ns = reader.start_time if count else 0
@@ -247,9 +262,10 @@ class BagReader:
         starts, ends = [], []
         for reader in readers:
             for conn in reader.connections:
+                ext = _ext2(conn)
                 self._add_topic(conn.topic, conn.msgtype, conn.msgcount,
-                                list(conn.ext.offered_qos_profiles), conn.msgdef.data,
-                                _fmt(conn.msgdef), conn.digest, conn.ext.serialization_format)
+                                list(ext.offered_qos_profiles), conn.msgdef.data,
+                                _fmt(conn.msgdef), conn.digest, ext.serialization_format)
             if reader.message_count:
                 starts.append(reader.start_time)
                 ends.append(reader.end_time - 1)
@@ -455,6 +471,6 @@ class BagReader:
     def __enter__(self) -> 'BagReader':
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc) -> Literal[False]:
         self.close()
         return False

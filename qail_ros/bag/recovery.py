@@ -46,7 +46,7 @@ QUIET_S = 5.0
 def open_by(bag_dir: Path) -> list[tuple[int, str]]:
     """(pid, file) of every other process that has a file of `bag_dir` open (Linux /proc)."""
     root = str(Path(bag_dir).resolve())
-    found = []
+    found: list[tuple[int, str]] = []
     proc = Path('/proc')
     if not proc.is_dir():
         return found
@@ -222,7 +222,7 @@ def recover_bag(path: str | os.PathLike, output: str | os.PathLike | None = None
         storage, files = storage_files(bag_dir)
     if storage not in ('mcap', 'sqlite3'):
         raise BagError(f"{bag_dir}: storage '{storage}' is not supported (mcap, sqlite3)")
-    file_mode = bool(meta) and (meta.get('compression_mode') or '').lower() == 'file'
+    file_mode = meta is not None and (meta.get('compression_mode') or '').lower() == 'file'
     notes: list[str] = []
     out = _output_dir(bag_dir, None if in_place else output)
     work = bag_dir.with_name(f'.{bag_dir.name}.recover-tmp') if in_place else out
@@ -330,7 +330,7 @@ def _write_metadata(work: Path, bag_dir: Path, meta: dict | None, storage: str,
         for entry in meta.get('topics_with_message_count') or []:
             entry = dict(entry)
             tm = dict(entry.get('topic_metadata') or {})
-            name = tm.get('name')
+            name = tm.get('name', '')
             entry['message_count'] = counts.get(name, 0)
             # the storage's own QoS text wins where the two disagree (rosbag2's sqlite3 test
             # bags): readers match a topic's messages by it

@@ -71,15 +71,15 @@ class _Cursor:
         self.pos += n
         return bytes(self.data[self.pos - n:self.pos])
 
-    def str(self) -> str:
+    def string(self) -> str:
         return self.raw(self.u32()).decode()
 
     def map(self) -> dict[str, str]:
         end = self.u32() + self.pos
         out = {}
         while self.pos < end:
-            key = self.str()
-            out[key] = self.str()
+            key = self.string()
+            out[key] = self.string()
         return out
 
 
@@ -177,11 +177,11 @@ def _parse_chunk_records(chunk: Chunk, scan: McapScan, partial: bool = False) ->
             raise ValueError('record runs past the end of its chunk')
         if op == 0x03:
             sid = cur.u16()
-            scan.schemas[sid] = (cur.str(), cur.str(), cur.raw(cur.u32()).decode())
+            scan.schemas[sid] = (cur.string(), cur.string(), cur.raw(cur.u32()).decode())
         elif op == 0x04:
             cid = cur.u16()
             sid = cur.u16()
-            scan.channels[cid] = (sid, cur.str(), cur.str(), cur.map())
+            scan.channels[cid] = (sid, cur.string(), cur.string(), cur.map())
         elif op == 0x05:
             cid = cur.u16()
             cur.u32()
@@ -215,7 +215,7 @@ def _salvage_chunk(scan: McapScan, data, pos: int) -> None:
         cur = _Cursor(data, pos + 9)
         start_time, end_time, usize = cur.u64(), cur.u64(), cur.u64()
         cur.u32()
-        compression = cur.str()
+        compression = cur.string()
         csize = cur.u64()
         avail = bytes(data[cur.pos:min(len(data), cur.pos + csize)])
         records = _decompress(avail, compression, partial=True)[:usize]
@@ -261,13 +261,13 @@ def _scan_mapped(path: Path, data) -> McapScan:
         try:
             if op == 0x01:        # header
                 cur = _Cursor(content)
-                scan.header = (cur.str(), cur.str())
+                scan.header = (cur.string(), cur.string())
                 scan.header_end = end
             elif op == 0x06:      # chunk
                 cur = _Cursor(content)
                 start_time, end_time, usize = cur.u64(), cur.u64(), cur.u64()
                 cur.u32()             # uncompressed CRC (not checked)
-                compression = cur.str()
+                compression = cur.string()
                 csize = cur.u64()
                 records = _decompress(cur.raw(csize), compression)
                 if len(records) != usize:
@@ -286,15 +286,15 @@ def _scan_mapped(path: Path, data) -> McapScan:
             elif op == 0x03:
                 cur = _Cursor(content)
                 sid = cur.u16()
-                scan.schemas[sid] = (cur.str(), cur.str(), cur.raw(cur.u32()).decode())
+                scan.schemas[sid] = (cur.string(), cur.string(), cur.raw(cur.u32()).decode())
             elif op == 0x04:
                 cur = _Cursor(content)
                 cid = cur.u16()
                 sid = cur.u16()
-                scan.channels[cid] = (sid, cur.str(), cur.str(), cur.map())
+                scan.channels[cid] = (sid, cur.string(), cur.string(), cur.map())
             elif op == 0x0C:      # metadata
                 cur = _Cursor(content)
-                name = cur.str()
+                name = cur.string()
                 scan.metadata[name] = cur.map()
             elif op in (0x0F, 0x02):   # data end / footer: the file was closed properly
                 scan.complete = True
@@ -334,7 +334,7 @@ def _chunk_records(f, chunk: Chunk) -> bytes:
     content = f.read(chunk.length - 9)
     cur = _Cursor(content)
     cur.u64(), cur.u64(), cur.u64(), cur.u32()
-    compression = cur.str()
+    compression = cur.string()
     return _decompress(cur.raw(cur.u64()), compression)
 
 

@@ -27,10 +27,19 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Callable, Literal, cast
 
 from qail_ros.bag.scan import QAIL_METADATA, put_map, put_record, put_str
 from qail_ros.errors import BagError
+
+if TYPE_CHECKING:
+    from rosbags.rosbag2 import Writer
+    from rosbags.rosbag2.storage_mcap import McapWriter
+    from rosbags.rosbag2.storage_sqlite3 import Sqlite3Writer
+
+#: what signal.signal() returns and takes
+_SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 __all__ = ['BagWriter', 'STORAGES', 'DEFAULT_VERSION', 'rosbags_qos']
 
@@ -72,7 +81,8 @@ def rosbags_qos(qos: Any, version: int):
 # ------------------------------------------------------------------------------------------
 # writer
 # ------------------------------------------------------------------------------------------
-def _flushing_storages(chunk_size: int, flush_interval_s: float):
+def _flushing_storages(chunk_size: int, flush_interval_s: float
+                       ) -> tuple[type[McapWriter], type[Sqlite3Writer]]:
     """rosbags storage writers that flush on size or age (see module docstring)."""
     from rosbags.rosbag2.storage_mcap import McapWriter
     from rosbags.rosbag2.storage_sqlite3 import Sqlite3Writer
@@ -151,7 +161,7 @@ def _signals_deferred():
         yield   # Python runs signal handlers only in the main thread
         return
     caught: list[int] = []
-    old = {}
+    old: dict[int, _SignalHandler] = {}
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
             old[sig] = signal.signal(sig, lambda signum, _frame: caught.append(signum))
@@ -160,8 +170,8 @@ def _signals_deferred():
     try:
         yield
     finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+        for number, handler in old.items():
+            signal.signal(number, handler)
         for signum in caught:
             handler = old.get(signum)
             if callable(handler):
@@ -213,17 +223,17 @@ class BagWriter:
                 raise BagError(f'custom_metadata must map str to str; got {key!r}: {value!r} '
                                '(convert values with str() or json.dumps)')
         self.storage = storage
-        self.version = version
+        self.version = cast(Literal[8, 9], version)  # checked above
         self.custom_metadata = dict(custom_metadata or {})
         self.chunk_size = int(chunk_size)
         self.flush_interval_s = float(flush_interval_s)
         self.compression = compression
-        self._writer = None
+        self._writer: Writer | None = None
         self._connections: dict[str, Any] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
-        self._old_sigterm = None
+        self._old_sigterm: _SignalHandler = None
         self.message_count = 0
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -249,7 +259,7 @@ class BagWriter:
             raise BagError(f'cannot create bag {self.path}: {exc}') from exc
         self._writer = writer
         if self.storage == 'mcap':
-            writer.storage.write_metadata_record(QAIL_METADATA, {
+            self._storage().write_metadata_record(QAIL_METADATA, {
                 'rosbag2_version': str(self.version),
                 'custom_data': json.dumps(self.custom_metadata, sort_keys=True)})
         if self.flush_interval_s > 0 and self.storage == 'mcap':
@@ -283,7 +293,7 @@ class BagWriter:
     def __enter__(self) -> 'BagWriter':
         return self.open()
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         # Close properly on errors too (Ctrl-C included): what was written is valid data.
         self.close()
         return False
@@ -308,7 +318,7 @@ class BagWriter:
         from qail_ros.runtime.api import DEFAULT_QOS
         msgtype = m.normalize_type(msgtype)
         with self._lock:
-            self._check_open()
+            writer = self._check_open()
             known = self._connections.get(topic)
             if known is not None:
                 if known.msgtype != msgtype:
@@ -316,7 +326,7 @@ class BagWriter:
                                    f'not {msgtype}; one topic carries one type')
                 return
             cls = m.get_class(msgtype)   # UnknownMessageTypeError with a hint
-            self._connections[topic] = self._writer.add_connection(
+            self._connections[topic] = writer.add_connection(
                 topic, cls.__msgtype__, typestore=m.typestore(),
                 offered_qos_profiles=[rosbags_qos(DEFAULT_QOS if qos is None else qos,
                                                   self.version)])
@@ -331,8 +341,9 @@ class BagWriter:
         from qail_ros import messages as m
         if timestamp_ns is None:
             timestamp_ns = time.time_ns()
+        data: bytes | memoryview
         if isinstance(msg, (bytes, bytearray, memoryview)):
-            data = msg
+            data = memoryview(msg) if isinstance(msg, bytearray) else msg
             if topic not in self._connections:
                 raise BagError(f"topic '{topic}' is not in the bag: call add_topic(topic, type) "
                                'before writing CDR bytes')
@@ -344,33 +355,39 @@ class BagWriter:
                                f'not {m.type_name(msg)}')
             data = m.serialize(msg)
         with self._lock, _signals_deferred():
-            self._check_open()
-            self._writer.write(self._connections[topic], int(timestamp_ns), data)
+            self._check_open().write(self._connections[topic], int(timestamp_ns), data)
             self.message_count += 1
 
     def flush(self) -> None:
         """Write the pending chunk (mcap) / commit (sqlite3) now."""
         with self._lock, _signals_deferred():
-            if self._writer is not None and self._writer.storage is not None:
-                self._writer.storage.flush()
+            storage = self._storage()
+            if storage is not None:
+                storage.flush()
 
     @property
     def flushed_count(self) -> int:
         """Messages handed to the OS so far: what survives if this process is killed now."""
-        storage = self._writer.storage if self._writer is not None else None
+        storage = self._storage()
         return storage.flushed_messages if storage is not None else self.message_count
 
     # -- internals ------------------------------------------------------------------------
-    def _check_open(self) -> None:
+    def _check_open(self) -> Writer:
         if self._writer is None:
             raise BagError(f'bag {self.path} is not open: use `with BagWriter(...) as bag:` '
                            'or call open()')
+        return self._writer
+
+    def _storage(self) -> Any:
+        """The open storage writer (one of _flushing_storages' classes, with their counters
+        and flush), or None."""
+        return self._writer.storage if self._writer is not None else None
 
     def _flush_loop(self) -> None:
         while not self._stop.wait(self.flush_interval_s / 4):
             try:
                 with self._lock:
-                    storage = self._writer.storage if self._writer is not None else None
+                    storage = self._storage()
                     if storage is None:
                         return
                     if self.storage == 'mcap' and storage.chunk.msgs and (

@@ -102,15 +102,19 @@ class EngineCache:
         return cache_key(source_hash, backend, backend_class(backend).backend_version(),
                          device_id(device), precision)
 
-    def get_or_build(self, source: str | Path, name: str, *, backend: str, precision: str,
+    def get_or_build(self, source: str | Path | None, name: str, *, backend: str, precision: str,
                      build_fn: BuildFn, suffix: str, device: str = 'cpu',
                      source_hash: str | None = None) -> tuple[Path, bool]:
         """(engine path, rebuilt?) for `source` built by `build_fn` into `<root>/<name><suffix>`.
 
-        `source_hash` defaults to the source's `content_hash` (its tensors for safetensors).
+        `source_hash` defaults to the source's `content_hash` (its tensors for safetensors);
+        with source None, give source_hash.
         """
         from qail_ros.engines.registry import backend_class
-        source_hash = source_hash or content_hash(source)
+        if not source_hash:
+            if source is None:
+                raise EngineError(f'engine {name}: give its source or source_hash')
+            source_hash = content_hash(source)
         version = backend_class(backend).backend_version()
         dev = device_id(device)
         key = cache_key(source_hash, backend, version, dev, precision)

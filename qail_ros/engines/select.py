@@ -41,7 +41,7 @@ def select_fastest(paths: dict[str, Path], feeds: Sequence[dict[str, np.ndarray]
     engines = {k: load_engine(p, threads=threads) for k, p in paths.items()}
     acc = {k: accuracy(e, feeds, reference) for k, e in engines.items()}
     timing = time_engines(engines, feeds[0], runs=runs, warmup=warmup)
-    table = {}
+    table: dict[str, dict[str, Any]] = {}
     for k, e in engines.items():
         table[k] = {'backend': e.backend, 'precision': e.precision,
                     **{n: round(v, 4) for n, v in timing[k].items()},

@@ -384,10 +384,10 @@ class OpenVLAPolicy:
     def num_parameters(self) -> int:
         """Weights of the model however they are held: torch parameters, the integer
         kernels' packed weights (counted as in x out each) and the onnxruntime decoder's."""
-        from qail_ros.quant.integer import _WeightOnlyBase
+        from qail_ros.quant.integer import WeightOnlyLinear
         n = sum(p.numel() for p in self.model.parameters())
         n += sum(m.in_features * m.out_features for m in self.model.modules()
-                 if isinstance(m, _WeightOnlyBase))
+                 if isinstance(m, WeightOnlyLinear))
         dec = self.model.decoder
         return n + (dec.parameters if dec is not None else 0)
 

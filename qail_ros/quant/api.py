@@ -14,28 +14,24 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from qail_ros.quant.config import (Int4WeightOnlyAWQ, LSQ, QuantConfig, QuantConfigError,
                                    WeightActivationRTN, WeightOnlyRTN)
 from qail_ros.quant.modules import QUANT_MODULES, QuantConv2d, QuantLinear
+from qail_ros.quant.modules_util import INFO_ATTR, Calibration, run_calibration, set_module
 from qail_ros.quant.quantizer import FakeQuantizer
 
-__all__ = ['quantize_', 'split_parameters', 'quantization_report', 'Calibration']
+__all__ = ['quantize_', 'prepare_quantized', 'split_parameters', 'quantization_report',
+           'Calibration', 'run_calibration', 'INFO_ATTR']
 
 log = logging.getLogger('qail_ros.quant')
 
-Calibration = Tensor | tuple | dict | list | Callable[[nn.Module], Any] | None
 
-#: attribute set on a quantized model: config dict, quantized layer names, skipped layers.
-INFO_ATTR = '_qail_quant'
-
-
-def _is_plain(m: nn.Module, base: type) -> bool:
+def _is_plain(m: nn.Module, base: type[nn.Module]) -> bool:
     """A layer we can swap safely: the base type or a subclass that keeps its forward."""
     return isinstance(m, base) and type(m).forward is base.forward
 
@@ -50,7 +46,7 @@ def _select(model: nn.Module, config: QuantConfig) -> tuple[list[str], dict[str,
     weight_only_linear = isinstance(config, Int4WeightOnlyAWQ)
     supported: tuple[type, ...] = (nn.Linear,) if weight_only_linear else (nn.Linear, nn.Conv2d)
     already = QUANT_MODULES + _integer_types()
-    inside_mha = set()
+    inside_mha: set[str] = set()
     for name, m in model.named_modules():
         if isinstance(m, nn.MultiheadAttention):
             inside_mha.update(f'{name}.{c}' if name else c for c, _ in m.named_modules()
@@ -88,7 +84,7 @@ def _select(model: nn.Module, config: QuantConfig) -> tuple[list[str], dict[str,
     return chosen, skipped
 
 
-def _weight_quantizer(layer: nn.Module, name: str, bits: int, *, symmetric: bool,
+def _weight_quantizer(layer: nn.Linear | nn.Conv2d, name: str, bits: int, *, symmetric: bool,
                       granularity: str, group_size: int, learnable: bool = False,
                       init: str = 'minmax') -> FakeQuantizer:
     w = layer.weight
@@ -106,7 +102,7 @@ def _weight_quantizer(layer: nn.Module, name: str, bits: int, *, symmetric: bool
 
 
 def _input_quantizer(bits: int, *, signed: bool | None, symmetric: bool, learnable: bool,
-                     init: str, device) -> FakeQuantizer:
+                     init: str, device: torch.device) -> FakeQuantizer:
     """Per-tensor quantizer of a layer input; symmetric ones may pick their sign from data."""
     if not symmetric:  # min/max range with a zero point: unsigned codes
         return FakeQuantizer(bits, signed=False, symmetric=False, init=init,
@@ -116,7 +112,8 @@ def _input_quantizer(bits: int, *, signed: bool | None, symmetric: bool, learnab
                          auto_sign=signed is None).to(device)
 
 
-def _quantizers(layer: nn.Module, name: str, config: QuantConfig):
+def _quantizers(layer: nn.Linear | nn.Conv2d, name: str, config: QuantConfig
+                ) -> tuple[FakeQuantizer | None, FakeQuantizer | None]:
     """(weight quantizer, input quantizer) for one layer under `config`."""
     dev = layer.weight.device
     if isinstance(config, WeightOnlyRTN):
@@ -142,55 +139,6 @@ def _quantizers(layer: nn.Module, name: str, config: QuantConfig):
     raise QuantConfigError(f'no handler for config {type(config).__name__}')
 
 
-def _batches(calibration: Calibration) -> Iterable[tuple[tuple, dict]]:
-    if isinstance(calibration, Tensor):
-        yield (calibration,), {}
-    elif isinstance(calibration, tuple):
-        yield calibration, {}
-    elif isinstance(calibration, dict):
-        yield (), calibration
-    elif isinstance(calibration, list):
-        if not calibration:
-            raise QuantConfigError('calibration is an empty list: give at least one batch')
-        for item in calibration:
-            if isinstance(item, list):
-                raise QuantConfigError('calibration: a list of batches cannot nest lists')
-            yield from _batches(item)
-    else:
-        raise QuantConfigError(f'calibration of type {type(calibration).__name__} not '
-                               'understood: give a Tensor, a tuple of args, a dict of kwargs, a '
-                               'list of those, or a callable fn(model)')
-
-
-def run_calibration(model: nn.Module, calibration: Calibration) -> None:
-    """Run the calibration forward passes in eval mode without gradients."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            if callable(calibration) and not isinstance(calibration, (Tensor, nn.Module)):
-                calibration(model)
-            else:
-                for args, kwargs in _batches(calibration):
-                    model(*args, **kwargs)
-    finally:
-        model.train(was_training)
-
-
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Put `new` at `name`; the root itself (name '') is converted in place (class swap)."""
-    if not name:
-        if not isinstance(new, type(model)):
-            raise QuantConfigError(f'cannot convert the root {type(model).__name__} in place')
-        state = {k: v for k, v in new.__dict__.items()}
-        model.__class__ = type(new)
-        model.__dict__.update(state)
-        return
-    parent_name, _, child = name.rpartition('.')
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
 def quantize_(model: nn.Module, config: QuantConfig, *,
               calibration: Calibration = None) -> nn.Module:
     """Quantize `model` in place according to `config` and return it.
@@ -208,6 +156,12 @@ def quantize_(model: nn.Module, config: QuantConfig, *,
     QuantConfigError (a ValueError) naming the problem.
     """
     return _quantize(model, config, calibration=calibration, require_calibration=True)
+
+
+def prepare_quantized(model: nn.Module, config: QuantConfig) -> nn.Module:
+    """Put the quantized layers `config` selects in place without calibration, to load saved
+    weights and quantizer state into (`load_quantized`); the quantizers are uninitialised."""
+    return _quantize(model, config, calibration=None, require_calibration=False)
 
 
 def _quantize(model: nn.Module, config: QuantConfig, *, calibration: Calibration,
@@ -235,11 +189,15 @@ def _quantize(model: nn.Module, config: QuantConfig, *, calibration: Calibration
         plan = []
         for name in chosen:
             layer = model.get_submodule(name)
+            if not isinstance(layer, (nn.Linear, nn.Conv2d)):  # _select chose only these
+                raise QuantConfigError(f'layer {name} is {type(layer).__name__}, not nn.Linear '
+                                       'or nn.Conv2d')
             plan.append((name, layer, *_quantizers(layer, name, config)))
         input_quants = []
         for name, layer, wq, iq in plan:
-            cls = QuantLinear if isinstance(layer, nn.Linear) else QuantConv2d
-            _set_module(model, name, cls.from_float(layer, wq, iq))
+            new = (QuantLinear.from_float(layer, wq, iq) if isinstance(layer, nn.Linear)
+                   else QuantConv2d.from_float(layer, wq, iq))
+            set_module(model, name, new)
             if iq is not None:
                 input_quants.append((name, iq))
         if input_quants and calibration is not None:
@@ -288,7 +246,8 @@ def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
     """
     q_ids = {id(p) for m in model.modules() if isinstance(m, FakeQuantizer)
              for p in m.parameters()}
-    model_params, quant_params = [], []
+    model_params: list[nn.Parameter] = []
+    quant_params: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (quant_params if id(p) in q_ids else model_params).append(p)

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from qail_ros.quant.config import Int4WeightOnlyAWQ, QuantConfigError
 from qail_ros.quant.modules import QuantLinear
+from qail_ros.quant.modules_util import Calibration, run_calibration, set_module
 from qail_ros.quant.quantizer import FakeQuantizer
 
 __all__ = ['apply_awq', 'awq_search']
@@ -69,13 +70,20 @@ def awq_search(weight: Tensor, x: Tensor, quantizer: FakeQuantizer,
     return s, alpha, errors
 
 
-def _collect_inputs(model: nn.Module, names: list[str], calibration,
+def _linear(model: nn.Module, name: str) -> nn.Linear:
+    layer = model.get_submodule(name)
+    if not isinstance(layer, nn.Linear):  # quantize_ selects only nn.Linear for AWQ
+        raise QuantConfigError(f'layer {name} is {type(layer).__name__}: AWQ quantizes '
+                               'nn.Linear layers only')
+    return layer
+
+
+def _collect_inputs(model: nn.Module, names: list[str], calibration: Calibration,
                     max_samples: int) -> dict[str, Tensor]:
-    from qail_ros.quant.api import run_calibration
     store: dict[str, list[Tensor]] = {n: [] for n in names}
     hooks = []
     for name in names:
-        layer = model.get_submodule(name)
+        layer = _linear(model, name)
 
         def hook(mod, args, name=name, k=layer.in_features):
             store[name].append(args[0].detach().reshape(-1, k).float().cpu())
@@ -98,20 +106,19 @@ def _collect_inputs(model: nn.Module, names: list[str], calibration,
     return out
 
 
-def apply_awq(model: nn.Module, config: Int4WeightOnlyAWQ, names: list[str], calibration,
-              *, use_data: bool = True) -> dict[str, float]:
+def apply_awq(model: nn.Module, config: Int4WeightOnlyAWQ, names: list[str],
+              calibration: Calibration, *, use_data: bool = True) -> dict[str, float]:
     """Replace the named nn.Linear layers with AWQ-scaled weight-only INT4 QuantLinear layers.
 
     Returns {layer name: chosen alpha}. With use_data=False (rebuilding the architecture to load
     saved weights) the layers get unit scales and uninitialised quantizers.
     """
-    from qail_ros.quant.api import _set_module
     for name in names:  # fail before touching the model
-        _make_quantizer(config, model.get_submodule(name).weight, name)
+        _make_quantizer(config, _linear(model, name).weight, name)
     inputs = _collect_inputs(model, names, calibration, config.max_samples) if use_data else {}
     alphas = {}
     for name in names:
-        layer = model.get_submodule(name)
+        layer = _linear(model, name)
         wq = _make_quantizer(config, layer.weight, name)
         new = QuantLinear.from_float(layer, wq, None)
         if use_data:
@@ -124,5 +131,5 @@ def apply_awq(model: nn.Module, config: Int4WeightOnlyAWQ, names: list[str], cal
         else:
             new.input_scale = torch.ones(layer.in_features, dtype=layer.weight.dtype,
                                          device=layer.weight.device)
-        _set_module(model, name, new)
+        set_module(model, name, new)
     return alphas

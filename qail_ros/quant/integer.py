@@ -40,10 +40,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qail_ros.quant.modules import QuantConv2d, QuantLinear
+from qail_ros.quant.modules_util import INFO_ATTR, set_module
 from qail_ros.quant.packing import pack_int4, unpack_int4
 
 __all__ = ['convert_to_integer', 'IntLinear', 'IntConv2d', 'Int4WeightOnlyLinear',
-           'Int8WeightOnlyLinear', 'INTEGER_MODULES', 'int4_kernel_available']
+           'Int8WeightOnlyLinear', 'WeightOnlyLinear', 'INTEGER_MODULES',
+           'int4_kernel_available']
 
 log = logging.getLogger('qail_ros.quant')
 
@@ -67,11 +69,22 @@ def _int_mm(a: Tensor, b: Tensor) -> Tensor:
     return a.to(torch.int32) @ b.to(torch.int32)
 
 
-class _StaticActMixin:
+class _StaticActMixin(nn.Module):
     """Input quantization and the integer product shared by IntLinear and IntConv2d."""
+    qweight: Tensor
+    w_scale: Tensor
+    x_scale: Tensor
+    x_zero: Tensor
+    bias: Tensor | None
+    _wt: Tensor
+    _corr: Tensor | None
+    _out_scale: Tensor
 
     def _init_static(self, m: QuantLinear | QuantConv2d) -> None:
         wq, iq = m.weight_quant, m.input_quant
+        if wq is None or iq is None:
+            raise ValueError(f'{type(self).__name__} needs a layer with weight and input '
+                             'quantizers (weight-only layers: Int4/Int8WeightOnlyLinear)')
         codes = wq.int_codes(m.weight.detach()).reshape(m.weight.shape[0], -1)
         self.bits_w, self.bits_a = wq.bits, iq.bits
         self.qmin, self.qmax = iq.qmin, iq.qmax
@@ -123,11 +136,14 @@ class IntLinear(_StaticActMixin, nn.Module):
 
 class IntConv2d(_StaticActMixin, nn.Module):
     """Conv2d (groups=1, zero padding) as im2col + the int8 product of IntLinear."""
+    _wt_hwc: Tensor
 
     def __init__(self, m: QuantConv2d):
         super().__init__()
         self.out_channels = m.out_channels
         self.kernel_size, self.stride = tuple(m.kernel_size), tuple(m.stride)
+        if isinstance(m.padding, str):
+            raise ValueError('Conv2d with string padding has no integer path')
         self.padding, self.dilation = tuple(m.padding), tuple(m.dilation)
         self._init_static(m)
         # weight columns in the (kh, kw, C) order of the channels-last im2col, as _int_mm's B
@@ -178,9 +194,20 @@ class IntConv2d(_StaticActMixin, nn.Module):
                 f'w{self.bits_w}a{self.bits_a}, int8 kernel (int8 NHWC im2col)')
 
 
-class _WeightOnlyBase(nn.Module):
+class WeightOnlyLinear(nn.Module):
+    """Base of the weight-only integer layers (Int4WeightOnlyLinear, Int8WeightOnlyLinear):
+    per-group scale / zero point, optional bias and AWQ input scale, `codes()` and
+    `dequantized_weight()`."""
+    bias: Tensor | None
+    input_scale: Tensor | None
+    scale: Tensor
+    zero_point: Tensor
+    qweight: Tensor
+
     def _init_common(self, m: QuantLinear) -> Tensor:
         wq = m.weight_quant
+        if wq is None:
+            raise ValueError(f'{type(self).__name__} needs a layer with a weight quantizer')
         self.in_features, self.out_features = m.in_features, m.out_features
         self.bits = wq.bits
         self.signed = wq._signed
@@ -197,6 +224,10 @@ class _WeightOnlyBase(nn.Module):
         self.register_buffer('scale', per_group(wq.scale))
         self.register_buffer('zero_point', per_group(wq.zero_point))
         return wq.int_codes(m.weight.detach())
+
+    def codes(self) -> Tensor:
+        """The integer weight codes q, (n, k) int32."""
+        raise NotImplementedError
 
     def dequantized_weight(self) -> Tensor:
         """(q - z) * s as a float (n, k) tensor."""
@@ -233,7 +264,7 @@ class _Int4MM(torch.autograd.Function):
         return grad @ w, None, None
 
 
-class Int4WeightOnlyLinear(_WeightOnlyBase):
+class Int4WeightOnlyLinear(WeightOnlyLinear):
     """Weight-only linear with <= 4-bit codes: torch's CPU int4 kernel, or a float fallback.
 
     `compute_dtype` (default bfloat16): float32 inputs are cast to it for the kernel and the
@@ -309,7 +340,7 @@ class Int4WeightOnlyLinear(_WeightOnlyBase):
                 f'w{self.bits} group_size={self.group_size}, {path}')
 
 
-class Int8WeightOnlyLinear(_WeightOnlyBase):
+class Int8WeightOnlyLinear(WeightOnlyLinear):
     """Weight-only linear with 5..8-bit codes, stored as int8 / uint8 bytes.
 
     Default: a float matmul with the weight dequantized once (cached), because torch 2.13's
@@ -337,7 +368,7 @@ class Int8WeightOnlyLinear(_WeightOnlyBase):
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
         x2 = self._prep(x)
-        if self._kernel and x2.device.type == 'cpu':
+        if self._kscale is not None and x2.device.type == 'cpu':  # set iff self._kernel
             y = torch._weight_int8pack_mm(x2.float().contiguous(), self.qweight,
                                           self._kscale).to(x2.dtype)
         else:
@@ -356,8 +387,8 @@ class Int8WeightOnlyLinear(_WeightOnlyBase):
 INTEGER_MODULES = (IntLinear, IntConv2d, Int4WeightOnlyLinear, Int8WeightOnlyLinear)
 
 
-def _integer_module(m: nn.Module, int4_compute_dtype, int8_weight_kernel: bool
-                    ) -> tuple[nn.Module | None, str]:
+def _integer_module(m: QuantLinear | QuantConv2d, int4_compute_dtype: torch.dtype | None,
+                    int8_weight_kernel: bool) -> tuple[nn.Module | None, str]:
     """(integer replacement, '') or (None, reason it stays fake-quantized)."""
     wq, iq = m.weight_quant, m.input_quant
     if wq is None:
@@ -395,7 +426,6 @@ def convert_to_integer(model: nn.Module, *,
     Layers that have no integer path stay fake-quantized and are listed (log and
     `quantization_report(model)['integer']`). The converted model is for inference only.
     """
-    from qail_ros.quant.api import INFO_ATTR, _set_module
     converted, kept = {}, {}
     targets = [(n, m) for n, m in model.named_modules() if isinstance(m, (QuantLinear,
                                                                           QuantConv2d))]
@@ -410,7 +440,7 @@ def convert_to_integer(model: nn.Module, *,
         if not name:
             raise ValueError('the model itself is a quantized layer: wrap it in nn.Sequential '
                              'to convert it')
-        _set_module(model, name, new)
+        set_module(model, name, new)
         converted[name] = type(new).__name__
     info = getattr(model, INFO_ATTR, None)
     if info is not None:

@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from qail_ros.quant.modules_util import set_module
+
 __all__ = ['LoRALinear', 'add_lora', 'lora_parameters', 'lora_state_dict', 'save_lora',
            'load_lora']
 
@@ -67,7 +69,6 @@ def add_lora(model: nn.Module, *, rank: int = 32, alpha: float | None = None,
     """Wrap every linear layer (plain, fake-quantized or integer) whose name matches `targets`
     and is not in `exclude`; freeze all other parameters of `model`; return the adapters'
     parameters. alpha defaults to min(rank, 16) (the SQIL code's choice)."""
-    from qail_ros.quant.api import _set_module
     alpha = float(min(rank, 16) if alpha is None else alpha)
     pattern = re.compile(targets)
     chosen = []
@@ -90,7 +91,7 @@ def add_lora(model: nn.Module, *, rank: int = 32, alpha: float | None = None,
     params: list[nn.Parameter] = []
     for i, (name, m, (k, n)) in enumerate(chosen):
         wrapped = LoRALinear(m, k, n, rank, alpha, seed=seed + i)
-        _set_module(model, name, wrapped)
+        set_module(model, name, wrapped)
         params += [wrapped.lora_a, wrapped.lora_b]
     return params
 

@@ -17,6 +17,9 @@ W' = W * input_scale stored as `weight`; before quantization that is exactly x @
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Self
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -26,11 +29,14 @@ from qail_ros.quant.quantizer import FakeQuantizer
 __all__ = ['QuantLinear', 'QuantConv2d', 'QUANT_MODULES']
 
 
-class _QuantMixin:
+class _QuantMixin(nn.Module):
+    weight: Tensor
     weight_quant: FakeQuantizer | None
     input_quant: FakeQuantizer | None
+    input_scale: Tensor | None
 
-    def _init_quant(self, weight_quant, input_quant) -> None:
+    def _init_quant(self, weight_quant: FakeQuantizer | None,
+                    input_quant: FakeQuantizer | None) -> None:
         self.weight_quant = weight_quant
         self.input_quant = input_quant
         self.register_buffer('input_scale', None)
@@ -56,7 +62,7 @@ class _QuantMixin:
     def _scaled_input(self, x: Tensor) -> Tensor:
         return x if self.input_scale is None else x / self.input_scale
 
-    def _weight_term(self, make):
+    def _weight_term(self, wq: FakeQuantizer, make: Callable[[], Tensor]) -> Tensor:
         """`make()` (the quantized weight or its codes), cached while it cannot need a gradient.
 
         Cached in eval mode without grad (rollouts of the quantized policy) and whenever the
@@ -66,7 +72,6 @@ class _QuantMixin:
         load_state_dict invalidate it) and is dropped by `train()`; it costs one weight-sized
         float tensor per layer.
         """
-        wq = self.weight_quant
         frozen = not (self.weight.requires_grad or wq.scale.requires_grad)
         if not frozen and (self.training or torch.is_grad_enabled()):
             self.__dict__.pop('_wcache', None)
@@ -79,7 +84,7 @@ class _QuantMixin:
             self.__dict__['_wcache'] = cached
         return cached[1]
 
-    def train(self, mode: bool = True):
+    def train(self, mode: bool = True) -> Self:
         self.__dict__.pop('_wcache', None)
         return super().train(mode)
 
@@ -117,18 +122,17 @@ class QuantLinear(_QuantMixin, nn.Linear):
         x = self._scaled_input(x)
         if self._observe(x):
             return F.linear(x, self.weight, self.bias)
-        if self.factored:
-            wq, iq = self.weight_quant, self.input_quant
+        wq, iq = self.weight_quant, self.input_quant
+        if self.factored and wq is not None and iq is not None:
             s_x, s_w = iq.effective_scale(x), wq.effective_scale(self.weight)
             qx = iq.codes(x, s_x).reshape(x.shape)
-            qw = self._weight_term(lambda: wq.codes(self.weight, s_w).reshape(
+            qw = self._weight_term(wq, lambda: wq.codes(self.weight, s_w).reshape(
                 self.weight.shape))
             y = (F.linear(qx, qw) * (s_x * s_w.reshape(-1))).to(x.dtype)
             return y if self.bias is None else y + self.bias
-        if self.input_quant is not None:
-            x = self.input_quant(x)
-        w = self.weight if self.weight_quant is None else self._weight_term(
-            lambda: self.weight_quant(self.weight))
+        if iq is not None:
+            x = iq(x)
+        w = self.weight if wq is None else self._weight_term(wq, lambda: wq(self.weight))
         return F.linear(x, w, self.bias)
 
 
@@ -158,19 +162,18 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
         x = self._scaled_input(x)
         if self._observe(x):
             return self._conv(x, self.weight, self.bias)
-        if self.factored:
-            wq, iq = self.weight_quant, self.input_quant
+        wq, iq = self.weight_quant, self.input_quant
+        if self.factored and wq is not None and iq is not None:
             s_x, s_w = iq.effective_scale(x), wq.effective_scale(self.weight)
             qx = iq.codes(x, s_x).reshape(x.shape)
-            qw = self._weight_term(lambda: wq.codes(self.weight, s_w).reshape(
+            qw = self._weight_term(wq, lambda: wq.codes(self.weight, s_w).reshape(
                 self.weight.shape))
             y = (self._conv(qx, qw, None) * (s_x * s_w.reshape(-1)).reshape(1, -1, 1, 1)).to(
                 x.dtype)
             return y if self.bias is None else y + self.bias.reshape(1, -1, 1, 1)
-        if self.input_quant is not None:
-            x = self.input_quant(x)
-        w = self.weight if self.weight_quant is None else self._weight_term(
-            lambda: self.weight_quant(self.weight))
+        if iq is not None:
+            x = iq(x)
+        w = self.weight if wq is None else self._weight_term(wq, lambda: wq(self.weight))
         return self._conv(x, w, self.bias)
 
 

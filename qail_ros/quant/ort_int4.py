@@ -51,9 +51,13 @@ import torch
 from torch import Tensor, nn
 
 from qail_ros.errors import QailRosError
+from qail_ros.quant.modules_util import set_module
 
 __all__ = ['convert_to_ort_int4', 'OrtInt4Linear', 'OrtInt4Slice', 'OrtInt4GatedMLP',
-           'OrtInt4Error', 'ORT_MODULES', 'ort_available']
+           'OrtInt4Error', 'ORT_MODULES', 'ort_available',
+           # building blocks of the whole-graph decoder (ort_llama)
+           'Int4Weight', 'extract_weight', 'concat_weights', 'fusable', 'MatMulNBitsGraph',
+           'matmul_nbits_bytes', 'is_int4_linear', 'is_silu']
 
 log = logging.getLogger('qail_ros.quant')
 
@@ -78,7 +82,7 @@ def ort_available() -> bool:
 
 
 @dataclass
-class _Int4Weight:
+class Int4Weight:
     """One weight in MatMulNBits terms: unsigned codes, per-block scales and zero points
     (4-bit storage; 8-bit for layers of 5..8 bits, which only the whole-graph decoder takes)."""
     codes: Tensor               # (n, k) uint8 in [0, 2^bits - 1]
@@ -98,8 +102,8 @@ class _Int4Weight:
         return self.codes.shape[1]
 
 
-def _extract(layer: nn.Module, name: str, max_bits: int = 4,
-             max_block: int = _BLOCKS[0]) -> _Int4Weight:
+def extract_weight(layer: nn.Module | None, name: str, max_bits: int = 4,
+                   max_block: int = _BLOCKS[0]) -> Int4Weight:
     """Codes, scales and zero points of an Int4WeightOnlyLinear or weight-only QuantLinear
     (up to `max_bits`: 4, or 8 for the whole-graph decoder's 8-bit MatMulNBits), in
     MatMulNBits blocks of at most `max_block` (the decoder graph asks 128 on CUDA, where
@@ -149,7 +153,7 @@ def _extract(layer: nn.Module, name: str, max_bits: int = 4,
             zeros.max()) > top:
         raise OrtInt4Error(f'layer {name}: zero points outside the {storage}-bit code range: '
                            f're-quantize it with a {storage}-bit weight-only config')
-    return _Int4Weight(
+    return Int4Weight(
         codes=(codes.to(torch.int16) + off).to(torch.uint8),
         scales=scale.detach().float().repeat_interleave(rep, dim=1).contiguous(),
         zeros=zeros.to(torch.uint8), block=block,
@@ -158,14 +162,14 @@ def _extract(layer: nn.Module, name: str, max_bits: int = 4,
         bits=storage)
 
 
-def _concat(ws: list[_Int4Weight]) -> _Int4Weight:
+def concat_weights(ws: list[Int4Weight]) -> Int4Weight:
     """Weights stacked along the outputs (same inputs, block and input scale)."""
     bias = None
     if any(w.bias is not None for w in ws):
         bias = torch.cat([w.bias if w.bias is not None else torch.zeros(w.n) for w in ws])
-    return _Int4Weight(torch.cat([w.codes for w in ws]), torch.cat([w.scales for w in ws]),
-                       torch.cat([w.zeros for w in ws]), ws[0].block, bias, ws[0].input_scale,
-                       ws[0].bits)
+    return Int4Weight(torch.cat([w.codes for w in ws]), torch.cat([w.scales for w in ws]),
+                      torch.cat([w.zeros for w in ws]), ws[0].block, bias, ws[0].input_scale,
+                      ws[0].bits)
 
 
 def _pack_nibbles(u: np.ndarray) -> np.ndarray:
@@ -175,7 +179,7 @@ def _pack_nibbles(u: np.ndarray) -> np.ndarray:
     return (u[..., 0::2] | (u[..., 1::2] << 4)).astype(np.uint8)
 
 
-class _Graph:
+class MatMulNBitsGraph:
     """A small ONNX graph under construction: float32 input 'x', MatMulNBits nodes."""
 
     def __init__(self, k: int):
@@ -186,36 +190,38 @@ class _Graph:
         self.inputs = [helper.make_tensor_value_info('x', TensorProto.FLOAT, ['M', k])]
         self._count = 0
 
-    def _name(self, stem: str) -> str:
+    def fresh_name(self, stem: str) -> str:
+        """A name not used yet in this graph: `stem` + a counter."""
         self._count += 1
         return f'{stem}{self._count}'
 
-    def _init(self, stem: str, array: np.ndarray) -> str:
+    def const(self, stem: str, array: np.ndarray | np.generic) -> str:
+        """Add `array` as an initializer (a constant of the graph); its name."""
         from onnx import numpy_helper
-        name = self._name(stem)
+        name = self.fresh_name(stem)
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
-    def matmul_nbits(self, a: str, w: _Int4Weight, accuracy_level: int) -> str:
+    def matmul_nbits(self, a: str, w: Int4Weight, accuracy_level: int) -> str:
         n, k, block = w.n, w.k, w.block
         blocks = -(-k // block)
         if w.input_scale is not None:            # AWQ: (x / s) @ Q(W * s)^T
-            a = self.op('Div', [a, self._init('s', w.input_scale.numpy())])
+            a = self.op('Div', [a, self.const('s', w.input_scale.numpy())])
         packed = _pack_nibbles if w.bits == 4 else np.asarray
         b = packed(_padded_codes(w).reshape(n, blocks, block))
-        ins = [a, self._init('B', b), self._init('scales', w.scales.numpy().reshape(-1))]
+        ins = [a, self.const('B', b), self.const('scales', w.scales.numpy().reshape(-1))]
         if bool((w.zeros != 2 ** (w.bits - 1)).any()):      # else the op's default
-            ins.append(self._init('zp', packed(w.zeros.numpy()).reshape(-1)))
+            ins.append(self.const('zp', packed(w.zeros.numpy()).reshape(-1)))
         if w.bias is not None:
-            ins += [''] * (5 - len(ins)) + [self._init('bias', w.bias.numpy())]
-        out = self._name('y')
+            ins += [''] * (5 - len(ins)) + [self.const('bias', w.bias.numpy())]
+        out = self.fresh_name('y')
         self.nodes.append(self._h.make_node(
             'MatMulNBits', ins, [out], domain='com.microsoft', K=k, N=n, bits=w.bits,
             block_size=block, accuracy_level=accuracy_level))
         return out
 
     def op(self, op_type: str, ins: list[str], **attrs) -> str:
-        out = self._name(op_type.lower())
+        out = self.fresh_name(op_type.lower())
         self.nodes.append(self._h.make_node(op_type, ins, [out], **attrs))
         return out
 
@@ -242,7 +248,7 @@ class _Graph:
         return ort.InferenceSession(data, opts, providers=['CPUExecutionProvider'])
 
 
-def _padded_codes(w: _Int4Weight) -> np.ndarray:
+def _padded_codes(w: Int4Weight) -> np.ndarray:
     """(n, blocks * block) uint8 codes: K padded to whole blocks with each row's last zero
     point, so that the padding dequantizes to exactly 0."""
     codes = w.codes.numpy()
@@ -253,7 +259,7 @@ def _padded_codes(w: _Int4Weight) -> np.ndarray:
     return np.concatenate([codes, fill], axis=1)
 
 
-def _weight_bytes(w: _Int4Weight) -> int:
+def matmul_nbits_bytes(w: Int4Weight) -> int:
     """Bytes MatMulNBits reads per call: packed codes (K padded to whole blocks), float32
     scales, packed zero points."""
     blocks = -(-w.k // w.block)
@@ -283,11 +289,11 @@ class OrtInt4Linear(nn.Module):
     def __init__(self, layer: nn.Module, *, threads: int = 1, accuracy_level: int = 4,
                  name: str = ''):
         super().__init__()
-        w = _extract(layer, name or type(layer).__name__)
+        w = extract_weight(layer, name or type(layer).__name__)
         self.in_features, self.out_features, self.block_size = w.k, w.n, w.block
         self.accuracy_level = accuracy_level
-        self.weight_bytes = _weight_bytes(w)
-        g = _Graph(w.k)
+        self.weight_bytes = matmul_nbits_bytes(w)
+        g = MatMulNBitsGraph(w.k)
         y = g.matmul_nbits('x', w, accuracy_level)
         self._run = _OrtRunner(g.session(y, w.n, threads), w.k, w.n)
 
@@ -348,11 +354,11 @@ class OrtInt4GatedMLP(nn.Module):
     def __init__(self, mlp: nn.Module, *, threads: int = 1, accuracy_level: int = 4,
                  name: str = ''):
         super().__init__()
-        gate, up, down = (_extract(getattr(mlp, p), f'{name}.{p}')
+        gate, up, down = (extract_weight(getattr(mlp, p), f'{name}.{p}')
                           for p in ('gate_proj', 'up_proj', 'down_proj'))
         self.in_features, self.out_features = gate.k, down.n
-        self.weight_bytes = sum(_weight_bytes(w) for w in (gate, up, down))
-        g = _Graph(gate.k)
+        self.weight_bytes = sum(matmul_nbits_bytes(w) for w in (gate, up, down))
+        g = MatMulNBitsGraph(gate.k)
         a = g.matmul_nbits('x', gate, accuracy_level)
         b = g.matmul_nbits('x', up, accuracy_level)
         h = g.op('Mul', [g.op('Mul', [a, g.op('Sigmoid', [a])]), b])
@@ -370,7 +376,7 @@ class OrtInt4GatedMLP(nn.Module):
 ORT_MODULES = (OrtInt4Linear, OrtInt4Slice, OrtInt4GatedMLP)
 
 
-def _is_int4(m: nn.Module | None, max_bits: int = 4) -> bool:
+def is_int4_linear(m: nn.Module | None, max_bits: int = 4) -> bool:
     """A weight-only quantized linear of at most `max_bits` bits."""
     from qail_ros.quant.integer import Int4WeightOnlyLinear
     from qail_ros.quant.modules import QuantLinear
@@ -380,17 +386,21 @@ def _is_int4(m: nn.Module | None, max_bits: int = 4) -> bool:
             and m.input_quant is None and m.weight_quant.bits <= max_bits)
 
 
-def _is_silu(act) -> bool:
+def is_silu(act) -> bool:
     return isinstance(act, nn.SiLU) or type(act).__name__ in ('SiLUActivation', 'SiLU')
 
 
-def _fusable(ws: list[_Int4Weight]) -> bool:
+def fusable(ws: list[Int4Weight]) -> bool:
     """Whether weights can be concatenated into one MatMulNBits (same K, block, input scale)."""
     first = ws[0]
     return all(w.k == first.k and w.block == first.block and w.bits == first.bits
-               and (w.input_scale is None) == (first.input_scale is None)
-               and (w.input_scale is None or torch.equal(w.input_scale, first.input_scale))
-               for w in ws)
+               and _same_scale(w.input_scale, first.input_scale) for w in ws)
+
+
+def _same_scale(a: Tensor | None, b: Tensor | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return torch.equal(a, b)
 
 
 @torch.no_grad()
@@ -410,8 +420,7 @@ def convert_to_ort_int4(model: nn.Module, *, threads: int = 1, accuracy_level: i
     if accuracy_level not in (0, 1, 2, 3, 4):
         raise OrtInt4Error(f'accuracy_level={accuracy_level!r}: use 4 (int8 compute) or 1 '
                            '(float32)')
-    from qail_ros.quant.api import _set_module
-    targets = [(n, m) for n, m in model.named_modules() if n and _is_int4(m)]
+    targets = [(n, m) for n, m in model.named_modules() if n and is_int4_linear(m)]
     if not targets:
         raise OrtInt4Error(f'{type(model).__name__} has no INT4 weight-only layers: run '
                            'quantize_(model, WeightOnlyRTN(bits=4, granularity="group")) first')
@@ -421,25 +430,26 @@ def convert_to_ort_int4(model: nn.Module, *, threads: int = 1, accuracy_level: i
         for name, parent in list(model.named_modules()):
             prefix = f'{name}.' if name else ''
             kids = {p: getattr(parent, p, None) for p in ('gate_proj', 'up_proj', 'down_proj')}
-            if all(_is_int4(m) for m in kids.values()) and _is_silu(getattr(parent, 'act_fn',
-                                                                            None)):
+            if (all(is_int4_linear(m) for m in kids.values())
+                    and is_silu(getattr(parent, 'act_fn', None))):
                 if not name:
                     raise OrtInt4Error('the model itself is a gated MLP: wrap it in '
                                        'nn.Sequential, or pass fuse=False')
-                _set_module(model, name, OrtInt4GatedMLP(parent, name=name, **kw))
+                set_module(model, name, OrtInt4GatedMLP(parent, name=name, **kw))
                 done.update(prefix + p for p in kids)
                 continue
             for group in FUSE_GROUPS:
                 mods = [getattr(parent, p, None) for p in group]
-                if not all(_is_int4(m) for m in mods) or any(prefix + p in done for p in group):
+                if (not all(is_int4_linear(m) for m in mods)
+                        or any(prefix + p in done for p in group)):
                     continue
-                ws = [_extract(m, prefix + p) for m, p in zip(mods, group)]
+                ws = [extract_weight(m, prefix + p) for m, p in zip(mods, group)]
                 k, n = ws[0].k, sum(w.n for w in ws)
                 if any(w.k != k for w in ws):
                     continue
-                g = _Graph(k)
-                if _fusable(ws):        # one MatMulNBits over the concatenated weights
-                    y = g.matmul_nbits('x', _concat(ws), accuracy_level)
+                g = MatMulNBitsGraph(k)
+                if fusable(ws):        # one MatMulNBits over the concatenated weights
+                    y = g.matmul_nbits('x', concat_weights(ws), accuracy_level)
                 else:                   # e.g. AWQ's scale per projection: one each, concatenated
                     y = g.op('Concat', [g.matmul_nbits('x', w, accuracy_level) for w in ws],
                              axis=1)
@@ -447,10 +457,10 @@ def convert_to_ort_int4(model: nn.Module, *, threads: int = 1, accuracy_level: i
                 start = 0
                 for p, w in zip(group, ws):
                     setattr(parent, p, OrtInt4Slice(out, start, start + w.n, w.k,
-                                                    _weight_bytes(w), w.block))
+                                                    matmul_nbits_bytes(w), w.block))
                     start += w.n
                     done.add(prefix + p)
     for name, m in targets:
         if name not in done:
-            _set_module(model, name, OrtInt4Linear(m, name=name, **kw))
+            set_module(model, name, OrtInt4Linear(m, name=name, **kw))
     return model.eval()

@@ -56,12 +56,15 @@ CPUs with VNNI (without it u8 x s8 products of full-range int8 codes can saturat
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from qail_ros.quant.ort_int4 import (OrtInt4Error, _concat, _extract, _fusable, _Graph,
-                                     _is_int4, _is_silu, _weight_bytes, ort_available)
+from qail_ros.quant.ort_int4 import (MatMulNBitsGraph, OrtInt4Error, concat_weights,
+                                     extract_weight, fusable, is_int4_linear, is_silu,
+                                     matmul_nbits_bytes, ort_available)
 
 __all__ = ['OrtLlamaDecoder', 'llama_parts', 'cuda_available', 'DEVICES', 'KV_DTYPES',
            'PREFILLS']
@@ -102,9 +105,10 @@ def _require_cuda() -> None:
 _STATIC_ROPE = ('default', 'linear', 'llama3', None)
 
 
-def llama_parts(model: nn.Module) -> tuple[nn.Module, nn.Module, object]:
+def llama_parts(model: nn.Module) -> tuple[Any, Any, Any]:
     """(the LlamaModel with .layers / .norm / .embed_tokens / .rotary_emb, lm_head, config)
-    of a transformers LlamaForCausalLM-like model; a clear error for anything else."""
+    of a transformers LlamaForCausalLM-like model; a clear error for anything else. Typed Any:
+    the parts are read by attribute name (duck typing), whatever their classes."""
     inner = getattr(model, 'model', None)
     head = getattr(model, 'lm_head', None)
     cfg = getattr(model, 'config', None)
@@ -175,7 +179,7 @@ class OrtLlamaDecoder:
         self.session = self._session(self._build(inner, head, float(cfg.rms_norm_eps)))
         #: bytes of the int8 prefill graph's weights (0 without one)
         self.prefill_weight_bytes = 0
-        self.prefill_session = None
+        self.prefill_session: Any = None
         self.prefill = 'nbits'
         why = self._int8_prefill_blocker(inner, head) if prefill != 'nbits' else 'asked'
         if why is None:
@@ -191,15 +195,15 @@ class OrtLlamaDecoder:
         elif prefill == 'int8':
             raise OrtInt4Error(f'prefill int8 is not possible here: {why}; use prefill '
                                "'nbits'")
-        self._io = None                 # bound by _ensure_capacity (the KV buffers)
-        self._io_prefill = None
+        self._io: Any = None            # bound by _ensure_capacity (the KV buffers)
+        self._io_prefill: Any = None
         self._capacity = 0
         self._kv: list = []
         self.position = 0
         self._ensure_capacity(min(int(capacity), self.max_positions))
 
     # -- graph ------------------------------------------------------------------------------
-    def _rotary_cache(self, inner: nn.Module) -> tuple[np.ndarray, np.ndarray]:
+    def _rotary_cache(self, inner: Any) -> tuple[np.ndarray, np.ndarray]:
         """cos, sin (max_positions, head_dim / 2) from the model's rotary module."""
         pos = torch.arange(self.max_positions)[None]
         probe = torch.zeros(1, 1, self.head_dim)
@@ -209,18 +213,18 @@ class OrtLlamaDecoder:
         return (cos[0, :, :half].float().numpy().copy(),
                 sin[0, :, :half].float().numpy().copy())
 
-    def _linear(self, g: _Graph, x: str, mods: list[nn.Module], names: list[str]) -> str:
+    def _linear(self, g: MatMulNBitsGraph, x: str, mods: list[Any], names: list[str]) -> str:
         """MatMulNBits over one or more INT4 projections of the same input (outputs
         concatenated on the last axis), plus their LoRA adapters when they have them."""
         from qail_ros.quant.lora import LoRALinear
         adapters = [m if isinstance(m, LoRALinear) else None for m in mods]
-        mods = [m.base if a is not None else m for m, a in zip(mods, adapters)]
+        mods = [a.base if a is not None else m for m, a in zip(mods, adapters)]
         y = self._base_linear(g, x, mods, names)
         if not any(a is not None for a in adapters):
             return y
         return g.op('Add', [y, self._lora(g, x, mods, adapters)])
 
-    def _lora(self, g: _Graph, x: str, mods: list[nn.Module], adapters: list) -> str:
+    def _lora(self, g: MatMulNBitsGraph, x: str, mods: list[Any], adapters: list) -> str:
         """sum_i scaling_i B_i A_i x for the projections' adapters, as two float32 MatMuls:
         A stacked (sum of ranks x in), B block-diagonal (sum of ranks x outputs, zero columns
         for projections without one); in float32 beside the INT4 base, as LoRALinear."""
@@ -240,30 +244,32 @@ class OrtLlamaDecoder:
         self.weight_bytes += (a_t.size + b_t.size) * 4
         self.parameters += sum(a.lora_a.numel() + a.lora_b.numel() for a in adapters
                                if a is not None)
-        low = g.op('MatMul', [x, g._init('lora_a', a_t)])
-        return g.op('MatMul', [low, g._init('lora_b', b_t)])
+        low = g.op('MatMul', [x, g.const('lora_a', a_t)])
+        return g.op('MatMul', [low, g.const('lora_b', b_t)])
 
-    def _base_linear(self, g: _Graph, x: str, mods: list[nn.Module], names: list[str]) -> str:
+    def _base_linear(self, g: MatMulNBitsGraph, x: str, mods: list[Any],
+                     names: list[str]) -> str:
         for m, name in zip(mods, names):
-            if not _is_int4(m, max_bits=8):
+            if not is_int4_linear(m, max_bits=8):
                 raise OrtInt4Error(f'{name} ({type(m).__name__}) is not INT4 / INT8 '
                                    'weight-only: quantize_ the decoder with WeightOnlyRTN('
                                    'bits=4 or 8) or Int4WeightOnlyAWQ first')
         max_block = 128 if self.device == 'cuda' else 256
-        ws = [_extract(m, name, max_bits=8, max_block=max_block) for m, name in zip(mods, names)]
+        ws = [extract_weight(m, name, max_bits=8, max_block=max_block)
+              for m, name in zip(mods, names)]
         if self._int8 and all(_per_channel(w) and w.input_scale is None for w in ws) and not (
                 any(n.rsplit('.', 1)[-1] in self._int8_skip for n in names)):
             return self._int8_linear(g, x, ws)
-        self.weight_bytes += sum(_weight_bytes(w) for w in ws)
+        self.weight_bytes += sum(matmul_nbits_bytes(w) for w in ws)
         self.parameters += sum(w.n * w.k + (0 if w.bias is None else w.n) for w in ws)
         if len(ws) == 1:
             return g.matmul_nbits(x, ws[0], self.accuracy_level)
-        if _fusable(ws):
-            return g.matmul_nbits(x, _concat(ws), self.accuracy_level)
+        if fusable(ws):
+            return g.matmul_nbits(x, concat_weights(ws), self.accuracy_level)
         return g.op('Concat', [g.matmul_nbits(x, w, self.accuracy_level) for w in ws], axis=-1)
 
     # -- int8 prefill ---------------------------------------------------------------------
-    def _int8_prefill_blocker(self, inner: nn.Module, head: nn.Module) -> str | None:
+    def _int8_prefill_blocker(self, inner: Any, head: Any) -> str | None:
         """None when the int8 prefill graph can be built, else why not."""
         if self.device != 'cpu':
             return f'device {self.device!r} (the int8 prefill graph is for the CPU)'
@@ -278,7 +284,7 @@ class OrtLlamaDecoder:
         for name, m in mods:
             m = m.base if isinstance(m, LoRALinear) else m
             try:
-                w = _extract(m, name, max_bits=8)
+                w = extract_weight(m, name, max_bits=8)
             except OrtInt4Error as exc:
                 return str(exc)
             if not _per_channel(w):
@@ -289,7 +295,7 @@ class OrtLlamaDecoder:
                 return f'{name} has 8-bit codes and this CPU has no VNNI (u8 x s8 saturation)'
         return None
 
-    def _int8_linear(self, g: _Graph, x: str, ws: list) -> str:
+    def _int8_linear(self, g: MatMulNBitsGraph, x: str, ws: list) -> str:
         """y = x @ W^T for per-channel codes: per-row int8 activations, MatMulInteger with
         the codes as int8, int32 -> float times row scale and channel scale (+ bias)."""
         xq, row_scale = self._rows_int8(g, x)
@@ -297,49 +303,49 @@ class OrtLlamaDecoder:
                             .astype(np.int8) for w in ws]).T.copy()          # (k, n) int8
         col = np.concatenate([w.scales.numpy()[:, 0] for w in ws]).astype(np.float32)
         self.prefill_weight_bytes += b.size + col.size * 4
-        acc = g.op('MatMulInteger', [xq, g._init('Bq', b), g._init('zp', np.uint8(128))])
+        acc = g.op('MatMulInteger', [xq, g.const('Bq', b), g.const('zp', np.uint8(128))])
         y = g.op('Mul', [g.op('Mul', [g.op('Cast', [acc], to=1), row_scale]),
-                         g._init('cs', col)])
+                         g.const('cs', col)])
         if any(w.bias is not None for w in ws):
             bias = np.concatenate([w.bias.numpy() if w.bias is not None else np.zeros(w.n)
                                    for w in ws]).astype(np.float32)
-            y = g.op('Add', [y, g._init('bias', bias)])
+            y = g.op('Add', [y, g.const('bias', bias)])
         return y
 
-    def _rows_int8(self, g: _Graph, x: str) -> tuple[str, str]:
+    def _rows_int8(self, g: MatMulNBitsGraph, x: str) -> tuple[str, str]:
         """(uint8 codes with zero point 128, float row scales (..., 1)) of activations x:
         symmetric int8 per row (token), scale = max |x| / 127; once per input."""
         cache = g.__dict__.setdefault('_rowq', {})
         if x not in cache:
             top = g.op('ReduceMax', [g.op('Abs', [x])], axes=[-1], keepdims=1)
-            scale = g.op('Div', [g.op('Max', [top, g._init('eps', np.float32(1e-12))]),
-                                 g._init('c127', np.float32(127.0))])
+            scale = g.op('Div', [g.op('Max', [top, g.const('eps', np.float32(1e-12))]),
+                                 g.const('c127', np.float32(127.0))])
             q = g.op('Round', [g.op('Div', [x, scale])])
-            u8 = g.op('Cast', [g.op('Add', [q, g._init('c128', np.float32(128.0))])], to=2)
+            u8 = g.op('Cast', [g.op('Add', [q, g.const('c128', np.float32(128.0))])], to=2)
             cache[x] = (u8, scale)
         return cache[x]
 
-    def _norm(self, g: _Graph, x: str, norm: nn.Module, eps: float) -> str:
+    def _norm(self, g: MatMulNBitsGraph, x: str, norm: Any, eps: float) -> str:
         self.parameters += norm.weight.numel()
-        w = g._init('norm', norm.weight.detach().float().numpy())
+        w = g.const('norm', norm.weight.detach().float().numpy())
         return g.op('SimplifiedLayerNormalization', [x, w], axis=-1, epsilon=eps,
                     stash_type=1)
 
-    def _build(self, inner: nn.Module, head: nn.Module, eps: float):
+    def _build(self, inner: Any, head: Any, eps: float):
         """The decoder as an onnx ModelProto (weights as initializers)."""
         from onnx import TensorProto
         from onnx import helper as h
-        g = _Graph(self.hidden)
+        g = MatMulNBitsGraph(self.hidden)
         f32, i32 = TensorProto.FLOAT, TensorProto.INT32
         half = self.kv_dtype == 'float16'
         kv_t = TensorProto.FLOAT16 if half else f32
-        kv_shape = [1, self.kv_heads, 'capacity', self.head_dim]
+        kv_shape: list[int | str] = [1, self.kv_heads, 'capacity', self.head_dim]
         g.inputs = [h.make_tensor_value_info('inputs_embeds', f32, [1, 'S', self.hidden]),
                     h.make_tensor_value_info('seqlens_k', i32, [1]),
                     h.make_tensor_value_info('total_sequence_length', i32, [])]
         outputs = []
         cos, sin = self._rotary_cache(inner)
-        cos_name, sin_name = (g._init(n, c.astype(self._np_kv)) for n, c in
+        cos_name, sin_name = (g.const(n, c.astype(self._np_kv)) for n, c in
                               (('cos', cos), ('sin', sin)))
         x = 'inputs_embeds'
         for i, layer in enumerate(inner.layers):
@@ -353,7 +359,7 @@ class OrtLlamaDecoder:
                                [f'{p}.self_attn.{n}' for n in ('q_proj', 'k_proj', 'v_proj')])
             if half:                            # attention in float16, the rest float32
                 qkv = g.op('Cast', [qkv], to=kv_t)
-            att = g._name('attn')
+            att = g.fresh_name('attn')
             g.nodes.append(h.make_node(
                 'GroupQueryAttention',
                 [qkv, '', '', f'past_key_{i}', f'past_value_{i}', 'seqlens_k',
@@ -366,34 +372,34 @@ class OrtLlamaDecoder:
             o = self._linear(g, att, [attn.o_proj], [f'{p}.self_attn.o_proj'])
             x = g.op('Add', [x, o])
             hs = self._norm(g, x, layer.post_attention_layernorm, eps)
-            if not _is_silu(getattr(mlp, 'act_fn', None)):
+            if not is_silu(getattr(mlp, 'act_fn', None)):
                 raise OrtInt4Error(f'{p}.mlp: activation {type(mlp.act_fn).__name__} is not '
                                    'SiLU: the graph implements LLaMA\'s gated-SiLU MLP only')
             inter = int(mlp.gate_proj.out_features)
             gu = self._linear(g, hs, [mlp.gate_proj, mlp.up_proj],
                               [f'{p}.mlp.gate_proj', f'{p}.mlp.up_proj'])
-            split = g._init('split', np.array([inter, inter], np.int64))
-            gate, up = g._name('gate'), g._name('up')
+            split = g.const('split', np.array([inter, inter], np.int64))
+            gate, up = g.fresh_name('gate'), g.fresh_name('up')
             g.nodes.append(h.make_node('Split', [gu, split], [gate, up], axis=-1))
             act = g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up])
             down = self._linear(g, act, [mlp.down_proj], [f'{p}.mlp.down_proj'])
             x = g.op('Add', [x, down])
         # the last position only: OpenVLA's greedy decode reads nothing else
-        last = g.op('Slice', [x, g._init('start', np.array([-1], np.int64)),
-                              g._init('end', np.array([np.iinfo(np.int64).max], np.int64)),
-                              g._init('axis', np.array([1], np.int64))])
+        last = g.op('Slice', [x, g.const('start', np.array([-1], np.int64)),
+                              g.const('end', np.array([np.iinfo(np.int64).max], np.int64)),
+                              g.const('axis', np.array([1], np.int64))])
         hs = self._norm(g, last, inner.norm, eps)
-        if _is_int4(head, max_bits=8):
+        if is_int4_linear(head, max_bits=8):
             logits = self._linear(g, hs, [head], ['lm_head'])
         else:
             w = head.weight.detach().float()
             self.weight_bytes += w.numel() * 4
             self.parameters += w.numel()
-            logits = g.op('MatMul', [hs, g._init('lm_head', w.t().contiguous().numpy())])
+            logits = g.op('MatMul', [hs, g.const('lm_head', w.t().contiguous().numpy())])
             if getattr(head, 'bias', None) is not None:
-                logits = g.op('Add', [logits, g._init('lm_bias',
+                logits = g.op('Add', [logits, g.const('lm_bias',
                                                       head.bias.detach().float().numpy())])
-        g.nodes.append(h.make_node('Reshape', [logits, g._init(
+        g.nodes.append(h.make_node('Reshape', [logits, g.const(
             'shape', np.array([1, self.vocab], np.int64))], ['logits']))
         outputs.insert(0, h.make_tensor_value_info('logits', f32, [1, self.vocab]))
         graph = h.make_graph(g.nodes, 'qail_ort_llama', g.inputs, outputs,

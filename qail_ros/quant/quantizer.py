@@ -15,6 +15,7 @@ scale g = 1 / sqrt(N * Qp) of the LSQ paper.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -82,6 +83,10 @@ class FakeQuantizer(nn.Module):
     statistics and `finish_observation()` sets the scale; a forward in training mode on an
     uninitialised learnable quantizer initialises it from that batch (LSQ's own recipe).
     """
+    scale: Tensor         # an nn.Parameter when learnable, else a buffer
+    zero_point: Tensor
+    signed: Tensor
+    initialized: Tensor
 
     def __init__(self, bits: int, *, signed: bool = True, symmetric: bool = True,
                  granularity: str = 'per_tensor', group_size: int = 128,
@@ -112,7 +117,7 @@ class FakeQuantizer(nn.Module):
         self.register_buffer('initialized', torch.tensor(False))
         self._signed = bool(signed)
         self._ready = False  # python mirror of `initialized`: no device sync per forward
-        self._stats: dict[str, Tensor | int] | None = None
+        self._stats: dict[str, Any] | None = None  # n, count: int; the rest Tensors
         self.register_load_state_dict_post_hook(_refresh_after_load)
 
     def _param_shape(self, channels: int, groups: int) -> tuple[int, ...]:

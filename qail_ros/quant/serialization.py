@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,6 +31,7 @@ from torch import nn
 from qail_ros.errors import QailRosError
 from qail_ros.quant.config import config_from_dict
 from qail_ros.quant.modules import QuantConv2d, QuantLinear
+from qail_ros.quant.modules_util import INFO_ATTR
 from qail_ros.quant.packing import pack_codes, unpack_codes
 
 __all__ = ['save_quantized', 'load_quantized', 'QuantizedFileError', 'FORMAT']
@@ -50,7 +52,6 @@ def save_quantized(model: nn.Module, path: str | Path) -> Path:
     """Write a model quantized with `quantize_` (fake-quant form) to `path` (.safetensors)."""
     from safetensors.torch import save_file
 
-    from qail_ros.quant.api import INFO_ATTR
     from qail_ros.quant.integer import INTEGER_MODULES
     info = getattr(model, INFO_ATTR, None)
     if info is None:
@@ -66,8 +67,8 @@ def save_quantized(model: nn.Module, path: str | Path) -> Path:
     for name, m in layers.items():
         prefix = f'{name}.' if name else ''
         wq = m.weight_quant
-        entry = {'kind': 'conv2d' if isinstance(m, QuantConv2d) else 'linear',
-                 'shape': list(m.weight.shape)}
+        entry: dict[str, Any] = {'kind': 'conv2d' if isinstance(m, QuantConv2d) else 'linear',
+                                 'shape': list(m.weight.shape)}
         if wq is not None:
             if not bool(wq.initialized):
                 raise QuantizedFileError(f'layer {name}: weight quantizer not initialised')
@@ -126,14 +127,14 @@ def load_quantized(model_or_factory: nn.Module | Callable[[], nn.Module],
     """
     from safetensors.torch import load_file
 
-    from qail_ros.quant.api import _quantize
+    from qail_ros.quant.api import prepare_quantized
     header = read_header(path)
     model = model_or_factory if isinstance(model_or_factory, nn.Module) else model_or_factory()
     if not isinstance(model, nn.Module):
         raise QuantizedFileError(f'load_quantized needs an nn.Module or a factory returning '
                                  f'one, got {type(model).__name__}')
     config = config_from_dict(header['config'])
-    _quantize(model, config, calibration=None, require_calibration=False)
+    prepare_quantized(model, config)
     layers = _layers(model)
     if sorted(layers) != sorted(header['layers']):
         raise QuantizedFileError(f'{path} holds quantized layers {sorted(header["layers"])} but '
@@ -152,6 +153,10 @@ def load_quantized(model_or_factory: nn.Module | Callable[[], nn.Module],
             codes = unpack_codes(packed, entry['bits'], entry['codes_per_row'],
                                  signed=entry['signed'])
             wq = m.weight_quant
+            if wq is None:
+                raise QuantizedFileError(f'{path}: layer {name} has quantized weights but the '
+                                         'model built from its config quantizes none: wrong '
+                                         'file or architecture')
             view = wq._view(codes.float())
             scale = tensors[prefix + 'weight_quant.scale'].to(view.dtype)
             zero = tensors[prefix + 'weight_quant.zero_point'].to(view.dtype)

@@ -22,9 +22,12 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from qail_ros.errors import BagError
+
+if TYPE_CHECKING:
+    from qail_ros.bag import BagWriter
 
 __all__ = ['BagWriterThread', 'WriterStats', 'message_nbytes']
 
@@ -78,9 +81,9 @@ class BagWriterThread:
         self.storage = storage
         self.max_queue_bytes = int(max_queue_bytes)
         self.max_queue_messages = int(max_queue_messages)
-        self.bag_options = {'storage': storage, 'chunk_size': int(chunk_size),
-                            'flush_interval_s': float(flush_interval_s),
-                            'compression': compression or None}
+        self.bag_options: dict[str, Any] = {'storage': storage, 'chunk_size': int(chunk_size),
+                                            'flush_interval_s': float(flush_interval_s),
+                                            'compression': compression or None}
         self.on_error = on_error
         self.stats = WriterStats()
         self.bag_paths: list[Path] = []
@@ -88,7 +91,7 @@ class BagWriterThread:
         self._queued_bytes = 0
         self._queued_messages = 0
         self._cond = threading.Condition()
-        self._bag = None
+        self._bag: BagWriter | None = None
         self._bag_written = 0               # messages handed to the open bag
         self._failed = False
         self._thread: threading.Thread | None = None

@@ -30,16 +30,19 @@ import heapq
 import itertools
 import logging
 import os
-import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from qail_ros.errors import ParameterError, TransportError
 from qail_ros.messages import deserialize, get_class
-from qail_ros.runtime import params as _params
+import qail_ros.runtime.params as _params
 from qail_ros.runtime.api import (NodeHandle, PeriodicTimer, PublisherHandle, QoS, Runtime,
                                   SubscriptionHandle)
+from qail_ros.runtime.logs import make_node_logger, ros_log_line
+
+if TYPE_CHECKING:
+    from qail_ros.runtime.zenoh_transport import ZenohTransport
 
 __all__ = ['EmbeddedRuntime', 'EmbeddedNodeHandle', 'EmbeddedPublisher', 'EmbeddedSubscription',
            'EmbeddedTimer', 'Executor', 'resolve_name', 'ros_log_line']
@@ -47,69 +50,6 @@ __all__ = ['EmbeddedRuntime', 'EmbeddedNodeHandle', 'EmbeddedPublisher', 'Embedd
 #: Longest single wait of the executor; only bounds how late a signal from another thread
 #: could be noticed if the platform did not interrupt the wait (work itself wakes it at once).
 _MAX_WAIT_S = 0.5
-
-_LEVELS = {'debug': logging.DEBUG, 'info': logging.INFO, 'warn': logging.WARNING,
-           'warning': logging.WARNING, 'error': logging.ERROR, 'fatal': logging.CRITICAL}
-
-
-# ------------------------------------------------------------------------------------------
-# logging
-# ------------------------------------------------------------------------------------------
-def ros_log_line(level: str, node: str, message: str, stamp_ns: int | None = None) -> str:
-    """`[INFO] [1700000000.123456789] [talker]: message`, the rcutils console format."""
-    ns = time.time_ns() if stamp_ns is None else stamp_ns
-    return f'[{level}] [{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}] [{node}]: {message}'
-
-
-class _RosFormatter(logging.Formatter):
-    _NAMES = {'WARNING': 'WARN', 'CRITICAL': 'FATAL'}
-
-    def __init__(self, node: str):
-        super().__init__()
-        self._node = node
-
-    def format(self, record: logging.LogRecord) -> str:
-        level = self._NAMES.get(record.levelname, record.levelname)
-        stamp = getattr(record, 'created_ns', None) or int(record.created * 1e9)
-        text = ros_log_line(level, self._node, record.getMessage(), stamp)
-        if record.exc_info:
-            text += '\n' + self.formatException(record.exc_info)
-        return text
-
-
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever `sys.stderr` is at emit time (pytest swaps it)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value):
-        pass
-
-
-def _make_logger(fqn: str, level: str | None) -> logging.Logger:
-    dotted = fqn.strip('/').replace('/', '.')
-    logger = logging.getLogger(f'qail_ros.node.{dotted}')
-    for h in list(logger.handlers):
-        if isinstance(h, _StderrHandler):
-            logger.removeHandler(h)
-    handler = _StderrHandler()
-    handler.setFormatter(_RosFormatter(dotted))
-    logger.addHandler(handler)
-    logger.propagate = False
-    if level is not None and ':=' in level:  # `--log-level NAME:=LEVEL` (rcl): one logger
-        who, _, lvl = level.partition(':=')
-        level = lvl if who in (dotted, fqn.rsplit('/', 1)[-1]) else None
-    if level is not None:
-        if level.lower() not in _LEVELS:
-            raise ParameterError(f"--log-level '{level}' is not one of "
-                                 f"{', '.join(sorted(_LEVELS))}")
-        logger.setLevel(_LEVELS[level.lower()])
-    else:
-        logger.setLevel(logging.INFO)  # rcutils' default, also for a re-created node
-    return logger
 
 
 # ------------------------------------------------------------------------------------------
@@ -410,7 +350,7 @@ class EmbeddedNodeHandle(NodeHandle):
         self.namespace = namespace
         self.fqn = _params.fully_qualified_name(name, namespace)
         self.remaps = dict(ros.remaps)
-        self.logger = _make_logger(self.fqn, ros.log_level)
+        self.logger = make_node_logger(self.fqn, ros.log_level)
         self._overrides: dict[str, Any] = {}
         for path in ros.params_files:
             self._overrides.update(_params.params_for_node(_params.load_params_file(path),
@@ -533,7 +473,7 @@ class EmbeddedRuntime(Runtime):
         self._lock = threading.RLock()
         self._initialized = False
         self._global = _params.RosArgs()
-        self._transport = None
+        self._transport: ZenohTransport | None = None
         self._transport_failed = False
 
     # -- lifecycle ----------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from qail_ros.errors import ParameterError, QailRosError
 from qail_ros.messages import normalize_type, time_from_ns, type_name
-from qail_ros.runtime import params as _params
+import qail_ros.runtime.params as _params
 from qail_ros.runtime.api import QoS
 
 __all__ = ['Node', 'Parameter', 'run_node', 'nodes_main', 'prepare_fast_exit']
@@ -49,7 +49,7 @@ class Node:
 
     def __init__(self, node_name: str, *, namespace: str = '', runtime=None,
                  cli_args: list[str] | None = None):
-        from qail_ros.runtime import get_runtime
+        from qail_ros.runtime.current import get_runtime
         self._runtime = runtime or get_runtime()
         self._runtime.init()
         self._handle = self._runtime.create_node_handle(node_name, namespace=namespace,
@@ -61,7 +61,7 @@ class Node:
         self._publishers: list = []
         self._subscriptions: list = []
         self._timers: list = []
-        from qail_ros.runtime import clock as _clock
+        import qail_ros.runtime.clock as _clock
         self._sim_clock = _clock.attach(self)   # use_sim_time on the embedded runtime, else None
 
     # -- identity -------------------------------------------------------------------------
@@ -286,7 +286,7 @@ def nodes_main(factories: Sequence[NodeFactory | tuple[NodeFactory, Sequence[str
     error (a bad parameter, say), printed on stderr. Every node created gets
     on_deactivate, on_cleanup and destroy_node at the end, whatever happened.
     """
-    from qail_ros.runtime import get_runtime
+    from qail_ros.runtime.current import get_runtime
     argv = list(sys.argv if args is None else args)
     entries = [(f[0], None if f[1] is None else list(f[1])) if isinstance(f, tuple) else (f, None)
                for f in factories]

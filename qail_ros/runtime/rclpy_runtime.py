@@ -24,7 +24,7 @@ import os
 import sys
 import time
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import rclpy
 import rclpy.impl.rcutils_logger as _rcutils_logger
@@ -235,7 +235,8 @@ class RclpyNodeHandle(NodeHandle):
         self.name = self.rclpy_node.get_name()
         ns = self.rclpy_node.get_namespace()
         self.namespace = '' if ns == '/' else ns
-        self.logger = RclpyLogger(self.rclpy_node.get_logger())
+        # duck-typed: RclpyLogger has the logging.Logger calls nodes make
+        self.logger = cast(logging.Logger, RclpyLogger(self.rclpy_node.get_logger()))
         #: Parameters rclpy declares on every node by itself (use_sim_time, ...): a params file
         #: may set them although the qail_ros node does not declare them.
         self.builtin_parameters = frozenset(self.rclpy_node.list_parameters([], 0).names)

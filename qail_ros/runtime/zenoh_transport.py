@@ -48,11 +48,16 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from qail_ros.errors import TransportError
 from qail_ros import messages as _messages
 from qail_ros.messages import normalize_type, type_hash
+from qail_ros.runtime.logs import RosFormatter, StderrHandler
+
+if TYPE_CHECKING:
+    from zenoh import ext as zenoh_ext
+    from zenoh import shm as zenoh_shm
 
 __all__ = [
     'DEFAULT_ROUTER', 'ADMIN_SPACE', 'domain_id', 'router_endpoint', 'ros_type_name',
@@ -69,10 +74,9 @@ log = logging.getLogger('qail_ros.runtime.zenoh')
 
 def _ensure_log_handler() -> None:
     """Print transport warnings ROS-style on stderr unless the application set up logging."""
-    from qail_ros.runtime.embedded import _RosFormatter, _StderrHandler
     if not log.handlers and not logging.getLogger().handlers:
-        handler = _StderrHandler()
-        handler.setFormatter(_RosFormatter('qail_ros.zenoh'))
+        handler = StderrHandler()
+        handler.setFormatter(RosFormatter('qail_ros.zenoh'))
         log.addHandler(handler)
 
 
@@ -175,6 +179,8 @@ def liveliness_keyexpr(domain: int, zid: str, nid: int, eid: int, kind: str, nam
     parts = [ADMIN_SPACE, str(domain), zid, str(nid), str(eid), kind, mangle(enclave or '/'),
              mangle(namespace or '/'), mangle(node)]
     if topic is not None:
+        if msgtype is None:
+            raise ValueError(f'liveliness_key: topic {topic} needs its msgtype')
         parts += [mangle(topic), mangle(ros_type_name(msgtype)),
                   mangle(thash or type_hash(msgtype)), qos_to_keyexpr(qos)]
     return '/'.join(parts)
@@ -705,6 +711,7 @@ class _RemotePublisher:
         session = transport.session
         if qos.durability == 'transient_local':
             from zenoh import ext
+            self._zpub: zenoh.Publisher | zenoh_ext.AdvancedPublisher
             self._zpub = ext.declare_advanced_publisher(
                 session, keyexpr, congestion_control=congestion, reliability=reliability,
                 allowed_destination=zenoh.Locality.REMOTE,
@@ -715,11 +722,13 @@ class _RemotePublisher:
                 publisher_detection=True)
             self.matching = True  # the cache must hold every message
         else:
-            self._zpub = session.declare_publisher(
+            zpub = session.declare_publisher(
                 keyexpr, congestion_control=congestion, reliability=reliability,
                 allowed_destination=zenoh.Locality.REMOTE)
-            self._listener = self._zpub.declare_matching_listener(_direct(self._on_matching))
-            self.matching = bool(self._zpub.matching_status.matching)
+            self._zpub = zpub
+            self._listener = zpub.declare_matching_listener(_direct(self._on_matching))
+            # zenoh's stub says matching_status is a bool; it is a MatchingStatus (.matching)
+            self.matching = bool(zpub.matching_status.matching)  # type: ignore[attr-defined]
         self._token = session.liveliness().declare_token(token_key)
 
     def _on_matching(self, status) -> None:
@@ -772,6 +781,7 @@ class _RemoteSubscription:
         if qos.durability == 'transient_local':
             from zenoh import ext
             reliable = qos.reliability == 'reliable'
+            self._zsub: zenoh.Subscriber[None] | zenoh_ext.AdvancedSubscriber[None]
             self._zsub = ext.declare_advanced_subscriber(
                 session, keyexpr, on_sample, allowed_origin=zenoh.Locality.REMOTE,
                 history=ext.HistoryConfig(detect_late_publishers=True,
@@ -865,7 +875,7 @@ class ZenohTransport:
         self._graph_lock = threading.Lock()
         self._graph_sub = self.session.liveliness().declare_subscriber(
             f'{ADMIN_SPACE}/{self.domain}/**', _direct(self._on_token), history=True)
-        self._shm_provider = None
+        self._shm_provider: zenoh_shm.ShmProvider | None = None
         self._shm_mb = _shm_megabytes()  # a bad value fails here, at start-up
         self._shm_state = 'unused' if self._shm_mb > 0 else 'off'  # -> 'on' | 'off'
         self._shm_lock = threading.Lock()
@@ -923,6 +933,8 @@ class ZenohTransport:
                                     'through sockets', exc)
             if self._shm_state != 'on':
                 return None
+        if self._shm_provider is None:  # 'on' means a provider
+            return None
         try:
             buf = self._shm_provider.alloc(len(data), shm.GarbageCollect())
         except Exception:  # pool full (slow receivers hold buffers): plain put instead

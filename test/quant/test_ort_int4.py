@@ -84,7 +84,7 @@ def test_per_channel_runs_in_blocks_of_256_padding_the_last(k, block, symmetric)
         err = float((layer(x).double() - ref).abs().max() / ref.abs().max())
         assert err < 1e-5, (level, err)
     # capped blocks (what the decoder graph asks on CUDA): the scale repeats over blocks of 128
-    w128 = ort_int4._extract(model[0], 'capped', max_block=128)
+    w128 = ort_int4.extract_weight(model[0], 'capped', max_block=128)
     assert w128.block == min(block, 128)
     assert w128.scales.shape == (40, -(-k // w128.block))
     assert bool((w128.scales == w128.scales[:, :1]).all())
