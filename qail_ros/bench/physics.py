@@ -184,7 +184,7 @@ def run_task(task: str, bits_list: list[str], methods: list[str], s: dict[str, A
     import torch
     from qail_ros.physics.models import load_fp_policy
     from qail_ros.qail.config import TrainConfig
-    from qail_ros.qail.physics_tasks import build_qail_data, evaluate_policy, train_on_task
+    from qail_ros.physics.qail_tasks import build_qail_data, evaluate_policy, train_on_task
 
     teacher = load_fp_policy(task, teacher_dir)
     out: dict[str, Any] = {}
@@ -264,7 +264,7 @@ def estimate_task_seconds(task: str, teacher, bits_list: list[str], methods: lis
     """Expected seconds of run_task with settings `s` (a short measurement of the env step and
     of a quantized training step on this machine)."""
     from qail_ros.qail.config import TrainConfig
-    from qail_ros.qail.physics_tasks import estimate_train_seconds, measure_costs
+    from qail_ros.physics.qail_tasks import estimate_train_seconds, measure_costs
     probe = TrainConfig(method='qail_qbc', bits=bits_list[0], steps=1)
     costs = measure_costs(task, teacher, probe)
     ep = costs['episode_steps']
@@ -289,7 +289,7 @@ def _curve_seed(task, bits_list, methods, s, seed, data, teacher, progress, log,
     evaluated after every budget (on-policy QBC methods: during one run; others: one run per
     budget)."""
     from qail_ros.qail.config import TrainConfig
-    from qail_ros.qail.physics_tasks import evaluate_policy, train_on_task
+    from qail_ros.physics.qail_tasks import evaluate_policy, train_on_task
     curve = s['curve']
     for bits in bits_list:
         for method in methods:
