@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qail_ros.bench.report import csv_list, write_results
+from qail_ros.report import csv_list, git_commit, write_results
 
 HELP = ('closed-loop CILRS driving (highway-env): FP vs PTQ-RTN vs QAIL vs QAIL+QBC success, '
         'collision and route completion of W4A4 students')
@@ -129,11 +129,6 @@ def _validate(s: dict[str, Any]) -> None:
         parse_bits(b)
     if s['seeds'] < 1 or s['routes'] < 1:
         raise ParameterError('--seeds and --routes must be >= 1')
-
-
-def _commit() -> str:
-    from qail_ros.bench.physics import _commit as commit
-    return commit()
 
 
 def collect_demos(s: dict[str, Any], log) -> dict[str, Any]:
@@ -380,7 +375,7 @@ def write_outputs(result: dict[str, Any], out: Path) -> dict[str, str]:
 def main(args) -> int:
     import torch
 
-    from qail_ros.bench.report import emit_json, environment, table
+    from qail_ros.report import emit_json, environment, table
 
     torch.set_num_threads(max(1, args.threads))
     s = settings_from(args)
@@ -390,7 +385,7 @@ def main(args) -> int:
         sys.argv[1:3] == ['bench', 'driving']) else 'qail-ros ' + ' '.join(
         shlex.quote(a) for a in sys.argv[1:])
     log = (lambda msg: print(msg, file=sys.stderr, flush=True))
-    result: dict[str, Any] = {'benchmark': 'driving', 'command': command, 'commit': _commit(),
+    result: dict[str, Any] = {'benchmark': 'driving', 'command': command, 'commit': git_commit(),
                               'date': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
                               'settings': s}
     result.update(run(s, out, args.retrain, not args.no_progress, log))

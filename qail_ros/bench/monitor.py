@@ -87,7 +87,7 @@ def _run(seconds: float, timing_hz: float, monitor_args: list[str] | None) -> di
 
 
 def main(args) -> int:
-    from qail_ros.bench.report import emit_json, environment, table
+    from qail_ros.report import emit_json, environment, table
     sources = [s.strip() for s in args.sources.split(',') if s.strip()]
     with tempfile.TemporaryDirectory() as tmp:
         log = os.path.join(tmp, 'tegrastats.log')

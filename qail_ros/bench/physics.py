@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qail_ros.bench.report import csv_list, write_markdown
+from qail_ros.report import csv_list, git_commit, write_markdown
 
 HELP = ('QAIL on DeepMind Control (Table 7): FP vs PTQ-RTN vs QAIL vs QAIL+QBC (+wQBC) returns '
         'of W4A4 MLP policies')
@@ -125,20 +125,6 @@ def settings_from(args) -> dict[str, Any]:
         base['curve'] = sorted({int(n) for n in curve})
         base['steps'] = base['curve'][-1]
     return base
-
-
-def _commit() -> str:
-    import subprocess
-    try:
-        sha = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True,
-                             text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return 'unknown'
-    if not sha:
-        return 'uncommitted'
-    return f'{sha}+uncommitted-changes' if dirty else sha
 
 
 def _entry(method: str, bits: str, per_seed: list[list[float]], fp_mean: float | None,
@@ -558,7 +544,7 @@ def _merge_task(result: dict[str, Any], task: str, measured: dict[str, Any],
 def main(args) -> int:
     import torch
 
-    from qail_ros.bench.report import emit_json, environment, table
+    from qail_ros.report import emit_json, environment, table
     from qail_ros.errors import ParameterError
     from qail_ros.physics.models import shipped_tasks, teacher_task
     from qail_ros.physics.tasks import check_task
@@ -608,7 +594,7 @@ def main(args) -> int:
     command = 'qail-ros bench physics ' + ' '.join(shlex.quote(a) for a in sys.argv[3:]) if (
         sys.argv[1:3] == ['bench', 'physics']) else 'qail-ros ' + ' '.join(
         shlex.quote(a) for a in sys.argv[1:])
-    commit = _commit()
+    commit = git_commit()
     log = (lambda msg: print(msg, file=sys.stderr, flush=True))
     done: list[tuple[str, dict, dict]] = []
     for task in tasks:

@@ -153,7 +153,7 @@ def _record(cfg: dict, out_dir: Path) -> dict:
 def main(args) -> int:
     import shutil
 
-    from qail_ros.bench import report
+    from qail_ros import report
     cfg = {'duration': float(args.duration), 'rate': float(args.rate), 'width': int(args.width),
            'height': int(args.height), 'storage': args.storage,
            'report_period_s': float(args.report_period), 'stop_timeout': float(args.stop_timeout)}

@@ -385,7 +385,7 @@ def _run_launch(name: str, start_timeout_s: float, say) -> tuple[list[dict], dic
 
 
 def main(args) -> int:
-    from qail_ros.bench.report import emit_json, environment
+    from qail_ros.report import emit_json, environment
     rows: list[dict] = []
     launches: list[dict] = []
     say = (lambda text: print(text, file=sys.stderr, flush=True)) if args.json else print

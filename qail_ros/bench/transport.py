@@ -224,7 +224,7 @@ def _result(cfg: dict, sent: int, sub_node, serialized: int) -> dict:
 
 
 def main(args) -> int:
-    from qail_ros.bench import report
+    from qail_ros import report
     cfg = {'mode': args.mode, 'duration': float(args.duration), 'rate': float(args.rate),
            'width': int(args.width), 'height': int(args.height), 'depth': int(args.depth),
            'warmup': float(args.warmup), 'router': args.router}

@@ -116,7 +116,7 @@ def _report_main(args) -> int:
                                                 duration_s=args.run_seconds,
                                                 interval_ms=args.interval_ms)
         sessions += runs
-        from qail_ros.bench.report import environment
+        from qail_ros.report import environment
         env = environment()
         notes.insert(0, f'command: `qail-ros monitor --report {args.report} --image-policy '
                      f'{args.image_policy} --run-seconds {args.run_seconds:g} --rate '

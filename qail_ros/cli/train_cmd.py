@@ -153,7 +153,7 @@ def main(args) -> int:
     import numpy as np
     import torch
 
-    from qail_ros.bench.report import emit_json, table
+    from qail_ros.report import emit_json, table
     from qail_ros.qail.data import ImitationData
     from qail_ros.physics.qail_tasks import (build_qail_data, data_from_datasets,
                                              evaluate_policy, load_teacher, save_trained,

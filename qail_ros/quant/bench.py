@@ -79,7 +79,7 @@ def _cases(k: int, n: int):
 def main(args) -> int:
     import torch
 
-    from qail_ros.bench.report import emit_json, environment, table
+    from qail_ros.report import emit_json, environment, table
     torch.set_num_threads(args.threads)
     shapes = [tuple(int(v) for v in s.lower().split('x')) for s in args.shapes.split(',')]
     batches = [int(b) for b in str(args.batch).split(',')]
