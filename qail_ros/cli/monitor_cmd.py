@@ -110,7 +110,7 @@ def _report_main(args) -> int:
             label, path = '', item
         sessions.append(load_session(path, label or None))
     if args.image_policy:
-        from qail_ros.monitor.compare import run_image_policy_sessions
+        from qail_ros.bench.monitor import run_image_policy_sessions
         variants = [v.strip() for v in args.image_policy.split(',') if v.strip()]
         runs, notes = run_image_policy_sessions(variants, args.report, rate_hz=args.rate,
                                                 duration_s=args.run_seconds,
