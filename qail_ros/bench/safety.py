@@ -315,7 +315,7 @@ def _run_launch(name: str, start_timeout_s: float, say) -> tuple[list[dict], dic
             wait_s=timeout_s * 2 + 2.0))
 
         # killed router: SIGKILL, then a new router on the same port
-        router = launch.child('zenoh_transport router')
+        router = launch.child('qail_ros.cli router')
         before = obs.counter('failsafe_activations')
         losses_before = obs.counter('router_losses')
         lines_before = len(launch.lines)
