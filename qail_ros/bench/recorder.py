@@ -183,8 +183,3 @@ def main(args) -> int:
     if getattr(args, 'json', False):
         report.emit_json(res)
     return 0 if res['dropped'] == 0 else 1
-
-
-if __name__ == '__main__':
-    print('usage: qail-ros bench recorder [...]', file=sys.stderr)
-    sys.exit(2)
