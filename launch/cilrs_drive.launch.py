@@ -21,7 +21,7 @@ control answering the last frame (at most control_timeout_s), so a slow engine s
 simulated world instead of driving blind. Each finished route is logged and published on
 /env_bridge/episode (JSON: success, collision, route completion, running metrics); with
 `episodes` > 0 the launch ends after that many routes (route seeds seed..seed+episodes-1, the
-seeds of `python -m qail_ros.driving.engine_policy`, so the figures are comparable).
+seeds of `qail-ros driving eval`, so the figures are comparable).
 
 With a real CARLA server use carla-ros-bridge itself and launch only cilrs_policy: the topics
 are the same. Only LaunchDescription, DeclareLaunchArgument, Shutdown (as on_exit),
