@@ -1,4 +1,5 @@
-"""QAIL on a physics task (qail_ros.physics.qail_tasks): D_QAIL, on-policy collection, save/load of a trained student."""
+"""QAIL on a physics task (qail_ros.physics.qail_tasks): D_QAIL, on-policy collection, save/load
+of a trained student."""
 import pytest
 import torch
 
