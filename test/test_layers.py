@@ -385,3 +385,10 @@ def test_an_import_circle_fails_at_any_level():
 def test_a_package_without_a_layer_fails():
     assert _keys({'qail_ros.newthing.x': ''}) == {
         ('unmapped', 'qail_ros.newthing.x', 'qail_ros.newthing')}
+
+
+def test_a_private_module_is_its_packages_own():
+    sources = {'qail_ros.quant._impl': 'X = 1\n',
+               'qail_ros.quant.api': 'from qail_ros.quant._impl import X\n',
+               'qail_ros.qail.trainer': 'from qail_ros.quant import _impl\n'}
+    assert _keys(sources) == {('private', 'qail_ros.qail.trainer', 'qail_ros.quant._impl')}
