@@ -8,9 +8,7 @@
 
 POLICY is a `qail-ros train` output directory or policy.safetensors (a QAIL student: W4A4 /
 W8A8 / W3A3 / W2A4 -> the 'torch-int8' back end) or an FP MLPPolicy file (-> 'torch', fp32).
-A CILRS checkpoint (qail_ros.cilrs save_checkpoint) builds CILRS engines (--kinds, or the
-standard set; --w4a4-student adds the trained W4A4 student; POLICY 'cilrs' is a seeded, untrained
-CILRS of --resnet / --height / --width: real latency, meaningless driving), a ConvActionRegressor
+A CILRS checkpoint (qail_ros.cilrs save_checkpoint) builds CILRS engines, a ConvActionRegressor
 file or an OpenVLA checkpoint directory builds OpenVINO engines (conv policy / vision towers):
 
     qail-ros export cilrs.safetensors -o engines --backend auto --calibration runs/ds
@@ -24,6 +22,9 @@ quantization) on --frames recorded frames of a `qail-ros dataset build` data set
 each engine's max / mean abs difference to FP on held-out frames (also in its manifest);
 --backend auto builds every engine this machine runs and keeps the fastest within
 --max-abs-diff (measurements and choice in the manifest).
+CILRS: --kinds picks engine kinds (default the standard set), --w4a4-student adds the trained
+W4A4 student; POLICY 'cilrs' is a seeded, untrained CILRS of --resnet / --height / --width (real
+latency, meaningless driving).
 Writes OUT/NAME.safetensors and OUT/NAME.safetensors.json (architecture, precision, back end,
 input spec, normalisation, source policy and data set hashes), after checking that the engine,
 loaded as the state_policy node loads it, gives the source model's actions.
