@@ -43,20 +43,29 @@ def main(args) -> int:
               + '; domain set per node by ROS_DOMAIN_ID; Ctrl-C to stop', file=sys.stderr,
               flush=True)
 
+    if args.parent is not None:
+        zt.run_router(args.listen, ready=ready, stop=_stop_event(args.parent))
+        return 0
     _sigterm_as_interrupt()
     try:
-        zt.run_router(args.listen, ready=ready, stop=_parent_watch(args.parent))
+        zt.run_router(args.listen, ready=ready)
     except KeyboardInterrupt:
         pass
     return 0
 
 
-def _parent_watch(parent: int | None):
-    """An Event set within ~0.5 s of process `parent` ending (None: no watch, no event)."""
-    if parent is None:
-        return None
+def _stop_event(parent: int):
+    """The stop of a router started for process `parent`: an Event set by SIGINT / SIGTERM or
+    within ~0.5 s of `parent` ending (the router then closes its session and exits 0)."""
+    import signal
     import threading
     stop = threading.Event()
+
+    def on_signal(_signum, _frame) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
 
     def watch() -> None:
         while not stop.wait(0.5):
