@@ -9,7 +9,7 @@ covering 50 m, trained on the `highway` town; README.md there has its closed-loo
 as its W8A8 onnxruntime engine. `engine:=` picks another engine file (it overrides the
 `engine` of the parameter file); the camera arguments must then match that engine's input
 (cilrs_policy resizes frames of another size, which a trained model does not expect).
-The untrained 900x256 engine of `python -m qail_ros.cilrs.export --resnet 18 --kinds w8a8_ort`
+The untrained 900x256 engine of `qail-ros export cilrs --resnet 18 --kinds w8a8_ort`
 (the carla-roach camera size, for latency only: it does not drive) runs with
     engine:=models/cilrs/cilrs_r18_w8a8_ort.onnx image_width:=900 image_height:=256 view_m:=80
 
@@ -21,7 +21,7 @@ control answering the last frame (at most control_timeout_s), so a slow engine s
 simulated world instead of driving blind. Each finished route is logged and published on
 /env_bridge/episode (JSON: success, collision, route completion, running metrics); with
 `episodes` > 0 the launch ends after that many routes (route seeds seed..seed+episodes-1, the
-seeds of `python -m qail_ros.driving.engine_policy`, so the figures are comparable).
+seeds of `qail-ros driving eval`, so the figures are comparable).
 
 With a real CARLA server use carla-ros-bridge itself and launch only cilrs_policy: the topics
 are the same. Only LaunchDescription, DeclareLaunchArgument, Shutdown (as on_exit),

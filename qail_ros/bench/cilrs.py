@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 
-from qail_ros.bench.report import emit_json, environment, table
+from qail_ros.report import emit_json, environment, table
 
 HELP = ('CILRS latency per engine (FP32 torch/ORT/OpenVINO, BF16, W8A8 ORT/OpenVINO INT8, '
         'W4A4-on-int8), batch 1')

@@ -515,7 +515,7 @@ def time_policy(path: str, precision: str, repeats: int, threads: int = 1,
 
 def main(args: argparse.Namespace) -> int:
     import torch
-    from qail_ros.bench.report import emit_json, environment, table
+    from qail_ros.report import emit_json, environment, table
     torch.set_num_threads(int(args.threads))
     cache = getattr(args, 'cache', 'dynamic')
     attention = getattr(args, 'attention', 'sdpa')

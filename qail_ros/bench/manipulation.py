@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qail_ros.bench.report import csv_list, write_results
+from qail_ros.report import csv_list, git_commit, write_results
 from qail_ros.errors import ParameterError
 
 HELP = ('table-top manipulation with a small VLA: FP vs AWQ-INT4 vs QLoRA QAIL vs QAIL+QBC '
@@ -160,11 +160,6 @@ def quant_kwargs(s: dict[str, Any]) -> dict[str, Any]:
     g = s.get('group_size', 0)
     return {'bits': s.get('bits', 4), 'granularity': 'group' if g else 'per_channel',
             'group_size': g or 128}
-
-
-def _commit() -> str:
-    from qail_ros.bench.physics import _commit as commit
-    return commit()
 
 
 def collect_demos(s: dict[str, Any], log):
@@ -577,7 +572,7 @@ def write_outputs(result: dict[str, Any], directory: Path) -> dict[str, str]:
 def main(args) -> int:
     import torch
 
-    from qail_ros.bench.report import emit_json, environment, table
+    from qail_ros.report import emit_json, environment, table
     torch.set_num_threads(max(1, args.threads))
     s = settings_from(args)
     out = Path(args.out)
@@ -586,7 +581,7 @@ def main(args) -> int:
     log = (lambda msg: print(msg, file=sys.stderr, flush=True))
     t0 = time.perf_counter()
     result: dict[str, Any] = {'benchmark': 'manipulation', 'command': command.strip(),
-                              'commit': _commit(),
+                              'commit': git_commit(),
                               'date': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
                               'settings': s}
     result.update(run(s, out, args.retrain, log,

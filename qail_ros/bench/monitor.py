@@ -87,7 +87,7 @@ def _run(seconds: float, timing_hz: float, monitor_args: list[str] | None) -> di
 
 
 def main(args) -> int:
-    from qail_ros.bench.report import emit_json, environment, table
+    from qail_ros.report import emit_json, environment, table
     sources = [s.strip() for s in args.sources.split(',') if s.strip()]
     with tempfile.TemporaryDirectory() as tmp:
         log = os.path.join(tmp, 'tegrastats.log')
@@ -116,3 +116,86 @@ def main(args) -> int:
                    'timing_hz': args.timing_hz, 'seconds': args.seconds, 'results': results,
                    'environment': environment()})
     return 0
+
+
+# -- sessions of the image policy at several precisions (qail-ros monitor --image-policy) --------
+def run_image_policy_sessions(variants: list[str], out_dir: str, rate_hz: float = 15.0,
+                              duration_s: float = 20.0, interval_ms: int = 100,
+                              num_threads: int = 1):
+    """Run each variant, record a session under out_dir/sessions/, return (sessions, notes).
+
+    Per variant (qail_ros.monitor.compare.VARIANTS), in one process on the embedded runtime: a
+    camera harness publishing frames at `rate_hz`, the image_policy node (ConvActionRegressor)
+    with its network replaced by the variant, and the power_monitor node recording a session
+    from the policy's `~/policy_timing` messages and whatever power source this machine has.
+    The sessions feed `qail_ros.monitor.report.write_report`."""
+    import torch
+
+    import numpy as np
+
+    from qail_ros.errors import QailRosError
+    from qail_ros.image import from_numpy
+    from qail_ros.monitor.compare import VARIANTS, make_variant
+    from qail_ros.monitor.report import load_session
+    from qail_ros.nodes.image_policy import ImagePolicy
+    from qail_ros.nodes.power_monitor import PowerMonitor
+    from qail_ros.runtime import Node, set_runtime
+    from qail_ros.runtime.embedded import EmbeddedRuntime
+
+    for v in variants:
+        if v not in VARIANTS:
+            raise QailRosError(f"unknown variant {v!r}: choose from {', '.join(VARIANTS)}")
+    torch.set_num_threads(num_threads)
+    sessions, notes = [], []
+    for variant in variants:
+        path = os.path.join(out_dir, 'sessions', f'{variant}.jsonl')
+        rt = EmbeddedRuntime(transport='none')  # in-process only
+        set_runtime(rt)
+        rt.init([])
+        try:
+            policy = ImagePolicy(cli_args=['--ros-args', '-p', 'log_period_s:=10.0',
+                                           '-p', f'num_threads:={num_threads}'])
+            policy.on_configure()
+            policy.policy = make_variant(policy.policy, variant)
+            # warm-up of the variant outside the measurement
+            frame = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+            for _ in range(3):
+                policy.policy.predict_with_raw(frame, '')
+            monitor = PowerMonitor(cli_args=[
+                '--ros-args', '-p', f'interval_ms:={interval_ms}', '-p',
+                f'record_path:={path}', '-p', f'session_label:={variant}', '-p',
+                'timing_topics:=[/image_policy/policy_timing]'])
+            monitor.on_configure()
+            camera = Node('camera_harness')
+            pub = camera.create_publisher('sensor_msgs/msg/Image', '/image_raw', 10)
+            rng = np.random.default_rng(1)
+            frames = [rng.integers(0, 256, (240, 320, 3), dtype=np.uint8) for _ in range(8)]
+            count = [0]
+
+            def publish_frame():
+                count[0] += 1
+                pub.publish(from_numpy(frames[count[0] % len(frames)], 'rgb8',
+                                       stamp=time.time_ns(), frame_id='camera'))
+            camera.create_timer(1.0 / rate_hz, publish_frame)
+            monitor.on_activate()
+            policy.on_activate()
+            rt.spin([camera, policy, monitor], duration_s=duration_s)
+            policy.on_deactivate()
+            monitor.on_deactivate()
+            monitor.on_cleanup()
+            notes_src = monitor.source.describe()
+            for node in (camera, policy, monitor):
+                node.destroy_node()
+        finally:
+            rt.shutdown()
+            set_runtime(None)
+        sessions.append(load_session(path, variant))
+        notes.append(f'{variant}: {count[0]} frames at {rate_hz:g} Hz over {duration_s:g} s; '
+                     f'power source: {notes_src}')
+    load1, _, _ = os.getloadavg()
+    notes.append(f'machine load: 1-minute load average {load1:.1f} on {os.cpu_count()} CPUs '
+                 'when the runs ended (shared machine: latency includes contention)')
+    notes.insert(0, 'image_policy (ConvActionRegressor, untrained, 224x224 input, '
+                 f'{num_threads} torch thread(s)) in-process on the embedded runtime; timing '
+                 'from its ~/policy_timing messages (qail_ros.policy_io) through power_monitor')
+    return sessions, notes

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qail_ros.bench.report import csv_list, write_markdown
+from qail_ros.report import csv_list, git_commit, write_markdown
 
 HELP = ('QAIL on DeepMind Control (Table 7): FP vs PTQ-RTN vs QAIL vs QAIL+QBC (+wQBC) returns '
         'of W4A4 MLP policies')
@@ -127,20 +127,6 @@ def settings_from(args) -> dict[str, Any]:
     return base
 
 
-def _commit() -> str:
-    import subprocess
-    try:
-        sha = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True,
-                             text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return 'unknown'
-    if not sha:
-        return 'uncommitted'
-    return f'{sha}+uncommitted-changes' if dirty else sha
-
-
 def _entry(method: str, bits: str, per_seed: list[list[float]], fp_mean: float | None,
            train_s: list[float], probes: list[dict[str, float]] | None = None) -> dict[str, Any]:
     import numpy as np
@@ -184,7 +170,7 @@ def run_task(task: str, bits_list: list[str], methods: list[str], s: dict[str, A
     import torch
     from qail_ros.physics.models import load_fp_policy
     from qail_ros.qail.config import TrainConfig
-    from qail_ros.qail.physics_tasks import build_qail_data, evaluate_policy, train_on_task
+    from qail_ros.physics.qail_tasks import build_qail_data, evaluate_policy, train_on_task
 
     teacher = load_fp_policy(task, teacher_dir)
     out: dict[str, Any] = {}
@@ -264,7 +250,7 @@ def estimate_task_seconds(task: str, teacher, bits_list: list[str], methods: lis
     """Expected seconds of run_task with settings `s` (a short measurement of the env step and
     of a quantized training step on this machine)."""
     from qail_ros.qail.config import TrainConfig
-    from qail_ros.qail.physics_tasks import estimate_train_seconds, measure_costs
+    from qail_ros.physics.qail_tasks import estimate_train_seconds, measure_costs
     probe = TrainConfig(method='qail_qbc', bits=bits_list[0], steps=1)
     costs = measure_costs(task, teacher, probe)
     ep = costs['episode_steps']
@@ -289,7 +275,7 @@ def _curve_seed(task, bits_list, methods, s, seed, data, teacher, progress, log,
     evaluated after every budget (on-policy QBC methods: during one run; others: one run per
     budget)."""
     from qail_ros.qail.config import TrainConfig
-    from qail_ros.qail.physics_tasks import evaluate_policy, train_on_task
+    from qail_ros.physics.qail_tasks import evaluate_policy, train_on_task
     curve = s['curve']
     for bits in bits_list:
         for method in methods:
@@ -558,7 +544,7 @@ def _merge_task(result: dict[str, Any], task: str, measured: dict[str, Any],
 def main(args) -> int:
     import torch
 
-    from qail_ros.bench.report import emit_json, environment, table
+    from qail_ros.report import emit_json, environment, table
     from qail_ros.errors import ParameterError
     from qail_ros.physics.models import shipped_tasks, teacher_task
     from qail_ros.physics.tasks import check_task
@@ -608,7 +594,7 @@ def main(args) -> int:
     command = 'qail-ros bench physics ' + ' '.join(shlex.quote(a) for a in sys.argv[3:]) if (
         sys.argv[1:3] == ['bench', 'physics']) else 'qail-ros ' + ' '.join(
         shlex.quote(a) for a in sys.argv[1:])
-    commit = _commit()
+    commit = git_commit()
     log = (lambda msg: print(msg, file=sys.stderr, flush=True))
     done: list[tuple[str, dict, dict]] = []
     for task in tasks:

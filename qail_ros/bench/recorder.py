@@ -153,7 +153,7 @@ def _record(cfg: dict, out_dir: Path) -> dict:
 def main(args) -> int:
     import shutil
 
-    from qail_ros.bench import report
+    from qail_ros import report
     cfg = {'duration': float(args.duration), 'rate': float(args.rate), 'width': int(args.width),
            'height': int(args.height), 'storage': args.storage,
            'report_period_s': float(args.report_period), 'stop_timeout': float(args.stop_timeout)}
@@ -183,8 +183,3 @@ def main(args) -> int:
     if getattr(args, 'json', False):
         report.emit_json(res)
     return 0 if res['dropped'] == 0 else 1
-
-
-if __name__ == '__main__':
-    print('usage: qail-ros bench recorder [...]', file=sys.stderr)
-    sys.exit(2)

@@ -315,7 +315,7 @@ def _run_launch(name: str, start_timeout_s: float, say) -> tuple[list[dict], dic
             wait_s=timeout_s * 2 + 2.0))
 
         # killed router: SIGKILL, then a new router on the same port
-        router = launch.child('zenoh_transport router')
+        router = launch.child('qail_ros.cli router')
         before = obs.counter('failsafe_activations')
         losses_before = obs.counter('router_losses')
         lines_before = len(launch.lines)
@@ -385,7 +385,7 @@ def _run_launch(name: str, start_timeout_s: float, say) -> tuple[list[dict], dic
 
 
 def main(args) -> int:
-    from qail_ros.bench.report import emit_json, environment
+    from qail_ros.report import emit_json, environment
     rows: list[dict] = []
     launches: list[dict] = []
     say = (lambda text: print(text, file=sys.stderr, flush=True)) if args.json else print

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from qail_ros.bench.report import emit_json, environment, table
+from qail_ros.report import emit_json, environment, table
 
 HELP = 'data-parallel training throughput, 1 vs 2 processes (torchrun, gloo)'
 MODELS = {'mlp': 4096, 'cilrs': 64}

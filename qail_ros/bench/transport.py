@@ -23,6 +23,9 @@ HELP = 'images publisher -> subscriber latency and loss, two processes (Zenoh) o
 
 _IMAGE = 'sensor_msgs/msg/Image'
 _WARMUP_ID = 'warmup'
+#: the publisher process of --mode processes (`python -c _PUBLISHER CONFIG_JSON`)
+_PUBLISHER = ('import json, sys; from qail_ros.bench.transport import publisher_role; '
+              'sys.exit(publisher_role(json.loads(sys.argv[1])))')
 
 
 def add_arguments(parser) -> None:
@@ -124,7 +127,7 @@ def _runtime():
     return rt
 
 
-def _publisher_role(cfg: dict) -> int:
+def publisher_role(cfg: dict) -> int:
     """Child process of --mode processes: wait for the subscriber, publish, report."""
     rt = _runtime()
     try:
@@ -181,7 +184,7 @@ def _processes(cfg: dict) -> dict:
         env = dict(os.environ)
         env['PYTHONPATH'] = os.pathsep.join(p for p in (root, env.get('PYTHONPATH')) if p)
         child = subprocess.Popen(
-            [sys.executable, '-m', 'qail_ros.bench.transport', 'publisher', json.dumps(cfg)],
+            [sys.executable, '-c', _PUBLISHER, json.dumps(cfg)],
             env=env, stdout=subprocess.PIPE, text=True)
         limit = time.monotonic() + cfg['warmup'] + cfg['duration'] + 60
         while child.poll() is None and time.monotonic() < limit:
@@ -224,7 +227,7 @@ def _result(cfg: dict, sent: int, sub_node, serialized: int) -> dict:
 
 
 def main(args) -> int:
-    from qail_ros.bench import report
+    from qail_ros import report
     cfg = {'mode': args.mode, 'duration': float(args.duration), 'rate': float(args.rate),
            'width': int(args.width), 'height': int(args.height), 'depth': int(args.depth),
            'warmup': float(args.warmup), 'router': args.router}
@@ -244,11 +247,3 @@ def main(args) -> int:
     if getattr(args, 'json', False):
         report.emit_json(res)
     return 0 if res['lost'] == 0 else 1
-
-
-if __name__ == '__main__':
-    if len(sys.argv) == 3 and sys.argv[1] == 'publisher':
-        sys.exit(_publisher_role(json.loads(sys.argv[2])))
-    print('usage: qail-ros bench transport [...] (this module is not meant to be run directly)',
-          file=sys.stderr)
-    sys.exit(2)

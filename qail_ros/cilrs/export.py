@@ -32,7 +32,9 @@ and keeps the fastest within an accuracy bound (`qail-ros export CKPT -o DIR --b
 """
 from __future__ import annotations
 
+import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -42,9 +44,12 @@ from qail_ros.cilrs.config import CILRSConfig
 from qail_ros.engines.cache import EngineCache, content_hash
 from qail_ros.engines.manifest import sha256_file
 
+_log = logging.getLogger(__name__)
+
 __all__ = ['ENGINE_KINDS', 'BASE_KINDS', 'OPENVINO_KINDS', 'build_engines', 'export_onnx',
            'synthetic_calibration', 'quantize_w4a4', 'dataset_calibration', 'export_auto',
-           'available_kinds', 'kinds_for']
+           'available_kinds', 'kinds_for', 'seeded_checkpoint', 'run_export',
+           'add_calibration_arguments']
 
 #: engine kind -> (backend, precision, file suffix)
 ENGINE_KINDS: dict[str, tuple[str, str, str]] = {
@@ -447,39 +452,12 @@ def export_auto(source: str | Path, out_dir: str | Path, *,
     return chosen, result
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m qail_ros.cilrs.export`: build a CILRS engine set into a directory.
-
-    Without --checkpoint a seeded (untrained) model is used: engines for trying the node and
-    measuring latency, not for driving. --calibration DATASET calibrates the INT8 engines on
-    recorded frames (--frames of them) instead of synthetic ones; --backend auto builds every
-    kind this machine runs and keeps the fastest within --max-abs-diff of FP on held-out
-    frames (the same as `qail-ros export CKPT --backend auto`).
-    """
-    import argparse
-
+def seeded_checkpoint(out: Path, resnet: int = 18, height: int = 256, width: int = 900) -> Path:
+    """A seeded, untrained CILRS saved as OUT/cilrs_rRESNET.safetensors: engines for trying the
+    node and measuring latency, not for driving (`qail-ros export cilrs`)."""
     from qail_ros.cilrs.model import build_model, save_checkpoint
-    p = argparse.ArgumentParser(prog='python -m qail_ros.cilrs.export', description=main.__doc__)
-    p.add_argument('--checkpoint', help='save_checkpoint file (default: seeded ResNet model)')
-    p.add_argument('--w4a4-student', help='quant.save_quantized file of the W4A4 student')
-    p.add_argument('--resnet', type=int, default=18, choices=(18, 34))
-    p.add_argument('--height', type=int, default=256)
-    p.add_argument('--width', type=int, default=900)
-    p.add_argument('--kinds', default=','.join(BASE_KINDS),
-                   help=f'comma-separated subset of {",".join(ENGINE_KINDS)}')
-    add_calibration_arguments(p)
-    p.add_argument('--out', default='models/cilrs')
-    args = p.parse_args(argv)
-    out = Path(args.out)
-    if args.checkpoint:
-        source = Path(args.checkpoint)
-    else:
-        model = build_model(CILRSConfig(resnet=args.resnet, height=args.height,
-                                        width=args.width))
-        source = save_checkpoint(model, out / f'cilrs_r{args.resnet}.safetensors')
-    kinds = [k for k in args.kinds.split(',') if k]
-    return run_export(source, out, args, kinds=kinds if args.backend is None else None,
-                      w4a4_student=args.w4a4_student)
+    model = build_model(CILRSConfig(resnet=resnet, height=height, width=width))
+    return save_checkpoint(model, Path(out) / f'cilrs_r{resnet}.safetensors')
 
 
 def add_calibration_arguments(p) -> None:
@@ -515,14 +493,16 @@ def record_accuracy(path: Path, report: dict[str, Any]) -> None:
 
 def run_export(source: Path, out: Path, args, *, kinds: Sequence[str] | None = None,
                w4a4_student: str | Path | None = None, name: str | None = None,
-               log=print) -> int:
+               log: Callable[[str], None] | None = None) -> int:
     """Build (auto: and choose) engines of the CILRS checkpoint `source` as `args` say;
-    prints one line per engine with its accuracy on held-out frames."""
+    `log` (default: this module's logger) gets one line per engine with its accuracy on
+    held-out frames (`qail-ros export` prints them)."""
     import json
 
     from qail_ros.cilrs.model import load_checkpoint
     from qail_ros.engines.calibration import accuracy
     from qail_ros.engines.registry import load_engine
+    log = log or _log.info
     config = load_checkpoint(source).config
     holdout: list[Batch] = []
     note = None
@@ -567,8 +547,3 @@ def run_export(source: Path, out: Path, args, *, kinds: Sequence[str] | None = N
     if getattr(args, 'json', False):
         log(json.dumps(report))
     return 0
-
-
-if __name__ == '__main__':
-    import sys
-    sys.exit(main())

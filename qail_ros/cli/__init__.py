@@ -28,6 +28,7 @@ COMMANDS = {
     'verify': 'qail_ros.cli.verify_cmd',
     'train-expert': 'qail_ros.cli.train_expert_cmd',
     'train-fp': 'qail_ros.cli.train_fp_cmd',
+    'driving': 'qail_ros.cli.driving_cmd',
 }
 
 

@@ -18,7 +18,7 @@ BENCHES = {
     'decode': 'qail_ros.bench.decode',
     'manipulation': 'qail_ros.bench.manipulation',
     'monitor': 'qail_ros.bench.monitor',
-    'quant': 'qail_ros.quant.bench',
+    'quant': 'qail_ros.bench.quant',
     'safety': 'qail_ros.bench.safety',
     'train': 'qail_ros.bench.train',
 }

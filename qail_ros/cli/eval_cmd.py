@@ -32,10 +32,10 @@ def main(args) -> int:
     import numpy as np
     import torch
 
-    from qail_ros.bench.report import emit_json, table
+    from qail_ros.report import emit_json, table
     from qail_ros.errors import ParameterError
     from qail_ros.physics.tasks import check_task
-    from qail_ros.qail.physics_tasks import evaluate_policy, load_any_policy
+    from qail_ros.physics.qail_tasks import evaluate_policy, load_any_policy
 
     torch.set_num_threads(max(1, args.threads))
     if args.episodes < 1:

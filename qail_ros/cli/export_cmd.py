@@ -4,6 +4,7 @@
     qail-ros export models/physics/cartpole-balance/fp_policy.safetensors -o models/cartpole
     qail-ros export fp --task cartpole-balance -o models/cartpole    # the shipped FP policy
     qail-ros export runs/swingup -o engines     # a teacher directory (train-expert): its FP
+    qail-ros export cilrs -o models/cilrs --kinds w8a8_ort    # a seeded, untrained CILRS
 
 POLICY is a `qail-ros train` output directory or policy.safetensors (a QAIL student: W4A4 /
 W8A8 / W3A3 / W2A4 -> the 'torch-int8' back end) or an FP MLPPolicy file (-> 'torch', fp32).
@@ -21,6 +22,9 @@ quantization) on --frames recorded frames of a `qail-ros dataset build` data set
 each engine's max / mean abs difference to FP on held-out frames (also in its manifest);
 --backend auto builds every engine this machine runs and keeps the fastest within
 --max-abs-diff (measurements and choice in the manifest).
+CILRS: --kinds picks engine kinds (default the standard set), --w4a4-student adds the trained
+W4A4 student; POLICY 'cilrs' is a seeded, untrained CILRS of --resnet / --height / --width (real
+latency, meaningless driving).
 Writes OUT/NAME.safetensors and OUT/NAME.safetensors.json (architecture, precision, back end,
 input spec, normalisation, source policy and data set hashes), after checking that the engine,
 loaded as the state_policy node loads it, gives the source model's actions.
@@ -33,8 +37,9 @@ HELP = 'export a trained policy to an engine file + manifest (for state_policy)'
 def add_arguments(parser):
     parser.add_argument('policy', help="qail-ros train output (dir or policy.safetensors), an "
                                        "FP MLPPolicy .safetensors, a teacher directory "
-                                       "(qail-ros train-expert: its FP policy), or 'fp' with "
-                                       "--task / --teacher")
+                                       "(qail-ros train-expert: its FP policy), a CILRS "
+                                       "checkpoint, 'fp' with --task / --teacher, or 'cilrs' "
+                                       "(a seeded, untrained CILRS)")
     parser.add_argument('--task', default=None, help="physics task of POLICY 'fp'")
     parser.add_argument('--teacher', default=None,
                         help="teacher directory of POLICY 'fp' (default: the shipped one)")
@@ -48,6 +53,17 @@ def add_arguments(parser):
                         help='print the manifest as one JSON object on the last line')
     from qail_ros.cilrs.export import add_calibration_arguments
     add_calibration_arguments(parser)
+    cilrs = parser.add_argument_group('CILRS')
+    cilrs.add_argument('--kinds', default=None,
+                       help='comma-separated CILRS engine kinds (default: the standard set; '
+                            'qail_ros.cilrs.export.ENGINE_KINDS)')
+    cilrs.add_argument('--w4a4-student', default=None,
+                       help='quant.save_quantized file of the W4A4 student (else the W4A4 '
+                            'engine is the PTQ-initialised model)')
+    cilrs.add_argument('--resnet', type=int, default=18, choices=(18, 34),
+                       help="POLICY 'cilrs': the seeded model's ResNet (18)")
+    cilrs.add_argument('--height', type=int, default=256, help="POLICY 'cilrs': camera height")
+    cilrs.add_argument('--width', type=int, default=900, help="POLICY 'cilrs': camera width")
 
 
 def source_kind(path) -> str:
@@ -144,12 +160,20 @@ def main(args) -> int:
     elif args.task:
         raise ParameterError("--task goes with policy 'fp' only (a trained policy knows its "
                              'task)')
+    if policy == 'cilrs':
+        from qail_ros.cilrs.export import seeded_checkpoint
+        policy = seeded_checkpoint(args.out, args.resnet, args.height, args.width)
     kind = source_kind(policy)
     if kind == 'cilrs':
         from pathlib import Path
 
         from qail_ros.cilrs.export import run_export
-        return run_export(Path(policy), Path(args.out), args, name=args.name)
+        kinds = [k for k in (args.kinds or '').split(',') if k] or None
+        return run_export(Path(policy), Path(args.out), args, name=args.name,
+                          kinds=kinds if args.backend is None else None,
+                          w4a4_student=args.w4a4_student, log=print)
+    if args.kinds or args.w4a4_student:
+        raise ParameterError('--kinds and --w4a4-student go with a CILRS checkpoint')
     if kind in ('conv', 'openvla'):
         return _export_image_policy(kind, policy, args)
     if args.backend == 'openvino':

@@ -110,13 +110,13 @@ def _report_main(args) -> int:
             label, path = '', item
         sessions.append(load_session(path, label or None))
     if args.image_policy:
-        from qail_ros.monitor.compare import run_image_policy_sessions
+        from qail_ros.bench.monitor import run_image_policy_sessions
         variants = [v.strip() for v in args.image_policy.split(',') if v.strip()]
         runs, notes = run_image_policy_sessions(variants, args.report, rate_hz=args.rate,
                                                 duration_s=args.run_seconds,
                                                 interval_ms=args.interval_ms)
         sessions += runs
-        from qail_ros.bench.report import environment
+        from qail_ros.report import environment
         env = environment()
         notes.insert(0, f'command: `qail-ros monitor --report {args.report} --image-policy '
                      f'{args.image_policy} --run-seconds {args.run_seconds:g} --rate '

@@ -1,6 +1,6 @@
 """`qail-ros replay ENGINE... --bag BAG --topic-map MAP`: engines A/B'd offline on a recorded bag.
 
-Runs each engine over the bag's inputs in recorded order (qail_ros.bag.replay) and prints, per
+Runs each engine over the bag's inputs in recorded order (qail_ros.replay) and prints, per
 engine, the error of its actions against the recorded ones (per dimension, mean and max) and
 its latency, then the agreement between engines (mean / max action difference; for OpenVLA the
 share of identical action tokens). `--json` prints one JSON object as the last line; `--plot
@@ -38,7 +38,7 @@ def _fmt(values, width=7) -> str:
 
 
 def main(args) -> int:
-    from qail_ros.bag.replay import ReplayMap, plot_replay, replay_bag
+    from qail_ros.replay import ReplayMap, plot_replay, replay_bag
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)

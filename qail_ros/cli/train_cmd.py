@@ -104,7 +104,7 @@ def resolve_task(args) -> str | None:
     if args.task:
         return check_task(args.task)
     if args.data:
-        from qail_ros.qail.physics_tasks import dataset_task
+        from qail_ros.physics.qail_tasks import dataset_task
         task = dataset_task(args.data)
         if task:
             return task
@@ -153,9 +153,9 @@ def main(args) -> int:
     import numpy as np
     import torch
 
-    from qail_ros.bench.report import emit_json, table
+    from qail_ros.report import emit_json, table
     from qail_ros.qail.data import ImitationData
-    from qail_ros.qail.physics_tasks import (build_qail_data, data_from_datasets,
+    from qail_ros.physics.qail_tasks import (build_qail_data, data_from_datasets,
                                              evaluate_policy, load_teacher, save_trained,
                                              train_on_task)
 
@@ -203,7 +203,7 @@ def main(args) -> int:
     dist = setup(config.device)
     if task and dist.is_main:
         from qail_ros.physics.teacher import fmt_seconds
-        from qail_ros.qail.physics_tasks import estimate_train_seconds, measure_costs
+        from qail_ros.physics.qail_tasks import estimate_train_seconds, measure_costs
         eta = estimate_train_seconds(config, measure_costs(task, teacher, config),
                                      eval_episodes=args.eval_episodes)
         print(f'{config.canonical_method} {config.bits}, {config.steps} steps on {len(data)} '

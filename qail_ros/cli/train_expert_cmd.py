@@ -66,7 +66,7 @@ def main(args) -> int:
 
     import torch
 
-    from qail_ros.bench.report import emit_json, table
+    from qail_ros.report import emit_json, table
     from qail_ros.errors import ParameterError
     from qail_ros.physics import teacher as T
     from qail_ros.physics.tasks import check_task

@@ -34,7 +34,7 @@ def add_arguments(parser):
 def main(args) -> int:
     import torch
 
-    from qail_ros.bench.report import emit_json, table
+    from qail_ros.report import emit_json, table
     from qail_ros.cli.train_expert_cmd import command_line
     from qail_ros.physics import teacher as T
     from qail_ros.physics.models import teacher_task

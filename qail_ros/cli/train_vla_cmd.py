@@ -56,7 +56,7 @@ def main(args) -> int:
 
     import torch
 
-    from qail_ros.bench.report import emit_json, table
+    from qail_ros.report import emit_json, table
     from qail_ros.manipulation.qail_vla import quantize_awq, train_qlora
     from qail_ros.manipulation.vla import Samples, SmallVLA, samples_from_dataset
     from qail_ros.quant import save_quantized

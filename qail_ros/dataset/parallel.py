@@ -31,7 +31,7 @@ def _read_in_worker(paths: list[str], facts: list[Any], episode_facts: Any, key:
     from pathlib import Path
 
     from qail_ros.bag import BagReader
-    from qail_ros.dataset import builder
+    from qail_ros.dataset.episode import Episode, EpisodeBag, read_episode
     counters: dict[str, int] = {}
     readers = []
     try:
@@ -39,10 +39,10 @@ def _read_in_worker(paths: list[str], facts: list[Any], episode_facts: Any, key:
         for path, f in zip(paths, facts):
             reader = BagReader(Path(path))
             readers.append(reader)
-            bags.append(builder._Bag(Path(path), reader, f, tmap, {}))
-        ep = builder._Episode(key, bags, episode_facts)
+            bags.append(EpisodeBag(Path(path), reader, f, tmap, {}))
+        ep = Episode(key, bags, episode_facts)
         counting = _Counters()
-        data = builder._read_episode(ep, tmap, counting)
+        data = read_episode(ep, tmap, counting)
         counters = dict(counting)
     finally:
         for reader in readers:
@@ -59,9 +59,9 @@ class _Counters(dict):
 
 def read_episodes(episodes: list, tmap: Any, counters: dict[str, int], workers: int = 1,
                   progress: bool = False) -> Iterator[dict[str, Any] | None]:
-    """The arrays of each episode (builder._Episode; None when it has no paired sample), in
+    """The arrays of each episode (dataset.episode.Episode; None when it has no paired sample), in
     order, read by `workers` processes; their pairing counters are added to `counters`."""
-    from qail_ros.dataset import builder
+    from qail_ros.dataset.episode import read_episode
     bar = None
     if progress or workers > 1:
         from tqdm.auto import tqdm
@@ -69,7 +69,7 @@ def read_episodes(episodes: list, tmap: Any, counters: dict[str, int], workers: 
     try:
         if workers <= 1:
             for ep in episodes:
-                yield builder._read_episode(ep, tmap, counters)
+                yield read_episode(ep, tmap, counters)
                 if bar is not None:
                     bar.update(1)
             return

@@ -10,18 +10,17 @@ into (accel, steer) with the node's `postprocess`. So its closed-loop figures ar
 `qail-ros launch cilrs_drive` should measure on the same routes; the difference is only the
 transport (CDR float32 controls, speed and command arriving as separate messages).
 
-    python -m qail_ros.driving.engine_policy ENGINE [--town highway] [--density regular] \
-        [--routes 10] [--seed 0] [--view-m 50] [--json]
+    qail-ros driving eval ENGINE [--town highway] [--density regular] [--routes 10] \
+        [--seed 0] [--view-m 50] [--json]
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ['EnginePolicy', 'evaluate_engine', 'main']
+__all__ = ['EnginePolicy', 'evaluate_engine', 'outcome']
 
 
 class EnginePolicy:
@@ -33,8 +32,8 @@ class EnginePolicy:
         from qail_ros.cilrs.config import CILRSConfig
         if isinstance(engine, (str, Path)):
             from qail_ros.engines import load_engine
-            from qail_ros.nodes.cilrs_policy import resolve_engine_path
-            engine = load_engine(resolve_engine_path(str(engine)), threads=threads,
+            from qail_ros.share import resolve_share_path
+            engine = load_engine(resolve_share_path(str(engine)), threads=threads,
                                  expect={'architecture': 'cilrs'})
         self.engine = engine
         self.config = CILRSConfig.from_dict(engine.manifest.architecture['config'])
@@ -83,41 +82,3 @@ def outcome(info: dict[str, Any]) -> str:
     """How an episode ended (the word env_bridge logs)."""
     return next((k for k in ('success', 'collision', 'off_road', 'off_route', 'timeout')
                  if info.get(k)), 'unknown')
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import json
-    p = argparse.ArgumentParser(prog='python -m qail_ros.driving.engine_policy',
-                                description='closed-loop metrics of a CILRS engine file')
-    p.add_argument('engine')
-    p.add_argument('--town', default='highway')
-    p.add_argument('--density', default='regular')
-    p.add_argument('--routes', type=int, default=10)
-    p.add_argument('--seed', type=int, default=0, help='first route seed')
-    p.add_argument('--view-m', type=float, default=None,
-                   help="camera coverage in metres (default: the engine's manifest, else 80)")
-    p.add_argument('--threads', type=int, default=1)
-    p.add_argument('--json', action='store_true', help='print the result as one JSON line')
-    args = p.parse_args(argv)
-    try:
-        import torch
-        torch.set_num_threads(max(1, args.threads))
-    except ImportError:
-        pass
-    policy = EnginePolicy(args.engine, threads=args.threads)
-    m = evaluate_engine(policy, args.town, args.density, args.routes, args.seed,
-                        view_m=args.view_m)
-    for e in m['episodes_detail']:
-        print(f"seed {e['seed']}: {e['outcome']}, route {100 * e['route_completion']:.0f}% "
-              f"in {e['steps']} steps")
-    print(f"{policy}: {args.town}/{args.density}, {m['episodes']} routes: success "
-          f"{m['success_rate']:.2f}, collision {m['collision_rate']:.2f}, route completion "
-          f"{m['route_completion']:.3f}")
-    if args.json:
-        print(json.dumps(m))
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())

@@ -1,12 +1,12 @@
 """Build the trained CILRS engines shipped in models/cilrs-highway/ from the benchmark's FP model.
 
-    python -m qail_ros.driving.ship --fp bench-results/driving/cilrs_fp.safetensors \
+    qail-ros driving ship --fp bench-results/driving/cilrs_fp.safetensors \
         --out models/cilrs-highway [--seed 0] [--routes 20]
 
 1. The FP CILRS `--fp` (a `qail-ros bench driving` model: cilrs_fp.safetensors, its training
    settings in cilrs_fp.json next to it) is the source of every engine.
 2. The W4A4 student: QAIL+QBC exactly as `qail-ros bench driving` trains it for one seed
-   (qail_ros.bench.driving: the same D_E demonstrations, D_QAIL = D_E + FP rollouts, on-policy
+   (qail_ros.driving.benchmark: the same D_E demonstrations, D_QAIL = D_E + FP rollouts, on-policy
    QBC rollouts, TrainConfig), saved as a quant.save_quantized file of the BN-folded CILRS
    (`save_cilrs_student`: the trainer's student wraps CILRS in PackedCILRS).
 3. Engines through qail_ros.cilrs.export.build_engines (manifests with the source hash):
@@ -23,18 +23,22 @@ bench-results/ship-work, git-ignored) and reused when present.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
+import logging
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ['save_cilrs_student', 'calibration_frames', 'main']
+from qail_ros.driving.benchmark import CALIB_SEED, calibration_frames
+
+__all__ = ['save_cilrs_student', 'calibration_frames', 'train_student', 'evaluate_engines',
+           'ship']
+
+_log = logging.getLogger(__name__)
 
 NAME = 'cilrs_highway'
 KINDS = ('fp32_torch', 'w8a8_ort', 'w4a4_int8')
-CALIB_SEED = 5000
 #: the W8A8 engine quantizes the convolutions (99 % of the MACs); with the Gemm MLP heads
 #: quantized too (per-tensor uint8 activations) single outputs of rarely used branches were up
 #: to 0.32 off the FP ones on rendered frames, with Conv only at most 0.042
@@ -60,36 +64,11 @@ def save_cilrs_student(student, path: str | Path) -> Path:
     return quant.save_quantized(inner, path)
 
 
-def calibration_frames(model, n: int = 64, *, view_m: float = 50.0, seed: int = CALIB_SEED,
-                       densities=('empty', 'regular', 'dense')) -> list[tuple[Any, Any]]:
-    """`n` (image, speed) batches of 1, normalised as the node does, from the FP policy driving
-    the training town (one route per density, seeds `seed`+): the W8A8 calibration set."""
-    import numpy as np
-
-    from qail_ros.cilrs.config import preprocess_frame
-    from qail_ros.cilrs.train import CILRSPolicy
-    from qail_ros.driving.closed_loop import rollout
-    c = model.config
-    images, speeds = [], []
-    for k, density in enumerate(densities):
-        r = rollout(CILRSPolicy(model), density, 'highway', 1, seed + k,
-                    image_size=(c.width, c.height), record=True, view_m=view_m)
-        images.append(r.image)
-        speeds.append(r.speed)
-    image, speed = np.concatenate(images), np.concatenate(speeds)
-    pick = np.linspace(0, len(speed) - 1, n).round().astype(int)
-    out = []
-    for i in pick:
-        x = preprocess_frame(image[i], float(speed[i]), c)
-        out.append((x['image'], x['speed']))
-    return out
-
-
 def train_student(fp_path: Path, work: Path, seed: int, log) -> tuple[Path, dict[str, Any]]:
     """QAIL+QBC W4A4 student of the FP model, as `qail-ros bench driving` trains it."""
     import torch
 
-    from qail_ros.bench.driving import FULL, collect_demos
+    from qail_ros.driving.benchmark import FULL, collect_demos
     from qail_ros.cilrs.model import load_checkpoint
     from qail_ros.driving.qail_driving import (PackedCILRS, build_driving_data,
                                                train_driving_student)
@@ -155,30 +134,23 @@ def evaluate_engines(paths: dict[str, Path], cells: list[tuple[str, str]], route
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def ship(fp_path: str | Path, out: str | Path, *, work: str | Path = 'bench-results/ship-work',
+         seed: int = 0, routes: int = 20, towns: Sequence[str] = ('highway', 'merge'),
+         densities: Sequence[str] = ('empty', 'regular', 'dense'),
+         log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Steps 1-4 above: the student, the engines in `out`, their closed-loop evaluation
+    (`routes` per town and density; 0: none) written to OUT/closed_loop.json and returned."""
     import torch
 
     from qail_ros.cilrs.export import build_engines
     from qail_ros.cilrs.model import load_checkpoint
     from qail_ros.engines.manifest import sha256_file
-    p = argparse.ArgumentParser(prog='python -m qail_ros.driving.ship',
-                                description=__doc__.split('\n')[0])
-    p.add_argument('--fp', required=True, help='FP CILRS of `qail-ros bench driving`')
-    p.add_argument('--out', default='models/cilrs-highway')
-    p.add_argument('--work', default='bench-results/ship-work',
-                   help='where the student and its training record are kept (not shipped)')
-    p.add_argument('--seed', type=int, default=0, help='training seed of the student')
-    p.add_argument('--routes', type=int, default=20, help='evaluation routes per cell (0: none)')
-    p.add_argument('--town', default='highway,merge')
-    p.add_argument('--densities', default='empty,regular,dense')
-    args = p.parse_args(argv)
+    log = log or _log.info
     torch.set_num_threads(1)
-    log = (lambda msg: print(msg, file=sys.stderr, flush=True))
-    fp_path, out = Path(args.fp), Path(args.out)
-    work = Path(args.work)
+    fp_path, out, work = Path(fp_path), Path(out), Path(work)
     meta = json.loads(fp_path.with_suffix('.json').read_text())
     view_m = float(meta['settings']['view_m'])
-    student, record = train_student(fp_path, work, args.seed, log)
+    student, record = train_student(fp_path, work, seed, log)
     model = load_checkpoint(fp_path)
     calib = calibration_frames(model, view_m=view_m)
     c = model.config
@@ -195,13 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f'{kind:12s} {path} ({path.stat().st_size / 1e6:.2f} MB)')
     result: dict[str, Any] = {'fp_source': str(fp_path), 'student': record,
                               'engines': {k: str(v) for k, v in paths.items()}}
-    if args.routes:
-        cells = [(t, d) for t in args.town.split(',') for d in args.densities.split(',')]
-        result['routes'] = args.routes
-        result['closed_loop'] = evaluate_engines(paths, cells, args.routes, view_m, log)
+    if routes:
+        cells = [(t, d) for t in towns for d in densities]
+        result['routes'] = routes
+        result['closed_loop'] = evaluate_engines(paths, cells, routes, view_m, log)
     (out / 'closed_loop.json').write_text(json.dumps(result, indent=1) + '\n')
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())
+    return result

@@ -92,9 +92,9 @@ def read_manifest(path: str | Path, *, verify_file: bool = True) -> tuple[Path, 
     """
     path = Path(path)
     mpath = manifest_path(path)
-    rebuild = ('build the engine again with its builder (CILRS: `python -m '
-               'qail_ros.cilrs.export --out DIR`), which writes the engine file and its '
-               'manifest together')
+    rebuild = ('build the engine again with its builder (`qail-ros export SOURCE -o DIR`; '
+               'CILRS: `qail-ros export CHECKPOINT|cilrs -o DIR`), which writes the engine file '
+               'and its manifest together')
     if not mpath.is_file() and path != mpath and not path.exists():
         raise EngineError(f'engine file {path} not found (nor its manifest {mpath.name}): '
                           f'check the path, or {rebuild}')

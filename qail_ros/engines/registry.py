@@ -18,7 +18,7 @@ log = logging.getLogger('qail_ros.engines')
 BACKENDS: dict[str, str] = {
     'torch': 'qail_ros.engines.torch_engine:TorchEngine',
     'onnxruntime': 'qail_ros.engines.ort_engine:OrtEngine',
-    'torch-int8': 'qail_ros.engines.int_engine:IntEngine',
+    'torch-int8': 'qail_ros.quant.int_engine:IntEngine',
     'tensorrt': 'qail_ros.engines.tensorrt_engine:TensorRTEngine',
     'openvino': 'qail_ros.engines.openvino_engine:OpenVINOEngine',
 }

@@ -140,7 +140,7 @@ class SmallVLA:
 
     def pixel_values(self, images: np.ndarray) -> torch.Tensor:
         """(B, H, W, 3) uint8 -> (B, 6, S, S): each tower's normalisation, stacked."""
-        from qail_ros.openvla.policy import tower_inputs
+        from qail_ros.openvla.config import tower_inputs
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
         return tower_inputs(x, self.config.vit_specs)
 

@@ -24,7 +24,7 @@ from typing import Any
 from qail_ros.errors import QailRosError
 
 __all__ = ['OpenVLAError', 'ViTSpec', 'OpenVLAConfig', 'TIMM_SPECS', 'INDEX_FILE',
-           'CONFIG_FILE', 'PROMPT_TEMPLATE', 'read_config']
+           'CONFIG_FILE', 'PROMPT_TEMPLATE', 'read_config', 'tower_inputs']
 
 CONFIG_FILE = 'config.json'
 INDEX_FILE = 'model.safetensors.index.json'
@@ -220,3 +220,19 @@ def read_config(path: str | Path) -> OpenVLAConfig:
     except json.JSONDecodeError as exc:
         raise OpenVLAError(f'{cfg}: not valid JSON ({exc})') from None
     return OpenVLAConfig.from_dict(data, where=str(cfg))
+
+
+def tower_inputs(x, specs):
+    """(B, 3, H, W) RGB in [0, 1] -> (B, 3 x towers, S, S): each tower's resize (bicubic,
+    antialiased: Prismatic's 'resize-naive', in torch) and mean/std, stacked on channels."""
+    import torch
+    import torch.nn.functional as F
+    parts = []
+    for spec in specs:
+        s = spec.image_size
+        y = x if x.shape[-2:] == (s, s) else F.interpolate(
+            x, size=(s, s), mode='bicubic', align_corners=False, antialias=True)
+        mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
+        std = torch.tensor(spec.std).view(1, 3, 1, 1)
+        parts.append((y - mean) / std)
+    return torch.cat(parts, dim=1)

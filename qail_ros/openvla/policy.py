@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 
 from qail_ros.openvla.action_tokenizer import ActionTokenizer, select_stats, unnormalize
-from qail_ros.openvla.config import PROMPT_TEMPLATE, OpenVLAConfig, OpenVLAError, read_config
+from qail_ros.openvla.config import (PROMPT_TEMPLATE, OpenVLAConfig, OpenVLAError, read_config,
+                                     tower_inputs)
 
 __all__ = ['OpenVLAPolicy', 'ActionResult', 'PRECISIONS', 'INT4_SCHEMES', 'INT4_BACKENDS',
            'load_tokenizer', 'auto_group_size']
@@ -72,22 +73,6 @@ def load_tokenizer(path: Path):
         raise OpenVLAError(f'{path}: no usable tokenizer ({type(exc).__name__}: {exc}). Fix: '
                            'the checkpoint directory needs tokenizer.json (and '
                            'tokenizer_config.json) from the same checkpoint') from None
-
-
-def tower_inputs(x, specs):
-    """(B, 3, H, W) RGB in [0, 1] -> (B, 3 x towers, S, S): each tower's resize (bicubic,
-    antialiased: Prismatic's 'resize-naive', in torch) and mean/std, stacked on channels."""
-    import torch
-    import torch.nn.functional as F
-    parts = []
-    for spec in specs:
-        s = spec.image_size
-        y = x if x.shape[-2:] == (s, s) else F.interpolate(
-            x, size=(s, s), mode='bicubic', align_corners=False, antialias=True)
-        mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-        std = torch.tensor(spec.std).view(1, 3, 1, 1)
-        parts.append((y - mean) / std)
-    return torch.cat(parts, dim=1)
 
 
 def auto_group_size(in_features: list[int], group_size: int) -> int:

@@ -147,7 +147,7 @@ def _build_openvino(model_path: Path, config, contract: dict, onnx_path: Path, o
     import torch
 
     from qail_ros.engines.openvino_export import build_openvino_engines
-    from qail_ros.openvla.policy import tower_inputs
+    from qail_ros.openvla.config import tower_inputs
 
     def pixels(f):
         x = torch.from_numpy(np.ascontiguousarray(f)).permute(2, 0, 1)[None].float() / 255

@@ -68,7 +68,7 @@ def export_policy(source: str | Path, out_dir: str | Path, *, name: str | None =
     from qail_ros.engines.manifest import Manifest, sha256_file, write_manifest, cache_key
     from qail_ros.engines.registry import backend_class, load_engine
     from qail_ros.qail.config import parse_bits
-    from qail_ros.qail.physics_tasks import STUDENT_FORMAT, load_any_policy
+    from qail_ros.physics.qail_tasks import STUDENT_FORMAT, load_any_policy
 
     source = Path(source)
     if source.is_dir():  # a qail-ros train output, else a teacher directory (its FP policy)
@@ -176,7 +176,7 @@ def export_openvino_policy(source: str | Path, out_dir: str | Path, *,
     from qail_ros.engines.manifest import read_manifest, write_manifest
     from qail_ros.engines.openvino_export import build_openvino_engines
     from qail_ros.engines.registry import load_engine
-    from qail_ros.qail.physics_tasks import STUDENT_FORMAT, load_any_policy
+    from qail_ros.physics.qail_tasks import STUDENT_FORMAT, load_any_policy
     source = Path(source)
     if source.is_dir():
         source = source / 'policy.safetensors'

@@ -373,7 +373,7 @@ def train_fp(teacher: str | Path, task: str | None = None, *, episodes: int = 20
     env = make_env(task)
     with torch.random.fork_rng():
         rnd = evaluate(random_policy(env.act_dim, seed=0), task, eval_episodes, seed=0)
-    from qail_ros.bench.physics import _commit
+    from qail_ros.report import git_commit
     manifest = {
         'task': task, 'kind': spec.kind,
         'domain_task': [spec.domain, spec.task] if spec.kind == 'dm_control' else None,
@@ -400,7 +400,7 @@ def train_fp(teacher: str | Path, task: str | None = None, *, episodes: int = 20
             f'qail-ros train-fp --teacher DIR --episodes {episodes} --noise-episodes '
             f'{noise_episodes} --noise {noise} --hidden {hidden} --layers {layers} --steps '
             f'{steps} --lr {lr} --seed {seed}'),
-        'commit': _commit(),
+        'commit': git_commit(),
         'minutes': round((time.time() - t0) / 60, 1),
     }
     (out / 'manifest.json').write_text(json.dumps(manifest, indent=2) + '\n')

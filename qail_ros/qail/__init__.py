@@ -4,8 +4,8 @@ A quantized student, initialised from a frozen full-precision teacher, is fine-t
 `L = L_QAIL + lambda * L_QBC`: behaviour cloning on D_QAIL = D_E ∪ D_FP (`qail_loss`) plus the
 distance of its outputs to the teacher's (`qbc_loss`), optionally weighted per state by
 saliency (wQBC, a.k.a. SIS/QRD: `importance_weights`). `QAILTrainer` runs it; `attdiv` and
-`save_saliency_png` compare where the two policies look. `physics` wires it to the DeepMind
-Control tasks of `qail_ros.physics` (used by `qail-ros train / eval / bench physics`).
+`save_saliency_png` compare where the two policies look. `qail_ros.physics.qail_tasks` wires it
+to the DeepMind Control tasks (used by `qail-ros train / eval / bench physics`).
 
 Importing this package loads no torch: names resolve on first use.
 """

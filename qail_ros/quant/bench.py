@@ -1,29 +1,20 @@
-"""Kernel benchmark of the integer CPU path against float nn.Linear.
+"""Kernel benchmark of the integer CPU path against float nn.Linear (`qail-ros bench quant`).
 
-    python -m qail_ros.quant.bench [--shapes 4096x4096,2048x2048] [--batch 1] [--threads 1]
+    measure([(4096, 4096), (2048, 2048)], batches=[1], runs=50) -> one row per case
 
 Per shape (in_features x out_features) and batch size it times, in one run: FP32 and BF16
 nn.Linear, int4 weight-only (torch's CPU int4 kernel, group 128, FP32 and BF16 activations),
 int8 weight-only (torch._weight_int8pack_mm), W8A8 and W4A4 static quantization on
 torch._int_mm (IntLinear), and the W4A4 fake-quant layer used in training. Median and p90 of
-`--runs` calls after warm-up. Follows the `qail-ros bench` module interface (HELP,
-add_arguments, main).
+`runs` calls after warm-up. qail_ros.bench.quant parses the command line and prints the table.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
+from typing import Any
 
-HELP = 'CPU speed of the integer quantized linear layers vs FP32 nn.Linear'
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--shapes', default='4096x4096,2048x2048',
-                        help='comma-separated in_features x out_features (default: %(default)s)')
-    parser.add_argument('--batch', default='1', help='comma-separated batch sizes')
-    parser.add_argument('--runs', type=int, default=50, help='timed calls per case')
-    parser.add_argument('--threads', type=int, default=1, help='torch threads (default 1)')
+__all__ = ['measure']
 
 
 def _time(fn, x, runs: int) -> tuple[float, float]:
@@ -76,14 +67,12 @@ def _cases(k: int, n: int):
     ]
 
 
-def main(args) -> int:
+def measure(shapes: list[tuple[int, int]], batches: list[int], runs: int = 50
+            ) -> list[dict[str, Any]]:
+    """One row per (shape, batch, implementation): median and p90 ms over `runs` calls after
+    warm-up, speed-up vs FP32 nn.Linear, weight MiB. Runs on torch's current thread count."""
     import torch
-
-    from qail_ros.bench.report import emit_json, environment, table
-    torch.set_num_threads(args.threads)
-    shapes = [tuple(int(v) for v in s.lower().split('x')) for s in args.shapes.split(',')]
-    batches = [int(b) for b in str(args.batch).split(',')]
-    rows, results = [], []
+    results: list[dict[str, Any]] = []
     for k, n in shapes:
         cases = _cases(k, n)
         for batch in batches:
@@ -91,23 +80,9 @@ def main(args) -> int:
             for name, module, dtype, nbytes in cases:
                 x = torch.randn(batch, k, dtype=dtype)
                 with torch.inference_mode():
-                    med, p90 = _time(module, x, args.runs)
+                    med, p90 = _time(module, x, runs)
                 base = med if base is None else base
-                rows.append([f'{k}x{n}', batch, name, med, p90, base / med, nbytes / 2 ** 20])
                 results.append({'shape': [k, n], 'batch': batch, 'impl': name,
                                 'median_ms': med, 'p90_ms': p90, 'speedup_vs_fp32': base / med,
                                 'weight_mib': nbytes / 2 ** 20})
-    table(f'quantized linear layers, CPU, {args.threads} thread(s), torch {torch.__version__}',
-          ['shape', 'batch', 'implementation', 'median ms', 'p90 ms', 'x fp32', 'weights MiB'],
-          rows)
-    if getattr(args, 'json', False):
-        emit_json({'results': results, 'threads': args.threads, 'torch': torch.__version__,
-                   **environment()})
-    return 0
-
-
-if __name__ == '__main__':
-    parser = argparse.ArgumentParser(description=HELP)
-    parser.add_argument('--json', action='store_true')
-    add_arguments(parser)
-    raise SystemExit(main(parser.parse_args()))
+    return results

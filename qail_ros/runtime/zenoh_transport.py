@@ -593,10 +593,9 @@ def ensure_router(endpoint: str | None = None, timeout_s: float = 10.0,
     env['PYTHONPATH'] = os.pathsep.join(p for p in (root, env.get('PYTHONPATH')) if p)
     out = subprocess.DEVNULL if quiet else None
     # A router configuration file says where the router listens; else it listens at endpoint.
-    where = [] if os.environ.get(ROUTER_CONFIG_ENV, '').strip() else [endpoint]
+    where = [] if os.environ.get(ROUTER_CONFIG_ENV, '').strip() else ['--listen', endpoint]
     proc = subprocess.Popen(
-        [sys.executable, '-m', 'qail_ros.runtime.zenoh_transport', 'router', *where,
-         '--parent', str(os.getpid())],
+        [sys.executable, '-m', 'qail_ros.cli', 'router', *where, '--parent', str(os.getpid())],
         env=env, stdout=out, stderr=subprocess.PIPE if quiet else None)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -1012,42 +1011,3 @@ class ZenohTransport:
             self._graph_sub.undeclare()
         with contextlib.suppress(Exception):
             self.session.close()
-
-
-def _main(argv: list[str]) -> int:
-    """`python -m qail_ros.runtime.zenoh_transport router [ENDPOINT] [--parent PID]`, the
-    child process of `ensure_router`; with --parent it exits when that process is gone."""
-    if not argv or argv[0] != 'router':
-        print('usage: python -m qail_ros.runtime.zenoh_transport router [ENDPOINT] '
-              '[--parent PID]', file=sys.stderr)
-        return 2
-    args = argv[1:]
-    parent = None
-    if '--parent' in args:
-        i = args.index('--parent')
-        parent = int(args[i + 1])
-        del args[i:i + 2]
-    stop = threading.Event()
-
-    def on_signal(_signum, _frame):
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    if parent is not None:
-        def watch_parent():
-            while not stop.wait(0.5):
-                if os.getppid() != parent:
-                    stop.set()
-
-        threading.Thread(target=watch_parent, daemon=True).start()
-    try:
-        run_router(args[0] if args else None, stop=stop)
-    except TransportError as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(_main(sys.argv[1:]))

@@ -29,7 +29,7 @@ def test_corrupt_engine_file_is_refused(copied):
     copied.write_bytes(bytes(data))
     with pytest.raises(EngineError, match='corrupt or was replaced') as err:
         load_engine(copied)
-    assert 'python -m qail_ros.cilrs.export' in str(err.value)
+    assert 'qail-ros export CHECKPOINT|cilrs -o DIR' in str(err.value)
 
 
 def test_truncated_file_with_matching_hash_fails_to_load_clearly(copied):

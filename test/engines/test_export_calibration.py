@@ -178,3 +178,23 @@ def test_openvino_vision_towers(tmp_path):
     x = ov.example_inputs()
     np.testing.assert_allclose(ov.infer(x)['patches'], ort.infer(x)['patches'], atol=1e-4)
     assert ov.describe()['backend'] == 'openvino'
+
+
+def test_export_cilrs_builds_the_kinds_of_a_seeded_model(tmp_path, capsys):
+    """`qail-ros export cilrs` (formerly `python -m qail_ros.cilrs.export`): a seeded, untrained
+    CILRS at the asked camera size, only the asked kinds, each line printed by the CLI."""
+    from qail_ros.cli import main
+    out = tmp_path / 'out'
+    assert main(['export', 'cilrs', '-o', str(out), '--height', '64', '--width', '96',
+                 '--kinds', 'fp32_torch', '--holdout', '2']) == 0
+    engine = out / 'cilrs_r18_fp32_torch.safetensors'
+    manifest = read_manifest(engine)[1]
+    assert manifest.architecture['config']['width'] == 96 and manifest.precision == 'fp32'
+    assert sorted(p.name for p in out.glob('*.safetensors')) == [
+        'cilrs_r18.safetensors', engine.name]
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith('fp32_torch') and 'max |diff| vs FP 0.00e+00' in line
+    # the CILRS options are refused for other sources (here an MLP policy file)
+    assert main(['export', str(tmp_path / 'mlp.safetensors'), '-o', str(out), '--kinds',
+                 'fp32_torch']) == 2
+    assert '--kinds and --w4a4-student go with a CILRS checkpoint' in capsys.readouterr().err

@@ -105,7 +105,7 @@ def test_demo_prints_actions_and_ctrl_c_stops_every_process_within_2s(env):
         tree = me.children(recursive=True)
         names = ' '.join(' '.join(p.cmdline()) for p in tree)
         assert 'qail_ros.nodes.camera_source' in names and 'qail_ros.nodes.vla_policy' in names
-        assert 'zenoh_transport router' in names  # the launcher started the router
+        assert 'qail_ros.cli router' in names  # the launcher started the router
         everything = [me] + tree
         start = time.monotonic()
         launch.proc.send_signal(signal.SIGINT)

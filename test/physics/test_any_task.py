@@ -86,7 +86,7 @@ def test_whole_path_on_a_new_task(tmp_path, task, camera):
     assert f'{camera} camera' in drive
     returns = [float(x) for x in re.findall(r'episode 1 \(seed 0\): return (-?[\d.]+)', drive)]
     assert len(returns) == 1
-    student, _ = __import__('qail_ros.qail.physics_tasks', fromlist=['x']).load_any_policy(
+    student, _ = __import__('qail_ros.physics.qail_tasks', fromlist=['x']).load_any_policy(
         tmp_path / 'student')
     offline = physics.rollout(student, task, 1, 0, max_steps=40, record=False).returns
     assert returns[0] == pytest.approx(offline[0], abs=0.05)
@@ -180,7 +180,7 @@ def test_teacher_directory_names_its_task_before_the_fp_policy_exists(tmp_path):
 def test_qail_data_tops_up_short_episodes_to_min_states(tmp_path):
     from qail_ros.physics.models import save_expert
     from qail_ros.physics.sac import SACActor
-    from qail_ros.qail.physics_tasks import build_qail_data
+    from qail_ros.physics.qail_tasks import build_qail_data
     task = 'gym:Pendulum-v1'                                   # 200-step episodes
     save_expert(SACActor(3, 1, hidden=8), task, 'sac', path=tmp_path / 'expert.safetensors')
     physics.save_policy(physics.MLPPolicy(3, 1, hidden=8), tmp_path / 'fp_policy.safetensors',

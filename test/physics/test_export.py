@@ -11,7 +11,7 @@ from qail_ros.engines import EngineError, load_engine  # noqa: E402
 from qail_ros.engines.manifest import read_manifest, sha256_file  # noqa: E402
 from qail_ros.physics.export import export_policy  # noqa: E402
 from qail_ros.physics.models import load_fp_policy, task_dir  # noqa: E402
-from qail_ros.qail.physics_tasks import PolicyFileError, load_teacher  # noqa: E402
+from qail_ros.physics.qail_tasks import PolicyFileError, load_teacher  # noqa: E402
 
 TASK = 'cartpole-balance'
 

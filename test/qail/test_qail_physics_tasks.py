@@ -1,15 +1,16 @@
-"""QAIL on a physics task: D_QAIL, on-policy collection, save/load of a trained student."""
+"""QAIL on a physics task (qail_ros.physics.qail_tasks): D_QAIL, on-policy collection, save/load
+of a trained student."""
 import pytest
 import torch
 
 pytest.importorskip('dm_control', reason='dm_control (physics tasks) is not installed')
 
 from qail_ros.physics.models import shipped_tasks  # noqa: E402
-from qail_ros.qail.config import TrainConfig  # noqa: E402
-from qail_ros.qail.data import SOURCE_EXPERT, SOURCE_FP  # noqa: E402
-from qail_ros.qail.physics_tasks import (PolicyFileError, build_qail_data,  # noqa: E402
+from qail_ros.physics.qail_tasks import (PolicyFileError, build_qail_data,  # noqa: E402
                                          load_any_policy, load_trained, make_collector,
                                          obs_groups, save_trained, train_on_task)
+from qail_ros.qail.config import TrainConfig  # noqa: E402
+from qail_ros.qail.data import SOURCE_EXPERT, SOURCE_FP  # noqa: E402
 
 from qail_fakequant import fake_quantize  # noqa: E402
 

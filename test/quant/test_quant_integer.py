@@ -172,7 +172,7 @@ def test_kernel_benchmark_runs_on_a_tiny_shape(capsys):
     import argparse
     import json
 
-    from qail_ros.quant import bench
+    from qail_ros.bench import quant as bench
     parser = argparse.ArgumentParser()
     parser.add_argument('--json', action='store_true')
     bench.add_arguments(parser)

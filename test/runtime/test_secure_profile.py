@@ -36,14 +36,14 @@ def make_profile(directory: Path, port: int, names=IDENTITIES) -> Path:
 
 @pytest.fixture(scope='module')
 def profile(tmp_path_factory):
-    """A profile and its router (a `qail_ros.runtime.zenoh_transport router` child)."""
+    """A profile and its router (a `qail-ros router` child)."""
     port = int(zt.free_endpoint().rsplit(':', 1)[1])
     directory = make_profile(tmp_path_factory.mktemp('secure'), port)
     env = dict(os.environ, ZENOH_ROUTER_CONFIG_URI=str(directory / 'router.json5'),
                PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get('PYTHONPATH'))
                                           if p))
     env.pop('QAIL_ROS_ZENOH_ROUTER', None)
-    router = subprocess.Popen([sys.executable, '-m', 'qail_ros.runtime.zenoh_transport',
+    router = subprocess.Popen([sys.executable, '-m', 'qail_ros.cli',
                                'router'], env=env, stderr=subprocess.PIPE, text=True)
     endpoint = f'tls/localhost:{port}'
     deadline = time.monotonic() + 15

@@ -12,7 +12,7 @@ from qail_ros import policy_io
 from qail_ros.bag import BagWriter
 from qail_ros.cli import main
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / 'models' / 'openvla-tiny'
 
 

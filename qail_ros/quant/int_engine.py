@@ -9,6 +9,7 @@ matches the fake-quant forward bit for bit (tested in test/engines/test_int_engi
 No x86 instruction computes 4-bit activations natively, so the speed is that of int8 GEMMs plus
 the im2col of the convolutions (IntConv2d's int8 channels-last im2col); the point is 4-bit
 numerics and 4-bit storage. torch._int_mm's k == 1 bug is handled in qail_ros.quant.integer.
+It lives in quant (above engines): the 'torch-int8' back end of qail_ros.engines.registry.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 import json
 
 from qail_ros.bench.physics import _entry, write_outputs
-from qail_ros.bench.report import ANALYSIS_MARKER
+from qail_ros.report import ANALYSIS_MARKER
 
 
 def fake_result():

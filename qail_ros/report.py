@@ -1,4 +1,5 @@
-"""Output of benchmarks: a readable table, then (with --json) one JSON object on the last line."""
+"""Output of benchmarks and commands: a readable table, then (with --json) one JSON object on the
+last line; the facts (machine, commit) that make a result reproducible; result files."""
 from __future__ import annotations
 
 import json
@@ -35,6 +36,21 @@ def environment() -> dict[str, Any]:
         commit = None
     return {'machine': platform.machine(), 'python': platform.python_version(),
             'processor': platform.processor() or platform.machine(), 'commit': commit}
+
+
+def git_commit() -> str:
+    """The checked-out commit for a result file: 'abc1234', 'abc1234+uncommitted-changes' when
+    tracked files differ from it, 'uncommitted' outside a commit, 'unknown' without git."""
+    try:
+        sha = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return 'unknown'
+    if not sha:
+        return 'uncommitted'
+    return f'{sha}+uncommitted-changes' if dirty else sha
 
 
 def emit_json(result: dict[str, Any]) -> None:
