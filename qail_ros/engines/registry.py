@@ -222,6 +222,7 @@ def load_engine(path: str | Path | None = None, *, precision: str | None = None,
     """
     expect = dict(expect or {})
     src = None if path is None else Path(path)
+    engine_path: Path | None
     unknown = (src is not None and architecture is None and source_architecture(src) is None)
     if src is not None and (manifest_path(src).is_file() or unknown):
         # an engine file (read_manifest names what is missing when it is neither)
@@ -236,13 +237,14 @@ def load_engine(path: str | Path | None = None, *, precision: str | None = None,
     else:
         manifest = derive_manifest(src, architecture, precision=precision, backend=backend,
                                    config=config, options=options, device=device)
-        engine_path = src if src is not None else Path(manifest.engine_file)
-    if expect:
-        check_expected(engine_path, manifest, expect)
+        engine_path = src
     arch = (manifest.architecture or {}).get('name')
+    label = engine_path if engine_path is not None else Path(str(arch))
+    if expect:
+        check_expected(label, manifest, expect)
     cls = engine_class(manifest.backend, arch)
     if cls.PRECISIONS and manifest.precision not in cls.PRECISIONS:
-        raise EngineError(f'{engine_path.name}: back end {manifest.backend!r} does not run '
+        raise EngineError(f'{label.name}: back end {manifest.backend!r} does not run '
                           f'precision {manifest.precision!r} (it runs {list(cls.PRECISIONS)})')
     version, here = cls.backend_version(), device_id(device)
     stale = []
@@ -252,7 +254,7 @@ def load_engine(path: str | Path | None = None, *, precision: str | None = None,
     if manifest.device != here:
         stale.append(f'built on {manifest.device}, this is {here}')
     if stale:
-        msg = f'engine {engine_path.name}: ' + '; '.join(stale)
+        msg = f'engine {label.name}: ' + '; '.join(stale)
         if cls.VERSION_BOUND:
             raise EngineError(msg + ': this back end cannot load it; rebuild it here (the '
                               'EngineCache does so automatically)')
@@ -262,6 +264,6 @@ def load_engine(path: str | Path | None = None, *, precision: str | None = None,
     except EngineError:
         raise
     except Exception as exc:  # noqa: BLE001 - every back end fails in its own way
-        raise EngineError(f'engine {engine_path} could not be loaded by {manifest.backend} '
+        raise EngineError(f'engine {label} could not be loaded by {manifest.backend} '
                           f'({type(exc).__name__}: {exc}): the file does not match its '
                           'manifest; rebuild it') from exc
