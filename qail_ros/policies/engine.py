@@ -68,7 +68,8 @@ def weights_manifest(path: Path | None, *, precision: str | None = None,
     version, dev = ConvPolicyEngine.backend_version(), device_id(device)
     return Manifest(
         engine_file='' if path is None else path.name, engine_sha256=source,
-        architecture={'name': ARCHITECTURE, 'config': dataclasses.asdict(cfg)},
+        architecture={'name': ARCHITECTURE,
+                      'config': json.loads(json.dumps(dataclasses.asdict(cfg)))},
         precision='fp32', backend='torch', backend_version=version, device=dev,
         inputs={'image': {'shape': [None, None, 3], 'dtype': 'uint8',
                           'example_shape': [cfg.image_size, cfg.image_size, 3]},
