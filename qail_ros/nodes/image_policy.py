@@ -3,9 +3,9 @@
 The demo policy of the orin_vla launch until the INT4 OpenVLA `vla_policy` node lands. It runs
 `qail_ros.policies.ConvActionRegressor`, a small **untrained** convolutional network (seeded
 initialisation, or weights from `weights:=file.safetensors`), loaded through the engine
-registry (architecture 'conv-image-policy', qail_ros.policies.engine): real tensor work and real latency,
-meaningless actions. The topics are the ones vla_policy publishes, so the recorder and the
-monitor work with either.
+registry (architecture 'conv-image-policy', qail_ros.policies.engine): real tensor work and
+real latency, meaningless actions. The topics are the ones vla_policy publishes, so the
+recorder and the monitor work with either.
 
 Subscribes
   image_raw      sensor_msgs/Image (best effort, depth 1). Latest-frame policy: the callback only
@@ -39,8 +39,6 @@ from __future__ import annotations
 
 import sys
 import time
-
-import numpy as np
 
 from qail_ros.errors import ParameterError
 from qail_ros.nodes.latest_frame import LATEST_FRAME

@@ -3,7 +3,7 @@
     from qail_ros import quant
     quant.quantize_(model, quant.WeightOnlyRTN(bits=4, granularity='per_channel'))
     model = quant.deploy(model, 'integer')              # torch's int4 / int8 kernels, in place
-    decoder = quant.deploy(llama, 'ort', threads=4)     # the Llama decoder as ONE onnxruntime graph
+    decoder = quant.deploy(llama, 'ort', threads=4)     # the Llama decoder: one onnxruntime graph
     model = quant.deploy(model, 'ort-layers')           # one MatMulNBits session per linear
 
 Targets:
