@@ -94,9 +94,6 @@ class ImagePolicy(ArmPolicyNode):
             f'{origin}, {size}x{size} input) ready in {time.perf_counter() - start:.2f} s; '
             f'instruction: {self.instruction!r}')
 
-    def unload(self) -> None:
-        self.engine = self.policy = None
-
     def count_instruction_tokens(self, text: str) -> int:
         return len(tokenize(text))
 

@@ -170,9 +170,6 @@ class VLAPolicy(ArmPolicyNode):
             f'unnorm_key {policy.unnorm_key!r}) ready in {time.perf_counter() - start:.2f} s; '
             f'instruction: {self.instruction!r}')
 
-    def unload(self) -> None:
-        self.engine = self.policy = None
-
     def _token_budget(self, policy) -> None:
         """Prompt tokens the model's context leaves (positions - image patches - actions),
         and the template's own tokens (an empty instruction)."""
