@@ -91,17 +91,20 @@ class _VlaEngine:
     kind = 'image'
 
     def __init__(self, spec: str, unnorm_key: str):
-        from qail_ros.openvla.policy import OpenVLAPolicy
+        from qail_ros.engines import EngineError, load_engine
         path, _, precision = spec[len('openvla:'):].partition('@')
         precision = precision or 'fp32'
-        self.policy = OpenVLAPolicy.from_pretrained(path, precision=precision,
-                                                    unnorm_key=unnorm_key or None)
+        try:
+            self.engine = load_engine(path, architecture='openvla', precision=precision,
+                                      options={'unnorm_key': unnorm_key or None})
+        except EngineError as exc:
+            raise ParameterError(f'engine {spec}: {exc}') from None
         self.name = f'openvla {Path(path).name} ({precision})'
         self.precision = precision
 
     def act(self, frame: np.ndarray, instruction: str) -> tuple[np.ndarray, np.ndarray]:
-        result = self.policy.predict(frame, instruction)
-        return np.asarray(result.action, np.float64), np.asarray(result.tokens)
+        out = self.engine.infer({'image': frame, 'instruction': instruction})
+        return np.asarray(out['action'], np.float64), np.asarray(out['tokens'])
 
 
 def load_replay_engine(spec: str, unnorm_key: str = 'bridge_orig'):

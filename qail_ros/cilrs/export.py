@@ -463,7 +463,8 @@ def seeded_checkpoint(out: Path, resnet: int = 18, height: int = 256, width: int
 def add_calibration_arguments(p) -> None:
     """--backend / --precision / --calibration / --frames / --holdout / --max-abs-diff."""
     p.add_argument('--backend', default=None,
-                   choices=('auto', 'torch', 'onnxruntime', 'openvino', 'torch-int8'),
+                   choices=('auto', 'torch', 'onnxruntime', 'openvino', 'torch-int8',
+                            'tensorrt'),
                    help='auto: build every engine this machine runs, measure, keep the fastest '
                    'within --max-abs-diff of FP (default: CILRS the standard kinds, a state '
                    'policy its own back end, image policies openvino)')

@@ -9,13 +9,15 @@
 POLICY is a `qail-ros train` output directory or policy.safetensors (a QAIL student: W4A4 /
 W8A8 / W3A3 / W2A4 -> the 'torch-int8' back end) or an FP MLPPolicy file (-> 'torch', fp32).
 A CILRS checkpoint (qail_ros.cilrs save_checkpoint) builds CILRS engines, a ConvActionRegressor
-file or an OpenVLA checkpoint directory builds OpenVINO engines (conv policy / vision towers):
+file or an OpenVLA checkpoint directory builds OpenVINO engines (conv policy / vision towers;
+the towers also as an onnxruntime graph or, on an NVIDIA GPU, a TensorRT plan):
 
     qail-ros export cilrs.safetensors -o engines --backend auto --calibration runs/ds
     qail-ros export cilrs.safetensors -o engines --backend openvino --precision w8a8 \
         --calibration runs/ds --frames 100
     qail-ros export fp_policy.safetensors -o engines --backend openvino --precision w8a8 \
         --calibration runs/ds
+    qail-ros export models/openvla-tiny -o engines/vla --backend onnxruntime   # or tensorrt
 
 --calibration DATASET calibrates every INT8 engine (NNCF for OpenVINO, onnxruntime's static
 quantization) on --frames recorded frames of a `qail-ros dataset build` data set and reports
@@ -98,16 +100,32 @@ def _precisions(args) -> tuple[str, ...]:
     return (p,) if p else ('fp32', 'bf16', 'w8a8')
 
 
+def _export_vision_engine(model, args) -> int:
+    """OpenVLA's vision towers + projector -> an onnxruntime graph or a TensorRT plan (on an
+    NVIDIA GPU) + manifest, the engine vla_policy's `vision_engine` parameter takes."""
+    import json
+
+    from qail_ros.openvla.vision_engine import build_vision_engine
+    path = build_vision_engine(model, args.out, backend=args.backend, precision=args.precision)
+    print(f'{args.backend} vision engine {path} ({path.stat().st_size / 1e6:.1f} MB): set '
+          f"vla_policy's vision_engine parameter to it")
+    if args.json:
+        print(json.dumps({'engine': str(path), 'manifest': str(path) + '.json',
+                          'bytes': path.stat().st_size}))
+    return 0
+
+
 def _export_image_policy(kind: str, policy, args) -> int:
     """Conv image policy / OpenVLA towers -> OpenVINO engines (calibrated on DATASET's
     camera frames when given)."""
     from pathlib import Path
 
     from qail_ros.errors import ParameterError
+    if kind == 'openvla' and args.backend in ('onnxruntime', 'tensorrt'):
+        return _export_vision_engine(policy, args)
     if args.backend not in (None, 'openvino', 'auto'):
         raise ParameterError(f'{kind} engines are built on the openvino back end here (the '
-                             'vision towers also on onnxruntime / tensorrt: python -m '
-                             'qail_ros.openvla.vision_engine)')
+                             'OpenVLA vision towers also on onnxruntime / tensorrt)')
     frames = held = None
     if args.calibration:
         from qail_ros.dataset.reader import load_manifest

@@ -150,7 +150,7 @@ class OpenVINOEngine(Engine):
         ov = _ov()
         if self.device not in ('cpu', 'CPU'):
             raise EngineError(f'the openvino engine runs on the CPU here, not {self.device!r}')
-        xml, weights = read_ir(self.path)
+        xml, weights = read_ir(self.file)
         core = ov.Core()
         model = core.read_model(model=xml, weights=ov.Tensor(np.frombuffer(weights, np.uint8)))
         self.compiled = core.compile_model(model, 'CPU', self.compile_config())
@@ -161,7 +161,7 @@ class OpenVINOEngine(Engine):
         for n in self.manifest.inputs:
             port = next((i for i, ns in zip(self.compiled.inputs, names) if n in ns), None)
             if port is None or len(names) != len(self.manifest.inputs):
-                raise EngineError(f'{self.path.name}: graph inputs {[sorted(x) for x in names]}'
+                raise EngineError(f'{self.name}: graph inputs {[sorted(x) for x in names]}'
                                   f' differ from its manifest {list(self.manifest.inputs)}: '
                                   'rebuild the engine')
             self._inputs[n] = port

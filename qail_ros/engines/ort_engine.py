@@ -34,7 +34,7 @@ class OrtEngine(Engine):
         names = [i.name for i in self.session.get_inputs()]
         if sorted(names) != sorted(self.manifest.inputs):
             from qail_ros.engines.base import EngineError
-            raise EngineError(f'{self.path.name}: graph inputs {names} differ from its '
+            raise EngineError(f'{self.name}: graph inputs {names} differ from its '
                               f'manifest {list(self.manifest.inputs)}: rebuild the engine')
 
     def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

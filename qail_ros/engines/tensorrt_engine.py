@@ -70,7 +70,7 @@ class TensorRTEngine(Engine):
         import torch  # CUDA buffers; torch with CUDA is part of every GPU install here
         trt = _trt()
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
+        self.engine = runtime.deserialize_cuda_engine(self.file.read_bytes())
         if self.engine is None:
             raise EngineError(f'TensorRT could not deserialise {self.path}: rebuild the plan')
         self.context = self.engine.create_execution_context()

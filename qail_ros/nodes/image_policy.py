@@ -2,9 +2,10 @@
 
 The demo policy of the orin_vla launch until the INT4 OpenVLA `vla_policy` node lands. It runs
 `qail_ros.policies.ConvActionRegressor`, a small **untrained** convolutional network (seeded
-initialisation, or weights from `weights:=file.safetensors`): real tensor work and real latency,
-meaningless actions. The topics are the ones vla_policy publishes, so the recorder and the
-monitor work with either.
+initialisation, or weights from `weights:=file.safetensors`), loaded through the engine
+registry (architecture 'conv-image-policy', qail_ros.policies.engine): real tensor work and
+real latency, meaningless actions. The topics are the ones vla_policy publishes, so the
+recorder and the monitor work with either.
 
 Subscribes
   image_raw      sensor_msgs/Image (best effort, depth 1). Latest-frame policy: the callback only
@@ -39,8 +40,6 @@ from __future__ import annotations
 import sys
 import time
 
-import numpy as np
-
 from qail_ros.errors import ParameterError
 from qail_ros.nodes.latest_frame import LATEST_FRAME
 from qail_ros.nodes.policy_base import ArmPolicyNode, PolicyOutputs, twist_message
@@ -71,28 +70,29 @@ class ImagePolicy(ArmPolicyNode):
 
     def load(self) -> None:
         import torch
-        from qail_ros.policies.conv_action_regressor import (ConvActionRegressor,
-                                                             ConvActionRegressorConfig)
+        from qail_ros.engines import EngineError, load_engine
         torch.set_num_threads(int(self.num_threads))
         start = time.perf_counter()
-        if self.weights:
-            try:
-                policy = ConvActionRegressor.load(self.weights)
-            except (FileNotFoundError, ValueError) as exc:
-                raise ParameterError(f"node '{self.get_name()}': weights: {exc}") from None
-            origin = f'weights {self.weights}'
-        else:
-            policy = ConvActionRegressor(ConvActionRegressorConfig(
-                image_size=int(self.image_size), seed=int(self.seed)))
-            origin = f'UNTRAINED seeded weights (seed {self.seed})'
-        policy.eval()
-        policy.predict(np.zeros((policy.config.image_size, policy.config.image_size, 3),
-                                np.uint8), self.instruction)  # warm-up: first call is slow
-        self.policy = policy
+        try:
+            if self.weights:
+                engine = load_engine(self.weights, architecture='conv-image-policy',
+                                     threads=int(self.num_threads))
+            else:
+                engine = load_engine(None, architecture='conv-image-policy',
+                                     config={'image_size': int(self.image_size),
+                                             'seed': int(self.seed)},
+                                     threads=int(self.num_threads))
+        except EngineError as exc:
+            raise ParameterError(f"node '{self.get_name()}': weights: {exc}") from None
+        origin = (f'weights {self.weights}' if self.weights
+                  else f'UNTRAINED seeded weights (seed {self.seed})')
+        engine.warmup(1, self.instruction)   # the first call is slow: not on a frame
+        self.engine, self.policy = engine, engine.model
+        size = engine.model.config.image_size
         self.get_logger().info(
-            f'ConvActionRegressor ({policy.num_parameters() / 1e6:.2f} M params, {origin}, '
-            f'{policy.config.image_size}x{policy.config.image_size} input) ready in '
-            f'{time.perf_counter() - start:.2f} s; instruction: {self.instruction!r}')
+            f'ConvActionRegressor ({engine.model.num_parameters() / 1e6:.2f} M params, '
+            f'{origin}, {size}x{size} input) ready in {time.perf_counter() - start:.2f} s; '
+            f'instruction: {self.instruction!r}')
 
     def count_instruction_tokens(self, text: str) -> int:
         return len(tokenize(text))
@@ -102,10 +102,10 @@ class ImagePolicy(ArmPolicyNode):
 
     # -- inference ------------------------------------------------------------------------------
     def run(self, frame):
-        return self.policy.predict_with_raw(frame, self.instruction)
+        return self.engine.infer({'image': frame, 'instruction': self.instruction})
 
     def to_outputs(self, msg, result) -> PolicyOutputs:
-        action, raw = result
+        action, raw = result['action'], result['raw']
         a = [float(x) for x in action]
         lin, ang = self.linear_scale, self.angular_scale
         values = ' '.join(f'{k}={v:+.3f}' for k, v in zip(ACTION_LABELS, action))

@@ -757,7 +757,7 @@ class ArmPolicyNode(PolicyNode):
         return self.policy is not None
 
     def unload(self) -> None:
-        self.policy = None
+        self.engine = self.policy = None
 
     def to_inputs(self, msg):
         from qail_ros.image import to_numpy

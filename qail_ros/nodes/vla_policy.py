@@ -1,7 +1,8 @@
 """vla_policy: camera frames + a language instruction -> OpenVLA 7-DoF end-effector action.
 
 Runs an OpenVLA checkpoint (qail_ros.openvla: our own architecture code, no remote code, no
-timm) loaded in on_configure from `model_path` (a Hugging Face OpenVLA directory: the shipped
+timm) loaded in on_configure through the engine registry (qail_ros.engines.load_engine) from
+`model_path` (a Hugging Face OpenVLA directory: the shipped
 tiny random model `models/openvla-tiny` by default, or the real openvla-7b directory), in
 fp32, bf16, or with the Llama backbone INT4 weight-only (qail_ros.quant): `int4` on torch's
 CPU int4 kernel, `int4_ort` (the fastest CPU path): the same codes, the whole decoder as one
@@ -109,7 +110,7 @@ class VLAPolicy(ArmPolicyNode):
                           '(cuda: onnxruntime-gpu)', choices=('cpu', 'cuda'), read_only=True,
                           allowed="'cpu' or 'cuda'"),
             ParameterSpec('vision_engine', '', 'engine of the vision towers + projector '
-                          "(python -m qail_ros.openvla.vision_engine); '' = the torch towers",
+                          "(qail-ros export MODEL --backend onnxruntime); '' = the torch towers",
                           read_only=True),
             ParameterSpec('num_threads', 1, "torch CPU threads (and the onnxruntime decoder's "
                           'threads for int4_ort)', min=1, read_only=True),
@@ -140,26 +141,28 @@ class VLAPolicy(ArmPolicyNode):
     # -- engine ---------------------------------------------------------------------------------
     def load(self) -> None:
         import torch
-        from qail_ros.openvla import OpenVLAError
-        from qail_ros.openvla.policy import OpenVLAPolicy
+        from qail_ros.engines import EngineError, load_engine
         torch.set_num_threads(int(self.num_threads))
         start = time.perf_counter()
         path = resolve_model_path(self.model_path)
         try:
-            policy = OpenVLAPolicy.from_pretrained(
-                path, precision=self.precision, unnorm_key=self.unnorm_key or None,
-                int4_scheme=self.int4_scheme, int4_group_size=int(self.int4_group_size),
-                int4_weights=self.int4_weights or None, ort_threads=int(self.num_threads),
-                lora_weights=self.lora_weights or None, ort_device=self.device,
-                vision_engine=self.vision_engine or None)
-        except OpenVLAError as exc:
+            engine = load_engine(
+                path, architecture='openvla', precision=self.precision,
+                threads=int(self.num_threads), device=self.device,
+                options={'unnorm_key': self.unnorm_key or None, 'int4_scheme': self.int4_scheme,
+                         'int4_group_size': int(self.int4_group_size),
+                         'int4_weights': self.int4_weights or None,
+                         'lora_weights': self.lora_weights or None,
+                         'vision_engine': self.vision_engine or None})
+        except EngineError as exc:
             raise ParameterError(f"node '{self.get_name()}': loading {path}: {exc}") from None
+        policy = engine.policy
         self._token_budget(policy)
         problem = self.instruction_problem(self.instruction, policy=policy)
         if problem:
             raise ParameterError(f"node '{self.get_name()}': instruction: {problem}")
-        policy.warmup(1, self.instruction)   # the first forward allocates: not on a frame
-        self.policy = policy
+        engine.warmup(1, self.instruction)   # the first forward allocates: not on a frame
+        self.engine, self.policy = engine, policy
         d = policy.describe()
         int4 = f", int4 {d['int4']}" if d['int4'] else ''
         self.get_logger().info(
@@ -203,10 +206,10 @@ class VLAPolicy(ArmPolicyNode):
 
     # -- inference ------------------------------------------------------------------------------
     def run(self, frame):
-        return self.policy.predict(frame, self.instruction)
+        return self.engine.infer({'image': frame, 'instruction': self.instruction})
 
     def to_outputs(self, msg, result) -> PolicyOutputs:
-        action = np.asarray(result.action, dtype=np.float64)
+        action = np.asarray(result['action'], dtype=np.float64)
         a = [float(x) for x in action]
         rate = 1.0 / float(self.control_period_s)
         values = ' '.join(f'{k}={v:+.4f}' for k, v in zip(ACTION_LABELS, action))
@@ -214,9 +217,9 @@ class VLAPolicy(ArmPolicyNode):
             messages=self.arm_messages(action, [a[0] * rate, a[1] * rate, a[2] * rate],
                                        [a[3] * rate, a[4] * rate, a[5] * rate],
                                        msg.header.stamp),
-            raw=result.bin_logits, raw_name='action_token_logits', value=action,
+            raw=result['bin_logits'], raw_name='action_token_logits', value=action,
             log=f'action {values}',
-            run_split_ms=(result.timing_ms['preprocess_ms'], result.timing_ms['inference_ms']))
+            run_split_ms=(float(result['timing_ms'][0]), float(result['timing_ms'][1])))
 
 
 def main(args=None) -> int:

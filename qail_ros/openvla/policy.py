@@ -271,12 +271,11 @@ class OpenVLAPolicy:
         kept for models the graph does not take). device: 'cpu', or 'cuda' for the graph on
         onnxruntime-gpu (float16 attention and KV cache)."""
         import torch
-        from torch import nn
         from qail_ros import quant
         if self.int4_state != 'fake':
             raise OpenVLAError('convert_int4 needs quantize_int4() or load_int4() first')
         if backend == 'torch':
-            quant.convert_to_integer(self.model.language_model)
+            quant.deploy(self.model.language_model, 'integer')
             self.int4_state = 'kernel'
             self.int4_details['backend'] = 'torch'
             return
@@ -289,23 +288,15 @@ class OpenVLAPolicy:
                                'sessions fuse the layers the adapters attach to')
         _require_ort()
         n = int(threads) if threads else torch.get_num_threads()
-        lm = self.model.language_model
-        if graph:
-            from qail_ros.quant.ort_int4 import OrtInt4Error
-            from qail_ros.quant.ort_llama import OrtLlamaDecoder
-            patches = self.config.vit_specs[0].num_patches
-            try:
-                self.model.decoder = OrtLlamaDecoder(lm, threads=n,
-                                                     accuracy_level=accuracy_level,
-                                                     capacity=patches + 64, device=device)
-            except OrtInt4Error as exc:
-                raise OpenVLAError(str(exc)) from None
-            lm.model.layers = nn.ModuleList()     # the graph owns the decoder's weights now
-            lm.model.norm = nn.Identity()
-            lm.lm_head = nn.Identity()
-        else:
-            from qail_ros.quant.ort_int4 import convert_to_ort_int4
-            convert_to_ort_int4(lm, threads=n, accuracy_level=accuracy_level)
+        from qail_ros.quant.ort_int4 import OrtInt4Error
+        try:
+            deployed = quant.deploy(self.model.language_model, 'ort' if graph else 'ort-layers',
+                                    threads=n, accuracy_level=accuracy_level, device=device,
+                                    capacity=self.config.vit_specs[0].num_patches + 64)
+        except OrtInt4Error as exc:
+            raise OpenVLAError(str(exc)) from None
+        if graph:      # the decoder graph; deploy freed the torch layers it now owns
+            self.model.decoder = deployed
         self.int4_state = 'ort'
         self.precision = 'int4_ort'
         self.int4_details.update(backend='onnxruntime', accuracy_level=accuracy_level,

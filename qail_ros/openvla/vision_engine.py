@@ -1,7 +1,7 @@
 """OpenVLA's vision towers + projector as an engine file: onnxruntime here, TensorRT on a GPU.
 
-    python -m qail_ros.openvla.vision_engine --model models/openvla-tiny --out engines/vla \\
-        [--backend onnxruntime|tensorrt] [--precision fp32|fp16]
+    qail-ros export models/openvla-tiny -o engines/vla --backend onnxruntime|tensorrt|openvino \\
+        [--precision fp32|fp16|bf16|w8a8]
     OpenVLAPolicy.from_pretrained(path, vision_engine='engines/vla/openvla_vision_fp16.plan')
 
 The paper runs the ViT in TensorRT FP16 on the Orin and the INT4 Llama in its LLM runtime;
@@ -22,16 +22,13 @@ towers (`OpenVLAModel.vision_engine`).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 from qail_ros.openvla.config import OpenVLAError
 
-__all__ = ['ARCHITECTURE', 'build_vision_engine', 'load_vision_engine', 'vision_contract',
-           'main']
+__all__ = ['ARCHITECTURE', 'build_vision_engine', 'load_vision_engine', 'vision_contract']
 
 ARCHITECTURE = 'openvla-vision'
 BACKENDS = {'onnxruntime': ('fp32',), 'tensorrt': ('fp16', 'fp32'),
@@ -185,25 +182,3 @@ def load_vision_engine(path: str | Path, config, *, threads: int = 1):
                                    'config': contract['config']})
     except EngineError as exc:
         raise OpenVLAError(f'vision engine {path}: {exc}') from None
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog='python -m qail_ros.openvla.vision_engine',
-        description="build an engine of an OpenVLA checkpoint's vision towers + projector")
-    parser.add_argument('--model', required=True, help='OpenVLA checkpoint directory')
-    parser.add_argument('--out', required=True, help='output directory (engine + manifest)')
-    parser.add_argument('--backend', choices=sorted(BACKENDS), default='onnxruntime')
-    parser.add_argument('--precision', default=None,
-                        help='fp32 (onnxruntime) | fp16 or fp32 (tensorrt; default fp16) | '
-                        'fp32, bf16 or w8a8 (openvino)')
-    args = parser.parse_args(argv)
-    path = build_vision_engine(args.model, args.out, backend=args.backend,
-                               precision=args.precision)
-    print(json.dumps({'engine': str(path), 'manifest': str(path) + '.json',
-                      'bytes': path.stat().st_size}))
-    return 0
-
-
-if __name__ == '__main__':
-    raise SystemExit(main())

@@ -6,6 +6,7 @@
     quant.quantize_(model, quant.Int4WeightOnlyAWQ(group_size=128), calibration=batch)
     quant.save_quantized(model, 'policy.safetensors'); quant.load_quantized(factory, path)
     quant.convert_to_integer(model)                                # real int kernels on CPU
+    quant.deploy(model, 'ort')      # or 'integer' / 'ort-layers': the deployable form, one verb
 
 Configs (this module and `config`) import no torch, so a node can read and validate one from
 YAML cheaply; everything else loads torch on first use. See docs/quantization.md.
@@ -18,6 +19,8 @@ from typing import Any
 from qail_ros.quant.config import (LSQ, QuantConfig, QuantConfigError, W3A3LSQ, W4A4LSQ,
                                    W8A8LSQ, Int4WeightOnlyAWQ, WeightActivationRTN,
                                    WeightOnlyRTN, config_from_dict, lsq_config, rtn_config)
+from qail_ros.quant.deploy import TARGETS as DEPLOY_TARGETS  # torch-free
+from qail_ros.quant.deploy import deploy  # binds the function over the submodule's name
 
 __all__ = [
     # the verb and its helpers
@@ -30,6 +33,7 @@ __all__ = [
     'FakeQuantizer', 'QuantLinear', 'QuantConv2d',
     # serialisation and the integer path
     'save_quantized', 'load_quantized', 'QuantizedFileError', 'convert_to_integer',
+    'deploy', 'DEPLOY_TARGETS',
 ]
 
 _LAZY = {

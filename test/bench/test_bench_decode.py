@@ -11,8 +11,9 @@ pytest.importorskip('transformers', reason='the decode benchmark builds a transf
 
 def test_decode_bench_json_keys(monkeypatch, capsys):
     from qail_ros.bench import decode
-    monkeypatch.setitem(decode.LAYOUTS, 'small', (128, 256, 1, 2))
-    monkeypatch.setattr(decode, 'measure_bandwidth_gbps', lambda mbytes=0, repeats=0: 5.0)
+    from qail_ros.openvla import decode_latency as pipeline
+    monkeypatch.setitem(pipeline.LAYOUTS, 'small', (128, 256, 1, 2))
+    monkeypatch.setattr(pipeline, 'measure_bandwidth_gbps', lambda mbytes=0, repeats=0: 5.0)
     args = argparse.Namespace(small=True, threads=1, tokens=2, prompt=8, repeats=1,
                               precisions='fp32,bf16,int8,int4', json=True)
     assert decode.main(args) == 0
@@ -42,8 +43,9 @@ def test_group_size_option_quantizes_group_wise(monkeypatch, capsys):
     """--group-size 64: twice the scales of per channel over the 256-input down_proj and
     four times over 128-input layers, so more weight bytes than the per-channel default."""
     from qail_ros.bench import decode
-    monkeypatch.setitem(decode.LAYOUTS, 'small', (128, 256, 1, 2))
-    monkeypatch.setattr(decode, 'measure_bandwidth_gbps', lambda mbytes=0, repeats=0: 5.0)
+    from qail_ros.openvla import decode_latency as pipeline
+    monkeypatch.setitem(pipeline.LAYOUTS, 'small', (128, 256, 1, 2))
+    monkeypatch.setattr(pipeline, 'measure_bandwidth_gbps', lambda mbytes=0, repeats=0: 5.0)
     weights = {}
     for group in (0, 64):
         args = argparse.Namespace(small=True, threads=1, tokens=2, prompt=8, repeats=1,
@@ -62,9 +64,10 @@ def test_floor_uses_the_median_bandwidth_reading(monkeypatch, capsys):
     """One reading before the models and one after each precision; a one-off spike (this VM
     read 59 GB/s once among ~35 GB/s readings) must not set the floor."""
     from qail_ros.bench import decode
-    monkeypatch.setitem(decode.LAYOUTS, 'small', (128, 256, 1, 2))
+    from qail_ros.openvla import decode_latency as pipeline
+    monkeypatch.setitem(pipeline.LAYOUTS, 'small', (128, 256, 1, 2))
     readings = iter([4.0, 50.0, 6.0])
-    monkeypatch.setattr(decode, 'measure_bandwidth_gbps',
+    monkeypatch.setattr(pipeline, 'measure_bandwidth_gbps',
                         lambda mbytes=0, repeats=0: next(readings))
     args = argparse.Namespace(small=True, threads=1, tokens=2, prompt=8, repeats=1,
                               precisions='fp32,int4', json=True)
@@ -79,12 +82,13 @@ def test_action_and_prefill_fraction_of_the_measured_gemm_peak(monkeypatch, caps
     """action_ms per precision, and prefill FLOPs / prefill time against the GEMM peak of the
     precision's compute (int8 for the onnxruntime graph), measured in the same run."""
     from qail_ros.bench import decode
-    monkeypatch.setitem(decode.LAYOUTS, 'small', (128, 256, 1, 2))
-    monkeypatch.setattr(decode, 'measure_bandwidth_gbps', lambda mbytes=0, repeats=0: 5.0)
+    from qail_ros.openvla import decode_latency as pipeline
+    monkeypatch.setitem(pipeline.LAYOUTS, 'small', (128, 256, 1, 2))
+    monkeypatch.setattr(pipeline, 'measure_bandwidth_gbps', lambda mbytes=0, repeats=0: 5.0)
     peaks = {'fp32': 40.0, 'bf16': 80.0, 'int8_torch': 150.0, 'int8': 160.0,
              'cpu': {'fp32': 50.0, 'bf16': 90.0, 'int8_torch': 170.0, 'int8': 170.0}}
     seen = []
-    monkeypatch.setattr(decode, 'measure_gemm_peak_gflops',
+    monkeypatch.setattr(pipeline, 'measure_gemm_peak_gflops',
                         lambda m, k, n, repeats=5: seen.append((m, k, n)) or dict(peaks))
     args = argparse.Namespace(small=True, threads=1, tokens=2, prompt=8, repeats=1,
                               precisions='fp32,int4_ort', json=True)
@@ -109,7 +113,7 @@ def test_action_and_prefill_fraction_of_the_measured_gemm_peak(monkeypatch, caps
 
 
 def test_gemm_peak_is_measured():
-    from qail_ros.bench.decode import measure_gemm_peak_gflops
+    from qail_ros.openvla.decode_latency import measure_gemm_peak_gflops
     peak = measure_gemm_peak_gflops(16, 64, 64, repeats=1)
     assert {'fp32', 'bf16', 'int8', 'cpu'} <= set(peak)
     assert min(v for k, v in peak.items() if k != 'cpu') > 0 and min(peak['cpu'].values()) > 0

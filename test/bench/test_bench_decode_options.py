@@ -23,15 +23,15 @@ def _decode_logits(model, embeds, tokens: int, cache: str):
 
 @pytest.mark.parametrize('cache', ['dynamic', 'static'])
 def test_gemv_attention_and_static_cache_match_sdpa(cache, monkeypatch):
-    from qail_ros.bench import decode
-    from qail_ros.bench.decode import build_fp32
+    from qail_ros.openvla import decode_latency as pipeline
+    from qail_ros.openvla.decode_latency import build_fp32
     queries = []
 
     def spy(module, query, *args, **kwargs):
         queries.append(query.shape[2])
         return real(module, query, *args, **kwargs)
-    real = decode._gemv_attention
-    monkeypatch.setattr(decode, '_gemv_attention', spy)
+    real = pipeline.gemv_attention
+    monkeypatch.setattr(pipeline, 'gemv_attention', spy)
     embeds = torch.randn(1, 9, 128, generator=torch.Generator().manual_seed(0))
     ref = _decode_logits(build_fp32(128, 256, 2, 4), embeds, 3, 'dynamic')
     gemv_model = build_fp32(128, 256, 2, 4, attention='gemv')

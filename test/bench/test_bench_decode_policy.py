@@ -11,20 +11,21 @@ pytest.importorskip('transformers', reason='the decode benchmark builds a transf
 
 def test_policy_action_times_for_each_policy_precision(monkeypatch, capsys):
     from qail_ros.bench import decode
+    from qail_ros.openvla import decode_latency as pipeline
     from qail_ros.quant.ort_int4 import ort_available
     if not ort_available():
         pytest.skip('onnxruntime / onnx not installed')
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
-    monkeypatch.setitem(decode.LAYOUTS, 'small', (128, 256, 1, 2))
-    monkeypatch.setattr(decode, 'measure_bandwidth_gbps', lambda mbytes=0, repeats=0: 5.0)
+    monkeypatch.setitem(pipeline.LAYOUTS, 'small', (128, 256, 1, 2))
+    monkeypatch.setattr(pipeline, 'measure_bandwidth_gbps', lambda mbytes=0, repeats=0: 5.0)
     loaded = []
-    real = decode.time_policy
+    real = pipeline.time_policy
 
     def spy(path, precision, *a, **kw):
         r = real(path, precision, *a, **kw)
         loaded.append((precision, r['precision']))
         return r
-    monkeypatch.setattr(decode, 'time_policy', spy)
+    monkeypatch.setattr(pipeline, 'time_policy', spy)
     args = argparse.Namespace(small=True, threads=1, tokens=2, prompt=8, repeats=1,
                               precisions='fp32,int8,int4_ort', json=True,
                               policy='models/openvla-tiny', unnorm_key=None)

@@ -97,9 +97,13 @@ def test_tensorrt_plan(tmp_path, frames):
 
 
 def test_cli_builds_an_engine(tmp_path, capsys):
-    from qail_ros.openvla.vision_engine import main
-    assert main(['--model', str(TINY), '--out', str(tmp_path)]) == 0
+    from qail_ros.cli import main
+    out_dir = tmp_path / 'vla'
+    assert main(['export', str(TINY), '-o', str(out_dir), '--backend', 'onnxruntime',
+                 '--json']) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert Path(out['engine']).is_file() and Path(out['manifest']).is_file()
-    with pytest.raises(OpenVLAError, match="builds \\['fp32'\\], not 'fp16'"):
-        main(['--model', str(TINY), '--out', str(tmp_path), '--precision', 'fp16'])
+    assert Path(out['engine']).parent == out_dir and out['bytes'] > 0
+    assert main(['export', str(TINY), '-o', str(out_dir), '--backend', 'onnxruntime',
+                 '--precision', 'fp16']) == 2
+    assert "builds ['fp32'], not 'fp16'" in capsys.readouterr().err

@@ -199,7 +199,7 @@ def test_llama_logits_match_the_torch_int4_path():
     """--small decode-bench layout scaled down: fake-quant float, torch int4 and MatMulNBits
     logits over a prompt and two cached decode steps."""
     pytest.importorskip('transformers')
-    from qail_ros.bench.decode import build_fp32, make_precision
+    from qail_ros.openvla.decode_latency import build_fp32, make_precision
     torch.set_num_threads(1)
     fp32 = build_fp32(256, 512, 2, 4)
     fake = copy.deepcopy(fp32)
@@ -237,8 +237,9 @@ def test_decode_bench_reports_both_int4_paths(monkeypatch, capsys, cache):
     import json
 
     from qail_ros.bench import decode
-    monkeypatch.setitem(decode.LAYOUTS, 'small', (128, 256, 1, 2))
-    monkeypatch.setattr(decode, 'measure_bandwidth_gbps', lambda mbytes=0, repeats=0: 5.0)
+    from qail_ros.openvla import decode_latency as pipeline
+    monkeypatch.setitem(pipeline.LAYOUTS, 'small', (128, 256, 1, 2))
+    monkeypatch.setattr(pipeline, 'measure_bandwidth_gbps', lambda mbytes=0, repeats=0: 5.0)
     args = argparse.Namespace(small=True, threads=1, tokens=2, prompt=8, repeats=1,
                               precisions='fp32,int8_ort,int4,int4_ort,int4_ort_layers',
                               json=True, cache=cache)
