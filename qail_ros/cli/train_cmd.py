@@ -155,6 +155,8 @@ def main(args) -> int:
 
     from qail_ros.bench.report import emit_json, table
     from qail_ros.qail.data import ImitationData
+    from qail_ros.training.logs import show_progress
+    show_progress()
     from qail_ros.qail.physics_tasks import (build_qail_data, data_from_datasets,
                                              evaluate_policy, load_teacher, save_trained,
                                              train_on_task)

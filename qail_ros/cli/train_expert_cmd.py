@@ -70,6 +70,8 @@ def main(args) -> int:
     from qail_ros.errors import ParameterError
     from qail_ros.physics import teacher as T
     from qail_ros.physics.tasks import check_task
+    from qail_ros.training.logs import show_progress
+    show_progress()
 
     torch.set_num_threads(max(1, args.threads))
     out = Path(args.out)
@@ -105,8 +107,7 @@ def main(args) -> int:
           f'{out}', flush=True)
     out.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(s, indent=1) + '\n')
-    res = T.train_expert(task, out, s, resume=args.resume, progress=not args.no_progress,
-                         log=lambda m: print(m, flush=True))
+    res = T.train_expert(task, out, s, resume=args.resume, progress=not args.no_progress)
     print(f'expert: best evaluation {res["best_eval"]:.1f} after {res["env_steps"]} env steps '
           f'({res["minutes"]:.1f} min, {res["reason"]}) -> {res["expert"]}', flush=True)
     result = {'task': task, 'expert': {k: res[k] for k in ('env_steps', 'best_eval', 'minutes',
@@ -122,8 +123,7 @@ def main(args) -> int:
         manifest = T.train_fp(out, task, episodes=args.fp_episodes,
                               noise_episodes=args.fp_noise_episodes, steps=args.fp_steps,
                               hidden=args.fp_hidden, eval_episodes=args.fp_eval_episodes,
-                              command=command_line(),
-                              log=lambda m: print(m, flush=True))
+                              command=command_line())
         result['manifest'] = str(out / 'manifest.json')
         result['fp'] = manifest['fp_policy']['return']
         result['expert_return'] = manifest['expert']['return']

@@ -38,6 +38,8 @@ def main(args) -> int:
     from qail_ros.cli.train_expert_cmd import command_line
     from qail_ros.physics import teacher as T
     from qail_ros.physics.models import teacher_task
+    from qail_ros.training.logs import show_progress
+    show_progress()
 
     torch.set_num_threads(max(1, args.threads))
     task = args.task or teacher_task(args.teacher)
@@ -51,8 +53,7 @@ def main(args) -> int:
     m = T.train_fp(args.teacher, task, episodes=args.episodes,
                    noise_episodes=args.noise_episodes, noise=args.noise, hidden=args.hidden,
                    layers=args.layers, steps=args.steps, lr=args.lr, seed=args.seed,
-                   eval_episodes=args.eval_episodes, command=command_line(),
-                   log=lambda s: print(s, flush=True))
+                   eval_episodes=args.eval_episodes, command=command_line())
     rows = [[task, name, m[key]['return']['mean'], m[key]['return']['std']]
             for name, key in (('expert', 'expert'), ('FP MLP (BC)', 'fp_policy'),
                               ('random', 'random_policy'))]

@@ -59,6 +59,8 @@ def main(args) -> int:
     from qail_ros.bench.report import emit_json, table
     from qail_ros.manipulation.qail_vla import quantize_awq, train_qlora
     from qail_ros.manipulation.vla import Samples, SmallVLA, samples_from_dataset
+    from qail_ros.training.logs import show_progress
+    show_progress()
     from qail_ros.quant import save_quantized
     from qail_ros.quant.lora import save_lora
 
@@ -85,7 +87,7 @@ def main(args) -> int:
         info = train_qlora(student, teacher, data, steps=args.steps, rank=args.rank, lr=args.lr,
                            batch=args.batch_size, seed=args.seed,
                            qbc_lambda=1.0 if args.method == 'qail_qbc' else 0.0, tasks=(),
-                           log=print, device=args.device or 'cpu',
+                           device=args.device or 'cpu',
                            precision=args.precision or 'fp32', grad_accum=args.grad_accum or 1,
                            activation_checkpointing=args.activation_checkpointing,
                            checkpoint_dir=str(out / 'checkpoints'),
