@@ -325,7 +325,7 @@ class TensorHooks(StudentHooks):
         return compute_scores(self.trainer.teacher, obs.to(self.device), ids=ids, cache=cache,
                               progress=cfg.progress and self.trainer.rank == 0, **kw).cpu()
 
-    def _prepare_weights(self) -> None:
+    def prepare_weights(self) -> None:
         """SIS of D_QAIL under the teacher, T on a 10% subset, alpha per sample."""
         cfg = self.config
         if self.sis_cache is None and cfg.sis_cache:
@@ -375,7 +375,7 @@ class TensorHooks(StudentHooks):
     def start(self, student: nn.Module, n_data: int) -> int:
         cfg = self.config
         if canonical_weighting(cfg.resolved_weighting) == 'saliency':
-            self._prepare_weights()
+            self.prepare_weights()
         self.onpolicy = cfg.uses_qbc and self.collector is not None and cfg.onpolicy_every > 0
         if cfg.canonical_method == 'lppd':
             index = torch.nonzero(self.data.source == SOURCE_FP).flatten()

@@ -81,14 +81,15 @@ def _settings(argv):
 
 def test_bench_bits_option_sets_width_labels_and_file_name():
     from qail_ros.bench import manipulation as bm
+    from qail_ros.manipulation import benchmark as mb
     s = _settings(['--bits', '3', '--methods', 'fp,rtn_int4,qail_qbc_int4'])
     assert s['bits'] == 3 and s['group_size'] == 0
-    assert bm.quant_kwargs(s) == {'bits': 3, 'granularity': 'per_channel', 'group_size': 128}
-    assert bm.results_name(s) == 'manipulation_int3'
-    assert bm.results_name(_settings([])) == 'manipulation' and _settings([])['bits'] == 4
+    assert mb.quant_kwargs(s) == {'bits': 3, 'granularity': 'per_channel', 'group_size': 128}
+    assert mb.results_name(s) == 'manipulation_int3'
+    assert mb.results_name(_settings([])) == 'manipulation' and _settings([])['bits'] == 4
     g = _settings(['--bits', '2', '--group-size', '32'])
-    assert bm.quant_kwargs(g) == {'bits': 2, 'granularity': 'group', 'group_size': 32}
-    assert set(bm.FP_KEYS).isdisjoint({'bits', 'group_size'})   # the FP cache is shared
+    assert mb.quant_kwargs(g) == {'bits': 2, 'granularity': 'group', 'group_size': 32}
+    assert set(mb.FP_KEYS).isdisjoint({'bits', 'group_size'})   # the FP cache is shared
     with pytest.raises(SystemExit):
         _settings(['--bits', '5'])
     with pytest.raises(ParameterError, match='--group-size 48'):
