@@ -1,7 +1,8 @@
 """`qail-ros bench manipulation`: the OpenVLA result in small: FP vs AWQ-INT4 vs QLoRA QAIL vs
 QLoRA QAIL+QBC success on language-conditioned table-top tasks (qail_ros.manipulation).
 
-Pipeline, each step measured in the same run:
+This module parses the options, calls the pipeline (`qail_ros.manipulation.benchmark.run`) and
+prints / writes the tables. The pipeline, each step measured in the same run:
 1. D_E: the scripted expert on training seeds (clean episodes + DART-noised ones, clean labels).
 2. FP: a small OpenVLA-architecture VLA trained by behaviour cloning on D_E (cached in --out as
    an OpenVLA checkpoint directory; reused when its settings match, unless --retrain).

@@ -14,6 +14,8 @@ evaluates the student over --eval-episodes episodes.
 """
 from __future__ import annotations
 
+from qail_ros.cli.train_options import add_train_options, start_training
+
 HELP = 'train a quantized policy with QAIL (+QBC / wQBC) on a physics task'
 
 #: physics defaults (METHOD.md: Adam lr 3e-4 for the MLP policies); steps fit a CPU budget.
@@ -61,11 +63,7 @@ def add_arguments(parser):
                         help='evaluation episodes after training (0 = skip)')
     parser.add_argument('--config', default=None,
                         help='TrainConfig YAML (e.g. a previous OUT/train.yaml); flags override')
-    parser.add_argument('--threads', type=int, default=1, help='torch threads (default 1)')
-    parser.add_argument('--no-progress', action='store_true', help='no progress bars')
-    parser.add_argument('--json', action='store_true',
-                        help='print one JSON object with the results as the last line')
-    parser.add_argument('-o', '--out', required=True, help='output directory')
+    add_train_options(parser)
     add_scale_arguments(parser)
 
 
@@ -155,14 +153,12 @@ def main(args) -> int:
 
     from qail_ros.bench.report import emit_json, table
     from qail_ros.qail.data import ImitationData
-    from qail_ros.training.logs import show_progress
-    show_progress()
     from qail_ros.qail.physics_tasks import (build_qail_data, data_from_datasets,
                                              evaluate_policy, load_teacher, save_trained,
                                              train_on_task)
 
     task = args.resolved_task = resolve_task(args)
-    torch.set_num_threads(max(1, args.threads))
+    start_training(args)
     config = build_config(args)
     if task is None and config.onpolicy_every > 0:
         print('note: the data set names no physics task: on-policy QBC rollouts are off '

@@ -13,6 +13,8 @@ the expected time on this machine is printed.
 """
 from __future__ import annotations
 
+from qail_ros.cli.train_options import add_train_options, start_training
+
 HELP = 'train a SAC expert (and its FP MLP by behaviour cloning) for any physics task'
 
 
@@ -47,11 +49,7 @@ def add_arguments(parser):
     fp.add_argument('--fp-hidden', type=int, default=256, help='FP MLP width (256)')
     fp.add_argument('--fp-eval-episodes', type=int, default=10,
                     help='episodes evaluating expert, FP policy and random policy (10)')
-    parser.add_argument('--threads', type=int, default=1, help='torch threads (default 1)')
-    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
-    parser.add_argument('--json', action='store_true',
-                        help='print one JSON object with the results as the last line')
-    parser.add_argument('-o', '--out', required=True, help='teacher directory to write')
+    add_train_options(parser, out='teacher directory to write', progress='no progress bar')
 
 
 def command_line() -> str:
@@ -64,16 +62,12 @@ def main(args) -> int:
     import json
     from pathlib import Path
 
-    import torch
-
     from qail_ros.bench.report import emit_json, table
     from qail_ros.errors import ParameterError
     from qail_ros.physics import teacher as T
     from qail_ros.physics.tasks import check_task
-    from qail_ros.training.logs import show_progress
-    show_progress()
 
-    torch.set_num_threads(max(1, args.threads))
+    start_training(args)
     out = Path(args.out)
     saved = out / 'expert_settings.json'
     if args.resume:

@@ -15,6 +15,8 @@ Writes OUT/int4_backbone.safetensors, OUT/adapters.safetensors and OUT/summary.j
 """
 from __future__ import annotations
 
+from qail_ros.cli.train_options import add_train_options, start_training
+
 HELP = 'INT4 OpenVLA student from recorded data: AWQ + QLoRA QAIL (+QBC)'
 METHODS = ('qail', 'qail_qbc')
 
@@ -41,9 +43,7 @@ def add_arguments(parser):
     parser.add_argument('--lr', type=float, default=5e-4)
     parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--threads', type=int, default=1)
-    parser.add_argument('--json', action='store_true', help='summary as JSON on the last line')
-    parser.add_argument('-o', '--out', required=True, help='output directory')
+    add_train_options(parser, progress=None, json='summary as JSON on the last line')
     from qail_ros.cli.train_cmd import add_scale_arguments
     add_scale_arguments(parser, checkpoint_every=200)
     parser.add_argument('--activation-checkpointing', action='store_true',
@@ -59,12 +59,10 @@ def main(args) -> int:
     from qail_ros.bench.report import emit_json, table
     from qail_ros.manipulation.qail_vla import quantize_awq, train_qlora
     from qail_ros.manipulation.vla import Samples, SmallVLA, samples_from_dataset
-    from qail_ros.training.logs import show_progress
-    show_progress()
     from qail_ros.quant import save_quantized
     from qail_ros.quant.lora import save_lora
 
-    torch.set_num_threads(max(1, args.threads))
+    start_training(args)
     torch.manual_seed(args.seed)
     teacher = SmallVLA.load(args.teacher, unnorm_key=args.unnorm_key)
     teacher.model.eval()
