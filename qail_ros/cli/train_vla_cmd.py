@@ -10,7 +10,9 @@ FP_DIR is an OpenVLA checkpoint directory (the teacher, frozen). Its Llama backb
 quantized to INT4 weight-only (AWQ calibrated on the data, per output channel by default) and
 frozen; LoRA adapters are trained with L_QAIL (cross-entropy on the 7 action tokens of D_QAIL
 = DATA + EXPERT_DATA) and, for qail_qbc, lambda * L_QBC against the teacher's logits on the
-same states (offline: s from D_QAIL, as METHOD.md says when no simulator is at hand).
+same states (offline: s from D_QAIL, as METHOD.md says when no simulator is at hand); qbc and
+lppd (the teacher's logits alone; LPPD on the states of DATA) train through the same trainer
+(`QAILTrainer` with `VLAHooks`).
 Writes OUT/int4_backbone.safetensors, OUT/adapters.safetensors and OUT/summary.json.
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 from qail_ros.cli.train_options import add_train_options, start_training
 
 HELP = 'INT4 OpenVLA student from recorded data: AWQ + QLoRA QAIL (+QBC)'
-METHODS = ('qail', 'qail_qbc')
+METHODS = ('qail', 'qail_qbc', 'qbc', 'lppd')
 
 
 def add_arguments(parser):
@@ -33,7 +35,9 @@ def add_arguments(parser):
     parser.add_argument('--camera', default=None, help='image key (default: the first)')
     parser.add_argument('--unnorm-key', default=None,
                         help="the teacher's norm_stats key (default: its only one)")
-    parser.add_argument('--method', default='qail_qbc', choices=METHODS)
+    parser.add_argument('--method', default='qail_qbc', choices=METHODS,
+                        help='qail (L_QAIL), qail_qbc (+ lambda L_QBC, default), qbc (L_QBC '
+                             "alone), lppd (distil the teacher's logits on its own states)")
     parser.add_argument('--scheme', default='awq', choices=('awq', 'rtn'),
                         help='INT4 initialisation (default awq)')
     parser.add_argument('--granularity', default='per_channel', choices=('per_channel', 'group'))
@@ -84,7 +88,8 @@ def main(args) -> int:
     try:
         info = train_qlora(student, teacher, data, steps=args.steps, rank=args.rank, lr=args.lr,
                            batch=args.batch_size, seed=args.seed,
-                           qbc_lambda=1.0 if args.method == 'qail_qbc' else 0.0, tasks=(),
+                           method='qat' if args.method == 'qail' else args.method,
+                           qbc_lambda=1.0, tasks=(),
                            device=args.device or 'cpu',
                            precision=args.precision or 'fp32', grad_accum=args.grad_accum or 1,
                            activation_checkpointing=args.activation_checkpointing,

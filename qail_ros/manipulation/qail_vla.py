@@ -90,7 +90,8 @@ def teacher_tokens(teacher: SmallVLA, samples: Samples, batch: int = 128) -> tor
 class _StudentStep(torch.nn.Module):
     """The student's forward of one micro-batch as one module call (DistributedDataParallel
     reduces the adapters' gradients of exactly one call per backward): logits on the labels'
-    prefix for L_QAIL, and on the teacher's tokens for L_QBC."""
+    prefix for L_QAIL (none without labels: QBC alone, LPPD), and on the teacher's tokens for
+    L_QBC / LPPD."""
 
     def __init__(self, vla: SmallVLA):
         super().__init__()
@@ -98,8 +99,9 @@ class _StudentStep(torch.nn.Module):
         self.__dict__['vla'] = vla           # not a submodule: its model already is
 
     def forward(self, images, instructions, labels, n_labelled: int, prefix=None):
-        s_lab = self.vla.teacher_forced_logits(images[:n_labelled], instructions[:n_labelled],
-                                               labels, model=self.model)
+        s_lab = (None if labels is None else
+                 self.vla.teacher_forced_logits(images[:n_labelled], instructions[:n_labelled],
+                                                labels, model=self.model))
         s_out = (None if prefix is None else
                  self.vla.teacher_forced_logits(images, instructions, prefix, model=self.model))
         return s_lab, s_out
@@ -184,16 +186,22 @@ class VLAHooks(StudentHooks):
         cfg, dist = self.cfg, self.dist
         self.student = student
         self.labels = student.action_tokens(self.data.actions)
-        self.use_qbc = cfg.uses_qbc
+        self.use_qail = cfg.uses_qail
+        lppd = cfg.canonical_method == 'lppd'
+        self.use_qbc = cfg.uses_qbc or lppd        # both compare with the teacher's logits
         self.t_tok = teacher_tokens(self.trainer.teacher, self.data) if self.use_qbc else None
+        self.index = np.arange(n_data)
+        if lppd:      # the teacher's own states (D_FP), if there are any
+            fp = np.flatnonzero(np.asarray(self.data.source) == 'fp')
+            self.index = fp if len(fp) else self.index
         self.w_data = (None if self.weights is None else
                        torch.as_tensor(self.weights, dtype=torch.float32))
-        rounds = self.rounds if (self.use_qbc and self.tasks) else 0
+        rounds = self.rounds if (cfg.uses_qbc and self.tasks) else 0
         self.at = {int(cfg.steps * r / max(rounds, 1)) for r in range(rounds)}
         unit = dist.world * cfg.grad_accum
         self.half_global = max(unit, cfg.batch_size // 2 // unit * unit)
         self.pool_local = (cfg.batch_size - self.half_global) // unit  # pool states per micro
-        return n_data
+        return len(self.index)
 
     def before_step(self, student: SmallVLA, step: int) -> None:
         if step - 1 not in self.at:
@@ -223,10 +231,10 @@ class VLAHooks(StudentHooks):
                      len(new), self.stats['onpolicy_success'][-len(self.tasks):])
 
     def batch(self, idx: torch.Tensor, step: int) -> StudentBatch:
-        idx = idx.numpy()
+        idx = self.index[idx.numpy()]
         data, half = self.data, len(idx)
         images, instr = data.images[idx], [data.instructions[i] for i in idx]
-        lab = self.labels[idx].to(self.dist.device)
+        lab = self.labels[idx].to(self.dist.device) if self.use_qail else None
         if not self.use_qbc:
             return StudentBatch((images, instr, None), lab, half)
         prefix = self.t_tok[idx]
@@ -271,9 +279,12 @@ def train_qlora(student: SmallVLA, teacher: SmallVLA, data: Samples, *, steps: i
                 seed: int = 0, device: str = 'cpu', precision: str = 'fp32',
                 grad_accum: int = 1, activation_checkpointing: bool = False,
                 checkpoint_dir: str | None = None, checkpoint_every: int = 0,
-                resume: str | None = None, history: list | None = None) -> dict:
+                resume: str | None = None, history: list | None = None,
+                method: str | None = None) -> dict:
     """QLoRA fine-tuning of an INT4 student (see the module doc): `QAILTrainer` with
-    `VLAHooks`. qbc_lambda 0 = QAIL alone (method 'qat'), else QAIL+QBC with lambda.
+    `VLAHooks`. `method` None: qbc_lambda 0 = QAIL alone ('qat'), else QAIL+QBC with lambda;
+    or any `TrainConfig` method ('qbc': QBC alone; 'lppd': distillation of the teacher's
+    logits on D_FP's states; 'qail_wqbc' with `weights`), lambda = qbc_lambda (1 if 0).
     `weights`: per-sample wQBC weights of `data` (None = 1); `onpolicy_weight_fn` gives the
     weights of collected on-policy states. Returns training statistics.
 
@@ -286,8 +297,18 @@ def train_qlora(student: SmallVLA, teacher: SmallVLA, data: Samples, *, steps: i
     ranks; keys l_qail, l_qbc). Progress goes to the loggers of this module and the trainer."""
     from qail_ros.qail.config import TrainConfig
     from qail_ros.qail.trainer import QAILTrainer
-    config = TrainConfig(method='qail_qbc' if qbc_lambda > 0 else 'qat', bits='w4a16',
-                         head='tokens', qbc_distance=distance, lam=qbc_lambda, lr=lr,
+    if method is None:
+        method, lam = ('qail_qbc' if qbc_lambda > 0 else 'qat'), qbc_lambda
+    else:
+        lam = qbc_lambda if qbc_lambda > 0 else 1.0
+    weighting = 'wqbc' if method in ('qail_wqbc', 'sqil', 'qail+wqbc') else None
+    if weighting and weights is None:
+        from qail_ros.errors import ParameterError
+        raise ParameterError(f'method {method!r} weights QBC per state: pass weights= (one per '
+                             'sample of data, e.g. from image saliency of the teacher), or use '
+                             'qail_qbc')
+    config = TrainConfig(method=method, weighting=weighting, bits='w4a16',
+                         head='tokens', qbc_distance=distance, lam=lam, lr=lr,
                          steps=steps, batch_size=batch, weight_decay=0.0, grad_clip=1.0,
                          seed=seed, device=device, precision=precision, grad_accum=grad_accum,
                          checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
@@ -302,10 +323,11 @@ def train_qlora(student: SmallVLA, teacher: SmallVLA, data: Samples, *, steps: i
     result = trainer.train(student)
     if history is not None:
         history.extend(result.history)
-    qail = [r['l_qail'] for r in result.history]
+    qail = [r['l_qail'] for r in result.history if 'l_qail' in r]
     qbc = [r['l_qbc'] for r in result.history if 'l_qbc' in r]
-    return {'steps': steps, 'qbc_lambda': qbc_lambda, 'rank': rank, 'lr': lr,
-            'final_qail': float(np.mean(qail[-100:])),
+    return {'steps': steps, 'method': config.canonical_method, 'qbc_lambda': qbc_lambda,
+            'rank': rank, 'lr': lr,
+            'final_qail': float(np.mean(qail[-100:])) if qail else None,
             'final_qbc': float(np.mean(qbc[-100:])) if qbc else None,
             'onpolicy_states': hooks.stats['onpolicy_states'],
             'onpolicy_success': hooks.stats['onpolicy_success'],
