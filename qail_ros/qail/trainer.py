@@ -18,7 +18,13 @@ visited), the trainer collects every `onpolicy_every` steps, labels the states w
 them for wQBC with the same saliency and threshold, and keeps them in a bounded FIFO pool. This
 is the paper's `s ~ pi_q` sampled DAgger-style.
 
-Distributed, precision, checkpoints: the steps run in `qail_ros.training.distributed.TrainLoop`.
+One trainer for every model: what depends on the model (the student's forward and trainable
+parameters, the teacher's relabelling, batches, rollouts) is a `StudentHooks` object;
+`TensorHooks` (the default) is the above for a policy module on tensor rows (the physics MLP,
+the packed CILRS), `qail_ros.manipulation.qail_vla.VLAHooks` the VLA's QLoRA students.
+
+Distributed, precision, checkpoints: the steps run in `qail_ros.training.bc.fit` (the loop is
+`qail_ros.training.distributed.TrainLoop`).
 Under torchrun (WORLD_SIZE > 1) the process group is initialised there, the student is wrapped in
 DistributedDataParallel, every step's global batch (`batch_size`, whatever the number of
 processes) is drawn alike on every rank and each rank trains on its slice (in `grad_accum`
@@ -171,8 +177,10 @@ class StudentHooks:
     relabelling, the batches and the on-policy rollouts. The losses, the optimizer, the loop,
     checkpoints and torchrun are the trainer's (`qail_ros.training.bc.fit`).
 
-    The defaults are the policy-module case (`TensorHooks`); the VLA's QLoRA students
-    (`qail_ros.manipulation.qail_vla.VLAHooks`) override them for token cross-entropy.
+    `TensorHooks` is the policy-module case (MLP, packed CILRS); the VLA's QLoRA students are
+    `qail_ros.manipulation.qail_vla.VLAHooks` (token cross-entropy, adapters only). The trainer
+    sets `trainer` (in `bind`) and `batches` (the `GlobalBatches` of the run, before the first
+    step: a hook that fills part of each batch from its pool sets `batches.size`).
     """
 
     #: fit() settings of this family
