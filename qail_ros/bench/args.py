@@ -7,7 +7,9 @@
 """
 from __future__ import annotations
 
-__all__ = ['add_run_arguments']
+from qail_ros.errors import ParameterError
+
+__all__ = ['add_run_arguments', 'choose']
 
 
 def add_run_arguments(parser, *, name: str, quick: str, seeds: str, episodes: str,
@@ -21,3 +23,14 @@ def add_run_arguments(parser, *, name: str, quick: str, seeds: str, episodes: st
     parser.add_argument('--out', default=f'bench-results/{name}',
                         help=out or f'output directory of {name}.{{json,md}}')
     parser.add_argument('--threads', type=int, default=1, help='torch threads (default 1)')
+
+
+def choose(option: str, given: list[str], allowed, default) -> list[str]:
+    """The values of a repeatable / comma-separated option (`given`, already split; empty =
+    `default`), each one of `allowed`: else a ParameterError naming the option and the
+    choices."""
+    chosen = list(given) or list(default)
+    bad = [v for v in chosen if v not in allowed]
+    if bad:
+        raise ParameterError(f'{option} {bad}: choose among {",".join(allowed)}')
+    return chosen

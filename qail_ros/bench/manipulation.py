@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qail_ros.bench.args import add_run_arguments
+from qail_ros.bench.args import add_run_arguments, choose
 from qail_ros.bench.report import csv_list, write_results
 from qail_ros.errors import ParameterError
 from qail_ros.manipulation.benchmark import (ALL_METHODS, BITS, paired_comparisons,
@@ -108,14 +108,8 @@ def settings_from(args) -> dict[str, Any]:
         if v is not None:
             s[key] = v
     from qail_ros.manipulation.tasks import TASKS
-    tasks = csv_list(args.tasks) or s['tasks']
-    bad = [t for t in tasks if t not in TASKS]
-    if bad:
-        raise ParameterError(f'--tasks {bad}: choose among {",".join(TASKS)}')
-    methods = csv_list(args.methods) or list(ALL_METHODS)
-    bad = [m for m in methods if m not in ALL_METHODS]
-    if bad:
-        raise ParameterError(f'--methods {bad}: choose among {",".join(ALL_METHODS)}')
+    tasks = choose('--tasks', csv_list(args.tasks), TASKS, s['tasks'])
+    methods = choose('--methods', csv_list(args.methods), ALL_METHODS, ALL_METHODS)
     if s['eval_episodes'] < 1 or s['seeds'] < 1:
         raise ParameterError('--episodes and --seeds must be >= 1')
     if s['bits'] not in BITS:

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qail_ros.bench.args import add_run_arguments
+from qail_ros.bench.args import add_run_arguments, choose
 from qail_ros.bench.report import csv_list, write_markdown
 
 HELP = ('QAIL on DeepMind Control (Table 7): FP vs PTQ-RTN vs QAIL vs QAIL+QBC (+wQBC) returns '
@@ -576,10 +576,7 @@ def main(args) -> int:
     bits_list = [b.lower() for b in csv_list(args.bits)] or ['w4a4']
     for b in bits_list:
         parse_bits(b)
-    methods = csv_list(args.methods) or list(DEFAULT_METHODS)
-    bad = [m for m in methods if m not in ALL_METHODS]
-    if bad:
-        raise ParameterError(f'unknown methods {bad}: use {", ".join(ALL_METHODS)}')
+    methods = choose('--methods', csv_list(args.methods), ALL_METHODS, DEFAULT_METHODS)
     if s['seeds'] < 1 or s['episodes'] < 1:
         raise ParameterError('--seeds and --episodes must be >= 1')
     if s.get('curve'):

@@ -23,46 +23,41 @@ PHYSICS_DEFAULTS = {'steps': 2000, 'lr': 3e-4, 'batch_size': 256, 'onpolicy_ever
                     'onpolicy_episodes': 2}
 
 
+#: options whose default (None) is the --config / TrainConfig value or the task's: flag, type, help
+OPTIONS = (
+    ('--task', str, "physics task: DeepMind Control domain-task, gym:ENV_ID or module:factory "
+     "(default: the task of --data's recordings or of the --teacher directory)"),
+    ('--teacher', str, 'FP policy: a teacher directory (qail-ros train-expert; its expert gives '
+     "D_E), an MLPPolicy file or an fp32 engine (default: the task's shipped FP policy and "
+     'expert)'),
+    ('--data', str, 'data set of recorded FP rollouts (D_FP; qail-ros dataset build)'),
+    ('--expert-data', str, 'data set of recorded expert demonstrations (D_E)'),
+    ('--method', str, 'ptq_rtn | qat (= qail) | qbc | qail_qbc | qail_wqbc | lppd (default '
+     'qail_qbc, or the --config value)'),
+    ('--bits', str, 'w4a4 (default), w3a3, w8a8, w4a16 ...'),
+    ('--steps', int, 'optimiser steps (default 2000)'),
+    ('--seed', int, 'training seed (default 0)'),
+    ('--lr', float, 'Adam learning rate (3e-4)'),
+    ('--batch-size', int, 'global batch (default 256)'),
+    ('--weighting', str, 'none | wqbc | sis | qrd (wqbc = SIS/QRD; default from --method)'),
+    ('--onpolicy-every', int, 'on-policy QBC: roll the student out every N steps (0 = off; '
+     'default 250)'),
+    ('--onpolicy-episodes', int, 'episodes per on-policy round (default 2)'),
+    ('--onpolicy-max-steps', int, 'truncate on-policy episodes to N steps (default: full '
+     'episodes)'),
+    ('--expert-episodes', int, 'simulated episodes of D_E (default 10; 0 with --data)'),
+    ('--fp-episodes', int, 'simulated episodes of D_FP (default 10; 0 with --data)'),
+    ('--config', str, 'TrainConfig YAML (e.g. a previous OUT/train.yaml); flags override'),
+)
+
+
 def add_arguments(parser):
-    parser.add_argument('--task', default=None,
-                        help="physics task: DeepMind Control domain-task, gym:ENV_ID or "
-                             "module:factory (default: the task of --data's recordings or of "
-                             'the --teacher directory)')
-    parser.add_argument('--teacher', default=None,
-                        help='FP policy: a teacher directory (qail-ros train-expert; its expert '
-                             "gives D_E), an MLPPolicy file or an fp32 engine (default: the "
-                             "task's shipped FP policy and expert)")
-    parser.add_argument('--data', default=None,
-                        help='data set of recorded FP rollouts (D_FP; qail-ros dataset build)')
-    parser.add_argument('--expert-data', default=None,
-                        help='data set of recorded expert demonstrations (D_E)')
+    for flag, kind, text in OPTIONS:
+        parser.add_argument(flag, type=kind, default=None, help=text)
     parser.add_argument('--split', default='train', choices=('train', 'val', 'all'),
                         help='episodes of --data / --expert-data to train on (default train)')
-    parser.add_argument('--method', default=None,
-                        help='ptq_rtn | qat (= qail) | qbc | qail_qbc | qail_wqbc | lppd '
-                             '(default qail_qbc, or the --config value)')
-    parser.add_argument('--bits', default=None, help='w4a4 (default), w3a3, w8a8, w4a16 ...')
-    parser.add_argument('--steps', type=int, default=None, help='optimiser steps (default 2000)')
-    parser.add_argument('--seed', type=int, default=None, help='training seed (default 0)')
-    parser.add_argument('--lr', type=float, default=None, help='Adam learning rate (3e-4)')
-    parser.add_argument('--batch-size', type=int, default=None)
-    parser.add_argument('--weighting', default=None,
-                        help='none | wqbc | sis | qrd (wqbc = SIS/QRD; default from --method)')
-    parser.add_argument('--onpolicy-every', type=int, default=None,
-                        help='on-policy QBC: roll the student out every N steps (0 = off; '
-                             'default 250)')
-    parser.add_argument('--onpolicy-episodes', type=int, default=None,
-                        help='episodes per on-policy round (default 2)')
-    parser.add_argument('--onpolicy-max-steps', type=int, default=None,
-                        help='truncate on-policy episodes to N steps (default: full episodes)')
-    parser.add_argument('--expert-episodes', type=int, default=None,
-                        help='simulated episodes of D_E (default 10; 0 with --data)')
-    parser.add_argument('--fp-episodes', type=int, default=None,
-                        help='simulated episodes of D_FP (default 10; 0 with --data)')
     parser.add_argument('--eval-episodes', type=int, default=10,
                         help='evaluation episodes after training (0 = skip)')
-    parser.add_argument('--config', default=None,
-                        help='TrainConfig YAML (e.g. a previous OUT/train.yaml); flags override')
     add_train_options(parser)
     add_scale_arguments(parser)
 

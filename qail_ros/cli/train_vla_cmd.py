@@ -24,12 +24,11 @@ METHODS = ('qail', 'qail_qbc', 'qbc', 'lppd')
 
 
 def add_arguments(parser):
-    parser.add_argument('--teacher', required=True,
-                        help='FP OpenVLA checkpoint directory (config.json, safetensors, '
-                             'tokenizer.json)')
-    parser.add_argument('--data', required=True,
-                        help='QAIL data set of the FP policy\'s rollouts (qail-ros dataset '
-                             'build): images, instructions, 7-DoF actions')
+    for flag, text in (('--teacher', 'FP OpenVLA checkpoint directory (config.json, '
+                                     'safetensors, tokenizer.json)'),
+                       ('--data', "QAIL data set of the FP policy's rollouts (qail-ros dataset "
+                                  'build): images, instructions, 7-DoF actions')):
+        parser.add_argument(flag, required=True, help=text)
     parser.add_argument('--expert-data', default=None, help='a data set of demonstrations (D_E)')
     parser.add_argument('--split', default='train', choices=('train', 'val', 'all'))
     parser.add_argument('--camera', default=None, help='image key (default: the first)')

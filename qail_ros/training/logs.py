@@ -18,19 +18,15 @@ TRAINING_LOGGERS = ('qail_ros.training', 'qail_ros.qail', 'qail_ros.physics', 'q
                     'qail_ros.manipulation', 'qail_ros.driving')
 
 
-class _StderrHandler(logging.StreamHandler):
-    """Writes to the sys.stderr of the moment (a test's capture, a redirected stream)."""
+class _StderrHandler(logging.Handler):
+    """Writes each record to the sys.stderr of the moment (a test's capture, a redirection)."""
 
-    def __init__(self):
-        super().__init__()
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value):
-        pass
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + '\n')
+            sys.stderr.flush()
+        except Exception:           # logging must never raise into the trainer
+            self.handleError(record)
 
 
 def show_progress(names: tuple[str, ...] = TRAINING_LOGGERS,
