@@ -23,28 +23,20 @@ PHYSICS_DEFAULTS = {'steps': 2000, 'lr': 3e-4, 'batch_size': 256, 'onpolicy_ever
                     'onpolicy_episodes': 2}
 
 
-#: options whose default (None) is the --config / TrainConfig value or the task's: flag, type, help
+#: options whose default (None) is the --config / TrainConfig value: flag, type, help
 OPTIONS = (
-    ('--task', str, "physics task: DeepMind Control domain-task, gym:ENV_ID or module:factory "
-     "(default: the task of --data's recordings or of the --teacher directory)"),
-    ('--teacher', str, 'FP policy: a teacher directory (qail-ros train-expert; its expert gives '
-     "D_E), an MLPPolicy file or an fp32 engine (default: the task's shipped FP policy and "
-     'expert)'),
     ('--data', str, 'data set of recorded FP rollouts (D_FP; qail-ros dataset build)'),
     ('--expert-data', str, 'data set of recorded expert demonstrations (D_E)'),
-    ('--method', str, 'ptq_rtn | qat (= qail) | qbc | qail_qbc | qail_wqbc | lppd (default '
-     'qail_qbc, or the --config value)'),
+    ('--method', str, 'ptq_rtn | qat (= qail) | qbc | qail_qbc | qail_wqbc | lppd (qail_qbc)'),
     ('--bits', str, 'w4a4 (default), w3a3, w8a8, w4a16 ...'),
     ('--steps', int, 'optimiser steps (default 2000)'),
     ('--seed', int, 'training seed (default 0)'),
     ('--lr', float, 'Adam learning rate (3e-4)'),
     ('--batch-size', int, 'global batch (default 256)'),
     ('--weighting', str, 'none | wqbc | sis | qrd (wqbc = SIS/QRD; default from --method)'),
-    ('--onpolicy-every', int, 'on-policy QBC: roll the student out every N steps (0 = off; '
-     'default 250)'),
+    ('--onpolicy-every', int, 'on-policy QBC: roll the student out every N steps (0 = off; 250)'),
     ('--onpolicy-episodes', int, 'episodes per on-policy round (default 2)'),
-    ('--onpolicy-max-steps', int, 'truncate on-policy episodes to N steps (default: full '
-     'episodes)'),
+    ('--onpolicy-max-steps', int, 'truncate on-policy episodes to N steps (default: whole)'),
     ('--expert-episodes', int, 'simulated episodes of D_E (default 10; 0 with --data)'),
     ('--fp-episodes', int, 'simulated episodes of D_FP (default 10; 0 with --data)'),
     ('--config', str, 'TrainConfig YAML (e.g. a previous OUT/train.yaml); flags override'),
@@ -52,6 +44,14 @@ OPTIONS = (
 
 
 def add_arguments(parser):
+    parser.add_argument('--task', default=None,
+                        help="physics task: DeepMind Control domain-task, gym:ENV_ID or "
+                             "module:factory (default: the task of --data's recordings or of "
+                             'the --teacher directory)')
+    parser.add_argument('--teacher', default=None,
+                        help='FP policy: a teacher directory (qail-ros train-expert; its expert '
+                             "gives D_E), an MLPPolicy file or an fp32 engine (default: the "
+                             "task's shipped FP policy and expert)")
     for flag, kind, text in OPTIONS:
         parser.add_argument(flag, type=kind, default=None, help=text)
     parser.add_argument('--split', default='train', choices=('train', 'val', 'all'),
