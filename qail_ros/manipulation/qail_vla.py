@@ -32,7 +32,7 @@ import torch
 from qail_ros.manipulation.vla import Samples, SmallVLA, rollouts
 from qail_ros.qail.trainer import StudentBatch, StudentHooks
 
-__all__ = ['quantize_awq', 'train_qlora', 'deploy', 'teacher_tokens', 'VLAHooks']
+__all__ = ['quantize_awq', 'train_qlora', 'deploy', 'teacher_tokens', 'VLAHooks', 'weight_bits']
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,11 @@ class VLAHooks(StudentHooks):
         self.pool_w: torch.Tensor | None = None
         self.stats: dict[str, Any] = {'onpolicy_states': 0, 'onpolicy_success': []}
         self.params: list[torch.Tensor] = []
+
+    @property
+    def collected(self) -> int:
+        """On-policy states in the pool (the trainer's summary)."""
+        return int(self.stats['onpolicy_states'])
 
     def bind(self, trainer) -> None:
         super().bind(trainer)
@@ -270,6 +275,16 @@ class VLAHooks(StudentHooks):
             self.batches.size = self.half_global
 
 
+def weight_bits(student: SmallVLA) -> int:
+    """The weight width of a student's quantized Llama (`quantize_awq(bits=...)`; 4 when it
+    has no weight quantizer yet)."""
+    for m in student.model.language_model.modules():
+        q = getattr(m, 'weight_quant', None)
+        if q is not None and getattr(q, 'bits', None):
+            return int(q.bits)
+    return 4
+
+
 def train_qlora(student: SmallVLA, teacher: SmallVLA, data: Samples, *, steps: int,
                 qbc_lambda: float = 0.0, tasks: Sequence[str] = (), onpolicy_rounds: int = 2,
                 onpolicy_episodes: int = 40, onpolicy_seed: int = 50_000, rank: int = 8,
@@ -307,7 +322,7 @@ def train_qlora(student: SmallVLA, teacher: SmallVLA, data: Samples, *, steps: i
         raise ParameterError(f'method {method!r} weights QBC per state: pass weights= (one per '
                              'sample of data, e.g. from image saliency of the teacher), or use '
                              'qail_qbc')
-    config = TrainConfig(method=method, weighting=weighting, bits='w4a16',
+    config = TrainConfig(method=method, weighting=weighting, bits=f'w{weight_bits(student)}a16',
                          head='tokens', qbc_distance=distance, lam=lam, lr=lr,
                          steps=steps, batch_size=batch, weight_decay=0.0, grad_clip=1.0,
                          seed=seed, device=device, precision=precision, grad_accum=grad_accum,

@@ -27,8 +27,9 @@ def _quant_layers(vla):
 @pytest.mark.parametrize('bits', [3, 2])
 def test_low_bit_students_have_at_most_2_to_the_bits_levels_per_channel(small, states, scheme,
                                                                         bits):
-    from qail_ros.manipulation.qail_vla import quantize_awq
+    from qail_ros.manipulation.qail_vla import quantize_awq, weight_bits
     student = quantize_awq(small, states, scheme=scheme, bits=bits, n_calibration=8)
+    assert weight_bits(student) == bits        # what the trainer's config and log name
     layers = _quant_layers(student)
     assert layers and 'lm_head' not in layers
     fp_weights = dict(small.model.language_model.named_parameters())
