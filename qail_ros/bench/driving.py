@@ -164,6 +164,8 @@ def main(args) -> int:
         sys.argv[1:3] == ['bench', 'driving']) else 'qail-ros ' + ' '.join(
         shlex.quote(a) for a in sys.argv[1:])
     log = (lambda msg: print(msg, file=sys.stderr, flush=True))
+    from qail_ros.training.logs import show_progress
+    show_progress()             # the CILRS behaviour cloning reports to its logger
     result: dict[str, Any] = {'benchmark': 'driving', 'command': command, 'commit': git_commit(),
                               'date': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
                               'settings': s}

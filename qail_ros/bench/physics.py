@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from qail_ros.bench.args import add_run_arguments, choose
 from qail_ros.report import csv_list, git_commit, write_markdown
 
 HELP = ('QAIL on DeepMind Control (Table 7): FP vs PTQ-RTN vs QAIL vs QAIL+QBC (+wQBC) returns '
@@ -83,10 +84,9 @@ def add_arguments(parser):
     parser.add_argument('--methods', action='append', default=None,
                         help=f'methods among {",".join(ALL_METHODS)} (default '
                              f'{",".join(DEFAULT_METHODS)})')
-    parser.add_argument('--quick', action='store_true',
-                        help='smoke test: one task, one seed, 2 episodes, 60 steps')
-    parser.add_argument('--seeds', type=int, default=None, help='training seeds (3)')
-    parser.add_argument('--episodes', type=int, default=None, help='evaluation episodes (10)')
+    add_run_arguments(parser, name='physics', quick='one task, one seed, 2 episodes, 60 steps',
+                      seeds='training seeds (3)', episodes='evaluation episodes (10)',
+                      out='output directory for physics.{json,csv,md,png}')
     parser.add_argument('--steps', type=int, default=None, help='training steps (2000)')
     parser.add_argument('--lr', type=float, default=3e-4, help='Adam learning rate (3e-4)')
     parser.add_argument('--expert-episodes', type=int, default=None, help='D_E episodes (10)')
@@ -96,12 +96,9 @@ def add_arguments(parser):
                              f'where they end early ({MIN_STATES}; --quick 0)')
     parser.add_argument('--onpolicy-every', type=int, default=None,
                         help='on-policy QBC rollout interval in steps (250; 0 = off)')
-    parser.add_argument('--out', default='bench-results/physics',
-                        help='output directory for physics.{json,csv,md,png}')
     parser.add_argument('--merge', action='store_true',
                         help='keep results of an earlier OUT/physics.json for other tasks, bits '
                              'and methods')
-    parser.add_argument('--threads', type=int, default=1, help='torch threads (default 1)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bars')
 
 
@@ -565,10 +562,7 @@ def main(args) -> int:
     bits_list = [b.lower() for b in csv_list(args.bits)] or ['w4a4']
     for b in bits_list:
         parse_bits(b)
-    methods = csv_list(args.methods) or list(DEFAULT_METHODS)
-    bad = [m for m in methods if m not in ALL_METHODS]
-    if bad:
-        raise ParameterError(f'unknown methods {bad}: use {", ".join(ALL_METHODS)}')
+    methods = choose('--methods', csv_list(args.methods), ALL_METHODS, DEFAULT_METHODS)
     if s['seeds'] < 1 or s['episodes'] < 1:
         raise ParameterError('--seeds and --episodes must be >= 1')
     if s.get('curve'):

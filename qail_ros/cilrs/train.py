@@ -15,8 +15,8 @@ checkpoints are `qail_ros.cilrs.model.save_checkpoint` files (safetensors, confi
 """
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,8 @@ from torch import Tensor, nn
 
 from qail_ros.cilrs.config import CILRSConfig
 from qail_ros.cilrs.model import CILRS, build_model
+
+log = logging.getLogger(__name__)
 
 __all__ = ['small_config', 'normalise', 'branch_index', 'select_actions', 'bc_loss', 'train_bc',
            'CILRSPolicy']
@@ -89,7 +91,7 @@ def bc_loss(model: CILRS, image: Tensor, speed: Tensor, command: Tensor, action:
 def train_bc(demos: dict[str, Any], config: CILRSConfig, *, steps: int = 2000,
              batch_size: int = 64, lr: float = 3e-4, speed_weight: float = 0.05,
              seed: int = 0, log_every: int = 100, progress: bool = False,
-             log: Callable[[str], None] | None = None, device: str = 'cpu',
+             device: str = 'cpu',
              precision: str = 'fp32', grad_accum: int = 1, checkpoint_dir: str | None = None,
              checkpoint_every: int = 0, resume: str | None = None
              ) -> tuple[CILRS, list[dict[str, float]]]:
@@ -97,10 +99,12 @@ def train_bc(demos: dict[str, Any], config: CILRSConfig, *, steps: int = 2000,
     qail_ros.driving.collect_demonstrations: image, speed, command, act). Adam with a cosine
     learning-rate decay; returns (the model in eval mode, loss history).
 
-    The steps run in `qail_ros.training.distributed.TrainLoop`: under torchrun `batch_size` is
+    The steps run in the one behaviour-cloning loop, `qail_ros.training.bc.fit` (progress to
+    this module's logger every `log_every` steps): under torchrun `batch_size` is
     the global batch (each rank its slice; BatchNorm statistics are synchronised across ranks
     on CUDA (SyncBatchNorm), per rank on CPU), bf16 autocast, accumulation, checkpoints."""
-    from qail_ros.training.distributed import Checkpointer, GlobalBatches, TrainLoop, setup
+    from qail_ros.training.bc import fit
+    from qail_ros.training.distributed import setup
     image = torch.as_tensor(demos['image'])
     speed = torch.as_tensor(demos['speed']).float()
     command = torch.as_tensor(demos['command']).long()
@@ -121,9 +125,6 @@ def train_bc(demos: dict[str, Any], config: CILRSConfig, *, steps: int = 2000,
     if dist.distributed and dist.device.type == 'cuda':
         module = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps), eta_min=lr * 0.05)
-    batches = GlobalBatches(n, batch_size, dist, accum=grad_accum, seed=seed, mode='epoch')
     t0 = time.perf_counter()
 
     def loss_fn(net, idx, step):
@@ -136,17 +137,18 @@ def train_bc(demos: dict[str, Any], config: CILRSConfig, *, steps: int = 2000,
 
     def log_fn(rec):
         step = rec['step']
-        if log is not None and (step % log_every == 0 or step == steps or step == 1):
-            log(f'BC step {step}/{steps}: loss {rec["loss"]:.4f} (action {rec["action"]:.4f},'
-                f' speed {rec["speed"]:.4f}), {time.perf_counter() - t0:.0f}s')
+        if step % log_every == 0 or step == steps or step == 1:
+            log.info('BC step %d/%d: loss %.4f (action %.4f, speed %.4f), %.0fs', step, steps,
+                     rec['loss'], rec['action'], rec['speed'], time.perf_counter() - t0)
 
-    checkpointer = (Checkpointer(checkpoint_dir, checkpoint_every, dist) if checkpoint_dir
-                    else None)
-    run = TrainLoop(module, opt, loss_fn, batches, steps=steps, dist=dist, scheduler=sched,
-                    grad_clip=5.0, precision=precision, checkpointer=checkpointer,
-                    resume=resume, log_every=1, progress='CILRS BC' if progress else None,
-                    # the branches of commands absent from a batch get no gradient
-                    find_unused_parameters=True, log_fn=log_fn).run()
+    run = fit(module, loss_fn, n, steps=steps, lr=lr, batch=batch_size, dist=dist,
+              params=list(model.parameters()), optimizer='adam', schedule='cosine',
+              final_lr=0.05, sampling='epoch', seed=seed, grad_accum=grad_accum, grad_clip=5.0,
+              precision=precision, checkpoint_dir=checkpoint_dir,
+              checkpoint_every=checkpoint_every, resume=resume, log_every=1,
+              progress='CILRS BC' if progress else None, log_fn=log_fn,
+              # the branches of commands absent from a batch get no gradient
+              find_unused_parameters=True)
     history = [dict(r) for r in run.history
                if r['step'] % log_every == 0 or r['step'] == steps or r['step'] == 1]
     return module.eval(), history

@@ -14,11 +14,33 @@ evaluates the student over --eval-episodes episodes.
 """
 from __future__ import annotations
 
+from qail_ros.cli.train_options import add_train_options, start_training
+
 HELP = 'train a quantized policy with QAIL (+QBC / wQBC) on a physics task'
 
 #: physics defaults (METHOD.md: Adam lr 3e-4 for the MLP policies); steps fit a CPU budget.
 PHYSICS_DEFAULTS = {'steps': 2000, 'lr': 3e-4, 'batch_size': 256, 'onpolicy_every': 250,
                     'onpolicy_episodes': 2}
+
+
+#: options whose default (None) is the --config / TrainConfig value: flag, type, help
+OPTIONS = (
+    ('--data', str, 'data set of recorded FP rollouts (D_FP; qail-ros dataset build)'),
+    ('--expert-data', str, 'data set of recorded expert demonstrations (D_E)'),
+    ('--method', str, 'ptq_rtn | qat (= qail) | qbc | qail_qbc | qail_wqbc | lppd (qail_qbc)'),
+    ('--bits', str, 'w4a4 (default), w3a3, w8a8, w4a16 ...'),
+    ('--steps', int, 'optimiser steps (default 2000)'),
+    ('--seed', int, 'training seed (default 0)'),
+    ('--lr', float, 'Adam learning rate (3e-4)'),
+    ('--batch-size', int, 'global batch (default 256)'),
+    ('--weighting', str, 'none | wqbc | sis | qrd (wqbc = SIS/QRD; default from --method)'),
+    ('--onpolicy-every', int, 'on-policy QBC: roll the student out every N steps (0 = off; 250)'),
+    ('--onpolicy-episodes', int, 'episodes per on-policy round (default 2)'),
+    ('--onpolicy-max-steps', int, 'truncate on-policy episodes to N steps (default: whole)'),
+    ('--expert-episodes', int, 'simulated episodes of D_E (default 10; 0 with --data)'),
+    ('--fp-episodes', int, 'simulated episodes of D_FP (default 10; 0 with --data)'),
+    ('--config', str, 'TrainConfig YAML (e.g. a previous OUT/train.yaml); flags override'),
+)
 
 
 def add_arguments(parser):
@@ -30,42 +52,13 @@ def add_arguments(parser):
                         help='FP policy: a teacher directory (qail-ros train-expert; its expert '
                              "gives D_E), an MLPPolicy file or an fp32 engine (default: the "
                              "task's shipped FP policy and expert)")
-    parser.add_argument('--data', default=None,
-                        help='data set of recorded FP rollouts (D_FP; qail-ros dataset build)')
-    parser.add_argument('--expert-data', default=None,
-                        help='data set of recorded expert demonstrations (D_E)')
+    for flag, kind, text in OPTIONS:
+        parser.add_argument(flag, type=kind, default=None, help=text)
     parser.add_argument('--split', default='train', choices=('train', 'val', 'all'),
                         help='episodes of --data / --expert-data to train on (default train)')
-    parser.add_argument('--method', default=None,
-                        help='ptq_rtn | qat (= qail) | qbc | qail_qbc | qail_wqbc | lppd '
-                             '(default qail_qbc, or the --config value)')
-    parser.add_argument('--bits', default=None, help='w4a4 (default), w3a3, w8a8, w4a16 ...')
-    parser.add_argument('--steps', type=int, default=None, help='optimiser steps (default 2000)')
-    parser.add_argument('--seed', type=int, default=None, help='training seed (default 0)')
-    parser.add_argument('--lr', type=float, default=None, help='Adam learning rate (3e-4)')
-    parser.add_argument('--batch-size', type=int, default=None)
-    parser.add_argument('--weighting', default=None,
-                        help='none | wqbc | sis | qrd (wqbc = SIS/QRD; default from --method)')
-    parser.add_argument('--onpolicy-every', type=int, default=None,
-                        help='on-policy QBC: roll the student out every N steps (0 = off; '
-                             'default 250)')
-    parser.add_argument('--onpolicy-episodes', type=int, default=None,
-                        help='episodes per on-policy round (default 2)')
-    parser.add_argument('--onpolicy-max-steps', type=int, default=None,
-                        help='truncate on-policy episodes to N steps (default: full episodes)')
-    parser.add_argument('--expert-episodes', type=int, default=None,
-                        help='simulated episodes of D_E (default 10; 0 with --data)')
-    parser.add_argument('--fp-episodes', type=int, default=None,
-                        help='simulated episodes of D_FP (default 10; 0 with --data)')
     parser.add_argument('--eval-episodes', type=int, default=10,
                         help='evaluation episodes after training (0 = skip)')
-    parser.add_argument('--config', default=None,
-                        help='TrainConfig YAML (e.g. a previous OUT/train.yaml); flags override')
-    parser.add_argument('--threads', type=int, default=1, help='torch threads (default 1)')
-    parser.add_argument('--no-progress', action='store_true', help='no progress bars')
-    parser.add_argument('--json', action='store_true',
-                        help='print one JSON object with the results as the last line')
-    parser.add_argument('-o', '--out', required=True, help='output directory')
+    add_train_options(parser)
     add_scale_arguments(parser)
 
 
@@ -160,7 +153,7 @@ def main(args) -> int:
                                              train_on_task)
 
     task = args.resolved_task = resolve_task(args)
-    torch.set_num_threads(max(1, args.threads))
+    start_training(args)
     config = build_config(args)
     if task is None and config.onpolicy_every > 0:
         print('note: the data set names no physics task: on-policy QBC rollouts are off '

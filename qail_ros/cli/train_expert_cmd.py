@@ -13,6 +13,8 @@ the expected time on this machine is printed.
 """
 from __future__ import annotations
 
+from qail_ros.cli.train_options import add_train_options, start_training
+
 HELP = 'train a SAC expert (and its FP MLP by behaviour cloning) for any physics task'
 
 
@@ -47,11 +49,7 @@ def add_arguments(parser):
     fp.add_argument('--fp-hidden', type=int, default=256, help='FP MLP width (256)')
     fp.add_argument('--fp-eval-episodes', type=int, default=10,
                     help='episodes evaluating expert, FP policy and random policy (10)')
-    parser.add_argument('--threads', type=int, default=1, help='torch threads (default 1)')
-    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
-    parser.add_argument('--json', action='store_true',
-                        help='print one JSON object with the results as the last line')
-    parser.add_argument('-o', '--out', required=True, help='teacher directory to write')
+    add_train_options(parser, out='teacher directory to write', progress='no progress bar')
 
 
 def command_line() -> str:
@@ -64,14 +62,12 @@ def main(args) -> int:
     import json
     from pathlib import Path
 
-    import torch
-
     from qail_ros.report import emit_json, table
     from qail_ros.errors import ParameterError
     from qail_ros.physics import teacher as T
     from qail_ros.physics.tasks import check_task
 
-    torch.set_num_threads(max(1, args.threads))
+    start_training(args)
     out = Path(args.out)
     saved = out / 'expert_settings.json'
     if args.resume:
@@ -105,8 +101,7 @@ def main(args) -> int:
           f'{out}', flush=True)
     out.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(s, indent=1) + '\n')
-    res = T.train_expert(task, out, s, resume=args.resume, progress=not args.no_progress,
-                         log=lambda m: print(m, flush=True))
+    res = T.train_expert(task, out, s, resume=args.resume, progress=not args.no_progress)
     print(f'expert: best evaluation {res["best_eval"]:.1f} after {res["env_steps"]} env steps '
           f'({res["minutes"]:.1f} min, {res["reason"]}) -> {res["expert"]}', flush=True)
     result = {'task': task, 'expert': {k: res[k] for k in ('env_steps', 'best_eval', 'minutes',
@@ -122,8 +117,7 @@ def main(args) -> int:
         manifest = T.train_fp(out, task, episodes=args.fp_episodes,
                               noise_episodes=args.fp_noise_episodes, steps=args.fp_steps,
                               hidden=args.fp_hidden, eval_episodes=args.fp_eval_episodes,
-                              command=command_line(),
-                              log=lambda m: print(m, flush=True))
+                              command=command_line())
         result['manifest'] = str(out / 'manifest.json')
         result['fp'] = manifest['fp_policy']['return']
         result['expert_return'] = manifest['expert']['return']

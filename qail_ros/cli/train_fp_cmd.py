@@ -9,6 +9,8 @@ random policy over --eval-episodes episodes on seeds 0..). The expected time is 
 """
 from __future__ import annotations
 
+from qail_ros.cli.train_options import add_train_options, start_training
+
 HELP = "behaviour-clone a teacher directory's expert into its FP MLP policy"
 
 
@@ -26,20 +28,17 @@ def add_arguments(parser):
     parser.add_argument('--lr', type=float, default=1e-3)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--eval-episodes', type=int, default=10)
-    parser.add_argument('--threads', type=int, default=1, help='torch threads (default 1)')
-    parser.add_argument('--json', action='store_true',
-                        help='print the manifest as one JSON object on the last line')
+    add_train_options(parser, out=None, progress=None,
+                      json='print the manifest as one JSON object on the last line')
 
 
 def main(args) -> int:
-    import torch
-
     from qail_ros.report import emit_json, table
     from qail_ros.cli.train_expert_cmd import command_line
     from qail_ros.physics import teacher as T
     from qail_ros.physics.models import teacher_task
 
-    torch.set_num_threads(max(1, args.threads))
+    start_training(args)
     task = args.task or teacher_task(args.teacher)
     eta = T.estimate_fp_seconds(task, episodes=args.episodes,
                                 noise_episodes=args.noise_episodes, steps=args.steps,
@@ -51,8 +50,7 @@ def main(args) -> int:
     m = T.train_fp(args.teacher, task, episodes=args.episodes,
                    noise_episodes=args.noise_episodes, noise=args.noise, hidden=args.hidden,
                    layers=args.layers, steps=args.steps, lr=args.lr, seed=args.seed,
-                   eval_episodes=args.eval_episodes, command=command_line(),
-                   log=lambda s: print(s, flush=True))
+                   eval_episodes=args.eval_episodes, command=command_line())
     rows = [[task, name, m[key]['return']['mean'], m[key]['return']['std']]
             for name, key in (('expert', 'expert'), ('FP MLP (BC)', 'fp_policy'),
                               ('random', 'random_policy'))]

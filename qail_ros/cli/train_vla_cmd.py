@@ -10,28 +10,33 @@ FP_DIR is an OpenVLA checkpoint directory (the teacher, frozen). Its Llama backb
 quantized to INT4 weight-only (AWQ calibrated on the data, per output channel by default) and
 frozen; LoRA adapters are trained with L_QAIL (cross-entropy on the 7 action tokens of D_QAIL
 = DATA + EXPERT_DATA) and, for qail_qbc, lambda * L_QBC against the teacher's logits on the
-same states (offline: s from D_QAIL, as METHOD.md says when no simulator is at hand).
+same states (offline: s from D_QAIL, as METHOD.md says when no simulator is at hand); qbc and
+lppd (the teacher's logits alone; LPPD on the states of DATA) train through the same trainer
+(`QAILTrainer` with `VLAHooks`).
 Writes OUT/int4_backbone.safetensors, OUT/adapters.safetensors and OUT/summary.json.
 """
 from __future__ import annotations
 
+from qail_ros.cli.train_options import add_train_options, start_training
+
 HELP = 'INT4 OpenVLA student from recorded data: AWQ + QLoRA QAIL (+QBC)'
-METHODS = ('qail', 'qail_qbc')
+METHODS = ('qail', 'qail_qbc', 'qbc', 'lppd')
 
 
 def add_arguments(parser):
-    parser.add_argument('--teacher', required=True,
-                        help='FP OpenVLA checkpoint directory (config.json, safetensors, '
-                             'tokenizer.json)')
-    parser.add_argument('--data', required=True,
-                        help='QAIL data set of the FP policy\'s rollouts (qail-ros dataset '
-                             'build): images, instructions, 7-DoF actions')
+    for flag, text in (('--teacher', 'FP OpenVLA checkpoint directory (config.json, '
+                                     'safetensors, tokenizer.json)'),
+                       ('--data', "QAIL data set of the FP policy's rollouts (qail-ros dataset "
+                                  'build): images, instructions, 7-DoF actions')):
+        parser.add_argument(flag, required=True, help=text)
     parser.add_argument('--expert-data', default=None, help='a data set of demonstrations (D_E)')
     parser.add_argument('--split', default='train', choices=('train', 'val', 'all'))
     parser.add_argument('--camera', default=None, help='image key (default: the first)')
     parser.add_argument('--unnorm-key', default=None,
                         help="the teacher's norm_stats key (default: its only one)")
-    parser.add_argument('--method', default='qail_qbc', choices=METHODS)
+    parser.add_argument('--method', default='qail_qbc', choices=METHODS,
+                        help='qail (L_QAIL), qail_qbc (+ lambda L_QBC, default), qbc (L_QBC '
+                             "alone), lppd (distil the teacher's logits on its own states)")
     parser.add_argument('--scheme', default='awq', choices=('awq', 'rtn'),
                         help='INT4 initialisation (default awq)')
     parser.add_argument('--granularity', default='per_channel', choices=('per_channel', 'group'))
@@ -41,9 +46,7 @@ def add_arguments(parser):
     parser.add_argument('--lr', type=float, default=5e-4)
     parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--threads', type=int, default=1)
-    parser.add_argument('--json', action='store_true', help='summary as JSON on the last line')
-    parser.add_argument('-o', '--out', required=True, help='output directory')
+    add_train_options(parser, progress=None, json='summary as JSON on the last line')
     from qail_ros.cli.train_cmd import add_scale_arguments
     add_scale_arguments(parser, checkpoint_every=200)
     parser.add_argument('--activation-checkpointing', action='store_true',
@@ -62,7 +65,7 @@ def main(args) -> int:
     from qail_ros.quant import save_quantized
     from qail_ros.quant.lora import save_lora
 
-    torch.set_num_threads(max(1, args.threads))
+    start_training(args)
     torch.manual_seed(args.seed)
     teacher = SmallVLA.load(args.teacher, unnorm_key=args.unnorm_key)
     teacher.model.eval()
@@ -84,8 +87,9 @@ def main(args) -> int:
     try:
         info = train_qlora(student, teacher, data, steps=args.steps, rank=args.rank, lr=args.lr,
                            batch=args.batch_size, seed=args.seed,
-                           qbc_lambda=1.0 if args.method == 'qail_qbc' else 0.0, tasks=(),
-                           log=print, device=args.device or 'cpu',
+                           method='qat' if args.method == 'qail' else args.method,
+                           qbc_lambda=1.0, tasks=(),
+                           device=args.device or 'cpu',
                            precision=args.precision or 'fp32', grad_accum=args.grad_accum or 1,
                            activation_checkpointing=args.activation_checkpointing,
                            checkpoint_dir=str(out / 'checkpoints'),

@@ -112,7 +112,7 @@ def fp_model(s: dict[str, Any], out: Path, demos: dict[str, Any], retrain: bool,
     t0 = time.perf_counter()
     model, history = train_bc(demos, config, steps=s['bc_steps'], batch_size=s['bc_batch'],
                               lr=s['bc_lr'], log_every=max(1, s['bc_steps'] // 10),
-                              progress=progress, log=log)
+                              progress=progress)
     meta = {'settings': want, 'config': config.to_dict(), 'samples': int(len(demos['speed'])),
             'seconds': round(time.perf_counter() - t0, 1), 'history': history}
     out.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -33,6 +34,8 @@ __all__ = ['UNNORM_KEY', 'SmallVLA', 'Samples', 'rollouts', 'bc_train', 'evaluat
            'samples_from_dataset', 'stats_from', 'build_word_tokenizer']
 
 UNNORM_KEY = 'qail_tabletop'
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -378,17 +381,6 @@ def evaluate(policy: Policy, task: str, seeds: list[int], batch: int = 50) -> di
             'episode_steps': [int(r['steps']) for r in results]}
 
 
-def warmup_cosine(opt, steps: int, warmup: float = 0.05):
-    """Linear warm-up over `warmup` of the steps, then cosine decay to 10 %."""
-    w = max(int(steps * warmup), 1)
-
-    def factor(i: int) -> float:
-        if i < w:
-            return (i + 1) / w
-        return 0.1 + 0.45 * (1 + np.cos(np.pi * min((i - w) / max(steps - w, 1), 1.0)))
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
 class _BCStep(torch.nn.Module):
     """One BC forward as one module call (DistributedDataParallel reduces what it touched):
     the model's action-token logits and, with the auxiliary heads, their two regressions."""
@@ -417,7 +409,6 @@ class _BCStep(torch.nn.Module):
 
 def bc_train(vla: SmallVLA, data: Samples, *, steps: int, batch: int = 32, lr: float = 3e-4,
              seed: int = 0, aux_weight: float = 1.0,
-             log: Callable[[str], None] | None = None,
              every: tuple[int, Callable[[int], Samples | None]] | None = None,
              device: str = 'cpu', precision: str = 'fp32', grad_accum: int = 1,
              checkpoint_dir: str | None = None, checkpoint_every: int = 0,
@@ -433,10 +424,12 @@ def bc_train(vla: SmallVLA, data: Samples, *, steps: int, batch: int = 32, lr: f
     budget (0 % success after 3000-4000 steps). The heads are not part of the checkpoint.
     `every` = (n, fn): fn(step) every n steps, the model in eval mode (progress checks);
     Samples it returns join the training data (DAgger: the policy's states, expert labels).
-    The steps run in `qail_ros.training.distributed.TrainLoop` (torchrun: `batch` is the
-    global batch, each rank its slice; bf16 autocast; accumulation; checkpoints and resume)."""
+    The steps run in the one behaviour-cloning loop, `qail_ros.training.bc.fit` (torchrun:
+    `batch` is the global batch, each rank its slice; bf16 autocast; accumulation;
+    checkpoints and resume); progress goes to this module's logger ten times a run."""
     from qail_ros.qail.losses import qail_loss
-    from qail_ros.training.distributed import Checkpointer, GlobalBatches, TrainLoop, setup
+    from qail_ros.training.bc import fit
+    from qail_ros.training.distributed import GlobalBatches, setup
     dist = setup(device)
     cur = {'data': data, 'tokens': vla.action_tokens(data.actions), 'targets': None}
     params = list(vla.model.parameters())
@@ -450,8 +443,6 @@ def bc_train(vla: SmallVLA, data: Samples, *, steps: int, batch: int = 32, lr: f
         params += list(aux.parameters()) + list(aux_task.parameters())
         cur['targets'] = torch.as_tensor(data.states, dtype=torch.float32)
     step_module = _BCStep(vla, aux, aux_task).to(dist.device)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    sched = warmup_cosine(opt, steps)
     batches = GlobalBatches(len(data), batch, dist, accum=grad_accum, seed=seed, mode='numpy')
     t0 = time.perf_counter()
 
@@ -487,20 +478,17 @@ def bc_train(vla: SmallVLA, data: Samples, *, steps: int, batch: int = 32, lr: f
 
     def log_fn(rec):
         step = rec['step']
-        if log and step % max(steps // 10, 1) == 0:
-            msg = f'bc step {step}/{steps} loss {rec["bc"]:.4f}'
-            if 'aux' in rec:
-                msg += f' aux {rec["aux"]:.4f}'
-            log(msg + f' ({time.perf_counter() - t0:.0f} s)')
+        if step % max(steps // 10, 1) == 0:
+            aux_msg = f' aux {rec["aux"]:.4f}' if 'aux' in rec else ''
+            log.info('bc step %d/%d loss %.4f%s (%.0f s)', step, steps, rec['bc'], aux_msg,
+                     time.perf_counter() - t0)
 
-    checkpointer = (Checkpointer(checkpoint_dir, checkpoint_every, dist) if checkpoint_dir
-                    else None)
     # DAgger data grows the data set: the trainer state keeps it, so a resumed run has it too
-    run = TrainLoop(step_module, opt, loss_fn, batches, steps=steps, dist=dist,
-                    scheduler=sched, params=params, grad_clip=1.0, precision=precision,
-                    checkpointer=checkpointer, resume=resume, log_every=1,
-                    before_step=before_step, find_unused_parameters=True, log_fn=log_fn,
-                    trainer_state=(lambda: {'data': cur['data']},
-                                   lambda st: set_data(st['data']))).run()
+    run = fit(step_module, loss_fn, batches, steps=steps, lr=lr, dist=dist, params=params,
+              weight_decay=0.01, schedule='warmup_cosine', final_lr=0.1, grad_clip=1.0,
+              precision=precision, checkpoint_dir=checkpoint_dir,
+              checkpoint_every=checkpoint_every, resume=resume, log_every=1,
+              before_step=before_step, find_unused_parameters=True, log_fn=log_fn,
+              trainer_state=(lambda: {'data': cur['data']}, lambda st: set_data(st['data'])))
     vla.model.eval()
     return [r['bc'] for r in run.history]

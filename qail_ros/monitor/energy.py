@@ -51,14 +51,11 @@ def integrate(times: list[float], watts: list[float], t0: float, t1: float) -> f
 
 
 def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolated percentile (numpy's default) without numpy."""
+    """Linear-interpolated percentile (numpy.percentile); NaN for no values."""
     if not values:
         return math.nan
-    s = sorted(values)
-    k = (len(s) - 1) * q / 100.0
-    lo = math.floor(k)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+    import numpy as np
+    return float(np.percentile(values, q))
 
 
 @dataclasses.dataclass

@@ -6,7 +6,7 @@ constants. The observation normalisation buffers are set from the demonstrations
 """
 from __future__ import annotations
 
-import math
+import logging
 import time
 
 import numpy as np
@@ -14,10 +14,12 @@ import torch
 
 from qail_ros.physics.policy import MLPPolicy
 
+log = logging.getLogger(__name__)
+
 
 def train_bc(obs: np.ndarray, act: np.ndarray, *, hidden: int = 256, layers: int = 3,
              steps: int = 20000, batch: int = 256, lr: float = 1e-3, weight_decay: float = 0.0,
-             seed: int = 0, log_every: int = 2000, log=print, device: str = 'cpu',
+             seed: int = 0, log_every: int = 2000, device: str = 'cpu',
              precision: str = 'fp32', grad_accum: int = 1, checkpoint_dir: str | None = None,
              checkpoint_every: int = 0, resume: str | None = None,
              history: list | None = None) -> tuple[MLPPolicy, dict]:
@@ -25,11 +27,13 @@ def train_bc(obs: np.ndarray, act: np.ndarray, *, hidden: int = 256, layers: int
 
     Adam with a cosine learning-rate decay to 0 over `steps`; batches drawn uniformly with
     replacement from a seeded generator, so the same inputs and seed give the same weights.
-    The steps run in `qail_ros.training.distributed.TrainLoop` (torchrun: `batch` is the global
-    batch, each rank its slice; bf16 autocast; accumulation; checkpoints and resume).
+    The steps run in the one behaviour-cloning loop, `qail_ros.training.bc.fit` (torchrun:
+    `batch` is the global batch, each rank its slice; bf16 autocast; accumulation;
+    checkpoints and resume). Progress goes to this module's logger every `log_every` steps.
     `history`: a list that receives the losses logged every `log_every` steps.
     """
-    from qail_ros.training.distributed import Checkpointer, GlobalBatches, TrainLoop, setup
+    from qail_ros.training.bc import fit
+    from qail_ros.training.distributed import setup
     if len(obs) != len(act) or len(obs) == 0:
         raise ValueError(f'need as many observations as actions (> 0), got {len(obs)} and '
                          f'{len(act)}')
@@ -40,10 +44,6 @@ def train_bc(obs: np.ndarray, act: np.ndarray, *, hidden: int = 256, layers: int
     policy = MLPPolicy(x.shape[1], y.shape[1], hidden=hidden, layers=layers)
     policy.set_normalization(x)
     policy.to(dist.device)
-    opt = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    batches = GlobalBatches(len(x), batch, dist, accum=grad_accum, seed=seed, mode='replacement')
     t0 = time.time()
 
     def loss_fn(model, idx, step):
@@ -51,15 +51,15 @@ def train_bc(obs: np.ndarray, act: np.ndarray, *, hidden: int = 256, layers: int
         return torch.mean((out - y[idx].to(dist.device)) ** 2), {}
 
     def log_fn(rec):
-        if log and (rec['step'] % log_every == 0 or rec['step'] == steps):
-            log(f'bc step {rec["step"]}/{steps} loss {rec["loss"]:.3g} '
-                f'({time.time() - t0:.0f} s)')
+        if rec['step'] % log_every == 0 or rec['step'] == steps:
+            log.info('bc step %d/%d loss %.3g (%.0f s)', rec['step'], steps, rec['loss'],
+                     time.time() - t0)
 
-    checkpointer = (Checkpointer(checkpoint_dir, checkpoint_every, dist) if checkpoint_dir
-                    else None)
-    run = TrainLoop(policy, opt, loss_fn, batches, steps=steps, dist=dist, scheduler=sched,
-                    precision=precision, checkpointer=checkpointer, resume=resume,
-                    log_every=log_every, log_fn=log_fn).run()
+    run = fit(policy, loss_fn, len(x), steps=steps, lr=lr, batch=batch, dist=dist,
+              weight_decay=weight_decay, schedule='cosine', sampling='replacement', seed=seed,
+              grad_accum=grad_accum, precision=precision, checkpoint_dir=checkpoint_dir,
+              checkpoint_every=checkpoint_every, resume=resume, log_every=log_every,
+              log_fn=log_fn)
     if history is not None:
         history.extend(run.history)
     policy.eval()

@@ -15,8 +15,8 @@ SAC's own training environment 10000 + seed.
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,8 @@ __all__ = ['ExpertSettings', 'expert_settings', 'estimate_expert_seconds', 'trai
 
 CHECKPOINT = 'checkpoint/sac.pt'
 LOG = 'expert_log.jsonl'
+
+log = logging.getLogger(__name__)
 #: the paper's FP returns (Table 7), recorded in the manifest where the task is one of them
 PAPER_FP = {'cartpole-balance': 652, 'walker-stand': 692, 'hopper-stand': 645,
             'cheetah-run': 567, 'finger-spin': 684, 'humanoid-stand': 565, 'humanoid-walk': 550}
@@ -156,8 +158,7 @@ def _load_checkpoint(path: Path, agent, buf) -> dict[str, Any]:
 
 
 def train_expert(task: str, out: str | Path, settings: dict[str, Any] | None = None, *,
-                 resume: bool = False, progress: bool = True,
-                 log: Callable[[str], None] | None = print, **kwargs) -> dict[str, Any]:
+                 resume: bool = False, progress: bool = True, **kwargs) -> dict[str, Any]:
     """Train a SAC expert for `task` into `out` (module doc); returns the run summary.
 
     `settings` from expert_settings (or its keyword arguments in `kwargs`). Every eval_every env
@@ -261,9 +262,9 @@ def train_expert(task: str, out: str | Path, settings: dict[str, Any] | None = N
                      best=round(state['best'], 2), saved=improved)
                 if bar is not None:
                     bar.set_postfix(eval=f'{mean:.1f}', best=f'{state["best"]:.1f}')
-                elif log:
-                    log(f'SAC {task}: {state["env_steps"]} env steps, eval {mean:.1f}, best '
-                        f'{state["best"]:.1f}')
+                else:
+                    log.info('SAC %s: %d env steps, eval %.1f, best %.1f', task,
+                             state['env_steps'], mean, state['best'])
                 if s['target_return'] is not None and state['best'] >= s['target_return']:
                     reason = 'target return reached'
                     break
@@ -328,8 +329,8 @@ def estimate_fp_seconds(task: str, *, episodes: int, noise_episodes: int, steps:
 def train_fp(teacher: str | Path, task: str | None = None, *, episodes: int = 20,
              noise_episodes: int = 20, noise: float = 0.2, demo_seed: int = 1000,
              hidden: int = 256, layers: int = 3, steps: int = 20000, lr: float = 1e-3,
-             seed: int = 0, eval_episodes: int = 10, command: str | None = None,
-             log: Callable[[str], None] | None = print) -> dict[str, Any]:
+             seed: int = 0, eval_episodes: int = 10,
+             command: str | None = None) -> dict[str, Any]:
     """Clone DIR/expert.safetensors into DIR/fp_policy.safetensors and write DIR/manifest.json.
 
     Demonstrations: `episodes` clean expert episodes plus `noise_episodes` where Gaussian noise
@@ -358,12 +359,11 @@ def train_fp(teacher: str | Path, task: str | None = None, *, episodes: int = 20
     obs = np.concatenate([d['obs'] for d in parts])
     act = np.concatenate([d['act'] for d in parts])
     demo_returns = np.concatenate([d['returns'] for d in parts])
-    if log:
-        log(f'{task}: {len(obs)} demonstration pairs, demo returns clean '
-            f'{np.mean(parts[0]["returns"]):.1f}'
-            + (f', noisy {np.mean(parts[1]["returns"]):.1f}' if len(parts) > 1 else ''))
+    log.info('%s: %d demonstration pairs, demo returns clean %.1f%s', task, len(obs),
+             np.mean(parts[0]['returns']),
+             f', noisy {np.mean(parts[1]["returns"]):.1f}' if len(parts) > 1 else '')
     policy, summary = train_bc(obs, act, hidden=hidden, layers=layers, steps=steps, lr=lr,
-                               seed=seed, log=log, log_every=max(1, steps // 10))
+                               seed=seed, log_every=max(1, steps // 10))
     path = out / 'fp_policy.safetensors'
     save_policy(policy, path, {'task': task, 'trained_by':
                                'behaviour cloning (MSE) on expert demonstrations'})

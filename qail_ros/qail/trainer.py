@@ -18,7 +18,13 @@ visited), the trainer collects every `onpolicy_every` steps, labels the states w
 them for wQBC with the same saliency and threshold, and keeps them in a bounded FIFO pool. This
 is the paper's `s ~ pi_q` sampled DAgger-style.
 
-Distributed, precision, checkpoints: the steps run in `qail_ros.training.distributed.TrainLoop`.
+One trainer for every model: what depends on the model (the student's forward and trainable
+parameters, the teacher's relabelling, batches, rollouts) is a `StudentHooks` object;
+`TensorHooks` (the default) is the above for a policy module on tensor rows (the physics MLP,
+the packed CILRS), `qail_ros.manipulation.qail_vla.VLAHooks` the VLA's QLoRA students.
+
+Distributed, precision, checkpoints: the steps run in `qail_ros.training.bc.fit` (the loop is
+`qail_ros.training.distributed.TrainLoop`).
 Under torchrun (WORLD_SIZE > 1) the process group is initialised there, the student is wrapped in
 DistributedDataParallel, every step's global batch (`batch_size`, whatever the number of
 processes) is drawn alike on every rank and each rank trains on its slice (in `grad_accum`
@@ -40,13 +46,13 @@ import torch
 from torch import Tensor, nn
 
 from qail_ros.qail.config import TrainConfig
-from qail_ros.qail.data import SOURCE_FP, ImitationData
+from qail_ros.qail.data import SOURCE_FP
 from qail_ros.qail.losses import lppd_loss, output_tensor, qail_loss, qbc_loss, total_loss
 from qail_ros.qail.saliency import (canonical_weighting, compute_scores, importance_threshold,
                                     importance_weights, SISCache)
 
-__all__ = ['QAILTrainer', 'TrainResult', 'make_student', 'default_quantize', 'quant_config_for',
-           'dist_info', 'output_gap']
+__all__ = ['QAILTrainer', 'StudentHooks', 'TensorHooks', 'StudentBatch', 'TrainResult',
+           'make_student', 'default_quantize', 'quant_config_for', 'dist_info', 'output_gap']
 
 log = logging.getLogger('qail_ros.qail')
 
@@ -150,12 +156,107 @@ class TrainResult:
                 'final': last}
 
 
-class QAILTrainer:
-    """Fine-tune a quantized copy of `teacher` on `data` with the losses of `config.method`.
+@dataclass
+class StudentBatch:
+    """One micro-batch as a hook prepares it: what the student sees and how it is scored.
 
-    teacher:     the FP policy (any nn.Module; a forward of a batch of `data.obs`).
-    data:        D_QAIL (`ImitationData`).
-    collector:   optional on-policy state source (see module doc); used when
+    inputs:    whatever `StudentHooks.forward` and `teacher_forward` take (a tensor of states,
+               images + instructions + token prefixes ...); the first `n_labelled` states
+               carry `labels` (L_QAIL), all of them are compared with the teacher (L_QBC).
+    weights:   per-state wQBC weights of all states (None = 1).
+    """
+
+    inputs: Any
+    labels: Tensor | None
+    n_labelled: int
+    weights: Tensor | None = None
+
+
+class StudentHooks:
+    """What a model family plugs into `QAILTrainer`: the student's forward, the teacher's
+    relabelling, the batches and the on-policy rollouts. The losses, the optimizer, the loop,
+    checkpoints and torchrun are the trainer's (`qail_ros.training.bc.fit`).
+
+    `TensorHooks` is the policy-module case (MLP, packed CILRS); the VLA's QLoRA students are
+    `qail_ros.manipulation.qail_vla.VLAHooks` (token cross-entropy, adapters only). The trainer
+    sets `trainer` (in `bind`) and `batches` (the `GlobalBatches` of the run, before the first
+    step: a hook that fills part of each batch from its pool sets `batches.size`).
+    """
+
+    #: fit() settings of this family
+    optimizer: str = 'adam'
+    schedule: str = 'constant'
+    final_lr: float = 0.0
+    sampling: str = 'epoch'
+    frozen_local: bool = False
+    find_unused_parameters: bool = True
+    sync_buffers: bool = False
+
+    def bind(self, trainer: QAILTrainer) -> None:
+        self.trainer = trainer
+
+    def setup_teacher(self, teacher: Any) -> Any:
+        """The frozen teacher on the trainer's device (eval mode, no gradients)."""
+        raise NotImplementedError
+
+    def prepare(self, student: Any | None) -> Any:
+        """The student to train (made from the teacher when None), on the trainer's device."""
+        raise NotImplementedError
+
+    def parameters(self, student: Any) -> list[Tensor]:
+        """What the optimizer trains."""
+        raise NotImplementedError
+
+    def module(self, student: Any) -> nn.Module:
+        """The module the loop calls (wrapped in DistributedDataParallel under torchrun)."""
+        raise NotImplementedError
+
+    def finish(self, student: Any) -> Any:
+        """The student after training (eval mode)."""
+        raise NotImplementedError
+
+    def model_state(self, student: Any):
+        """(get, set) of what a checkpoint keeps of the student; None = its state_dict."""
+        return None
+
+    def start(self, student: Any, n_data: int) -> int:
+        """Before the steps: weights, pools. Returns the number of samples the batches draw."""
+        return n_data
+
+    def batch_seed(self) -> int:
+        return self.trainer.config.seed
+
+    def before_step(self, student: Any, step: int) -> None:
+        """On-policy rounds: roll the student out, relabel with the teacher, pool."""
+
+    def batch(self, idx: Tensor, step: int) -> StudentBatch:
+        raise NotImplementedError
+
+    def forward(self, model: nn.Module, batch: StudentBatch) -> tuple[Any, Any]:
+        """(student output on the labelled states, student output on all states)."""
+        raise NotImplementedError
+
+    def teacher_forward(self, batch: StudentBatch) -> Any:
+        """The frozen teacher's output on all states of the batch (the QBC / LPPD label)."""
+        raise NotImplementedError
+
+    def records(self) -> dict[str, Any]:
+        """Extra scalars logged with every step."""
+        return {}
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class TensorHooks(StudentHooks):
+    """A policy module on tensor rows (the MLP, the packed CILRS): regression / distribution
+    heads, a student quantized from the teacher (`make_student`), saliency weights (wQBC) and
+    on-policy states from a `collector`, kept in a bounded FIFO pool and added to each batch.
+
+    collector:   optional on-policy state source (see the module doc); used when
                  `config.onpolicy_every > 0` and the method has a QBC term.
     quantize_fn: how to quantize the student (default: qail_ros.quant via `default_quantize`).
     saliency_groups: for state inputs, lists of state dimensions scored together (e.g. one
@@ -163,33 +264,55 @@ class QAILTrainer:
     sis_cache:   optional SISCache; scores of D_QAIL are looked up / stored by sample id.
     """
 
-    def __init__(self, teacher: nn.Module, config: TrainConfig, data: ImitationData, *,
-                 collector: Collector | None = None, quantize_fn: QuantizeFn | None = None,
+    def __init__(self, *, collector: Collector | None = None,
+                 quantize_fn: QuantizeFn | None = None,
                  saliency_groups: list[list[int]] | None = None,
                  sis_cache: SISCache | None = None):
-        self.config = config
-        self.data = data
         self.collector = collector
         self.quantize_fn = quantize_fn
         self.saliency_groups = saliency_groups
         self.sis_cache = sis_cache
-        from qail_ros.training.distributed import setup
-        self.dist = setup(config.device)
-        self.device = self.dist.device
-        self.teacher = teacher.to(self.device).eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
-        self.rank, self.world, self.distributed = (self.dist.rank, self.dist.world,
-                                                   self.dist.distributed)
-        self.gen = torch.Generator().manual_seed(config.seed * 1000 + self.rank)
         self.threshold: float | None = None
         self.data_weights: Tensor | None = None
         self.pool_obs: Tensor | None = None
         self.pool_weights: Tensor | None = None
-        self.history: list[dict[str, float]] = []
         self.collected = 0
+        self.index: Tensor | None = None
+        self.n_extra = 0
 
-    # -- pieces --------------------------------------------------------------------------------
+    def bind(self, trainer: QAILTrainer) -> None:
+        super().bind(trainer)
+        self.config, self.data = trainer.config, trainer.data
+        self.device = trainer.device
+        self.gen = torch.Generator().manual_seed(self.config.seed * 1000 + trainer.rank)
+
+    def batch_seed(self) -> int:
+        return self.config.seed * 1000
+
+    # -- the student ---------------------------------------------------------------------------
+    def setup_teacher(self, teacher: nn.Module) -> nn.Module:
+        teacher = teacher.to(self.device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        return teacher
+
+    def prepare(self, student: nn.Module | None) -> nn.Module:
+        torch.manual_seed(self.config.seed * 1000 + self.trainer.rank)
+        if student is None:
+            student = make_student(self.trainer.teacher, self.config, self._calibration(),
+                                   self.quantize_fn)
+        return student.to(self.device)
+
+    def parameters(self, student: nn.Module) -> list[Tensor]:
+        return [p for p in student.parameters() if p.requires_grad]
+
+    def module(self, student: nn.Module) -> nn.Module:
+        return student
+
+    def finish(self, student: nn.Module) -> nn.Module:
+        return student.eval()
+
+    # -- data, weights, pool -------------------------------------------------------------------
     @property
     def is_image(self) -> bool:
         return self.data.obs.dim() == 4
@@ -207,10 +330,10 @@ class QAILTrainer:
             flat = self.data.obs.float()
             kw = dict(kind='state', perturbation=cfg.state_perturbation, scale=cfg.state_scale,
                       mean=flat.mean(0), std=flat.std(0), groups=self.saliency_groups)
-        return compute_scores(self.teacher, obs.to(self.device), ids=ids, cache=cache,
-                              progress=cfg.progress and self.rank == 0, **kw).cpu()
+        return compute_scores(self.trainer.teacher, obs.to(self.device), ids=ids, cache=cache,
+                              progress=cfg.progress and self.trainer.rank == 0, **kw).cpu()
 
-    def _prepare_weights(self) -> None:
+    def prepare_weights(self) -> None:
         """SIS of D_QAIL under the teacher, T on a 10% subset, alpha per sample."""
         cfg = self.config
         if self.sis_cache is None and cfg.sis_cache:
@@ -224,7 +347,7 @@ class QAILTrainer:
                                        f'this run scores with {self._sis_meta()}: delete the '
                                        'file or point sis_cache elsewhere')
         scores = self._scores(self.data.obs, ids=self.data.ids.tolist(), cache=self.sis_cache)
-        if cfg.sis_cache and self.rank == 0:
+        if cfg.sis_cache and self.trainer.rank == 0:
             self.sis_cache.save(cfg.sis_cache)
         self.threshold = importance_threshold(scores, percentile=cfg.percentile,
                                               subset_fraction=cfg.subset_fraction, seed=cfg.seed)
@@ -257,111 +380,187 @@ class QAILTrainer:
                                            weights])[-self.config.onpolicy_pool:]
         return len(states)
 
-    def _batches(self, index: Tensor):
-        """The global batches of D_QAIL positions `index` (the same on every rank; each rank
-        trains on its slice): `qail_ros.training.distributed.GlobalBatches` over len(index)."""
-        from qail_ros.training.distributed import GlobalBatches
-        return GlobalBatches(len(index), self.config.batch_size, self.dist,
-                             accum=self.config.grad_accum, seed=self.config.seed * 1000)
-
-    def _trainer_state(self) -> dict[str, Any]:
-        return {'pool_obs': self.pool_obs, 'pool_weights': self.pool_weights,
-                'gen': self.gen.get_state(), 'collected': self.collected}
-
-    def _load_trainer_state(self, state: dict[str, Any]) -> None:
-        self.pool_obs, self.pool_weights = state['pool_obs'], state['pool_weights']
-        self.gen.set_state(state['gen'])
-        self.collected = state['collected']
-
-    # -- the run -------------------------------------------------------------------------------
-    def train(self, student: nn.Module | None = None) -> TrainResult:
-        from qail_ros.training.distributed import Checkpointer, TrainLoop
+    def start(self, student: nn.Module, n_data: int) -> int:
         cfg = self.config
-        t0 = time.perf_counter()
-        torch.manual_seed(cfg.seed * 1000 + self.rank)
-        if student is None:
-            student = make_student(self.teacher, cfg, self._calibration(), self.quantize_fn)
-        student = student.to(self.device)
-        if not cfg.trains or cfg.steps == 0:
-            return TrainResult(student.eval(), cfg, [], None, 0, time.perf_counter() - t0)
-        weighting = canonical_weighting(cfg.resolved_weighting)
-        if weighting == 'saliency':
-            self._prepare_weights()
-        onpolicy = cfg.uses_qbc and self.collector is not None and cfg.onpolicy_every > 0
+        if canonical_weighting(cfg.resolved_weighting) == 'saliency':
+            self.prepare_weights()
+        self.onpolicy = cfg.uses_qbc and self.collector is not None and cfg.onpolicy_every > 0
         if cfg.canonical_method == 'lppd':
             index = torch.nonzero(self.data.source == SOURCE_FP).flatten()
             if len(index) == 0:  # no teacher rollouts: distil on every state there is
                 index = torch.arange(len(self.data))
         else:
             index = torch.arange(len(self.data))
-        params = [p for p in student.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        batches = self._batches(index)
+        self.index = index
         # on-policy states per micro-batch of this rank: its share of the global extra states
-        n_extra = int(round(cfg.batch_size * cfg.onpolicy_fraction)) if onpolicy else 0
-        n_extra = n_extra // (self.world * cfg.grad_accum) if n_extra else 0
+        n_extra = int(round(cfg.batch_size * cfg.onpolicy_fraction)) if self.onpolicy else 0
+        self.n_extra = n_extra // (self.trainer.world * cfg.grad_accum) if n_extra else 0
         self.collected = 0
+        return len(index)
+
+    def before_step(self, student: nn.Module, step: int) -> None:
+        every = self.config.onpolicy_every
+        if self.onpolicy and (step == 1 or (step - 1) % every == 0):
+            k = (step - 1) // every
+            # each rank rolls out its own whole episodes (its own round of seeds)
+            self.collected += self._collect(student, k * self.trainer.world + self.trainer.rank)
+
+    def batch(self, idx: Tensor, step: int) -> StudentBatch:
+        rows = self.index[idx]
+        obs = torch.as_tensor(self.data.obs[rows]).to(self.device)
+        act = torch.as_tensor(self.data.act[rows]).to(self.device)
+        w = self.data_weights[rows] if self.data_weights is not None else None
+        states = obs
+        if self.n_extra and self.pool_obs is not None and len(self.pool_obs):
+            pidx = torch.randint(len(self.pool_obs), (self.n_extra,), generator=self.gen)
+            states = torch.cat([obs, self.pool_obs[pidx].to(self.device)])
+            if w is not None:
+                w = torch.cat([w, self.pool_weights[pidx]])
+        return StudentBatch(states, act, len(obs), w)
+
+    def forward(self, model: nn.Module, batch: StudentBatch) -> tuple[Any, Any]:
+        out = model(batch.inputs)
+        return _head_slice(out, batch.n_labelled), out
+
+    def teacher_forward(self, batch: StudentBatch) -> Any:
+        return self.trainer.teacher(batch.inputs)
+
+    def records(self) -> dict[str, Any]:
+        return {'onpolicy_states': self.collected}
+
+    def state(self) -> dict[str, Any]:
+        return {'pool_obs': self.pool_obs, 'pool_weights': self.pool_weights,
+                'gen': self.gen.get_state(), 'collected': self.collected}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.pool_obs, self.pool_weights = state['pool_obs'], state['pool_weights']
+        self.gen.set_state(state['gen'])
+        self.collected = state['collected']
+
+
+class QAILTrainer:
+    """Fine-tune a quantized copy of `teacher` on `data` with the losses of `config.method`.
+
+    The one QAIL trainer: QAIL / QBC / wQBC / LPPD / on-policy QBC for every model, the
+    model-specific parts in a `StudentHooks` object (`hooks`): the student's forward and
+    trainable parameters, the teacher's relabelling, batches, rollouts. Default: `TensorHooks`
+    (a policy module on tensor rows: the MLP, the packed CILRS), built from `collector`,
+    `quantize_fn`, `saliency_groups` and `sis_cache` (see there); the VLA's QLoRA students
+    pass `qail_ros.manipulation.qail_vla.VLAHooks`.
+
+    teacher:     the FP policy (for TensorHooks any nn.Module; a forward of a batch of
+                 `data.obs`).
+    data:        D_QAIL (`ImitationData` for TensorHooks; the hooks' own samples otherwise).
+    """
+
+    def __init__(self, teacher: Any, config: TrainConfig, data: Any, *,
+                 collector: Collector | None = None, quantize_fn: QuantizeFn | None = None,
+                 saliency_groups: list[list[int]] | None = None,
+                 sis_cache: SISCache | None = None, hooks: StudentHooks | None = None):
+        self.config = config
+        self.data = data
+        from qail_ros.training.distributed import setup
+        self.dist = setup(config.device)
+        self.device = self.dist.device
+        self.rank, self.world, self.distributed = (self.dist.rank, self.dist.world,
+                                                   self.dist.distributed)
+        self.hooks = hooks or TensorHooks(collector=collector, quantize_fn=quantize_fn,
+                                          saliency_groups=saliency_groups, sis_cache=sis_cache)
+        self.hooks.bind(self)
+        self.teacher = self.hooks.setup_teacher(teacher)
+        self.history: list[dict[str, float]] = []
+
+    # what the default hooks hold (the wQBC threshold and weights, the on-policy pool)
+    threshold = property(lambda self: getattr(self.hooks, 'threshold', None))
+    data_weights = property(lambda self: getattr(self.hooks, 'data_weights', None))
+    pool_obs = property(lambda self: getattr(self.hooks, 'pool_obs', None))
+    pool_weights = property(lambda self: getattr(self.hooks, 'pool_weights', None))
+    collected = property(lambda self: getattr(self.hooks, 'collected', 0))
+
+    def objective(self, s_lab: Any, labels: Tensor | None, s_out: Any, teacher_out,
+                  weights: Tensor | None) -> tuple[Tensor, dict[str, Any]]:
+        """The loss of `config.method` on one micro-batch: L_QAIL of the labelled outputs,
+        L_QBC (or LPPD) against `teacher_out()` (computed without gradients when needed)."""
+        cfg = self.config
+        l_qail = l_qbc = None
+        if cfg.canonical_method == 'lppd':
+            with torch.no_grad():
+                t_out = teacher_out()
+            loss = lppd_loss(s_out, t_out, head=cfg.head, temperature=cfg.temperature)
+            l_qbc = loss
+        else:
+            if cfg.uses_qail:
+                l_qail = qail_loss(s_lab, labels, head=cfg.head)
+            if cfg.uses_qbc:
+                with torch.no_grad():
+                    t_out = teacher_out()
+                l_qbc = qbc_loss(s_out, t_out, distance=cfg.qbc_distance,
+                                 temperature=cfg.temperature,
+                                 weights=None if weights is None else weights.to(self.device))
+            loss = total_loss(l_qail, l_qbc, cfg.lam)
+        rec: dict[str, Any] = {}
+        if l_qail is not None:
+            rec['l_qail'] = l_qail
+        if l_qbc is not None:
+            rec['l_qbc'] = l_qbc
+        return loss, rec
+
+    # -- the run -------------------------------------------------------------------------------
+    def train(self, student: Any | None = None) -> TrainResult:
+        from qail_ros.training.bc import fit
+        from qail_ros.training.distributed import GlobalBatches
+        cfg, hooks = self.config, self.hooks
+        t0 = time.perf_counter()
+        student = hooks.prepare(student)
+        if not cfg.trains or cfg.steps == 0:
+            return TrainResult(hooks.finish(student), cfg, [], None, 0,
+                               time.perf_counter() - t0)
+        n = hooks.start(student, len(self.data))
+        batches = GlobalBatches(n, cfg.batch_size, self.dist, accum=cfg.grad_accum,
+                                seed=hooks.batch_seed(), mode=hooks.sampling)
+        hooks.batches = batches     # a hook that fills part of each batch resizes it
 
         def before_step(step: int) -> None:
-            if onpolicy and (step == 1 or (step - 1) % cfg.onpolicy_every == 0):
-                k = (step - 1) // cfg.onpolicy_every
-                # each rank rolls out its own whole episodes (its own round of seeds)
-                self.collected += self._collect(student, k * self.world + self.rank)
+            hooks.before_step(student, step)
 
         def loss_fn(model: nn.Module, idx: Tensor, step: int):
-            rows = index[idx]
-            obs = torch.as_tensor(self.data.obs[rows]).to(self.device)
-            act = torch.as_tensor(self.data.act[rows]).to(self.device)
-            w = self.data_weights[rows] if self.data_weights is not None else None
-            states = obs
-            if n_extra and self.pool_obs is not None and len(self.pool_obs):
-                pidx = torch.randint(len(self.pool_obs), (n_extra,), generator=self.gen)
-                states = torch.cat([obs, self.pool_obs[pidx].to(self.device)])
-                if w is not None:
-                    w = torch.cat([w, self.pool_weights[pidx]])
-            out = model(states)
-            l_qail = l_qbc = None
-            if cfg.canonical_method == 'lppd':
-                with torch.no_grad():
-                    t_out = self.teacher(states)
-                loss = lppd_loss(out, t_out, head=cfg.head, temperature=cfg.temperature)
-                l_qbc = loss
-            else:
-                if cfg.uses_qail:
-                    l_qail = qail_loss(_head_slice(out, len(obs)), act, head=cfg.head)
-                if cfg.uses_qbc:
-                    with torch.no_grad():
-                        t_out = self.teacher(states)
-                    l_qbc = qbc_loss(out, t_out, distance=cfg.qbc_distance,
-                                     temperature=cfg.temperature,
-                                     weights=None if w is None else w.to(self.device))
-                loss = total_loss(l_qail, l_qbc, cfg.lam)
-            rec: dict[str, Any] = {'onpolicy_states': self.collected}
-            if l_qail is not None:
-                rec['l_qail'] = l_qail
-            if l_qbc is not None:
-                rec['l_qbc'] = l_qbc
-            return loss, rec
+            b = hooks.batch(idx, step)
+            s_lab, s_out = hooks.forward(model, b)
+            loss, rec = self.objective(s_lab, b.labels, s_out, lambda: hooks.teacher_forward(b),
+                                       b.weights)
+            return loss, {**hooks.records(), **rec}
 
-        checkpointer = (Checkpointer(cfg.checkpoint_dir, cfg.checkpoint_every, self.dist)
-                        if cfg.checkpoint_dir else None)
-        loop = TrainLoop(student, opt, loss_fn, batches, steps=cfg.steps, dist=self.dist,
-                         params=params, grad_clip=cfg.grad_clip, precision=cfg.precision,
-                         checkpointer=checkpointer, resume=cfg.resume, log_every=cfg.log_every,
-                         progress=(f'{cfg.canonical_method} {cfg.bits}' if cfg.progress
-                                   else None),
-                         before_step=before_step,
-                         # a branched policy (CILRS) leaves the branches of commands absent
-                         # from a batch, and its speed head, without gradients
-                         find_unused_parameters=True,
-                         # the student's buffers (quantizer flags, folded BN) never change
-                         sync_buffers=False,
-                         trainer_state=(self._trainer_state, self._load_trainer_state))
-        run = loop.run()
+        every = max(cfg.steps // 5, 1)
+
+        def log_fn(rec: dict[str, float]) -> None:
+            if rec['step'] % every == 0:
+                log.info('%s %s step %d/%d: %s (%.0f s)', cfg.canonical_method, cfg.bits,
+                         rec['step'], cfg.steps,
+                         ' '.join(f'{k} {v:.4g}' for k, v in rec.items() if k != 'step'),
+                         time.perf_counter() - t0)
+
+        run = fit(hooks.module(student), loss_fn, batches, steps=cfg.steps, lr=cfg.lr,
+                  dist=self.dist, params=hooks.parameters(student),
+                  optimizer=hooks.optimizer, weight_decay=cfg.weight_decay,
+                  schedule=hooks.schedule, final_lr=hooks.final_lr,
+                  grad_clip=cfg.grad_clip, precision=cfg.precision,
+                  checkpoint_dir=cfg.checkpoint_dir, checkpoint_every=cfg.checkpoint_every,
+                  resume=cfg.resume, log_every=cfg.log_every,
+                  progress=f'{cfg.canonical_method} {cfg.bits}' if cfg.progress else None,
+                  before_step=before_step, log_fn=log_fn,
+                  model_state=hooks.model_state(student),
+                  trainer_state=(hooks.state, hooks.load_state),
+                  frozen_local=hooks.frozen_local,
+                  # a branched policy (CILRS) leaves the branches of commands absent from a
+                  # batch, and its speed head, without gradients
+                  find_unused_parameters=hooks.find_unused_parameters,
+                  # the student's buffers (quantizer flags, folded BN) never change
+                  sync_buffers=hooks.sync_buffers)
         self.history = run.history
         for rec in self.history:
-            rec['onpolicy_states'] = int(round(rec.get('onpolicy_states', 0)))
-        student.eval()
+            if 'onpolicy_states' in rec:
+                rec['onpolicy_states'] = int(round(rec['onpolicy_states']))
+        student = hooks.finish(student)
         seconds = time.perf_counter() - t0
         if self.rank == 0:
             log.info('%s %s: %d steps in %.1f s, %d on-policy states, last %s',

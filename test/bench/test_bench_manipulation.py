@@ -40,7 +40,7 @@ def test_bad_method_is_refused(capsys):
 def test_mcnemar_exact_matches_hand_computed_values():
     from math import comb
 
-    from qail_ros.bench.manipulation import mcnemar_exact
+    from qail_ros.manipulation.benchmark import mcnemar_exact
     assert abs(mcnemar_exact(7, 1) - 2 * (comb(8, 0) + comb(8, 1)) / 2 ** 8) < 1e-12
     assert abs(mcnemar_exact(7, 1) - 0.0703125) < 1e-12
     assert mcnemar_exact(1, 7) == mcnemar_exact(7, 1)          # two-sided, symmetric
@@ -53,7 +53,7 @@ def test_mcnemar_exact_matches_hand_computed_values():
 
 
 def test_paired_comparisons_pair_episodes_and_seeds():
-    from qail_ros.bench.manipulation import mcnemar_exact, paired_comparisons
+    from qail_ros.manipulation.benchmark import mcnemar_exact, paired_comparisons
 
     def seed(lift, place):
         return {'lift': {'outcomes': lift}, 'place': {'outcomes': place}}

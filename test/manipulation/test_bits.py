@@ -27,8 +27,9 @@ def _quant_layers(vla):
 @pytest.mark.parametrize('bits', [3, 2])
 def test_low_bit_students_have_at_most_2_to_the_bits_levels_per_channel(small, states, scheme,
                                                                         bits):
-    from qail_ros.manipulation.qail_vla import quantize_awq
+    from qail_ros.manipulation.qail_vla import quantize_awq, weight_bits
     student = quantize_awq(small, states, scheme=scheme, bits=bits, n_calibration=8)
+    assert weight_bits(student) == bits        # what the trainer's config and log name
     layers = _quant_layers(student)
     assert layers and 'lm_head' not in layers
     fp_weights = dict(small.model.language_model.named_parameters())
@@ -81,14 +82,15 @@ def _settings(argv):
 
 def test_bench_bits_option_sets_width_labels_and_file_name():
     from qail_ros.bench import manipulation as bm
+    from qail_ros.manipulation import benchmark as mb
     s = _settings(['--bits', '3', '--methods', 'fp,rtn_int4,qail_qbc_int4'])
     assert s['bits'] == 3 and s['group_size'] == 0
-    assert bm.quant_kwargs(s) == {'bits': 3, 'granularity': 'per_channel', 'group_size': 128}
-    assert bm.results_name(s) == 'manipulation_int3'
-    assert bm.results_name(_settings([])) == 'manipulation' and _settings([])['bits'] == 4
+    assert mb.quant_kwargs(s) == {'bits': 3, 'granularity': 'per_channel', 'group_size': 128}
+    assert mb.results_name(s) == 'manipulation_int3'
+    assert mb.results_name(_settings([])) == 'manipulation' and _settings([])['bits'] == 4
     g = _settings(['--bits', '2', '--group-size', '32'])
-    assert bm.quant_kwargs(g) == {'bits': 2, 'granularity': 'group', 'group_size': 32}
-    assert set(bm.FP_KEYS).isdisjoint({'bits', 'group_size'})   # the FP cache is shared
+    assert mb.quant_kwargs(g) == {'bits': 2, 'granularity': 'group', 'group_size': 32}
+    assert set(mb.FP_KEYS).isdisjoint({'bits', 'group_size'})   # the FP cache is shared
     with pytest.raises(SystemExit):
         _settings(['--bits', '5'])
     with pytest.raises(ParameterError, match='--group-size 48'):

@@ -74,8 +74,11 @@ def test_cli_trains_a_student_that_vla_policy_loads(recorded, capsys):
     assert cli(['train-vla', '--teacher', str(tmp / 'fp'), '--data', str(tmp / 'ds'),
                 '--split', 'all', '--steps', '3', '--rank', '4', '--batch-size', '8',
                 '-o', str(out), '--json']) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
     assert summary['samples'] == len(samples) and summary['final_qbc'] is not None
+    # the trainer's progress (a module logger) reaches the user on stderr, not in the JSON
+    assert 'qail_qbc w4a16 step 3/3' in captured.err and 'step 3/3' not in captured.out
     policy = OpenVLAPolicy.from_pretrained(
         tmp / 'fp', precision='int4', unnorm_key=UNNORM_KEY,
         int4_weights=out / 'int4_backbone.safetensors',

@@ -103,3 +103,39 @@ def test_env_images_feed_the_model(small):
     both = small.pixel_values(np.stack([image, image[::-1]]))
     torch.testing.assert_close(both[:1], px)
     assert not torch.allclose(both[1], px[0])
+
+
+@pytest.mark.parametrize('method', ['qbc', 'lppd'])
+def test_qlora_qbc_and_lppd_run_through_the_one_trainer(small, states, method):
+    """QBC alone and LPPD for the VLA are QAILTrainer methods too: the teacher's logits are the
+    only target (no L_QAIL), LPPD on the teacher's own states (D_FP) only."""
+    import dataclasses
+
+    from qail_ros.manipulation.qail_vla import VLAHooks, quantize_awq
+    from qail_ros.qail.config import TrainConfig
+    from qail_ros.qail.trainer import QAILTrainer
+    from qail_ros.quant.lora import lora_state_dict
+    n = len(states)
+    mixed = dataclasses.replace(states, source=['fp'] * (n // 2) + ['expert'] * (n - n // 2))
+    student = quantize_awq(small, mixed, n_calibration=8)
+    hooks = VLAHooks(rank=4)
+    cfg = TrainConfig(method=method, head='tokens', bits='w4a16', steps=2, batch_size=4,
+                      lr=5e-2, grad_clip=1.0, log_every=1, progress=False)
+    seen = []
+    real = hooks.batch
+
+    def spy(idx, step):
+        b = real(idx, step)
+        seen.extend(hooks.index[idx.numpy()].tolist())
+        assert b.labels is None             # no L_QAIL: the labels are not even computed
+        return b
+    hooks.batch = spy
+    result = QAILTrainer(small, cfg, mixed, hooks=hooks).train(student)
+    assert [set(r) >= {'loss', 'l_qbc'} and 'l_qail' not in r for r in result.history] == \
+        [True, True]
+    if method == 'lppd':
+        assert seen and all(mixed.source[i] == 'fp' for i in seen)
+    else:
+        assert any(mixed.source[i] == 'expert' for i in seen)
+    assert any(t.abs().sum() > 0 for k, t in lora_state_dict(
+        student.model.language_model).items() if k.endswith('lora_b'))

@@ -137,3 +137,9 @@ def test_throttle_rule():
     st = det.update(_r({'GPU': 50.0}, throttled=True))
     assert st.throttling and 'source reports' in st.reason
     assert not det.update(_r({})).throttling
+
+
+def test_percentile_is_numpy_linear_interpolation():
+    # hand-worked: rank (5 - 1) * 0.9 = 3.6 -> 40 + 0.6 * (100 - 40)
+    assert percentile([100, 10, 30, 20, 40], 90) == pytest.approx(76.0)
+    assert percentile([5.0], 50) == 5.0 and math.isnan(percentile([], 50))

@@ -86,14 +86,17 @@ def test_lppd_trains_on_teacher_states_only(setup):
     trainer = QAILTrainer(teacher, cfg(method='lppd', steps=20), data,
                           quantize_fn=fake_quantize)
     seen = []
-    real = trainer._batches
+    real = trainer.hooks.batch
 
-    def spy(index):
-        seen.append(index)
-        return real(index)
-    trainer._batches = spy
+    def spy(idx, step):
+        batch = real(idx, step)
+        seen.append(trainer.hooks.index[idx])
+        return batch
+    trainer.hooks.batch = spy
     res = trainer.train()
-    assert bool((data.source[seen[0]] == SOURCE_FP).all()) and len(seen[0]) == 256
+    rows = torch.cat(seen)
+    assert len(trainer.hooks.index) == 256 and len(rows) == 20 * 64
+    assert bool((data.source[rows] == SOURCE_FP).all())
     assert 'l_qail' not in res.history[-1]
 
 
@@ -139,8 +142,8 @@ def test_sis_cache_file_is_written_then_reused(setup, tmp_path):
     def no_teacher(x):
         pytest.fail('recomputed a cached score')
     second.teacher = no_teacher  # every score must come from the cache
-    second._prepare_weights()
+    second.hooks.prepare_weights()
     assert torch.equal(second.data_weights, first.data_weights)
     other = QAILTrainer(teacher, c.replace(state_scale=1.0), data, quantize_fn=fake_quantize)
     with pytest.raises(Exception, match='SIS cache'):
-        other._prepare_weights()
+        other.hooks.prepare_weights()

@@ -94,7 +94,7 @@ def run_bc(args):
     act = np.tanh(obs[:, :2] - obs[:, 2:4])
     history = []
     policy, _ = train_bc(obs, act, hidden=32, layers=2, steps=args.steps, batch=args.batch,
-                         lr=3e-3, log_every=1, log=None, grad_accum=args.accum,
+                         lr=3e-3, log_every=1, grad_accum=args.accum,
                          checkpoint_dir=args.ckdir, checkpoint_every=args.checkpoint_every,
                          resume=args.resume, history=history)
     return history, {k: v.detach().clone() for k, v in policy.state_dict().items()}
