@@ -163,13 +163,12 @@ def main(args) -> int:
     command = 'qail-ros bench driving ' + ' '.join(shlex.quote(a) for a in sys.argv[3:]) if (
         sys.argv[1:3] == ['bench', 'driving']) else 'qail-ros ' + ' '.join(
         shlex.quote(a) for a in sys.argv[1:])
-    log = (lambda msg: print(msg, file=sys.stderr, flush=True))
     from qail_ros.training.logs import show_progress
-    show_progress()             # the CILRS behaviour cloning reports to its logger
+    show_progress()             # the pipeline and the trainers report to their loggers
     result: dict[str, Any] = {'benchmark': 'driving', 'command': command, 'commit': git_commit(),
                               'date': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
                               'settings': s}
-    result.update(run(s, out, args.retrain, not args.no_progress, log))
+    result.update(run(s, out, args.retrain, not args.no_progress))
     result['environment'] = environment()
     result['files'] = write_outputs(result, out)
     table('driving benchmark (closed loop)', ['town', 'density', 'method', 'bits', 'seeds',

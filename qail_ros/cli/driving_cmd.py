@@ -10,7 +10,6 @@ per town and density and the simulation speed (qail_ros.driving.measure).
 from __future__ import annotations
 
 import json
-import sys
 
 HELP = 'drive routes with a CILRS engine (eval), build the shipped engines (ship), measure the ' \
        'benchmark (measure)'
@@ -58,10 +57,6 @@ def add_arguments(parser) -> None:
     parser.set_defaults(_driving_parser=parser)
 
 
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def _eval(args) -> int:
     try:
         import torch
@@ -85,8 +80,10 @@ def _eval(args) -> int:
 
 def _ship(args) -> int:
     from qail_ros.driving.ship import ship
+    from qail_ros.training.logs import show_progress
+    show_progress()             # the student's training and the evaluation report to stderr
     result = ship(args.fp, args.out, work=args.work, seed=args.seed, routes=args.routes,
-                  towns=args.town.split(','), densities=args.densities.split(','), log=_log)
+                  towns=args.town.split(','), densities=args.densities.split(','))
     print(f"engines in {args.out}: {', '.join(result['engines'])}"
           + (f"; closed loop in {args.out}/closed_loop.json" if args.routes else ''))
     return 0

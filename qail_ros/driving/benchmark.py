@@ -11,16 +11,19 @@
 4. Every policy is evaluated closed-loop with the same routes (seeds 0..routes-1) per density of
    each evaluation town (`evaluate_policy`).
 
-`run(settings, out, retrain, progress, log)` returns the result dict; qail_ros.bench.driving
+`run(settings, out, retrain, progress)` returns the result dict; qail_ros.bench.driving
 parses the command line, calls it and prints / writes the tables. `qail-ros driving ship`
 (qail_ros.driving.ship) trains its shipped student with the same settings and data.
 """
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
+
+_log = logging.getLogger(__name__)
 
 __all__ = ['ALL_METHODS', 'ENGINE_METHODS', 'METRICS', 'FULL', 'QUICK', 'BC_KEYS',
            'CALIB_SEED', 'validate', 'collect_demos', 'fp_model', 'evaluate_policy',
@@ -73,7 +76,7 @@ def validate(s: dict[str, Any]) -> None:
         raise ParameterError('--seeds and --routes must be >= 1')
 
 
-def collect_demos(s: dict[str, Any], log) -> dict[str, Any]:
+def collect_demos(s: dict[str, Any]) -> dict[str, Any]:
     """D_E on the training town: clean and noisy expert routes per training density."""
     import numpy as np
 
@@ -91,13 +94,13 @@ def collect_demos(s: dict[str, Any], log) -> dict[str, Any]:
                 image_size=size, action_noise=s['noise'], view_m=s['view_m']))
     demos = {k: np.concatenate([p[k] for p in parts]) for k in ('image', 'speed', 'command',
                                                                 'act')}
-    log(f'D_E: {len(demos["speed"])} samples from {len(parts)} collections '
-        f'(commands {dict(zip(*np.unique(demos["command"], return_counts=True)))})')
+    _log.info(f'D_E: {len(demos["speed"])} samples from {len(parts)} collections '
+              f'(commands {dict(zip(*np.unique(demos["command"], return_counts=True)))})')
     return demos
 
 
-def fp_model(s: dict[str, Any], out: Path, demos: dict[str, Any], retrain: bool, progress: bool,
-             log) -> tuple[Any, dict[str, Any]]:
+def fp_model(s: dict[str, Any], out: Path, demos: dict[str, Any], retrain: bool,
+             progress: bool) -> tuple[Any, dict[str, Any]]:
     """The FP CILRS: loaded from OUT when trained with the same settings, else trained."""
     from qail_ros.cilrs.model import load_checkpoint, save_checkpoint
     from qail_ros.cilrs.train import small_config, train_bc
@@ -106,7 +109,7 @@ def fp_model(s: dict[str, Any], out: Path, demos: dict[str, Any], retrain: bool,
     if not retrain and path.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         if meta.get('settings') == want:
-            log(f'FP CILRS: cached {path}')
+            _log.info(f'FP CILRS: cached {path}')
             return load_checkpoint(path), dict(meta, cached=True)
     config = small_config(s['width'], s['height'], s['base_width'])
     t0 = time.perf_counter()
@@ -118,7 +121,7 @@ def fp_model(s: dict[str, Any], out: Path, demos: dict[str, Any], retrain: bool,
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, path)
     meta_path.write_text(json.dumps(meta, indent=1) + '\n')
-    log(f'FP CILRS: trained in {meta["seconds"]:.0f}s -> {path}')
+    _log.info(f'FP CILRS: trained in {meta["seconds"]:.0f}s -> {path}')
     return model, dict(meta, cached=False)
 
 
@@ -151,7 +154,7 @@ def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     return agg
 
 
-def run(s: dict[str, Any], out: Path, retrain: bool, progress: bool, log) -> dict[str, Any]:
+def run(s: dict[str, Any], out: Path, retrain: bool, progress: bool) -> dict[str, Any]:
     """Everything of one benchmark run; returns the result dict (without provenance)."""
     import torch
 
@@ -165,21 +168,21 @@ def run(s: dict[str, Any], out: Path, retrain: bool, progress: bool, log) -> dic
 
     t_start = time.perf_counter()
     t0 = time.perf_counter()
-    demos = collect_demos(s, log)
+    demos = collect_demos(s)
     demo_s = time.perf_counter() - t0
-    model, meta = fp_model(s, out, demos, retrain, progress, log)
+    model, meta = fp_model(s, out, demos, retrain, progress)
     macs = count_macs(model.config)
     teacher = PackedCILRS(model.fused()).eval()
     results: dict[str, Any] = {}
     training: dict[str, list[dict[str, Any]]] = {}
     t0 = time.perf_counter()
     fp_eval = evaluate_policy(CILRSPolicy(model), s)
-    log(f'fp: {brief(fp_eval)} ({time.perf_counter() - t0:.0f}s)')
+    _log.info(f'fp: {brief(fp_eval)} ({time.perf_counter() - t0:.0f}s)')
     results['fp'] = {'method': 'fp', 'bits': 'fp32', 'seeds': 1, 'metrics': aggregate([fp_eval])}
     if 'openvino_int8' in s['methods']:
         t0 = time.perf_counter()
         ev = evaluate_policy(openvino_int8_policy(model, out, s), s)
-        log(f'openvino_int8: {brief(ev)} ({time.perf_counter() - t0:.0f}s)')
+        _log.info(f'openvino_int8: {brief(ev)} ({time.perf_counter() - t0:.0f}s)')
         results['openvino_int8'] = {'method': 'openvino_int8', 'bits': 'w8a8', 'seeds': 1,
                                     'metrics': aggregate([ev])}
     runs: dict[str, tuple[str, str, list[dict[str, Any]]]] = {}
@@ -191,7 +194,7 @@ def run(s: dict[str, Any], out: Path, retrain: bool, progress: bool, log) -> dic
         data = build_driving_data(teacher, demos=demos, densities=s['fp_densities'],
                                   fp_episodes=s['fp_episodes'], seed=seed, image_size=size,
                                   view_m=s['view_m'])
-        log(f'seed {seed}: D_QAIL {data.counts()} ({time.perf_counter() - t0:.0f}s)')
+        _log.info(f'seed {seed}: D_QAIL {data.counts()} ({time.perf_counter() - t0:.0f}s)')
         gen = torch.Generator().manual_seed(seed)
         probe = data.obs[torch.randperm(len(data), generator=gen)[:256]]
         for bits in s['bits']:
@@ -218,8 +221,8 @@ def run(s: dict[str, Any], out: Path, retrain: bool, progress: bool, log) -> dic
                     'quantized_layers': len(report['layers']),
                     'skipped_layers': sorted(report['skipped']),
                     'final': res.history[-1] if res.history else {}})
-                log(f'seed {seed} {bits} {method}: {brief(ev)} (train {res.seconds:.0f}s, '
-                    f'gap {gap:.4f}, eval {time.perf_counter() - t1:.0f}s)')
+                _log.info(f'seed {seed} {bits} {method}: {brief(ev)} (train {res.seconds:.0f}s, '
+                          f'gap {gap:.4f}, eval {time.perf_counter() - t1:.0f}s)')
     for key, (method, bits, per_seed) in runs.items():
         results[key] = {'method': method, 'bits': bits, 'seeds': len(per_seed),
                         'metrics': aggregate(per_seed), 'training': training[key]}

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,7 @@ def save_cilrs_student(student, path: str | Path) -> Path:
     return quant.save_quantized(inner, path)
 
 
-def train_student(fp_path: Path, work: Path, seed: int, log) -> tuple[Path, dict[str, Any]]:
+def train_student(fp_path: Path, work: Path, seed: int) -> tuple[Path, dict[str, Any]]:
     """QAIL+QBC W4A4 student of the FP model, as `qail-ros bench driving` trains it."""
     import torch
 
@@ -77,7 +77,7 @@ def train_student(fp_path: Path, work: Path, seed: int, log) -> tuple[Path, dict
     path = work / f'{NAME}_w4a4_qail_qbc_seed{seed}.safetensors'
     record_path = path.with_suffix('.json')
     if path.is_file() and record_path.is_file():
-        log(f'student: cached {path}')
+        _log.info(f'student: cached {path}')
         return path, json.loads(record_path.read_text())
     meta = json.loads(fp_path.with_suffix('.json').read_text())
     s = dict(FULL)
@@ -86,12 +86,12 @@ def train_student(fp_path: Path, work: Path, seed: int, log) -> tuple[Path, dict
     model = load_checkpoint(fp_path)
     size = (s['width'], s['height'])
     t0 = time.perf_counter()
-    demos = collect_demos(s, log)
+    demos = collect_demos(s)
     teacher = PackedCILRS(model.fused()).eval()
     data = build_driving_data(teacher, demos=demos, densities=s['fp_densities'],
                               fp_episodes=s['fp_episodes'], seed=seed, image_size=size,
                               view_m=s['view_m'])
-    log(f'D_QAIL {data.counts()} ({time.perf_counter() - t0:.0f}s)')
+    _log.info(f'D_QAIL {data.counts()} ({time.perf_counter() - t0:.0f}s)')
     cfg = TrainConfig(method='qail_qbc', bits='w4a4', steps=s['steps'], lr=s['lr'],
                       batch_size=s['batch_size'], seed=seed, onpolicy_every=s['onpolicy_every'],
                       onpolicy_episodes=s['onpolicy_episodes'],
@@ -113,12 +113,12 @@ def train_student(fp_path: Path, work: Path, seed: int, log) -> tuple[Path, dict
                                              'fp_episodes')},
               'final': res.history[-1] if res.history else {}}
     record_path.write_text(json.dumps(record, indent=1, default=str) + '\n')
-    log(f'student: trained in {res.seconds:.0f}s, output gap to FP {gap:.4f} -> {path}')
+    _log.info(f'student: trained in {res.seconds:.0f}s, output gap to FP {gap:.4f} -> {path}')
     return path, record
 
 
 def evaluate_engines(paths: dict[str, Path], cells: list[tuple[str, str]], routes: int,
-                     view_m: float, log) -> dict[str, Any]:
+                     view_m: float) -> dict[str, Any]:
     """{kind: {town/density: metrics + per-episode outcomes}} through EnginePolicy."""
     from qail_ros.driving.engine_policy import EnginePolicy, evaluate_engine
     out: dict[str, Any] = {}
@@ -128,16 +128,15 @@ def evaluate_engines(paths: dict[str, Path], cells: list[tuple[str, str]], route
             t0 = time.perf_counter()
             m = evaluate_engine(policy, town, density, routes, 0, view_m=view_m)
             out.setdefault(kind, {})[f'{town}/{density}'] = m
-            log(f'{kind} {town}/{density}: success {m["success_rate"]:.2f} collision '
-                f'{m["collision_rate"]:.2f} route {m["route_completion"]:.3f} '
-                f'({time.perf_counter() - t0:.0f}s)')
+            _log.info(f'{kind} {town}/{density}: success {m["success_rate"]:.2f} collision '
+                      f'{m["collision_rate"]:.2f} route {m["route_completion"]:.3f} '
+                      f'({time.perf_counter() - t0:.0f}s)')
     return out
 
 
 def ship(fp_path: str | Path, out: str | Path, *, work: str | Path = 'bench-results/ship-work',
          seed: int = 0, routes: int = 20, towns: Sequence[str] = ('highway', 'merge'),
-         densities: Sequence[str] = ('empty', 'regular', 'dense'),
-         log: Callable[[str], None] | None = None) -> dict[str, Any]:
+         densities: Sequence[str] = ('empty', 'regular', 'dense')) -> dict[str, Any]:
     """Steps 1-4 above: the student, the engines in `out`, their closed-loop evaluation
     (`routes` per town and density; 0: none) written to OUT/closed_loop.json and returned."""
     import torch
@@ -145,12 +144,11 @@ def ship(fp_path: str | Path, out: str | Path, *, work: str | Path = 'bench-resu
     from qail_ros.cilrs.export import build_engines
     from qail_ros.cilrs.model import load_checkpoint
     from qail_ros.engines.manifest import sha256_file
-    log = log or _log.info
     torch.set_num_threads(1)
     fp_path, out, work = Path(fp_path), Path(out), Path(work)
     meta = json.loads(fp_path.with_suffix('.json').read_text())
     view_m = float(meta['settings']['view_m'])
-    student, record = train_student(fp_path, work, seed, log)
+    student, record = train_student(fp_path, work, seed)
     model = load_checkpoint(fp_path)
     calib = calibration_frames(model, view_m=view_m)
     c = model.config
@@ -164,12 +162,12 @@ def ship(fp_path: str | Path, out: str | Path, *, work: str | Path = 'bench-resu
                                            f'highway (seeds {CALIB_SEED}+)',
                           w8a8_op_types=W8A8_OPS)
     for kind, path in paths.items():
-        log(f'{kind:12s} {path} ({path.stat().st_size / 1e6:.2f} MB)')
+        _log.info(f'{kind:12s} {path} ({path.stat().st_size / 1e6:.2f} MB)')
     result: dict[str, Any] = {'fp_source': str(fp_path), 'student': record,
                               'engines': {k: str(v) for k, v in paths.items()}}
     if routes:
         cells = [(t, d) for t in towns for d in densities]
         result['routes'] = routes
-        result['closed_loop'] = evaluate_engines(paths, cells, routes, view_m, log)
+        result['closed_loop'] = evaluate_engines(paths, cells, routes, view_m)
     (out / 'closed_loop.json').write_text(json.dumps(result, indent=1) + '\n')
     return result
