@@ -13,12 +13,13 @@ the expected time on this machine is printed.
 """
 from __future__ import annotations
 
+from qail_ros.cli.common import add_run_arguments, add_task_argument, command_line
+
 HELP = 'train a SAC expert (and its FP MLP by behaviour cloning) for any physics task'
 
 
 def add_arguments(parser):
-    from qail_ros.physics.tasks import TASK_HELP
-    parser.add_argument('--task', default=None, help=TASK_HELP + ' (with --resume: the run\'s)')
+    add_task_argument(parser, "with --resume, the run's")
     budget = parser.add_argument_group('budget (default: 30 minutes)')
     budget.add_argument('--minutes', type=float, default=None, help='wall-clock budget of SAC')
     budget.add_argument('--steps', type=int, default=None, help='environment steps of SAC')
@@ -47,17 +48,7 @@ def add_arguments(parser):
     fp.add_argument('--fp-hidden', type=int, default=256, help='FP MLP width (256)')
     fp.add_argument('--fp-eval-episodes', type=int, default=10,
                     help='episodes evaluating expert, FP policy and random policy (10)')
-    parser.add_argument('--threads', type=int, default=1, help='torch threads (default 1)')
-    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
-    parser.add_argument('--json', action='store_true',
-                        help='print one JSON object with the results as the last line')
-    parser.add_argument('-o', '--out', required=True, help='teacher directory to write')
-
-
-def command_line() -> str:
-    import shlex
-    import sys
-    return 'qail-ros ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
+    add_run_arguments(parser, out='teacher directory to write', progress=True)
 
 
 def main(args) -> int:
