@@ -75,4 +75,4 @@ def test_monitor_options_parse_as_before_and_show_in_groups(capsys):
     out = capsys.readouterr().out
     groups = ['power source and policy timing:', 'report:', '--image-policy: sessions run here']
     assert [out.index(g) for g in groups] == sorted(out.index(g) for g in groups)
-    assert out.index('--run-seconds') > out.index(groups[2])
+    assert out.rindex('--run-seconds') > out.index(groups[2])
