@@ -1,4 +1,7 @@
 """Errors raised by qail_ros. Each message names the problem and, where there is one, the fix."""
+from __future__ import annotations
+
+from typing import Any
 
 
 class QailRosError(Exception):
@@ -30,3 +33,19 @@ class BagError(QailRosError):
 
 class TransportError(QailRosError):
     """The embedded middleware could not be started or reached."""
+
+
+def check_known_keys(data: Any, cls: type, what: str,
+                     error: type[Exception] = ParameterError) -> None:
+    """Raise `error` when the mapping `data` has keys that are not fields of the dataclass
+    `cls`; the message names each unknown key (with the closest field, if one is close) and
+    the fields. `what` names the mapping: 'CILRS config' gives 'unknown CILRS config key(s)'."""
+    import dataclasses
+    import difflib
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        hints = [f'{u} (did you mean {m[0]}?)' if (m := difflib.get_close_matches(u, known, 1))
+                 else u for u in unknown]
+        raise error(f'unknown {what} key(s): {", ".join(hints)}; known: '
+                    f'{", ".join(sorted(known))}')

@@ -13,11 +13,14 @@ The first `--warmup` seconds of images are sent but not counted.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from typing import Any
 
 HELP = 'images publisher -> subscriber latency and loss, two processes (Zenoh) or composed'
 
@@ -118,65 +121,62 @@ def _make_nodes(runtime, cfg: dict, publisher: bool, subscriber: bool):
 
 
 # -- roles --------------------------------------------------------------------------------
-def _runtime():
+@contextlib.contextmanager
+def _session() -> Iterator[Any]:
+    """The embedded runtime with the Zenoh transport, shut down at the end."""
     from qail_ros.runtime import set_runtime
     from qail_ros.runtime.embedded import EmbeddedRuntime
     rt = EmbeddedRuntime(transport='zenoh')
     set_runtime(rt)
     rt.init([])
-    return rt
+    try:
+        yield rt
+    finally:
+        rt.shutdown()
+
+
+def _publish(rt, pub_node, cfg: dict) -> None:
+    """Publish the warm-up and the measured images; return when the last one is out."""
+    pub_node.start()
+    rt.spin_until(pub_node.done, timeout_s=cfg['warmup'] + cfg['duration'] + 30)
 
 
 def publisher_role(cfg: dict) -> int:
     """Child process of --mode processes: wait for the subscriber, publish, report."""
-    rt = _runtime()
-    try:
+    with _session() as rt:
         pub_node, _ = _make_nodes(rt, cfg, publisher=True, subscriber=False)
         pub = pub_node.pub
         if not rt.spin_until(lambda: pub.get_subscription_count() >= 1 and pub.remote
                              and pub.remote.matching, timeout_s=20.0):
             print(json.dumps({'error': 'the subscriber process never matched'}), flush=True)
             return 1
-        pub_node.start()
-        rt.spin_until(pub_node.done, timeout_s=cfg['warmup'] + cfg['duration'] + 30)
+        _publish(rt, pub_node, cfg)
         rt.spin(duration_s=0.3)  # let the last image leave before the session closes
         print(json.dumps({'sent': pub_node.sent, 'serialized': pub.remote.serialized}),
               flush=True)
         return 0
-    finally:
-        rt.shutdown()
 
 
 def _run_composed(cfg: dict) -> dict:
     """Both nodes in this process, the Zenoh transport on as in a composed launch."""
     from qail_ros.runtime import zenoh_transport as zt
-    with zt.private_router(cfg['router']):
-        return _composed(cfg)
-
-
-def _composed(cfg: dict) -> dict:
-    rt = _runtime()
-    try:
+    with zt.private_router(cfg['router']), _session() as rt:
         pub_node, sub_node = _make_nodes(rt, cfg, publisher=True, subscriber=True)
-        pub_node.start()
-        rt.spin_until(pub_node.done, timeout_s=cfg['warmup'] + cfg['duration'] + 30)
+        _publish(rt, pub_node, cfg)
         rt.spin_until(lambda: len(sub_node.seen) >= pub_node.sent, timeout_s=2.0)
         return _result(cfg, pub_node.sent, sub_node,
                        serialized=pub_node.pub.remote.serialized if pub_node.pub.remote else 0)
-    finally:
-        rt.shutdown()
 
 
 def _run_processes(cfg: dict) -> dict:
     """Publisher in a child process, subscriber here, over Zenoh through a private router."""
     from qail_ros.runtime import zenoh_transport as zt
-    with zt.private_router(cfg['router']):
-        return _processes(cfg)
+    with zt.private_router(cfg['router']), _session() as rt:
+        return _processes(rt, cfg)
 
 
-def _processes(cfg: dict) -> dict:
+def _processes(rt, cfg: dict) -> dict:
     from qail_ros.errors import TransportError
-    rt = _runtime()
     child = None
     try:
         _, sub_node = _make_nodes(rt, cfg, publisher=False, subscriber=True)
@@ -201,7 +201,6 @@ def _processes(cfg: dict) -> dict:
         if child is not None and child.poll() is None:
             child.kill()
             child.wait()
-        rt.shutdown()
 
 
 def _result(cfg: dict, sent: int, sub_node, serialized: int) -> dict:

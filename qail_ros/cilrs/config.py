@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from qail_ros.errors import check_known_keys
+
 __all__ = ['CILRSConfig', 'COMMAND_NAMES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'command_index',
            'select_branch', 'postprocess', 'beta_mode', 'preprocess_frame']
 
@@ -79,10 +81,7 @@ class CILRSConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CILRSConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f'unknown CILRS config keys {unknown}; known: {sorted(known)}')
+        check_known_keys(d, cls, 'CILRS config', ValueError)
         return cls(**d)
 
     def input_spec(self) -> dict[str, dict[str, Any]]:

@@ -7,25 +7,22 @@
 """
 from __future__ import annotations
 
+from qail_ros.cli.common import add_run_arguments, add_task_argument, add_teacher_argument
+
 HELP = 'evaluate a policy (trained student, FP policy file, fp, expert) on a physics task'
 
 
 def add_arguments(parser):
-    parser.add_argument('--task', default=None,
-                        help='physics task: domain-task, gym:ENV_ID or module:factory (default: '
-                             "the task the policy or --teacher was trained on)")
+    add_task_argument(parser, 'the task the policy or --teacher was trained on')
     parser.add_argument('--policy', required=True,
                         help="a qail-ros train directory or .safetensors file, a teacher "
                              "directory (its FP policy), or 'fp' / 'expert' (of --teacher, or "
                              "the task's shipped models)")
-    parser.add_argument('--teacher', default=None,
-                        help="teacher directory (qail-ros train-expert) of 'fp' / 'expert'")
+    add_teacher_argument(parser, "whose 'fp' / 'expert' --policy means")
     parser.add_argument('--episodes', type=int, default=10, help='episodes (default 10)')
     parser.add_argument('--seed', type=int, default=0,
                         help='first environment seed (episode i uses seed + i)')
-    parser.add_argument('--threads', type=int, default=1, help='torch threads (default 1)')
-    parser.add_argument('--json', action='store_true',
-                        help='print one JSON object with the results as the last line')
+    add_run_arguments(parser)
 
 
 def main(args) -> int:

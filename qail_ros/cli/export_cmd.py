@@ -33,6 +33,8 @@ loaded as the state_policy node loads it, gives the source model's actions.
 """
 from __future__ import annotations
 
+from qail_ros.cli.common import add_teacher_argument
+
 HELP = 'export a trained policy to an engine file + manifest (for state_policy)'
 
 
@@ -43,8 +45,8 @@ def add_arguments(parser):
                                        "checkpoint, 'fp' with --task / --teacher, or 'cilrs' "
                                        "(a seeded, untrained CILRS)")
     parser.add_argument('--task', default=None, help="physics task of POLICY 'fp'")
-    parser.add_argument('--teacher', default=None,
-                        help="teacher directory of POLICY 'fp' (default: the shipped one)")
+    add_teacher_argument(parser, "whose FP policy POLICY 'fp' means (default: the task's shipped "
+                                 'one)')
     parser.add_argument('-o', '--out', required=True, help='directory for the engine files')
     parser.add_argument('--name', default=None,
                         help='engine file name without extension (default TASK_PRECISION)')

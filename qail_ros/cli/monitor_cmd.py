@@ -29,38 +29,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help='JSON lines (default: a short readable line per sample)')
     p.set_defaults(_monitor_main=_parse_main)
 
-    parser.add_argument('--source', default='auto',
-                        choices=['auto', 'tegrastats', 'logfile', 'replay', 'nvml', 'rapl',
-                                 'proc'], help='power source (auto: the first that works)')
-    parser.add_argument('--logfile', default='',
-                        help='tegrastats log to replay (--source replay/auto) or follow '
-                        '(--source logfile)')
-    parser.add_argument('--time-scale', type=float, default=1.0,
-                        help='replay speed-up (default 1: the log\'s own pace)')
-    parser.add_argument('--interval-ms', type=int, default=100,
-                        help='sampling period in ms (default 100 = 10 Hz)')
-    parser.add_argument('--timing-topic', action='append', default=None,
-                        help='policy timing topic (repeatable; default '
-                        '/vla_policy/policy_timing)')
-    parser.add_argument('--timing-type', default='std_msgs/msg/Float64MultiArray',
-                        help='message type of the timing topics')
-    parser.add_argument('--duration', type=float, default=None,
-                        help='stop after this many seconds (default: until Ctrl-C)')
-    parser.add_argument('--record', default='', help='also record the session (JSON lines)')
-    parser.add_argument('--report', metavar='OUT', default='',
+    live = parser.add_argument_group('power source and policy timing')
+    live.add_argument('--source', default='auto',
+                      choices=['auto', 'tegrastats', 'logfile', 'replay', 'nvml', 'rapl', 'proc'],
+                      help='power source (auto: the first that works)')
+    live.add_argument('--logfile', default='',
+                      help='tegrastats log to replay (--source replay/auto) or follow '
+                      '(--source logfile)')
+    live.add_argument('--time-scale', type=float, default=1.0,
+                      help='replay speed-up (default 1: the log\'s own pace)')
+    live.add_argument('--interval-ms', type=int, default=100,
+                      help='sampling period in ms (default 100 = 10 Hz)')
+    live.add_argument('--timing-topic', action='append', default=None,
+                      help='policy timing topic (repeatable; default /vla_policy/policy_timing)')
+    live.add_argument('--timing-type', default='std_msgs/msg/Float64MultiArray',
+                      help='message type of the timing topics')
+    live.add_argument('--duration', type=float, default=None,
+                      help='stop after this many seconds (default: until Ctrl-C)')
+    live.add_argument('--record', default='', help='also record the session (JSON lines)')
+    report = parser.add_argument_group('report')
+    report.add_argument('--report', metavar='OUT', default='',
                         help='write report.md + PNG plots into OUT (needs --session or '
                         '--image-policy)')
-    parser.add_argument('--session', action='append', default=[], metavar='LABEL=FILE',
+    report.add_argument('--session', action='append', default=[], metavar='LABEL=FILE',
                         help='a recorded session to compare (repeatable; the first is the '
                         'reference)')
-    parser.add_argument('--image-policy', default='', metavar='VARIANTS',
-                        help='run qail_ros image_policy in-process once per variant '
-                        '(comma-separated: fp32, int8-dynamic, bf16) and report on them')
-    parser.add_argument('--rate', type=float, default=15.0,
-                        help='--image-policy: camera frame rate (Hz)')
-    parser.add_argument('--run-seconds', type=float, default=20.0,
-                        help='--image-policy: seconds per variant')
-    parser.add_argument('--title', default='', help='report title')
+    report.add_argument('--title', default='', help='report title')
+    image = parser.add_argument_group('--image-policy: sessions run here for the report')
+    image.add_argument('--image-policy', default='', metavar='VARIANTS',
+                       help='run qail_ros image_policy in-process once per variant '
+                       '(comma-separated: fp32, int8-dynamic, bf16) and report on them')
+    image.add_argument('--rate', type=float, default=15.0, help='camera frame rate (Hz)')
+    image.add_argument('--run-seconds', type=float, default=20.0, help='seconds per variant')
     parser.set_defaults(_monitor_main=None)
 
 

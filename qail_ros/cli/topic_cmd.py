@@ -6,9 +6,11 @@ tcp/127.0.0.1:7447). Needs that router: start one with `qail-ros router`.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 HELP = 'list topics on the graph, print their messages (echo) or their rate (hz)'
@@ -54,6 +56,26 @@ def _runtime():
     return rt
 
 
+@contextlib.contextmanager
+def _session() -> Iterator[Any]:
+    """The embedded runtime on the router's graph, shut down at the end."""
+    rt = _runtime()
+    try:
+        yield rt
+    finally:
+        rt.shutdown()
+
+
+def _subscribe(rt, args, verb: str, callback: Callable[[Any], None]):
+    """Node qail_ros_topic_VERB subscribed to args.topic (the type: args.type, or the graph's)."""
+    from qail_ros.runtime import Node
+    topic = args.topic if args.topic.startswith('/') else '/' + args.topic
+    msgtype = getattr(args, 'type', None) or _graph_type(rt, topic)
+    node = Node(f'qail_ros_topic_{verb}', runtime=rt)
+    node.create_subscription(msgtype, topic, callback, 10)
+    return node
+
+
 def _graph_type(rt, topic: str, wait_s: float = 2.0) -> str:
     from qail_ros.errors import QailRosError
     end = time.monotonic() + wait_s
@@ -88,8 +110,7 @@ def _to_plain(value: Any, full: bool) -> Any:
 
 
 def _list(args) -> int:
-    rt = _runtime()
-    try:
+    with _session() as rt:
         time.sleep(max(0.0, args.wait))
         graph = rt.transport.graph()
         topics: dict[str, dict] = {}
@@ -108,29 +129,21 @@ def _list(args) -> int:
                 line += f" {t['MP']} publisher(s), {t['MS']} subscription(s)"
             print(line, flush=True)
         return 0
-    finally:
-        rt.shutdown()
 
 
 def _echo(args) -> int:
     import yaml
+    limit = 1 if args.once else args.count
+    seen = []
 
-    from qail_ros.runtime import Node
-    rt = _runtime()
-    try:
-        topic = args.topic if args.topic.startswith('/') else '/' + args.topic
-        msgtype = args.type or _graph_type(rt, topic)
-        node = Node('qail_ros_topic_echo', runtime=rt)
-        limit = 1 if args.once else args.count
-        seen = []
+    def echo_callback(msg):
+        seen.append(1)
+        print(yaml.safe_dump(_to_plain(msg, args.full_arrays), sort_keys=False,
+                             default_flow_style=None).rstrip(), flush=True)
+        print('---', flush=True)
 
-        def echo_callback(msg):
-            seen.append(1)
-            print(yaml.safe_dump(_to_plain(msg, args.full_arrays), sort_keys=False,
-                                 default_flow_style=None).rstrip(), flush=True)
-            print('---', flush=True)
-
-        node.create_subscription(msgtype, topic, echo_callback, 10)
+    with _session() as rt:
+        _subscribe(rt, args, 'echo', echo_callback)
         end = None if args.timeout is None else time.monotonic() + args.timeout
         while not limit or len(seen) < limit:
             left = None if end is None else end - time.monotonic()
@@ -138,40 +151,29 @@ def _echo(args) -> int:
                 break
             rt.spin_once(None, timeout_s=0.5 if left is None else min(left, 0.5))
         return 0
-    finally:
-        rt.shutdown()
 
 
 def _hz(args) -> int:
-    from qail_ros.runtime import Node
-    rt = _runtime()
-    try:
-        topic = args.topic if args.topic.startswith('/') else '/' + args.topic
-        msgtype = _graph_type(rt, topic)
-        node = Node('qail_ros_topic_hz', runtime=rt)
-        stamps: list[float] = []
-        node.create_subscription(msgtype, topic,
-                                 lambda _msg: stamps.append(time.monotonic()), 10)
+    stamps: list[float] = []
+    reported = [0]
 
-        reported = [0]
+    def report_callback():
+        window = stamps[-args.window:]
+        if len(window) < 2 or len(stamps) == reported[0]:
+            print('no new messages', flush=True)
+            return
+        reported[0] = len(stamps)
+        gaps = [b - a for a, b in zip(window, window[1:])]
+        mean = sum(gaps) / len(gaps)
+        std = math.sqrt(sum((g - mean) ** 2 for g in gaps) / len(gaps))
+        print(f'average rate: {1.0 / mean:.3f}\n\tmin: {min(gaps):.3f}s max: '
+              f'{max(gaps):.3f}s std dev: {std:.5f}s window: {len(window)}', flush=True)
 
-        def report_callback():
-            window = stamps[-args.window:]
-            if len(window) < 2 or len(stamps) == reported[0]:
-                print('no new messages', flush=True)
-                return
-            reported[0] = len(stamps)
-            gaps = [b - a for a, b in zip(window, window[1:])]
-            mean = sum(gaps) / len(gaps)
-            std = math.sqrt(sum((g - mean) ** 2 for g in gaps) / len(gaps))
-            print(f'average rate: {1.0 / mean:.3f}\n\tmin: {min(gaps):.3f}s max: '
-                  f'{max(gaps):.3f}s std dev: {std:.5f}s window: {len(window)}', flush=True)
-
+    with _session() as rt:
+        node = _subscribe(rt, args, 'hz', lambda _msg: stamps.append(time.monotonic()))
         node.create_timer(1.0, report_callback)
         rt.spin(duration_s=args.duration)
         return 0
-    finally:
-        rt.shutdown()
 
 
 def main(args) -> int:

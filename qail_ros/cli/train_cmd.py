@@ -14,71 +14,51 @@ evaluates the student over --eval-episodes episodes.
 """
 from __future__ import annotations
 
-from qail_ros.cli.train_options import add_train_options, start_training
+from qail_ros.cli.common import (add_data_arguments, add_run_arguments, add_scale_arguments,
+                                 add_task_argument, add_teacher_argument, start_training)
 
 HELP = 'train a quantized policy with QAIL (+QBC / wQBC) on a physics task'
 
 #: physics defaults (METHOD.md: Adam lr 3e-4 for the MLP policies); steps fit a CPU budget.
 PHYSICS_DEFAULTS = {'steps': 2000, 'lr': 3e-4, 'batch_size': 256, 'onpolicy_every': 250,
                     'onpolicy_episodes': 2}
-
-
-#: options whose default (None) is the --config / TrainConfig value: flag, type, help
-OPTIONS = (
-    ('--data', str, 'data set of recorded FP rollouts (D_FP; qail-ros dataset build)'),
-    ('--expert-data', str, 'data set of recorded expert demonstrations (D_E)'),
-    ('--method', str, 'ptq_rtn | qat (= qail) | qbc | qail_qbc | qail_wqbc | lppd (qail_qbc)'),
-    ('--bits', str, 'w4a4 (default), w3a3, w8a8, w4a16 ...'),
-    ('--steps', int, 'optimiser steps (default 2000)'),
-    ('--seed', int, 'training seed (default 0)'),
-    ('--lr', float, 'Adam learning rate (3e-4)'),
-    ('--batch-size', int, 'global batch (default 256)'),
-    ('--weighting', str, 'none | wqbc | sis | qrd (wqbc = SIS/QRD; default from --method)'),
-    ('--onpolicy-every', int, 'on-policy QBC: roll the student out every N steps (0 = off; 250)'),
-    ('--onpolicy-episodes', int, 'episodes per on-policy round (default 2)'),
-    ('--onpolicy-max-steps', int, 'truncate on-policy episodes to N steps (default: whole)'),
-    ('--expert-episodes', int, 'simulated episodes of D_E (default 10; 0 with --data)'),
-    ('--fp-episodes', int, 'simulated episodes of D_FP (default 10; 0 with --data)'),
-    ('--config', str, 'TrainConfig YAML (e.g. a previous OUT/train.yaml); flags override'),
+#: flags that override a TrainConfig field (unset: the --config value, else PHYSICS_DEFAULTS,
+#: else TrainConfig's default): field, type, help.
+CONFIG_FLAGS = (
+    ('method', str, 'ptq_rtn | qat (= qail) | qbc | qail_qbc | qail_wqbc | lppd (default '
+                    'qail_qbc, or the --config value)'),
+    ('bits', str, 'w4a4 (default), w3a3, w8a8, w4a16 ...'),
+    ('steps', int, 'optimiser steps (default 2000)'),
+    ('seed', int, 'training seed (default 0)'),
+    ('lr', float, 'Adam learning rate (3e-4)'),
+    ('batch_size', int, 'global batch of one optimiser step (default 256)'),
+    ('weighting', str, 'none | wqbc | sis | qrd (wqbc = SIS/QRD; default from --method)'),
+    ('onpolicy_every', int, 'on-policy QBC: roll the student out every N steps (0 = off; '
+                            'default 250)'),
+    ('onpolicy_episodes', int, 'episodes per on-policy round (default 2)'),
+    ('onpolicy_max_steps', int, 'truncate on-policy episodes to N steps (default: full '
+                                'episodes)'),
 )
 
 
 def add_arguments(parser):
-    parser.add_argument('--task', default=None,
-                        help="physics task: DeepMind Control domain-task, gym:ENV_ID or "
-                             "module:factory (default: the task of --data's recordings or of "
-                             'the --teacher directory)')
-    parser.add_argument('--teacher', default=None,
-                        help='FP policy: a teacher directory (qail-ros train-expert; its expert '
-                             "gives D_E), an MLPPolicy file or an fp32 engine (default: the "
-                             "task's shipped FP policy and expert)")
-    for flag, kind, text in OPTIONS:
-        parser.add_argument(flag, type=kind, default=None, help=text)
-    parser.add_argument('--split', default='train', choices=('train', 'val', 'all'),
-                        help='episodes of --data / --expert-data to train on (default train)')
+    add_task_argument(parser, "the task of --data's recordings or of the --teacher directory")
+    add_teacher_argument(parser, 'its FP policy is the teacher, its expert gives D_E; or an '
+                                 'MLPPolicy file or fp32 engine as the teacher (default: the '
+                                 "task's shipped FP policy and expert)")
+    add_data_arguments(parser)
+    for field, kind, text in CONFIG_FLAGS:
+        parser.add_argument('--' + field.replace('_', '-'), type=kind, default=None, help=text)
+    parser.add_argument('--expert-episodes', type=int, default=None,
+                        help='simulated episodes of D_E (default 10; 0 with --data)')
+    parser.add_argument('--fp-episodes', type=int, default=None,
+                        help='simulated episodes of D_FP (default 10; 0 with --data)')
     parser.add_argument('--eval-episodes', type=int, default=10,
                         help='evaluation episodes after training (0 = skip)')
-    add_train_options(parser)
+    parser.add_argument('--config', default=None,
+                        help='TrainConfig YAML (e.g. a previous OUT/train.yaml); flags override')
+    add_run_arguments(parser, out='output directory', progress=True)
     add_scale_arguments(parser)
-
-
-def add_scale_arguments(parser, *, checkpoint_every: int = 500) -> None:
-    """--device / --precision / --grad-accum / --checkpoint-every / --resume, shared by the
-    trainers' commands (docs/training.md); torchrun runs any of them unchanged."""
-    g = parser.add_argument_group('devices, precision, checkpoints (docs/training.md)')
-    g.add_argument('--device', default=None, choices=('cpu', 'cuda', 'auto'),
-                   help='cpu (default), cuda (under torchrun: cuda:LOCAL_RANK) or auto')
-    g.add_argument('--precision', default=None, choices=('fp32', 'bf16'),
-                   help='fp32 (default) or bf16 autocast of the forward')
-    g.add_argument('--grad-accum', type=int, default=None,
-                   help='micro-batches per step (the batch size stays the global batch)')
-    g.add_argument('--checkpoint-every', type=int, default=checkpoint_every,
-                   help=f'checkpoint OUT/checkpoints every N steps (default {checkpoint_every}; '
-                        '0 = only when stopped by SIGTERM / Ctrl-C)')
-    g.add_argument('--resume', default=None,
-                   help='continue from a checkpoint (OUT/checkpoints or one step-N in it; '
-                        "'auto' = OUT/checkpoints/latest if there is one); torchrun elastic "
-                        'restarts continue from the latest by themselves')
 
 
 def _episodes(args) -> tuple[int, int]:
@@ -117,10 +97,7 @@ def build_config(args):
     base = dict(PHYSICS_DEFAULTS)
     if args.config:
         base = TrainConfig.from_yaml(args.config).to_dict()
-    flags = {'method': args.method, 'bits': args.bits, 'steps': args.steps, 'seed': args.seed,
-             'lr': args.lr, 'batch_size': args.batch_size, 'weighting': args.weighting,
-             'onpolicy_every': args.onpolicy_every, 'onpolicy_episodes': args.onpolicy_episodes,
-             'onpolicy_max_steps': args.onpolicy_max_steps}
+    flags = {field: getattr(args, field) for field, _, _ in CONFIG_FLAGS}
     base.update({k: v for k, v in flags.items() if v is not None})
     scale = {k: getattr(args, k, None) for k in ('device', 'precision', 'grad_accum')}
     base.update({k: v for k, v in scale.items() if v is not None})

@@ -13,14 +13,14 @@ the expected time on this machine is printed.
 """
 from __future__ import annotations
 
-from qail_ros.cli.train_options import add_train_options, start_training
+from qail_ros.cli.common import (add_run_arguments, add_task_argument, command_line,
+                                 start_training)
 
 HELP = 'train a SAC expert (and its FP MLP by behaviour cloning) for any physics task'
 
 
 def add_arguments(parser):
-    from qail_ros.physics.tasks import TASK_HELP
-    parser.add_argument('--task', default=None, help=TASK_HELP + ' (with --resume: the run\'s)')
+    add_task_argument(parser, "with --resume, the run's")
     budget = parser.add_argument_group('budget (default: 30 minutes)')
     budget.add_argument('--minutes', type=float, default=None, help='wall-clock budget of SAC')
     budget.add_argument('--steps', type=int, default=None, help='environment steps of SAC')
@@ -49,13 +49,7 @@ def add_arguments(parser):
     fp.add_argument('--fp-hidden', type=int, default=256, help='FP MLP width (256)')
     fp.add_argument('--fp-eval-episodes', type=int, default=10,
                     help='episodes evaluating expert, FP policy and random policy (10)')
-    add_train_options(parser, out='teacher directory to write', progress='no progress bar')
-
-
-def command_line() -> str:
-    import shlex
-    import sys
-    return 'qail-ros ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
+    add_run_arguments(parser, out='teacher directory to write', progress=True)
 
 
 def main(args) -> int:

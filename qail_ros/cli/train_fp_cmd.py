@@ -9,15 +9,15 @@ random policy over --eval-episodes episodes on seeds 0..). The expected time is 
 """
 from __future__ import annotations
 
-from qail_ros.cli.train_options import add_train_options, start_training
+from qail_ros.cli.common import (add_run_arguments, add_task_argument, add_teacher_argument,
+                                 command_line, start_training)
 
 HELP = "behaviour-clone a teacher directory's expert into its FP MLP policy"
 
 
 def add_arguments(parser):
-    parser.add_argument('--teacher', required=True,
-                        help='teacher directory (qail-ros train-expert -o DIR)')
-    parser.add_argument('--task', default=None, help="the teacher's task (default: its own)")
+    add_teacher_argument(parser, 'its expert is cloned into its FP policy', required=True)
+    add_task_argument(parser, "the teacher's")
     parser.add_argument('--episodes', type=int, default=20, help='clean demonstrations (20)')
     parser.add_argument('--noise-episodes', type=int, default=20,
                         help='demonstrations with Gaussian action noise, clean labels (20)')
@@ -28,13 +28,11 @@ def add_arguments(parser):
     parser.add_argument('--lr', type=float, default=1e-3)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--eval-episodes', type=int, default=10)
-    add_train_options(parser, out=None, progress=None,
-                      json='print the manifest as one JSON object on the last line')
+    add_run_arguments(parser, json_help='print the manifest as one JSON object on the last line')
 
 
 def main(args) -> int:
     from qail_ros.report import emit_json, table
-    from qail_ros.cli.train_expert_cmd import command_line
     from qail_ros.physics import teacher as T
     from qail_ros.physics.models import teacher_task
 

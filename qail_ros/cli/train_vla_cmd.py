@@ -17,20 +17,18 @@ Writes OUT/int4_backbone.safetensors, OUT/adapters.safetensors and OUT/summary.j
 """
 from __future__ import annotations
 
-from qail_ros.cli.train_options import add_train_options, start_training
+from qail_ros.cli.common import (add_data_arguments, add_run_arguments, add_scale_arguments,
+                                 start_training)
 
 HELP = 'INT4 OpenVLA student from recorded data: AWQ + QLoRA QAIL (+QBC)'
 METHODS = ('qail', 'qail_qbc', 'qbc', 'lppd')
 
 
 def add_arguments(parser):
-    for flag, text in (('--teacher', 'FP OpenVLA checkpoint directory (config.json, '
-                                     'safetensors, tokenizer.json)'),
-                       ('--data', "QAIL data set of the FP policy's rollouts (qail-ros dataset "
-                                  'build): images, instructions, 7-DoF actions')):
-        parser.add_argument(flag, required=True, help=text)
-    parser.add_argument('--expert-data', default=None, help='a data set of demonstrations (D_E)')
-    parser.add_argument('--split', default='train', choices=('train', 'val', 'all'))
+    parser.add_argument('--teacher', required=True,
+                        help='FP OpenVLA checkpoint directory (config.json, safetensors, '
+                             'tokenizer.json)')
+    add_data_arguments(parser, required=True)
     parser.add_argument('--camera', default=None, help='image key (default: the first)')
     parser.add_argument('--unnorm-key', default=None,
                         help="the teacher's norm_stats key (default: its only one)")
@@ -46,8 +44,8 @@ def add_arguments(parser):
     parser.add_argument('--lr', type=float, default=5e-4)
     parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--seed', type=int, default=0)
-    add_train_options(parser, progress=None, json='summary as JSON on the last line')
-    from qail_ros.cli.train_cmd import add_scale_arguments
+    add_run_arguments(parser, out='output directory',
+                      json_help='print the summary as one JSON object on the last line')
     add_scale_arguments(parser, checkpoint_every=200)
     parser.add_argument('--activation-checkpointing', action='store_true',
                         help="recompute the Llama's activations in the backward (less memory)")

@@ -24,7 +24,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from qail_ros.errors import ParameterError
+from qail_ros.errors import ParameterError, check_known_keys
 
 __all__ = ['TopicMap', 'PAIRINGS']
 
@@ -100,10 +100,7 @@ class TopicMap:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> 'TopicMap':
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ParameterError(f'topic map: unknown key(s) {unknown}; known: {sorted(known)}')
+        check_known_keys(data, cls, 'topic map')
         images = data.get('images') or {}
         if isinstance(images, (str, list)):
             images = {('image' if i == 0 else f'image{i}'): t

@@ -16,39 +16,12 @@ See docs/driving.md.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from qail_ros.lazy import lazy_exports
 
-_LAZY = {
-    'DrivingEnv': 'qail_ros.driving.env',
-    'DrivingError': 'qail_ros.driving.env',
-    'Observation': 'qail_ros.driving.env',
-    'make_env': 'qail_ros.driving.env',
-    'LAYOUTS': 'qail_ros.driving.env',
-    'TRAIN_LAYOUTS': 'qail_ros.driving.env',
-    'UNSEEN_LAYOUTS': 'qail_ros.driving.env',
-    'DENSITIES': 'qail_ros.driving.env',
-    'COMMANDS': 'qail_ros.driving.env',
-    'action_to_control': 'qail_ros.driving.env',
-    'control_to_action': 'qail_ros.driving.env',
-    'ExpertPolicy': 'qail_ros.driving.closed_loop',
-    'DrivingRollout': 'qail_ros.driving.closed_loop',
-    'rollout': 'qail_ros.driving.closed_loop',
-    'evaluate': 'qail_ros.driving.closed_loop',
-    'collect_demonstrations': 'qail_ros.driving.closed_loop',
-    'episode_metrics': 'qail_ros.driving.closed_loop',
-    'zero_policy': 'qail_ros.driving.closed_loop',
-    'random_policy': 'qail_ros.driving.closed_loop',
-    'expert_policy': 'qail_ros.driving.closed_loop',
-}
-
-__all__ = list(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, __all__ = lazy_exports(__name__, {
+    '.env': ('DrivingEnv', 'DrivingError', 'Observation', 'make_env', 'LAYOUTS', 'TRAIN_LAYOUTS',
+             'UNSEEN_LAYOUTS', 'DENSITIES', 'COMMANDS', 'action_to_control', 'control_to_action'),
+    '.closed_loop': ('ExpertPolicy', 'DrivingRollout', 'rollout', 'evaluate',
+                     'collect_demonstrations', 'episode_metrics', 'zero_policy', 'random_policy',
+                     'expert_policy'),
+})

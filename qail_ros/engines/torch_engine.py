@@ -12,7 +12,7 @@ class TorchEngine(Engine):
     """The reference: the float torch module (fp32), or the same cast to bfloat16 (bf16)."""
 
     BACKEND = 'torch'
-    PRECISIONS = ('fp32', 'bf16')
+    PRECISIONS: tuple[str, ...] = ('fp32', 'bf16')
 
     @classmethod
     def backend_version(cls) -> str:

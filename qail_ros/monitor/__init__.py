@@ -12,20 +12,10 @@ imported here.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from qail_ros.lazy import lazy_exports
 
-__all__ = ['parse_line', 'TegrastatsSample', 'EnergyAccountant', 'detect_source']
-
-_LAZY = {
-    'parse_line': 'qail_ros.monitor.tegrastats',
-    'TegrastatsSample': 'qail_ros.monitor.tegrastats',
-    'EnergyAccountant': 'qail_ros.monitor.energy',
-    'detect_source': 'qail_ros.monitor.sources',
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+__getattr__, __all__ = lazy_exports(__name__, {
+    '.tegrastats': ('parse_line', 'TegrastatsSample'),
+    '.energy': ('EnergyAccountant',),
+    '.sources': ('detect_source',),
+})

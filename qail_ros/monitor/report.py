@@ -175,55 +175,40 @@ def _plots(sessions: Sequence[Session], out_dir: str) -> list[str]:
     import matplotlib
     matplotlib.use('Agg')
     from matplotlib import pyplot as plt
-    names = []
-    fig, ax = plt.subplots(figsize=(6.4, 3.0), dpi=80)
+
+    def plot(name: str, xlabel: str, ylabel: str, title: str, lines: list, **style) -> str:
+        """One PNG in out_dir: `lines` are (label, x, y) of the sessions that have data."""
+        fig, ax = plt.subplots(figsize=(6.4, 3.0), dpi=80)
+        for label, x, y in lines:
+            ax.plot(x, y, label=label, **style)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, name))
+        plt.close(fig)
+        return name
+
+    latency, cdf, load = [], [], []
+    power = any(s.has_power for s in sessions)
+    key = 'power_w' if power else 'cpu_percent'
     for s in sessions:
         if s.inferences:
             t0 = s.inferences[0]['start_s']
-            ax.plot([i['start_s'] - t0 for i in s.inferences],
-                    [i['latency_ms'] for i in s.inferences], '.', ms=2, label=s.label)
-    ax.set_xlabel('time since first inference (s)')
-    ax.set_ylabel('latency (ms)')
-    ax.set_title('Latency per inference')
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, 'latency.png'))
-    plt.close(fig)
-    names.append('latency.png')
-
-    fig, ax = plt.subplots(figsize=(6.4, 3.0), dpi=80)
-    for s in sessions:
-        lat = sorted(i['latency_ms'] for i in s.inferences)
-        if lat:
-            ax.plot(lat, [(k + 1) / len(lat) for k in range(len(lat))], label=s.label)
-    ax.set_xlabel('latency (ms)')
-    ax.set_ylabel('fraction of inferences')
-    ax.set_title('Latency CDF')
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, 'latency_cdf.png'))
-    plt.close(fig)
-    names.append('latency_cdf.png')
-
-    power = any(s.has_power for s in sessions)
-    key, label = ('power_w', 'power (W)') if power else ('cpu_percent', 'CPU load (% mean of '
-                                                                        'cores; no power)')
-    fig, ax = plt.subplots(figsize=(6.4, 3.0), dpi=80)
-    for s in sessions:
+            latency.append((s.label, [i['start_s'] - t0 for i in s.inferences],
+                            [i['latency_ms'] for i in s.inferences]))
+            lat = sorted(i['latency_ms'] for i in s.inferences)
+            cdf.append((s.label, lat, [(k + 1) / len(lat) for k in range(len(lat))]))
         pts = [(r['t'], r[key]) for r in s.readings if r.get(key) is not None]
         if pts:
-            t0 = pts[0][0]
-            ax.plot([p[0] - t0 for p in pts], [p[1] for p in pts], label=s.label, lw=1)
-    ax.set_xlabel('time (s)')
-    ax.set_ylabel(label)
-    ax.set_title('Power over time' if power else 'CPU load over time (no power source)')
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    name = 'power.png' if power else 'cpu_load.png'
-    fig.savefig(os.path.join(out_dir, name))
-    plt.close(fig)
-    names.append(name)
-    return names
+            load.append((s.label, [p[0] - pts[0][0] for p in pts], [p[1] for p in pts]))
+    return [plot('latency.png', 'time since first inference (s)', 'latency (ms)',
+                 'Latency per inference', latency, linestyle='none', marker='.', ms=2),
+            plot('latency_cdf.png', 'latency (ms)', 'fraction of inferences', 'Latency CDF',
+                 cdf),
+            plot('power.png', 'time (s)', 'power (W)', 'Power over time', load, lw=1)
+            if power else
+            plot('cpu_load.png', 'time (s)', 'CPU load (% mean of cores; no power)',
+                 'CPU load over time (no power source)', load, lw=1)]

@@ -193,6 +193,11 @@ def _mb(value: str, unit: str) -> float:
     return float(value) * _UNIT_MB[unit]
 
 
+#: RAM and SWAP: pattern, field of (used, total) MB, field of the optional detail, its value.
+_MEMORY = ((_RAM, 'ram_mb', 'lfb', lambda m: (int(m[4]), _mb(m[5], m[6]))),
+           (_SWAP, 'swap_mb', 'swap_cached_mb', lambda m: _mb(m[4], m[5])))
+
+
 def parse_line(line: str) -> TegrastatsSample:
     """Parse one tegrastats line; never raises on content (unknown tokens go to `unparsed`).
 
@@ -251,24 +256,16 @@ def _field(text: str, pos: int, s: TegrastatsSample) -> int:
         s.unparsed.append(text[pos:m.end()])
         return m.end()
 
-    m = _RAM.match(text, pos)
-    if m:
-        used, total = _mb(m[1], m[3]), _mb(m[2], m[3])
-        if not _plausible('memory_mb', used, total) or used > total:
-            return implausible(m)
-        s.ram_mb = (used, total)
-        if m[4] is not None:
-            s.lfb = (int(m[4]), _mb(m[5], m[6]))
-        return m.end()
-    m = _SWAP.match(text, pos)
-    if m:
-        used, total = _mb(m[1], m[3]), _mb(m[2], m[3])
-        if not _plausible('memory_mb', used, total) or used > total:
-            return implausible(m)
-        s.swap_mb = (used, total)
-        if m[4] is not None:
-            s.swap_cached_mb = _mb(m[4], m[5])
-        return m.end()
+    for pattern, field, detail_field, detail in _MEMORY:
+        m = pattern.match(text, pos)
+        if m:
+            used, total = _mb(m[1], m[3]), _mb(m[2], m[3])
+            if not _plausible('memory_mb', used, total) or used > total:
+                return implausible(m)
+            setattr(s, field, (used, total))
+            if m[4] is not None:
+                setattr(s, detail_field, detail(m))
+            return m.end()
     m = _IRAM.match(text, pos)
     if m:
         if not _plausible('memory_mb', _mb(m[1], m[3]), _mb(m[2], m[3])):

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 from qail_ros import messages
 from qail_ros.errors import ParameterError
@@ -46,9 +45,6 @@ __all__ = ['EnvBridge', 'main']
 
 CONTROL_TYPE = 'carla_msgs/msg/CarlaEgoVehicleControl'
 FRAME_ID = 'ego_vehicle/rgb_front'
-#: after the last episode, wait this long before ending the spin (the last ~/episode message
-#: still has to reach subscribers in other processes)
-SHUTDOWN_GRACE_S = 0.5
 
 
 class EnvBridge(SynchronousStepping, Node):
@@ -65,16 +61,9 @@ class EnvBridge(SynchronousStepping, Node):
         self.image_width = p('image_width', 200, 'camera width, pixels').value
         self.image_height = p('image_height', 88, 'camera height, pixels').value
         self.view_m = p('view_m', 80.0, 'metres the camera covers across its width').value
-        self.rate_hz = p('rate_hz', 10.0, 'simulation steps per wall-clock second (the '
-                         'simulated step is 0.1 s)').value
-        self.synchronous = p('synchronous', True, 'wait for the control answering the last '
-                             'frame before stepping').value
-        self.control_timeout_s = p('control_timeout_s', 1.0, 'longest wait for a control in '
-                                   'synchronous mode').value
+        self.declare_stepping_parameters(10.0, 'simulation steps per wall-clock second (the '
+                                         'simulated step is 0.1 s)', 'control', 'frame')
         self.autopilot = p('autopilot', False, 'the privileged expert drives').value
-        self.episodes = p('episodes', 0, 'episodes to run; 0 = until stopped').value
-        self.shutdown_when_done = p('shutdown_when_done', False, 'end the spin after the last '
-                                    'of `episodes`').value
         camera_topic = p('camera_topic', '/carla/ego_vehicle/rgb_front/image').value
         speed_topic = p('speed_topic', '/carla/ego_vehicle/speedometer').value
         command_topic = p('command_topic', '/carla/ego_vehicle/navigation_command').value
@@ -87,7 +76,6 @@ class EnvBridge(SynchronousStepping, Node):
         self.steps = 0
         self._episode = 0
         self._expert = (0.0, 0.0, 0.0)
-        self._shutdown_at = 0.0
         self.image_pub = self.create_publisher('sensor_msgs/msg/Image', camera_topic, 10)
         self.speed_pub = self.create_publisher('std_msgs/msg/Float32', speed_topic, 10)
         self.command_pub = self.create_publisher('std_msgs/msg/Int8', command_topic, 10)
@@ -125,9 +113,7 @@ class EnvBridge(SynchronousStepping, Node):
             raise ParameterError(f"node '{self.get_name()}': {exc}") from None
         self._obs = self.env.reset(int(self.seed))
         self.get_logger().info(
-            f'{self.town} / {self.density} traffic, seed {self.seed}, camera '
-            f'{self.image_width}x{self.image_height}, {self.rate_hz:g} Hz, '
-            f"{'synchronous' if self.synchronous else 'asynchronous'}"
+            f'{self.town} / {self.density} traffic, seed {self.seed}, {self.stepping_text()}'
             f"{', autopilot' if self.autopilot else ''}")
 
     def on_cleanup(self) -> None:
@@ -144,10 +130,7 @@ class EnvBridge(SynchronousStepping, Node):
         self.answer_received(messages.ns_from_time(msg.header.stamp))
 
     def timer_callback(self) -> None:
-        if self._shutdown_at and time.monotonic() >= self._shutdown_at:
-            self._shutdown_at = 0.0
-            self.get_logger().info(f'{self.episodes} episodes done; shutting down')
-            self.request_shutdown()
+        self.shutdown_when_due()
         if self.env is None or (self.episodes and self._episode >= self.episodes):
             return
         if not self.autopilot and self.waiting_for_answer():
@@ -163,8 +146,7 @@ class EnvBridge(SynchronousStepping, Node):
         if done:
             self._finish_episode(info)
             if self.episodes and self._episode >= self.episodes:
-                if self.shutdown_when_done:
-                    self._shutdown_at = time.monotonic() + SHUTDOWN_GRACE_S
+                self.episodes_done()
                 return
             self._obs = env.reset(int(self.seed) + self._episode)
             self.control = (0.0, 0.0, 0.0)

@@ -52,7 +52,6 @@ from qail_ros.runtime import Node, run_node
 __all__ = ['PhysicsBridge', 'main']
 
 FRAME_ID = 'camera'
-SHUTDOWN_GRACE_S = 0.5
 REPUBLISH_MATCHED_S = 5.0
 
 
@@ -65,13 +64,9 @@ class PhysicsBridge(SynchronousStepping, Node):
         self.task = p('task', 'cartpole-balance', 'physics task: domain-task (walker-stand), '
                       'gym:ENV_ID or module:factory').value
         self.seed = p('seed', 0, 'seed of the first episode; then +1 each').value
-        self.episodes = p('episodes', 0, 'episodes to run; 0 = until stopped').value
         self.max_steps = p('max_steps', 0, "steps per episode; 0 = the task's own limit").value
-        self.rate_hz = p('rate_hz', 50.0, 'simulation steps per wall-clock second at most').value
-        self.synchronous = p('synchronous', True, 'wait for the action answering the last '
-                             'state before stepping').value
-        self.control_timeout_s = p('control_timeout_s', 1.0, 'longest wait for an action in '
-                                   'synchronous mode').value
+        self.declare_stepping_parameters(50.0, 'simulation steps per wall-clock second at most',
+                                         'action', 'state')
         self.camera = p('camera', 'schematic', 'schematic | mujoco | state | auto').value
         self.image_width = p('image_width', 96, 'camera width, pixels').value
         self.image_height = p('image_height', 72, 'camera height, pixels').value
@@ -83,8 +78,6 @@ class PhysicsBridge(SynchronousStepping, Node):
                           "('' = do not mark episodes)").value
         self.success_return = p('success_return', 0.0, 'episode return that counts as success '
                                 '(0 = outcome not judged)').value
-        self.shutdown_when_done = p('shutdown_when_done', False, 'end the spin after the last '
-                                    'of `episodes`').value
         self.wait_for_subscribers = p('wait_for_subscribers', 1, 'subscribers of the state '
                                       'topic to wait for before the first step').value
         self._validate()
@@ -100,7 +93,6 @@ class PhysicsBridge(SynchronousStepping, Node):
         self._episode_steps = 0
         self._started = False
         self._subscribers_at_publish = 0
-        self._shutdown_at = 0.0
         self._waiting_since = 0.0
         self.state_pub = self.create_publisher('std_msgs/msg/Float64MultiArray', state_topic, 10)
         self.image_pub = self.create_publisher('sensor_msgs/msg/Image', image_topic, 10)
@@ -141,9 +133,8 @@ class PhysicsBridge(SynchronousStepping, Node):
         self._obs = self.env.reset()
         self.get_logger().info(
             f'{self.task} (state {self.env.obs_dim}, action {self.env.act_dim}), seed '
-            f'{self.seed}, {self.limit} steps per episode, {self.cam.kind} camera '
-            f'{self.image_width}x{self.image_height}, {self.rate_hz:g} Hz, '
-            f"{'synchronous' if self.synchronous else 'asynchronous'}")
+            f'{self.seed}, {self.limit} steps per episode, {self.cam.kind} '
+            f'{self.stepping_text()}')
 
     def on_cleanup(self) -> None:
         self.env = None
@@ -167,10 +158,7 @@ class PhysicsBridge(SynchronousStepping, Node):
         self.answer_received(policy_io.raw_outputs_from_msg(msg)[0] if stamped else None)
 
     def timer_callback(self) -> None:
-        if self._shutdown_at and time.monotonic() >= self._shutdown_at:
-            self._shutdown_at = 0.0
-            self.get_logger().info(f'{self.episodes} episodes done; shutting down')
-            self.request_shutdown()
+        self.shutdown_when_due()
         if self.env is None or self.done:
             return
         if not self._started and not self._ready_to_start():
@@ -226,9 +214,7 @@ out before it did), then every
         if done or self._episode_steps >= self.limit:
             self._finish_episode()
             if self.done:
-                if self.shutdown_when_done:  # after a grace period: the episode_end and last
-                    # messages still have to reach the recorder (another process, maybe)
-                    self._shutdown_at = time.monotonic() + SHUTDOWN_GRACE_S
+                self.episodes_done()
                 return
             # dm_control fixes the initial-state seed at load time: a new env per episode
             self.env = self.cam.env = make_env(self.task, int(self.seed) + self._episode)

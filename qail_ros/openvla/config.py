@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from qail_ros.errors import QailRosError
+from qail_ros.errors import QailRosError, check_known_keys
 
 __all__ = ['OpenVLAError', 'ViTSpec', 'OpenVLAConfig', 'TIMM_SPECS', 'INDEX_FILE',
            'CONFIG_FILE', 'PROMPT_TEMPLATE', 'read_config', 'tower_inputs']
@@ -77,10 +77,7 @@ class ViTSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ViTSpec:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise OpenVLAError(f'vit_specs: unknown keys {unknown} (known: {sorted(names)})')
+        check_known_keys(d, cls, 'vit_specs', OpenVLAError)
         d = dict(d)
         for key in ('mean', 'std'):
             if key in d:

@@ -11,38 +11,15 @@ Importing this package is cheap: dm_control and torch load on first use of a nam
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from qail_ros.lazy import lazy_exports
 from qail_ros.physics.tasks import TASKS
 
-_LAZY = {
-    'PhysicsEnv': 'qail_ros.physics.tasks',
-    'make_env': 'qail_ros.physics.tasks',
-    'task_spec': 'qail_ros.physics.tasks',
-    'RolloutResult': 'qail_ros.physics.closed_loop',
-    'rollout': 'qail_ros.physics.closed_loop',
-    'evaluate': 'qail_ros.physics.closed_loop',
-    'collect_demonstrations': 'qail_ros.physics.closed_loop',
-    'random_policy': 'qail_ros.physics.closed_loop',
-    'MLPPolicy': 'qail_ros.physics.policy',
-    'save_policy': 'qail_ros.physics.policy',
-    'load_policy': 'qail_ros.physics.policy',
-    'load_expert': 'qail_ros.physics.models',
-    'load_fp_policy': 'qail_ros.physics.models',
-    'load_manifest': 'qail_ros.physics.models',
-    'shipped_tasks': 'qail_ros.physics.models',
-    'task_dir': 'qail_ros.physics.models',
-    'CartpoleLQR': 'qail_ros.physics.lqr',
-}
-
-__all__ = ['TASKS', *_LAZY]
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, _lazy_names = lazy_exports(__name__, {
+    '.tasks': ('PhysicsEnv', 'make_env', 'task_spec'),
+    '.closed_loop': ('RolloutResult', 'rollout', 'evaluate', 'collect_demonstrations',
+                     'random_policy'),
+    '.policy': ('MLPPolicy', 'save_policy', 'load_policy'),
+    '.models': ('load_expert', 'load_fp_policy', 'load_manifest', 'shipped_tasks', 'task_dir'),
+    '.lqr': ('CartpoleLQR',),
+})
+__all__ = ['TASKS', *_lazy_names]

@@ -11,49 +11,17 @@ Importing this package loads no torch: names resolve on first use.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from qail_ros.lazy import lazy_exports
 
-_LAZY = {
-    'qail_loss': 'qail_ros.qail.losses',
-    'qbc_loss': 'qail_ros.qail.losses',
-    'lppd_loss': 'qail_ros.qail.losses',
-    'total_loss': 'qail_ros.qail.losses',
-    'weighted_mean': 'qail_ros.qail.losses',
-    'output_tensor': 'qail_ros.qail.losses',
-    'image_saliency': 'qail_ros.qail.saliency',
-    'state_saliency': 'qail_ros.qail.saliency',
-    'state_scores': 'qail_ros.qail.saliency',
-    'gaussian_blur': 'qail_ros.qail.saliency',
-    'importance_threshold': 'qail_ros.qail.saliency',
-    'importance_weights': 'qail_ros.qail.saliency',
-    'compute_scores': 'qail_ros.qail.saliency',
-    'canonical_weighting': 'qail_ros.qail.saliency',
-    'SISCache': 'qail_ros.qail.saliency',
-    'attdiv': 'qail_ros.qail.attdiv',
-    'normalize_map': 'qail_ros.qail.attdiv',
-    'save_saliency_png': 'qail_ros.qail.attdiv',
-    'TrainConfig': 'qail_ros.qail.config',
-    'TrainConfigError': 'qail_ros.qail.config',
-    'METHODS': 'qail_ros.qail.config',
-    'parse_bits': 'qail_ros.qail.config',
-    'ImitationData': 'qail_ros.qail.data',
-    'QAILTrainer': 'qail_ros.qail.trainer',
-    'StudentHooks': 'qail_ros.qail.trainer',
-    'TensorHooks': 'qail_ros.qail.trainer',
-    'StudentBatch': 'qail_ros.qail.trainer',
-    'TrainResult': 'qail_ros.qail.trainer',
-    'make_student': 'qail_ros.qail.trainer',
-    'output_gap': 'qail_ros.qail.trainer',
-}
-
-__all__ = list(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, __all__ = lazy_exports(__name__, {
+    '.losses': ('qail_loss', 'qbc_loss', 'lppd_loss', 'total_loss', 'weighted_mean',
+                'output_tensor'),
+    '.saliency': ('image_saliency', 'state_saliency', 'state_scores', 'gaussian_blur',
+                  'importance_threshold', 'importance_weights', 'compute_scores',
+                  'canonical_weighting', 'SISCache'),
+    '.attdiv': ('attdiv', 'normalize_map', 'save_saliency_png'),
+    '.config': ('TrainConfig', 'TrainConfigError', 'METHODS', 'parse_bits'),
+    '.data': ('ImitationData',),
+    '.trainer': ('QAILTrainer', 'StudentHooks', 'TensorHooks', 'StudentBatch', 'TrainResult',
+                 'make_student', 'output_gap'),
+})

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qail_ros.errors import QailRosError
+from qail_ros.errors import QailRosError, check_known_keys
 
 __all__ = ['METHODS', 'METHOD_ALIASES', 'TrainConfig', 'TrainConfigError', 'parse_bits']
 
@@ -235,13 +235,7 @@ class TrainConfig:
         if not isinstance(data, dict):
             raise TrainConfigError(f'a training config must be a mapping, got '
                                    f'{type(data).__name__}')
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            import difflib
-            hints = [f'{u} (did you mean {m[0]}?)' if (m := difflib.get_close_matches(u, names, 1))
-                     else u for u in unknown]
-            raise TrainConfigError(f'unknown training config keys: {", ".join(hints)}')
+        check_known_keys(data, cls, 'training config', TrainConfigError)
         return cls(**data)
 
     def to_yaml(self, path: str | Path | None = None) -> str:

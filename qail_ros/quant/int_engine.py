@@ -13,21 +13,17 @@ It lives in quant (above engines): the 'torch-int8' back end of qail_ros.engines
 """
 from __future__ import annotations
 
-import numpy as np
-
-from qail_ros.engines.base import Engine
+from qail_ros.engines.torch_engine import TorchEngine
 
 __all__ = ['IntEngine']
 
 
-class IntEngine(Engine):
+class IntEngine(TorchEngine):
+    """The torch engine (its version, inputs and outputs) with the quantized layers run on
+    integer kernels."""
+
     BACKEND = 'torch-int8'
     PRECISIONS = ('w4a4', 'w8a8', 'w3a3', 'w2a4')
-
-    @classmethod
-    def backend_version(cls) -> str:
-        import torch
-        return torch.__version__
 
     def _factory(self):
         from qail_ros.engines.registry import architecture_factory
@@ -46,14 +42,6 @@ class IntEngine(Engine):
         torch.set_num_threads(self.threads)
         model = self.reference_model()
         self.model = quant.convert_to_integer(model)
+        self.dtype = torch.float32     # TorchEngine._infer feeds float32 inputs
         kept = quant.quantization_report(model).get('integer', {}).get('kept', {})
         self.kept_float = dict(kept)
-
-    def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
-        with torch.inference_mode():
-            args = [torch.from_numpy(np.ascontiguousarray(inputs[n], np.float32))
-                    for n in self.manifest.inputs]
-            outs = self.model(*args)
-        outs = outs if isinstance(outs, (tuple, list)) else (outs,)
-        return {n: o.numpy() for n, o in zip(self.manifest.outputs, outs)}

@@ -25,7 +25,7 @@ def test_config_validates_and_round_trips():
         CILRSConfig(resnet=50)
     with pytest.raises(ValueError, match="head must be 'beta'"):
         CILRSConfig(head='gauss')
-    with pytest.raises(ValueError, match='unknown CILRS config keys'):
+    with pytest.raises(ValueError, match='unknown CILRS config key'):
         CILRSConfig.from_dict({'resnett': 18})
     d = CILRSConfig()
     assert (d.resnet, d.height, d.width, d.speed_scale) == (34, 256, 900, 12.0)
