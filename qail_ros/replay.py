@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from qail_ros.errors import BagError, ParameterError
+from qail_ros.errors import BagError, ParameterError, check_known_keys
 
 __all__ = ['ReplayMap', 'replay_bag', 'plot_replay', 'load_replay_engine']
 
@@ -61,11 +61,7 @@ class ReplayMap:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except OSError as exc:
             raise ParameterError(f"replay map '{path}' cannot be read: {exc.strerror}") from None
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ParameterError(f'replay map: unknown key(s) {unknown}; known: '
-                                 f'{sorted(known)}')
+        check_known_keys(data, cls, 'replay map')
         return cls(**data)
 
 

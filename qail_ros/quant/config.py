@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from qail_ros.errors import QailRosError
+from qail_ros.errors import QailRosError, check_known_keys
 
 __all__ = ['QuantConfigError', 'QuantConfig', 'WeightOnlyRTN', 'WeightActivationRTN',
            'Int4WeightOnlyAWQ', 'LSQ', 'W4A4LSQ', 'W8A8LSQ', 'W3A3LSQ', 'config_from_dict',
@@ -245,11 +245,7 @@ def config_from_dict(data: dict[str, Any]) -> QuantConfig:
     if cls is None:
         raise QuantConfigError(f'unknown quantization scheme {scheme!r}: expected one of '
                                f'{", ".join(SCHEMES)}')
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise QuantConfigError(f'{scheme}: unknown field(s) {", ".join(unknown)}; known: '
-                               f'{", ".join(sorted(names))}')
+    check_known_keys(data, cls, f'{scheme} config', QuantConfigError)
     return cls(**data)
 
 

@@ -70,7 +70,7 @@ def test_bit_helpers():
     (lambda: quant.LSQ(keep_first_last_fp='yes'), 'true or false'),
     (lambda: config_from_dict({'w_bits': 4}), 'no "scheme" key'),
     (lambda: config_from_dict({'scheme': 'gptq'}), 'unknown quantization scheme'),
-    (lambda: config_from_dict({'scheme': 'lsq', 'wbits': 4}), 'unknown field'),
+    (lambda: config_from_dict({'scheme': 'lsq', 'wbits': 4}), 'unknown lsq config key'),
 ])
 def test_bad_configs_raise_value_error_with_reason(make, reason):
     with pytest.raises(ValueError, match=reason):
