@@ -15,8 +15,10 @@ instruction in, the action out, on torch at one of PRECISIONS:
                 batch at run time; the convolutions stay fp32 (dynamic quantization has no conv
                 kernels), so only the FiLM / MLP head changes
 (what a CPU runs; the real comparison is FP32 vs W8A8 vs W4A4 engines on a Jetson). The
-monitor's `--image-policy fp32,int8-dynamic,bf16` runs the image_policy node at each. Its manifest is derived from the weights file
-(the config travels in the file's metadata) or, without a file, from the config: the seeded
+monitor's `--image-policy fp32,int8-dynamic,bf16` runs the image_policy node at each.
+
+Its manifest is derived from the weights file (the config travels in the file's metadata) or,
+without a file, from the config: the seeded
 initialisation makes the weights a function of the config, so the config's hash is the source
 hash. The OpenVINO engines of the same network (`export_openvino`) are tensor-level engines of
 architecture 'conv-action-regressor' with their own manifests.
