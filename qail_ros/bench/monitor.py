@@ -124,9 +124,10 @@ def run_image_policy_sessions(variants: list[str], out_dir: str, rate_hz: float 
                               num_threads: int = 1):
     """Run each variant, record a session under out_dir/sessions/, return (sessions, notes).
 
-    Per variant (qail_ros.monitor.compare.VARIANTS), in one process on the embedded runtime: a
-    camera harness publishing frames at `rate_hz`, the image_policy node (ConvActionRegressor)
-    with its network replaced by the variant, and the power_monitor node recording a session
+    Per variant (a precision of the conv image policy engine, qail_ros.policies.engine), in one
+    process on the embedded runtime: a camera harness publishing frames at `rate_hz`, the
+    image_policy node loading its engine at that precision (`precision:=VARIANT`), and the
+    power_monitor node recording a session
     from the policy's `~/policy_timing` messages and whatever power source this machine has.
     The sessions feed `qail_ros.monitor.report.write_report`."""
     import torch
@@ -135,10 +136,10 @@ def run_image_policy_sessions(variants: list[str], out_dir: str, rate_hz: float 
 
     from qail_ros.errors import QailRosError
     from qail_ros.image import from_numpy
-    from qail_ros.monitor.compare import VARIANTS, make_variant
     from qail_ros.monitor.report import load_session
     from qail_ros.nodes.image_policy import ImagePolicy
     from qail_ros.nodes.power_monitor import PowerMonitor
+    from qail_ros.policies.engine import PRECISIONS as VARIANTS
     from qail_ros.runtime import Node, set_runtime
     from qail_ros.runtime.embedded import EmbeddedRuntime
 
@@ -154,13 +155,13 @@ def run_image_policy_sessions(variants: list[str], out_dir: str, rate_hz: float 
         rt.init([])
         try:
             policy = ImagePolicy(cli_args=['--ros-args', '-p', 'log_period_s:=10.0',
-                                           '-p', f'num_threads:={num_threads}'])
+                                           '-p', f'num_threads:={num_threads}',
+                                           '-p', f'precision:={variant}'])
             policy.on_configure()
-            policy.policy = make_variant(policy.policy, variant)
             # warm-up of the variant outside the measurement
             frame = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
             for _ in range(3):
-                policy.policy.predict_with_raw(frame, '')
+                policy.engine.infer({'image': frame, 'instruction': ''})
             monitor = PowerMonitor(cli_args=[
                 '--ros-args', '-p', f'interval_ms:={interval_ms}', '-p',
                 f'record_path:={path}', '-p', f'session_label:={variant}', '-p',

@@ -61,6 +61,8 @@ class ImagePolicy(ArmPolicyNode):
                       '= seeded untrained weights', read_only=True),
         ParameterSpec('seed', 0, 'seed of the untrained weights', read_only=True),
         ParameterSpec('image_size', 224, 'network input side', min=16, read_only=True),
+        ParameterSpec('precision', 'fp32', 'fp32 | bf16 | int8-dynamic (qail_ros.policies.engine)',
+                      choices=('fp32', 'bf16', 'int8-dynamic'), read_only=True),
         ParameterSpec('num_threads', 1, 'torch CPU threads', min=1, read_only=True),
         ParameterSpec('frame_id', 'base_link', 'frame of the cmd_twist command'),
         ParameterSpec('linear_scale', 0.05, 'm/s of cmd_twist linear at |action| = 1'),
@@ -76,14 +78,14 @@ class ImagePolicy(ArmPolicyNode):
         try:
             if self.weights:
                 engine = load_engine(self.weights, architecture='conv-image-policy',
-                                     threads=int(self.num_threads))
+                                     precision=self.precision, threads=int(self.num_threads))
             else:
                 engine = load_engine(None, architecture='conv-image-policy',
                                      config={'image_size': int(self.image_size),
                                              'seed': int(self.seed)},
-                                     threads=int(self.num_threads))
+                                     precision=self.precision, threads=int(self.num_threads))
         except EngineError as exc:
-            raise ParameterError(f"node '{self.get_name()}': weights: {exc}") from None
+            raise ParameterError(f"node '{self.get_name()}': weights / precision: {exc}") from None
         origin = (f'weights {self.weights}' if self.weights
                   else f'UNTRAINED seeded weights (seed {self.seed})')
         engine.warmup(1, self.instruction)   # the first call is slow: not on a frame
@@ -91,7 +93,8 @@ class ImagePolicy(ArmPolicyNode):
         size = engine.model.config.image_size
         self.get_logger().info(
             f'ConvActionRegressor ({engine.model.num_parameters() / 1e6:.2f} M params, '
-            f'{origin}, {size}x{size} input) ready in {time.perf_counter() - start:.2f} s; '
+            f'{origin}, {self.precision}, {size}x{size} input) ready in '
+            f'{time.perf_counter() - start:.2f} s; '
             f'instruction: {self.instruction!r}')
 
     def count_instruction_tokens(self, text: str) -> int:

@@ -8,8 +8,17 @@
     out['action'], out['raw']          # (7,) in [-1, 1], and the head's outputs before tanh
 
 Architecture 'conv-image-policy': a camera frame (uint8 RGB, any size; resized inside) and an
-instruction in, the action out, fp32 on torch. Its manifest is derived from the weights file
-(the config travels in the file's metadata) or, without a file, from the config: the seeded
+instruction in, the action out, on torch at one of PRECISIONS:
+  fp32          the network as is
+  bf16          weights and activations in bfloat16 (the whole network)
+  int8-dynamic  torch.ao dynamic quantization: nn.Linear weights int8, activations quantized per
+                batch at run time; the convolutions stay fp32 (dynamic quantization has no conv
+                kernels), so only the FiLM / MLP head changes
+(what a CPU runs; the real comparison is FP32 vs W8A8 vs W4A4 engines on a Jetson). The
+monitor's `--image-policy fp32,int8-dynamic,bf16` runs the image_policy node at each.
+
+Its manifest is derived from the weights file (the config travels in the file's metadata) or,
+without a file, from the config: the seeded
 initialisation makes the weights a function of the config, so the config's hash is the source
 hash. The OpenVINO engines of the same network (`export_openvino`) are tensor-level engines of
 architecture 'conv-action-regressor' with their own manifests.
@@ -27,7 +36,7 @@ import numpy as np
 from qail_ros.engines.base import Engine, EngineError, device_id
 from qail_ros.engines.manifest import Manifest, cache_key
 
-__all__ = ['ARCHITECTURE', 'ConvPolicyEngine', 'weights_manifest']
+__all__ = ['ARCHITECTURE', 'PRECISIONS', 'ConvPolicyEngine', 'weights_manifest']
 
 ARCHITECTURE = 'conv-image-policy'
 
@@ -39,9 +48,10 @@ def weights_manifest(path: Path | None, *, precision: str | None = None,
     network of `config`."""
     from qail_ros.engines.cache import content_hash
     from qail_ros.policies.conv_action_regressor import ConvActionRegressorConfig
-    if precision not in (None, 'fp32') or backend not in (None, 'torch'):
-        raise EngineError(f'the conv image policy runs fp32 on torch, not {precision} on '
-                          f'{backend}')
+    if precision not in (None, *PRECISIONS) or backend not in (None, 'torch'):
+        raise EngineError(f'the conv image policy runs {" / ".join(PRECISIONS)} on torch, not '
+                          f'{precision} on {backend}')
+    precision = precision or 'fp32'
     if options:
         raise EngineError(f'the conv image policy has no load options (got {sorted(options)})')
     if path is not None:
@@ -70,7 +80,7 @@ def weights_manifest(path: Path | None, *, precision: str | None = None,
         engine_file='' if path is None else path.name, engine_sha256=source,
         architecture={'name': ARCHITECTURE,
                       'config': json.loads(json.dumps(dataclasses.asdict(cfg)))},
-        precision='fp32', backend='torch', backend_version=version, device=dev,
+        precision=precision, backend='torch', backend_version=version, device=dev,
         inputs={'image': {'shape': [None, None, 3], 'dtype': 'uint8',
                           'example_shape': [cfg.image_size, cfg.image_size, 3]},
                 'instruction': {'shape': [], 'dtype': 'str'}},
@@ -80,7 +90,7 @@ def weights_manifest(path: Path | None, *, precision: str | None = None,
         normalisation={'image': 'RGB / 255, resized to image_size (bilinear, antialiased), '
                                 'ImageNet mean / std (ConvActionRegressor.preprocess)',
                        'instruction': 'hash_instruction vector'},
-        cache_key=cache_key(source, 'torch', version, dev, 'fp32'),
+        cache_key=cache_key(source, 'torch', version, dev, precision),
         details={'derived_from': 'seeded config' if path is None else 'weights file',
                  'trained': path is not None})
 
@@ -89,7 +99,7 @@ class ConvPolicyEngine(Engine):
     """ConvActionRegressor behind the engine interface (`engine.model` is the network)."""
 
     BACKEND = 'torch'
-    PRECISIONS = ('fp32',)
+    PRECISIONS = ('fp32', 'bf16', 'int8-dynamic')
 
     @classmethod
     def backend_version(cls) -> str:
@@ -108,9 +118,26 @@ class ConvPolicyEngine(Engine):
             cfg = dict(self.manifest.architecture['config'])
             self.model = ConvActionRegressor(ConvActionRegressorConfig(**cfg))
         self.model.eval()
+        if self.manifest.precision == 'int8-dynamic':
+            from torch.ao.quantization import quantize_dynamic
+            self.model = quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
+        elif self.manifest.precision == 'bf16':
+            self.model = self.model.to(torch.bfloat16)
+
+    def predict(self, image: np.ndarray, instruction: str) -> tuple[np.ndarray, np.ndarray]:
+        """(action, raw) of one frame at the engine's precision."""
+        if self.manifest.precision != 'bf16':
+            return self.model.predict_with_raw(image, instruction)
+        import torch
+        p = self.model
+        with torch.inference_mode():
+            emb = p.embed_instruction(instruction) if p.film is not None else None
+            x = p.preprocess(image).to(torch.bfloat16)
+            raw = p.head_outputs(x, None if emb is None else emb.to(torch.bfloat16))[0].float()
+            return (torch.tanh(raw).numpy().astype(np.float32), raw.numpy().astype(np.float32))
 
     def _infer(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
-        action, raw = self.model.predict_with_raw(inputs['image'], inputs['instruction'])
+        action, raw = self.predict(inputs['image'], inputs['instruction'])
         return {'action': action, 'raw': raw}
 
     def warmup(self, runs: int = 1, instruction: str = '') -> float:
@@ -119,9 +146,13 @@ class ConvPolicyEngine(Engine):
         side = self.model.config.image_size
         start = time.perf_counter()
         for _ in range(max(int(runs), 1)):
-            self.model.predict(np.zeros((side, side, 3), np.uint8), instruction)
+            self.predict(np.zeros((side, side, 3), np.uint8), instruction)
         return time.perf_counter() - start
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), 'parameters': self.model.num_parameters(),
                 'trained': self.path is not None}
+
+
+#: the precisions of the conv image policy (module docstring)
+PRECISIONS = ConvPolicyEngine.PRECISIONS
