@@ -48,14 +48,11 @@ from qail_ros.errors import ParameterError
 from qail_ros.nodes.policy_base import PolicyNode, PolicyOutputs, zero_stamp_header
 from qail_ros.runtime import run_node
 from qail_ros.runtime.params import ParameterSpec
-from qail_ros.share import resolve_share_path
 
-__all__ = ['CILRSPolicy', 'main', 'DEFAULT_ENGINE', 'resolve_engine_path']
+__all__ = ['CILRSPolicy', 'main', 'DEFAULT_ENGINE']
 
 DEFAULT_ENGINE = 'models/cilrs-highway/cilrs_highway_w8a8_ort.onnx'  # shipped, trained
 CONTROL_TYPE = 'carla_msgs/msg/CarlaEgoVehicleControl'
-#: engine files of the package: as given, else in the share directory
-resolve_engine_path = resolve_share_path
 
 
 class CILRSPolicy(PolicyNode):

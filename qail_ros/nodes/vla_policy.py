@@ -60,11 +60,9 @@ from qail_ros.runtime import run_node
 from qail_ros.runtime.params import ParameterSpec
 from qail_ros.share import resolve_share_path
 
-__all__ = ['VLAPolicy', 'main', 'DEFAULT_MODEL', 'resolve_model_path']
+__all__ = ['VLAPolicy', 'main', 'DEFAULT_MODEL']
 
 DEFAULT_MODEL = 'models/openvla-tiny'
-#: the package's model directories: as given, else in the share directory
-resolve_model_path = resolve_share_path
 
 
 def _precisions() -> tuple[str, ...]:
@@ -144,7 +142,7 @@ class VLAPolicy(ArmPolicyNode):
         from qail_ros.engines import EngineError, load_engine
         torch.set_num_threads(int(self.num_threads))
         start = time.perf_counter()
-        path = resolve_model_path(self.model_path)
+        path = resolve_share_path(self.model_path)
         try:
             engine = load_engine(
                 path, architecture='openvla', precision=self.precision,

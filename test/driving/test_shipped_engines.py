@@ -94,12 +94,12 @@ def test_shipped_files_are_small_and_not_git_ignored():
 def test_defaults_point_at_the_shipped_engine():
     import yaml
 
-    from qail_ros.nodes.cilrs_policy import DEFAULT_ENGINE, resolve_engine_path
-    from qail_ros.share import config_path
+    from qail_ros.nodes.cilrs_policy import DEFAULT_ENGINE
+    from qail_ros.share import config_path, resolve_share_path
     params = yaml.safe_load(config_path('cilrs_drive.yaml').read_text())
     engine = params['cilrs_policy']['ros__parameters']['engine']
     assert engine == DEFAULT_ENGINE == 'models/cilrs-highway/' + FILES['w8a8_ort']
-    assert resolve_engine_path(engine).resolve() == (FOLDER / FILES['w8a8_ort']).resolve()
+    assert resolve_share_path(engine).resolve() == (FOLDER / FILES['w8a8_ort']).resolve()
     from qail_ros.launching.description import find_launch_file, load_launch_file
     spec = load_launch_file(find_launch_file('cilrs_drive'), [])
     args = {a.name: a.default for a in spec.arguments}
