@@ -358,5 +358,5 @@ def deploy(student: SmallVLA) -> SmallVLA:
     subset of the kernel's [0, 15], and the zero point is folded into its (scale, zero) pairs,
     so the kernel computes exactly the fake-quant weights (to bf16 rounding)."""
     from qail_ros import quant
-    quant.convert_to_integer(student.model.language_model)
+    quant.deploy(student.model.language_model, 'integer')
     return student
