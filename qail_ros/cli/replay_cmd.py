@@ -37,6 +37,15 @@ def _fmt(values, width=7) -> str:
     return ' '.join(f'{v:{width}.4f}' for v in values)
 
 
+def _markdown_table(headers: list[str], rows: list[list[str]]) -> None:
+    """Print a blank line, then a Markdown table."""
+    print()
+    print('| ' + ' | '.join(headers) + ' |')
+    print('|' + '---|' * len(headers))
+    for row in rows:
+        print('| ' + ' | '.join(row) + ' |')
+
+
 def main(args) -> int:
     from qail_ros.replay import ReplayMap, plot_replay, replay_bag
     if args.threads:
@@ -55,29 +64,25 @@ def main(args) -> int:
     print(f'bag {report["bag"]}: {report["inputs"]} inputs on {report["input_topic"]}, '
           f'{report["paired_with_recorded"]} paired with a recorded action on '
           f'{report["action_topic"]} ({report["unpaired"]} unpaired)')
-    print()
-    print('| engine | error vs recorded, mean per dim | max per dim | mean | max | '
-          'latency ms mean / p95 |')
-    print('|---|---|---|---|---|---|')
+    rows = []
     for e in report['engines']:
         err = e.get('error_vs_recorded')
         lat = e['latency_ms']
         cells = ([_fmt(err['mean'], 0), _fmt(err['max'], 0), f'{err["mean_all"]:.4f}',
                   f'{err["max_all"]:.4f}'] if err else ['-'] * 4)
-        print(f'| {e["name"]} | ' + ' | '.join(cells)
-              + f' | {lat["mean"]:.2f} / {lat["p95"]:.2f} |')
+        rows.append([e['name'], *cells, f'{lat["mean"]:.2f} / {lat["p95"]:.2f}'])
+    _markdown_table(['engine', 'error vs recorded, mean per dim', 'max per dim', 'mean', 'max',
+                     'latency ms mean / p95'], rows)
     if report['agreement']:
-        print()
-        print('| engines | mean abs diff per dim | max abs diff per dim | identical tokens | '
-              'identical actions |')
-        print('|---|---|---|---|---|')
+        rows = []
         for a in report['agreement']:
             tok = a.get('identical_tokens')
             act = a.get('identical_actions')
-            print(f'| {a["a_name"]} vs {a["b_name"]} | {_fmt(a["abs_diff_mean"], 0)} | '
-                  f'{_fmt(a["abs_diff_max"], 0)} | '
-                  + ('-' if tok is None else f'{tok:.1%}') + ' | '
-                  + ('-' if act is None else f'{act:.1%}') + ' |')
+            rows.append([f'{a["a_name"]} vs {a["b_name"]}', _fmt(a['abs_diff_mean'], 0),
+                         _fmt(a['abs_diff_max'], 0), '-' if tok is None else f'{tok:.1%}',
+                         '-' if act is None else f'{act:.1%}'])
+        _markdown_table(['engines', 'mean abs diff per dim', 'max abs diff per dim',
+                         'identical tokens', 'identical actions'], rows)
     if args.plot:
         print(f'\nplot: {report["plot"]}')
     return 0

@@ -185,9 +185,12 @@ class ConvActionRegressor(nn.Module):
     @torch.inference_mode()
     def predict_with_raw(self, frame: np.ndarray, instruction: str = ''
                          ) -> tuple[np.ndarray, np.ndarray]:
-        """(action, head outputs before tanh), both (7,) float32, for one frame."""
+        """(action, head outputs before tanh), both (7,) float32, for one frame; the inputs
+        take the network's dtype (bf16 after `.to(torch.bfloat16)`)."""
+        dtype = next(self.backbone.parameters()).dtype
         emb = self.embed_instruction(instruction) if self.film is not None else None
-        raw = self.head_outputs(self.preprocess(frame), emb)[0]
+        raw = self.head_outputs(self.preprocess(frame).to(dtype),
+                                None if emb is None else emb.to(dtype))[0].float()
         return torch.tanh(raw).numpy().astype(np.float32), raw.numpy().astype(np.float32)
 
     def num_parameters(self) -> int:

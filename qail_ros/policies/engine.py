@@ -124,20 +124,8 @@ class ConvPolicyEngine(Engine):
         elif self.manifest.precision == 'bf16':
             self.model = self.model.to(torch.bfloat16)
 
-    def predict(self, image: np.ndarray, instruction: str) -> tuple[np.ndarray, np.ndarray]:
-        """(action, raw) of one frame at the engine's precision."""
-        if self.manifest.precision != 'bf16':
-            return self.model.predict_with_raw(image, instruction)
-        import torch
-        p = self.model
-        with torch.inference_mode():
-            emb = p.embed_instruction(instruction) if p.film is not None else None
-            x = p.preprocess(image).to(torch.bfloat16)
-            raw = p.head_outputs(x, None if emb is None else emb.to(torch.bfloat16))[0].float()
-            return (torch.tanh(raw).numpy().astype(np.float32), raw.numpy().astype(np.float32))
-
     def _infer(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
-        action, raw = self.predict(inputs['image'], inputs['instruction'])
+        action, raw = self.model.predict_with_raw(inputs['image'], inputs['instruction'])
         return {'action': action, 'raw': raw}
 
     def warmup(self, runs: int = 1, instruction: str = '') -> float:
@@ -146,7 +134,7 @@ class ConvPolicyEngine(Engine):
         side = self.model.config.image_size
         start = time.perf_counter()
         for _ in range(max(int(runs), 1)):
-            self.predict(np.zeros((side, side, 3), np.uint8), instruction)
+            self.model.predict(np.zeros((side, side, 3), np.uint8), instruction)
         return time.perf_counter() - start
 
     def describe(self) -> dict[str, Any]:
