@@ -11,22 +11,9 @@ Importing this package does not import torch; the names are loaded on first use.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from qail_ros.lazy import lazy_exports
 
-__all__ = ['ConvActionRegressor', 'ConvActionRegressorConfig', 'ACTION_LABELS',
-           'hash_instruction', 'tokenize']
-
-_LAZY = {
-    'ConvActionRegressor': 'qail_ros.policies.conv_action_regressor',
-    'ConvActionRegressorConfig': 'qail_ros.policies.conv_action_regressor',
-    'ACTION_LABELS': 'qail_ros.policies.instruction',
-    'hash_instruction': 'qail_ros.policies.instruction',
-    'tokenize': 'qail_ros.policies.instruction',
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+__getattr__, __all__ = lazy_exports(__name__, {
+    '.conv_action_regressor': ('ConvActionRegressor', 'ConvActionRegressorConfig'),
+    '.instruction': ('ACTION_LABELS', 'hash_instruction', 'tokenize'),
+})
